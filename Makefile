@@ -1,0 +1,23 @@
+# The two commands: `make demo` (the local demo) and `make test` (the whole suite). Both set up first.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test lint proto bench vm-test
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/unlinkwatch demo
+
+test: setup
+	@bash scripts/test.sh
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+proto: setup
+	@bash scripts/gen-proto.sh
+
+bench: setup
+	$(PY) -m bench

@@ -1,0 +1,1 @@
+"""The node agent: probe -> decode -> identify -> ship."""

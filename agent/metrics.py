@@ -1,0 +1,30 @@
+"""The agent's Prometheus metrics, built in main() on a registry of their own and passed in."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("unlinkwatch_agent_events", "Deletions read from the kernel",
+                              ["op", "result"], registry=r)
+        self.lost = Counter("unlinkwatch_agent_events_lost", "Events lost, by stage where they were lost",
+                            ["stage"], registry=r)
+        for stage in ("kernel", "queue", "transport"):
+            self.lost.labels(stage)
+        self.attach_mode = Gauge("unlinkwatch_agent_attach_mode", "1 for the live attach mode",
+                                 ["mode", "hook"], registry=r)
+        self.identity = Counter("unlinkwatch_agent_identity", "Events by identity state at the agent",
+                                ["state"], registry=r)
+        self.batches = Counter("unlinkwatch_agent_batches_acked", "Batches acknowledged by the collector",
+                               registry=r)
+        self.spool_bytes = Gauge("unlinkwatch_agent_spool_bytes", "Bytes waiting in the disk spool", registry=r)
+        self.queue_depth = Gauge("unlinkwatch_agent_queue_events", "Events waiting in memory", registry=r)
+        self.connected = Gauge("unlinkwatch_agent_collector_connected", "1 while the stream is up", registry=r)
+        self.ship_latency = Histogram("unlinkwatch_agent_ack_latency_seconds", "Batch send to ack",
+                                      registry=r)
+        self.startup_seconds = Gauge("unlinkwatch_agent_startup_seconds",
+                                     "Compile + attach + self-test time", registry=r)

@@ -1,0 +1,1 @@
+"""The central collector: ingest -> store -> rules -> alerts, with query beside the store."""

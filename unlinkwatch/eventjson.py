@@ -1,0 +1,121 @@
+"""DeletionEvent <-> the JSON object of CONTRACT.md (agent --stdout, query --output json, alerts)."""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from typing import Any
+
+from unlinkwatch.pb import events_pb2 as pb
+
+OP_NAMES = {pb.OP_UNLINK: "unlink", pb.OP_RMDIR: "rmdir", pb.OP_RENAME: "rename"}
+OP_BY_NAME = {v: k for k, v in OP_NAMES.items()}
+IDENTITY_NAMES = {
+    pb.IDENTITY_STATE_RESOLVED: "resolved",
+    pb.IDENTITY_STATE_LATE: "late",
+    pb.IDENTITY_STATE_UNKNOWN: "unknown",
+    pb.IDENTITY_STATE_HOST: "host",
+}
+IDENTITY_BY_NAME = {v: k for k, v in IDENTITY_NAMES.items()}
+
+
+def text(raw: bytes) -> str:
+    """Bytes as text; bytes that are not UTF-8 become the four characters \\xNN."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+
+
+def untext(s: str) -> bytes:
+    """Inverse of text() for paths typed by a user (\\xNN back to a byte)."""
+    parts = _ESCAPE.split(s)
+    out = bytearray()
+    for i, part in enumerate(parts):
+        out += bytes([int(part, 16)]) if i % 2 else part.encode("utf-8")
+    return bytes(out)
+
+
+def rfc3339_ns(unix_ns: int) -> str:
+    secs, ns = divmod(unix_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ns:09d}Z"
+
+
+def parse_rfc3339_ns(s: str) -> int:
+    """Parse our own rfc3339_ns output (and second/sub-second precision variants, Z or offset)."""
+    m = re.fullmatch(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?", s)
+    if not m:
+        raise ValueError(f"not an RFC 3339 time: {s!r}")
+    secs = calendar.timegm(time.strptime(f"{m[1]}T{m[2]}", "%Y-%m-%dT%H:%M:%S"))
+    ns = int((m[3] or "0").ljust(9, "0"))
+    tz = m[4] or "Z"
+    if tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        hh, mm = int(tz[1:3]), int(tz[-2:])
+        secs -= sign * (hh * 3600 + mm * 60)
+    return secs * 1_000_000_000 + ns
+
+
+def event_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
+    p, pod, c = ev.process, ev.pod, ev.container
+    return {
+        "time": rfc3339_ns(ev.time_unix_ns),
+        "node": ev.node,
+        "op": OP_NAMES.get(ev.op, "unspecified"),
+        "path": text(ev.path),
+        "raw_path": text(ev.raw_path),
+        "result": ev.result,
+        "pid": p.pid,
+        "tid": p.tid,
+        "ppid": p.ppid,
+        "uid": p.uid,
+        "gid": p.gid,
+        "comm": text(p.comm),
+        "exe": text(p.exe),
+        "cgroup_id": ev.cgroup_id,
+        "container_id": c.id,
+        "pod_uid": pod.uid,
+        "pod": pod.name,
+        "namespace": pod.namespace,
+        "container": c.name,
+        "image": c.image,
+        "workload": pod.workload,
+        "identity": IDENTITY_NAMES.get(ev.identity, "unknown"),
+        "agent": ev.agent,
+        "seq": ev.seq,
+        "path_truncated": bool(ev.flags & pb.EVENT_FLAG_PATH_TRUNCATED),
+        "attach_mode": ev.attach_mode,
+    }
+
+
+def dict_to_event(d: dict[str, Any]) -> pb.DeletionEvent:
+    """Inverse of event_to_dict (fixtures, tests, replaying JSON lines)."""
+    ev = pb.DeletionEvent(
+        time_unix_ns=parse_rfc3339_ns(d["time"]) if d.get("time") else 0,
+        node=d.get("node", ""),
+        op=OP_BY_NAME.get(d.get("op", ""), pb.OP_UNSPECIFIED),
+        path=untext(d.get("path", "")),
+        raw_path=untext(d.get("raw_path", d.get("path", ""))),
+        result=int(d.get("result", 0)),
+        cgroup_id=int(d.get("cgroup_id", 0)),
+        identity=IDENTITY_BY_NAME.get(d.get("identity", ""), pb.IDENTITY_STATE_UNSPECIFIED),
+        agent=d.get("agent", ""),
+        seq=int(d.get("seq", 0)),
+        attach_mode=d.get("attach_mode", ""),
+        flags=pb.EVENT_FLAG_PATH_TRUNCATED if d.get("path_truncated") else 0,
+    )
+    for key in ("pid", "tid", "ppid", "uid", "gid"):
+        setattr(ev.process, key, int(d.get(key, 0)))
+    ev.process.comm = untext(d.get("comm", ""))
+    ev.process.exe = untext(d.get("exe", ""))
+    ev.container.id = d.get("container_id", "")
+    ev.container.name = d.get("container", "")
+    ev.container.image = d.get("image", "")
+    ev.pod.uid = d.get("pod_uid", "")
+    ev.pod.name = d.get("pod", "")
+    ev.pod.namespace = d.get("namespace", "")
+    ev.pod.workload = d.get("workload", "")
+    for k, v in (d.get("pod_labels") or {}).items():
+        ev.pod.labels[k] = v
+    return ev
