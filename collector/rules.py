@@ -1,0 +1,293 @@
+"""Alert rules: load and validate the YAML file (errors say FILE:LINE: problem) and match events.
+
+Pure: no threads, no I/O beyond reading the file. docs/RULES.md describes the format.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from unlinkwatch.errors import UserError
+from unlinkwatch.eventjson import OP_BY_NAME
+from unlinkwatch.pathglob import GlobError, compile_globs
+from unlinkwatch.pb import events_pb2 as pb
+
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+RESULTS = ("success", "failure", "any")
+COND_KEYS = ("paths", "ops", "result", "namespaces", "pod_labels", "comm", "exe")
+RULE_KEYS = ("name", "severity", "description", "match", "except", "enabled")
+TOP_KEYS = ("rules", "fold_window", "fold_samples")
+DEFAULT_FOLD_WINDOW_NS = 10_000_000_000
+DEFAULT_FOLD_SAMPLES = 5
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+_UNIT_NS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+
+Check = Callable[[pb.DeletionEvent], bool]
+
+
+class RulesError(UserError):
+    """A rules file that does not parse or validate; the message is `FILE:LINE: problem`."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A conjunction of checks over one event (the keys of a `match` or of one `except` entry)."""
+
+    checks: tuple[Check, ...]
+    paths: re.Pattern[bytes] | None  # kept apart: the rule set's path prefilter is built from these
+
+    def test(self, ev: pb.DeletionEvent) -> bool:
+        if self.paths is not None and self.paths.match(ev.path) is None:
+            return False
+        return all(check(ev) for check in self.checks)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    severity: str
+    description: str
+    line: int
+    match: Condition
+    excepts: tuple[Condition, ...]
+
+    def matches(self, ev: pb.DeletionEvent) -> bool:
+        return self.match.test(ev) and not any(e.test(ev) for e in self.excepts)
+
+
+class RuleSet:
+    """The rules in force plus folding settings; immutable once built, swapped whole on reload."""
+
+    def __init__(self, rules: tuple[Rule, ...], fold_window_ns: int = DEFAULT_FOLD_WINDOW_NS,
+                 fold_samples: int = DEFAULT_FOLD_SAMPLES, source: str = "") -> None:
+        self.rules = rules
+        self.fold_window_ns = fold_window_ns
+        self.fold_samples = fold_samples
+        self.source = source
+        pats = [r.match.paths.pattern[:-2] for r in rules if r.match.paths is not None]  # strip the \Z
+        self._prefilter = re.compile(b"(?:" + b"|".join(pats) + rb")\Z", re.DOTALL) if pats else None
+        self._anypath = tuple(r for r in rules if r.match.paths is None)
+
+    def matching(self, ev: pb.DeletionEvent) -> list[Rule]:
+        """The rules this event triggers, in file order. One regex call rejects most paths at once."""
+        if self._prefilter is None or self._prefilter.match(ev.path) is None:
+            return [r for r in self._anypath if r.matches(ev)]
+        return [r for r in self.rules if r.matches(ev)]
+
+
+class _Loader:
+    """Walks PyYAML nodes so every problem is reported with the line it is on."""
+
+    def __init__(self, text: str, filename: str) -> None:
+        self.filename = filename
+        self.yaml = yaml.SafeLoader(text)
+
+    def fail(self, node: yaml.Node | None, problem: str) -> RulesError:
+        line = node.start_mark.line + 1 if node is not None else 1
+        return RulesError(f"{self.filename}:{line}: {problem}")
+
+    def scalar(self, node: yaml.Node) -> Any:
+        return self.yaml.construct_object(node, deep=True)
+
+    def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{what} must be a mapping")
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for k, v in node.value:
+            key = self.scalar(k) if isinstance(k, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                raise self.fail(k, f"{what}: keys must be strings")
+            if key in out:
+                raise self.fail(k, f"{what}: duplicate key {key!r}")
+            if allowed and key not in allowed:
+                raise self.fail(k, f"{what}: unknown key {key!r} (expected one of: {', '.join(allowed)})")
+            out[key] = (k, v)
+        return out
+
+    def string(self, node: yaml.Node, what: str) -> str:
+        val = self.scalar(node) if isinstance(node, yaml.ScalarNode) else None
+        if not isinstance(val, str) or not val:
+            raise self.fail(node, f"{what} must be a non-empty string")
+        return val
+
+    def strings(self, node: yaml.Node, what: str) -> list[str]:
+        if isinstance(node, yaml.ScalarNode):
+            return [self.string(node, what)]  # a single glob is accepted for a one-element list
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.fail(node, f"{what} must be a non-empty list of strings")
+        return [self.string(item, f"{what} item") for item in node.value]
+
+    def globs(self, node: yaml.Node, what: str, absolute: bool) -> re.Pattern[bytes]:
+        items = self.strings(node, what)
+        for g in items:
+            if absolute and not (g.startswith("/") or g.startswith("**")):
+                raise self.fail(node, f"{what}: glob {g!r} must start with '/' or '**' (paths are absolute)")
+        try:
+            return compile_globs(items)
+        except GlobError as e:
+            raise self.fail(node, f"{what}: {e}") from None
+
+    def condition(self, node: yaml.Node, what: str, default_result: str | None) -> Condition:
+        keys = self.mapping(node, what, COND_KEYS)
+        if not keys:
+            raise self.fail(node, f"{what} must have at least one of: {', '.join(COND_KEYS)}")
+        checks: list[Check] = []
+        paths = self.globs(keys["paths"][1], f"{what}.paths", True) if "paths" in keys else None
+        if "ops" in keys:
+            ops: set[int] = set()
+            for name in self.strings(keys["ops"][1], f"{what}.ops"):
+                if name not in OP_BY_NAME:
+                    raise self.fail(keys["ops"][1], f"{what}.ops: unknown op {name!r} (unlink, rmdir, rename)")
+                ops.add(OP_BY_NAME[name])
+            frozen_ops = frozenset(ops)
+            checks.append(lambda ev: ev.op in frozen_ops)
+        result = default_result
+        if "result" in keys:
+            result = self.scalar(keys["result"][1]) if isinstance(keys["result"][1], yaml.ScalarNode) else None
+            if result not in RESULTS:
+                raise self.fail(keys["result"][1], f"{what}.result must be one of: {', '.join(RESULTS)}")
+        if result == "success":
+            checks.append(lambda ev: ev.result == 0)
+        elif result == "failure":
+            checks.append(lambda ev: ev.result != 0)
+        if "namespaces" in keys:
+            ns = self.globs(keys["namespaces"][1], f"{what}.namespaces", False)
+            checks.append(lambda ev: bool(ev.pod.namespace) and ns.match(ev.pod.namespace.encode()) is not None)
+        if "pod_labels" in keys:
+            checks.append(self.labels(keys["pod_labels"][1], f"{what}.pod_labels"))
+        if "comm" in keys:
+            comm = self.globs(keys["comm"][1], f"{what}.comm", False)
+            checks.append(lambda ev: comm.match(ev.process.comm) is not None)
+        if "exe" in keys:
+            exe = self.globs(keys["exe"][1], f"{what}.exe", False)
+            checks.append(lambda ev: exe.match(ev.process.exe) is not None)
+        return Condition(tuple(checks), paths)
+
+    def labels(self, node: yaml.Node, what: str) -> Check:
+        want: list[tuple[str, re.Pattern[bytes]]] = []
+        for key, (_, vnode) in self.mapping(node, what, ()).items():
+            val = self.scalar(vnode) if isinstance(vnode, yaml.ScalarNode) else None
+            if isinstance(val, bool | int | float):
+                val = str(vnode.value)  # `tier: 1` or `canary: true` mean the label's text
+            if not isinstance(val, str):
+                raise self.fail(vnode, f"{what}.{key} must be a string (a glob over the label's value)")
+            want.append((key, compile_globs((val,))))
+        if not want:
+            raise self.fail(node, f"{what} must not be empty")
+        pairs = tuple(want)
+
+        def check(ev: pb.DeletionEvent) -> bool:
+            labels = ev.pod.labels
+            return all(k in labels and rx.match(labels[k].encode()) is not None for k, rx in pairs)
+
+        return check
+
+    def excepts(self, node: yaml.Node, what: str) -> tuple[Condition, ...]:
+        if isinstance(node, yaml.SequenceNode):  # a list: each entry excuses when ALL its keys match
+            if not node.value:
+                raise self.fail(node, f"{what} must not be empty")
+            return tuple(self.condition(item, f"{what}[{i}]", None) for i, item in enumerate(node.value))
+        keys = self.mapping(node, what, COND_KEYS)  # a mapping: each key on its own excuses
+        out = []
+        for knode, vnode in keys.values():
+            single = yaml.MappingNode("tag:yaml.org,2002:map", [(knode, vnode)], node.start_mark, node.end_mark)
+            out.append(self.condition(single, f"{what}", None))
+        if not out:
+            raise self.fail(node, f"{what} must not be empty")
+        return tuple(out)
+
+    def rule(self, node: yaml.Node, index: int) -> Rule | None:
+        keys = self.mapping(node, f"rule #{index + 1}", RULE_KEYS)
+        if "name" not in keys:
+            raise self.fail(node, f"rule #{index + 1}: missing 'name'")
+        name = self.string(keys["name"][1], "name")
+        if not _NAME.fullmatch(name):
+            raise self.fail(keys["name"][1], f"rule name {name!r}: use letters, digits and . _ : -")
+        what = f"rule {name!r}"
+        for required in ("severity", "match"):
+            if required not in keys:
+                raise self.fail(node, f"{what}: missing {required!r}")
+        severity = self.string(keys["severity"][1], f"{what}.severity")
+        if severity not in SEVERITIES:
+            raise self.fail(keys["severity"][1], f"{what}.severity must be one of: {', '.join(SEVERITIES)}")
+        description = self.string(keys["description"][1], f"{what}.description") if "description" in keys else name
+        match = self.condition(keys["match"][1], f"{what}.match", "success")
+        excepts = self.excepts(keys["except"][1], f"{what}.except") if "except" in keys else ()
+        if "enabled" in keys:
+            enabled = self.scalar(keys["enabled"][1])
+            if not isinstance(enabled, bool):
+                raise self.fail(keys["enabled"][1], f"{what}.enabled must be true or false")
+            if not enabled:
+                return None
+        return Rule(name, severity, description, node.start_mark.line + 1, match, excepts)
+
+    def document(self) -> RuleSet:
+        try:
+            root = self.yaml.get_single_node()
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            line = mark.line + 1 if mark is not None else 1
+            raise RulesError(f"{self.filename}:{line}: YAML: {e.problem or e.context}") from None
+        except yaml.YAMLError as e:
+            raise RulesError(f"{self.filename}:1: YAML: {e}") from None
+        if root is None:
+            raise RulesError(f"{self.filename}:1: the file is empty (expected a mapping with 'rules')")
+        keys = self.mapping(root, "the file", TOP_KEYS)
+        if "rules" not in keys:
+            raise self.fail(root, "missing top-level 'rules' list")
+        rnode = keys["rules"][1]
+        if not isinstance(rnode, yaml.SequenceNode):
+            raise self.fail(rnode, "'rules' must be a list")
+        rules = [r for i, n in enumerate(rnode.value) if (r := self.rule(n, i)) is not None]
+        seen: dict[str, int] = {}
+        for r in rules:
+            if r.name in seen:
+                raise RulesError(f"{self.filename}:{r.line}: duplicate rule name {r.name!r} (first on line "
+                                 f"{seen[r.name]})")
+            seen[r.name] = r.line
+        window = parse_duration(self, keys["fold_window"][1]) if "fold_window" in keys else DEFAULT_FOLD_WINDOW_NS
+        samples = DEFAULT_FOLD_SAMPLES
+        if "fold_samples" in keys:
+            samples = self.scalar(keys["fold_samples"][1])
+            if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= 100:
+                raise self.fail(keys["fold_samples"][1], "fold_samples must be an integer from 1 to 100")
+        return RuleSet(tuple(rules), window, samples, self.filename)
+
+
+def parse_duration(loader: _Loader, node: yaml.Node) -> int:
+    """`10s`, `500ms`, `1m`, `1h` or a number of seconds, as nanoseconds; 0 turns folding off."""
+    val = loader.scalar(node) if isinstance(node, yaml.ScalarNode) else None
+    m = _DURATION.fullmatch(str(val)) if isinstance(val, str | int | float) and not isinstance(val, bool) else None
+    if m is None:
+        raise loader.fail(node, f"fold_window: {val!r} is not a duration like 10s, 500ms or 1m")
+    return int(float(m[1]) * _UNIT_NS[m[2] or "s"])
+
+
+def parse_rules(text: str, filename: str) -> RuleSet:
+    return _Loader(text, filename).document()
+
+
+def load_rules(path: str) -> RuleSet:
+    """Read and validate a rules file. Raises RulesError (a UserError) with `FILE:LINE: problem`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RulesError(f"{path}:1: cannot read: {e.strerror if isinstance(e, OSError) else e}") from None
+    return parse_rules(text, path)
+
+
+def default_rules_text() -> str:
+    return resources.files("unlinkwatch").joinpath("rules/default.yaml").read_text(encoding="utf-8")
+
+
+def load_default_rules() -> RuleSet:
+    """The default pack shipped in the package (unlinkwatch/rules/default.yaml)."""
+    return parse_rules(default_rules_text(), "unlinkwatch/rules/default.yaml")
