@@ -1,0 +1,134 @@
+"""The deletion workload: build bench/unlinkbench.c with gcc, run it, and mount the filesystems it runs on."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+SOURCE = Path(__file__).resolve().parent / "unlinkbench.c"
+DEFAULT_CACHE = Path(__file__).resolve().parent / "bin"
+EXT4_IMAGE_MB = 2048
+EXT4_INODES = 2_000_000  # the default (one per 16 KiB) is too few for a million empty files
+
+
+class WorkloadError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class WorkloadResult:
+    n: int
+    workers: int
+    rate: float
+    seconds: float
+    unlinks_per_s: float
+    start_realtime_ns: int
+    prefix: str
+
+
+def build(cache_dir: Path = DEFAULT_CACHE, source: Path = SOURCE) -> Path:
+    """Compile the workload once; rebuild only when the source is newer than the binary."""
+    binary = cache_dir / "unlinkbench"
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".unlinkbench.{os.getpid()}"
+    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(tmp), str(source)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise WorkloadError(f"gcc failed: {proc.stderr.strip()}")
+    tmp.replace(binary)
+    return binary
+
+
+def new_prefix() -> str:
+    """A file-name prefix unique to one run, so events of this run can be told from any other deletion."""
+    return "uwb" + uuid.uuid4().hex[:10]
+
+
+def parse_result(line: str) -> WorkloadResult:
+    d = json.loads(line)
+    return WorkloadResult(n=int(d["n"]), workers=int(d["workers"]), rate=float(d["rate"]),
+                          seconds=float(d["seconds"]), unlinks_per_s=float(d["unlinks_per_s"]),
+                          start_realtime_ns=int(d["start_realtime_ns"]), prefix=str(d["prefix"]))
+
+
+def run(binary: Path, n: int, directory: Path, workers: int = 1, rate: float = 0.0,
+        prefix: str | None = None, timestamps: Path | None = None, timeout: float = 600.0) -> WorkloadResult:
+    cmd = [str(binary), "-n", str(n), "-d", str(directory), "-w", str(workers), "-r", str(rate),
+           "-p", prefix or new_prefix()]
+    if timestamps is not None:
+        cmd += ["-t", str(timestamps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise WorkloadError(f"unlinkbench failed ({proc.returncode}): {proc.stderr.strip()}")
+    return parse_result(proc.stdout.strip().splitlines()[-1])
+
+
+def read_timestamps(base: Path, workers: int) -> dict[str, int]:
+    """File name -> CLOCK_REALTIME ns of its unlink, from the per-worker files written with -t."""
+    out: dict[str, int] = {}
+    for w in range(workers):
+        path = Path(f"{base}.{w}")
+        data = path.read_bytes()
+        for i in range(len(data) // 8):
+            out[f"{w}-{i}"] = int.from_bytes(data[i * 8:i * 8 + 8], "little")
+    return out
+
+
+def _run_root(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise WorkloadError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def tmpfs_mount() -> Iterator[Path]:
+    """A private tmpfs mounted on a fresh temp dir; unmounted and removed afterwards."""
+    mnt = Path(tempfile.mkdtemp(prefix="uwbench-tmpfs-"))
+    _run_root(["mount", "-t", "tmpfs", "-o", "size=2g,mode=0755", "uwbench", str(mnt)])
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        mnt.rmdir()
+
+
+@contextlib.contextmanager
+def ext4_mount(image_dir: Path = Path("/var/tmp")) -> Iterator[Path]:
+    """A real ext4, whatever the host's / is: an image file made with mkfs.ext4, loop-mounted."""
+    image = image_dir / f"uwbench-{os.getpid()}.ext4"
+    mnt = Path(tempfile.mkdtemp(prefix="uwbench-ext4-"))
+    try:
+        with image.open("wb") as f:
+            f.truncate(EXT4_IMAGE_MB * 1024 * 1024)
+        _run_root(["mkfs.ext4", "-q", "-F", "-N", str(EXT4_INODES), str(image)])
+        _run_root(["mount", "-o", "loop", str(image), str(mnt)])
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", str(mnt)], check=False)
+    finally:
+        image.unlink(missing_ok=True)
+        mnt.rmdir()
+
+
+FILESYSTEMS = {"tmpfs": tmpfs_mount, "ext4": ext4_mount}
+
+
+@contextlib.contextmanager
+def plain_dir(parent: Path | None = None) -> Iterator[Path]:
+    """A temp dir on whatever filesystem holds it (used by the smoke test, needs no root)."""
+    path = Path(tempfile.mkdtemp(prefix="uwbench-", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
