@@ -1,0 +1,167 @@
+#!/bin/bash
+# replay-dockerfile.sh [CACHE_DIR] [-- DOCTOR_ARGS...]: prove the Dockerfile without a container engine.
+# Replays its FROM/ENV/WORKDIR/COPY/RUN steps in a `debootstrap --variant=minbase bookworm` root (the
+# base is cached in CACHE_DIR, default /var/tmp/unlinkwatch-replay), then runs the image's ENTRYPOINT with
+# `doctor` inside a chroot that sees the host's /proc, /sys, BTF, cgroups, tracefs and /dev, as the
+# DaemonSet's pod does. Needs root. Exit status: the doctor's. Log of every step on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONTEXT=$(pwd)
+CACHE=${1:-/var/tmp/unlinkwatch-replay}
+[ $# -gt 0 ] && shift
+[ "${1:-}" = "--" ] && shift
+DOCTOR_ARGS=("$@")
+MIRROR=${UNLINKWATCH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+BASE=$CACHE/base
+ROOT=$CACHE/root
+
+die() { echo "replay: $*" >&2; exit 1; }
+log() { echo "replay: $(date -u +%H:%M:%S) $*"; }
+[ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, chroot, bind mounts)"
+
+# Mounts under ROOT, deepest first; never delete ROOT while anything is still mounted in it.
+mounts_under() { awk -v r="$1" '$2 == r || index($2, r "/") == 1 { print $2 }' /proc/self/mounts | sort -r; }
+unmount_all() {
+  local m
+  for m in $(mounts_under "$ROOT"); do umount -l "$m" 2>/dev/null || true; done
+}
+trap unmount_all EXIT
+
+# 1. Base: the image's FROM (debian:bookworm-slim) stands in as a minbase debootstrap, cached.
+if [ ! -e "$BASE/.unlinkwatch-base-complete" ]; then
+  log "debootstrap --variant=minbase bookworm -> $BASE (cached for later runs)"
+  rm -rf --one-file-system "$BASE.tmp"
+  mkdir -p "$CACHE"
+  debootstrap --variant=minbase bookworm "$BASE.tmp" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
+    || die "debootstrap failed, see $CACHE/debootstrap.log"
+  touch "$BASE.tmp/.unlinkwatch-base-complete"
+  mv "$BASE.tmp" "$BASE"
+fi
+[ -z "$(mounts_under "$ROOT")" ] || die "$ROOT still has mounts; unmount them first"
+rm -rf --one-file-system "$ROOT"
+cp -a "$BASE" "$ROOT"
+# The slim image's apt sources (deb822) and a resolver for the build's downloads.
+rm -f "$ROOT/etc/apt/sources.list"
+cat >"$ROOT/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: $MIRROR
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# Build-time only (not image ENV): trust the host's CA set, so pip works where TLS egress is intercepted.
+mkdir -p "$ROOT/run/replay"
+cp -L /etc/ssl/certs/ca-certificates.crt "$ROOT/run/replay/host-ca-certificates.crt"
+BUILD_ENV=(PIP_CERT=/run/replay/host-ca-certificates.crt)
+
+# 2. The pod's view of the host: /proc (hostPID), /sys with BTF, cgroups and tracefs, /dev.
+if ! awk '$2 == "/sys/kernel/tracing" && $3 == "tracefs" { f = 1 } END { exit !f }' /proc/self/mounts; then
+  log "mounting tracefs at /sys/kernel/tracing on the host (a node must have it; systemd does this at boot)"
+  mount -t tracefs nodev /sys/kernel/tracing
+fi
+mount --bind /proc "$ROOT/proc"
+mount --bind /sys "$ROOT/sys"
+mount --bind /sys/kernel/btf "$ROOT/sys/kernel/btf"
+mount --rbind /sys/fs/cgroup "$ROOT/sys/fs/cgroup"
+mount --make-rslave "$ROOT/sys/fs/cgroup"
+mount --bind /sys/kernel/tracing "$ROOT/sys/kernel/tracing"
+mount --rbind /dev "$ROOT/dev"
+mount --make-rslave "$ROOT/dev"
+
+# 3. Replay the Dockerfile. Docker's defaults for RUN: /bin/sh -c, this PATH, HOME=/root.
+declare -A ENVS=([PATH]=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin [HOME]=/root)
+WORKDIR=/
+ENTRYPOINT=()
+env_args() { local k; for k in "${!ENVS[@]}"; do printf '%s=%s\0' "$k" "${ENVS[$k]}"; done; }
+in_root() {
+  local -a e
+  mapfile -d '' e < <(env_args)
+  chroot "$ROOT" /usr/bin/env -i "${e[@]}" "$@"
+}
+
+# Instructions: comment lines dropped, backslash continuations joined (as Docker's parser does).
+mapfile -d '' STEPS < <(python3 - "$CONTEXT/Dockerfile" <<'EOF'
+import sys
+steps, cur = [], ""
+for line in open(sys.argv[1], encoding="utf-8"):
+    s = line.rstrip("\n")
+    if s.lstrip().startswith("#") or (not s.strip() and not cur):
+        continue
+    if s.endswith("\\"):
+        cur += s[:-1] + " "
+        continue
+    steps.append(cur + s)
+    cur = ""
+if cur.strip():
+    steps.append(cur)
+sys.stdout.write("".join(s.strip() + "\0" for s in steps))
+EOF
+)
+
+n=0
+for step in "${STEPS[@]}"; do
+  n=$((n + 1))
+  inst=${step%% *}; rest=${step#* }
+  log "step $n/${#STEPS[@]}: ${step:0:160}"
+  case "${inst^^}" in
+    FROM)
+      [ "$rest" = "debian:bookworm-slim" ] || die "FROM $rest: only debian:bookworm-slim is replayable";;
+    ENV)
+      # KEY=VALUE pairs; values are literal (the Dockerfile avoids $-expansion so the replay stays exact).
+      read -r -a pairs <<<"$rest"
+      for p in "${pairs[@]}"; do
+        [[ $p == *=* ]] || die "ENV $p: use KEY=VALUE"
+        [[ $p != *'$'* ]] || die "ENV $p: \$-expansion is not replayed"
+        ENVS[${p%%=*}]=${p#*=}
+      done;;
+    WORKDIR)
+      WORKDIR=$rest; mkdir -p "$ROOT$WORKDIR";;
+    COPY)
+      read -r src dest extra <<<"$rest"
+      [ -z "${extra:-}" ] && [ "$src" = "." ] || die "COPY $rest: only 'COPY . DEST' is replayable"
+      [[ $dest == /* ]] || dest=$WORKDIR/$dest
+      mkdir -p "$ROOT$dest"
+      # .dockerignore patterns become tar excludes ("**/" prefixes dropped: tar matches at any depth).
+      excl=()
+      if [ -f .dockerignore ]; then
+        while IFS= read -r pat; do
+          pat=${pat%%#*}; pat=${pat//[[:space:]]/}
+          [ -n "$pat" ] || continue
+          [[ $pat != !* ]] || die ".dockerignore exception '$pat' is not replayed"
+          excl+=("--exclude=./${pat#\*\*/}" "--exclude=${pat#\*\*/}")
+        done <.dockerignore
+      fi
+      tar -C "$CONTEXT" "${excl[@]}" -cf - . | tar -C "$ROOT$dest" -xf -;;
+    RUN)
+      [[ $rest != \[* ]] || die "RUN in exec form is not replayed; use the shell form"
+      in_root "${BUILD_ENV[@]}" /bin/sh -c "cd '$WORKDIR' && $rest";;
+    ENTRYPOINT)
+      mapfile -t ENTRYPOINT < <(python3 -c 'import json,sys; print("\n".join(json.loads(sys.argv[1])))' "$rest");;
+    CMD|LABEL)
+      ;;  # metadata only
+    *)
+      die "instruction $inst is not replayable";;
+  esac
+done
+[ ${#ENTRYPOINT[@]} -gt 0 ] || die "no ENTRYPOINT"
+rm -rf "$ROOT/run/replay"
+
+# 4. What the pod would run: the entrypoint, then doctor with its live self-test.
+log "image env: $(env_args | tr '\0' ' ')"
+log "unlinkwatch --version: $(in_root "${ENTRYPOINT[@]}" --version 2>&1)"
+log "import bcc: $(in_root python3 -c 'import bcc, sys; print(bcc.__file__, sys.executable)' 2>&1)"
+log "image size: $(du -sh --one-file-system "$ROOT" | cut -f1)"
+log "running: ${ENTRYPOINT[*]} doctor ${DOCTOR_ARGS[*]}"
+set +e
+in_root "${ENTRYPOINT[@]}" doctor "${DOCTOR_ARGS[@]}"
+rc=$?
+set -e
+log "doctor exit status: $rc"
+exit $rc
