@@ -1,0 +1,368 @@
+// SPDX-License-Identifier: Apache-2.0
+/* unlinkwatch probes: every unlink, unlinkat (files and AT_REMOVEDIR), rmdir and rename that
+ * replaces an existing target, with the directory of relative paths resolved in the kernel.
+ *
+ * Configured only with -D flags (agent/probe.py):
+ *   UW_MODE            1 syscall tracepoints, 2 kprobe/kretprobe, 3 fentry/fexit
+ *   UW_UNLINK_FN       the kernel's unlink function for modes 2 and 3 (do_unlinkat, filename_unlinkat)
+ *   UW_RINGBUF_PAGES   ring buffer size in pages
+ *   UW_MAX_DEPTH       directory components walked before the path is flagged truncated
+ *   OFF_*              struct member offsets read from the running kernel's BTF at load time
+ * Entry stashes by thread id; exit emits with the return value and always clears the stash. */
+#include <uapi/linux/ptrace.h>
+#include "kprobe.h"
+
+#define UW_MODE_TRACEPOINT 1
+#define UW_MODE_KPROBE 2
+#define UW_MODE_FENTRY 3
+#define UW_AT_FDCWD -100
+#define UW_AT_REMOVEDIR 0x200
+#define UW_RENAME_EXCHANGE 2
+#define UW_ENAMETOOLONG 36
+#define UW_MASK (UW_PATH_MAX - 1)
+
+struct uw_stash {
+	__u64 ts_ns;
+	const char *uptr;	/* user pointer of the path argument (the target, for rename) */
+	__s32 dirfd;
+	__u32 op;
+	__u32 replaced;		/* rename: the target existed and was replaced */
+	__u32 pad;
+};
+
+struct uw_scratch {
+	struct uw_event ev;		/* must stay first: the record is ev followed by data */
+	char data[2 * UW_PATH_MAX];	/* raw path, then the resolved directory */
+	char walk[UW_PATH_MAX + UW_NAME_MAX + 1]; /* directory built backwards from the leaf */
+	__u32 pos;				/* uw_walk's write position */
+};
+
+struct uw_proc_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 start_ns;
+};
+
+BPF_RINGBUF_OUTPUT(events, UW_RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(lost, __u64, 1);		/* ring buffer full: records dropped in the kernel */
+BPF_HASH(stash, __u32, struct uw_stash, 16384);
+BPF_PERCPU_ARRAY(scratch, struct uw_scratch, 1);
+BPF_TABLE("lru_hash", struct uw_proc_key, __u8, procs, 8192);	/* processes whose exe was sent */
+
+static __always_inline void *uw_ptr(void *base, long off)
+{
+	void *p = 0;
+	bpf_probe_read_kernel(&p, sizeof(p), base + off);
+	return p;
+}
+
+static __always_inline __u32 uw_u32(void *base, long off)
+{
+	__u32 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), base + off);
+	return v;
+}
+
+static __always_inline __u64 uw_u64(void *base, long off)
+{
+	__u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), base + off);
+	return v;
+}
+
+/* Writes "/c1/c2/.../cn" for (mnt, dentry) into s->walk, ending at UW_PATH_MAX - 1, stopping at the
+ * process's root (so a chroot or container sees its own view) and crossing mounts upwards.
+ * Returns the start position; the length is UW_PATH_MAX - 1 - pos. */
+static __always_inline __u32 uw_walk(struct uw_scratch *s, void *mnt, void *dentry,
+				     void *root_mnt, void *root_dentry, __u32 *flags)
+{
+	/* the position lives in map memory, so the verifier sees a masked unknown and prunes the loop */
+	s->pos = UW_PATH_MAX - 1;
+
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < UW_MAX_DEPTH; i++) {
+		if (dentry == root_dentry && mnt == root_mnt)
+			return s->pos;
+		if (dentry == uw_ptr(mnt, OFF_VFSMOUNT_MNT_ROOT)) {
+			void *m = mnt - OFF_MOUNT_MNT;
+			void *parent = uw_ptr(m, OFF_MOUNT_MNT_PARENT);
+			if (parent == m || !parent)
+				return s->pos;	/* top of the mount tree: the root is not above us */
+			dentry = uw_ptr(m, OFF_MOUNT_MNT_MOUNTPOINT);
+			mnt = parent + OFF_MOUNT_MNT;
+			continue;
+		}
+		void *up = uw_ptr(dentry, OFF_DENTRY_D_PARENT);
+		if (up == dentry || !up)
+			return s->pos;
+		__u32 len = uw_u32(dentry, OFF_DENTRY_D_NAME + OFF_QSTR_LEN);
+		void *name = uw_ptr(dentry, OFF_DENTRY_D_NAME + OFF_QSTR_NAME);
+		__u32 pos = s->pos;
+		if (len > UW_NAME_MAX || len + 1 > pos) {
+			*flags |= UW_F_DIR_TRUNCATED;
+			return pos;
+		}
+		pos -= len;
+		bpf_probe_read_kernel(&s->walk[pos & UW_MASK], len & UW_NAME_MAX, name);
+		pos -= 1;
+		s->walk[pos & UW_MASK] = '/';
+		s->pos = pos;
+		dentry = up;
+	}
+	*flags |= UW_F_DIR_TRUNCATED;
+	return s->pos;
+}
+
+/* Copies the walk of (mnt, dentry) to s->data[at...]; returns its length. */
+static __always_inline __u32 uw_put_path(struct uw_scratch *s, __u32 at, void *mnt, void *dentry,
+					 void *fs, __u32 *flags)
+{
+	void *root_mnt = uw_ptr(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT);
+	void *root_dentry = uw_ptr(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY);
+	__u32 pos = uw_walk(s, mnt, dentry, root_mnt, root_dentry, flags);
+	__u32 len = (UW_PATH_MAX - 1) - pos;
+	bpf_probe_read_kernel(&s->data[at & UW_MASK], len & UW_MASK, &s->walk[pos & UW_MASK]);
+	return len & UW_MASK;
+}
+
+static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kind)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->kind = kind;
+	ev->pid = pid_tgid >> 32;
+	ev->tid = (__u32)pid_tgid;
+	ev->uid = (__u32)uid_gid;
+	ev->gid = uid_gid >> 32;
+	ev->ppid = uw_u32(uw_ptr(task, OFF_TASK_REAL_PARENT), OFF_TASK_TGID);
+	ev->proc_start_ns = uw_u64(uw_ptr(task, OFF_TASK_GROUP_LEADER), OFF_TASK_START_TIME);
+	ev->op = 0;
+	ev->result = 0;
+	ev->dirfd = 0;
+	ev->flags = 0;
+	ev->raw_len = 0;
+	ev->dir_len = 0;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+}
+
+static __always_inline void uw_output(struct uw_scratch *s)
+{
+	/* raw_len + dir_len < 8192 by construction: the mask is exact and bounds the read */
+	__u64 size = ((s->ev.raw_len + s->ev.dir_len) & (2 * UW_PATH_MAX - 1)) + sizeof(struct uw_event);
+	/* no wake-up: user space drains the ring on a short timer, so no record pays for one */
+	if (events.ringbuf_output(&s->ev, size, BPF_RB_NO_WAKEUP) < 0) {
+		__u32 zero = 0;
+		__u64 *n = lost.lookup(&zero);
+		if (n)
+			*n += 1;
+	}
+}
+
+/* Once per process: its executable's path, so user space never reads /proc of a gone process. */
+static __always_inline void uw_send_exe(struct uw_scratch *s, void *task, void *fs)
+{
+	struct uw_proc_key key = {};
+	__u8 one = 1;
+	key.tgid = bpf_get_current_pid_tgid() >> 32;
+	key.start_ns = uw_u64(uw_ptr(task, OFF_TASK_GROUP_LEADER), OFF_TASK_START_TIME);
+	if (procs.lookup(&key))
+		return;
+	procs.update(&key, &one);
+	void *mm = uw_ptr(task, OFF_TASK_MM);
+	void *exe = mm ? uw_ptr(mm, OFF_MM_EXE_FILE) : 0;
+	if (!exe)
+		return;
+	uw_header(&s->ev, task, UW_KIND_EXE);
+	__u32 flags = 0;
+	s->ev.raw_len = uw_put_path(s, 0, uw_ptr(exe, OFF_FILE_F_PATH + OFF_PATH_MNT),
+				    uw_ptr(exe, OFF_FILE_F_PATH + OFF_PATH_DENTRY), fs, &flags);
+	s->ev.flags = flags;
+	uw_output(s);
+}
+
+static __always_inline int uw_enter(__s32 dirfd, const char *uptr, __u32 op)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct uw_stash st = {};
+	st.ts_ns = bpf_ktime_get_ns();
+	st.uptr = uptr;
+	st.dirfd = dirfd;
+	st.op = op;
+	stash.update(&tid, &st);
+	return 0;
+}
+
+static __always_inline int uw_exit(long ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct uw_stash *st = stash.lookup(&tid);
+	if (!st)
+		return 0;
+	struct uw_stash copy = *st;
+	stash.delete(&tid);
+	if (copy.op == UW_OP_RENAME && !copy.replaced)
+		return 0;
+
+	__u32 zero = 0;
+	struct uw_scratch *s = scratch.lookup(&zero);
+	if (!s)
+		return 0;
+	void *task = (void *)bpf_get_current_task();
+	void *fs = uw_ptr(task, OFF_TASK_FS);
+	uw_send_exe(s, task, fs);
+
+	struct uw_event *ev = &s->ev;
+	uw_header(ev, task, UW_KIND_DELETION);
+	ev->ts_ns = copy.ts_ns;
+	ev->op = copy.op;
+	ev->result = (__s32)ret;
+	ev->dirfd = copy.dirfd;
+
+	__u32 flags = 0;
+	long n = bpf_probe_read_user_str(s->data, UW_PATH_MAX, copy.uptr);
+	__u32 raw_len = 0;
+	if (n <= 0) {
+		flags |= UW_F_RAW_UNREADABLE;
+	} else {
+		raw_len = (n - 1) & UW_MASK;
+		if (n == UW_PATH_MAX && ret == -UW_ENAMETOOLONG)
+			flags |= UW_F_RAW_TRUNCATED;
+	}
+	ev->raw_len = raw_len;
+
+	if (raw_len > 0 && s->data[0] != '/') {
+		void *mnt = 0, *dentry = 0;
+		if (copy.dirfd == UW_AT_FDCWD) {
+			mnt = uw_ptr(fs, OFF_FS_STRUCT_PWD + OFF_PATH_MNT);
+			dentry = uw_ptr(fs, OFF_FS_STRUCT_PWD + OFF_PATH_DENTRY);
+		} else if (copy.dirfd >= 0) {
+			void *fdt = uw_ptr(uw_ptr(task, OFF_TASK_FILES), OFF_FILES_STRUCT_FDT);
+			__u32 max_fds = uw_u32(fdt, OFF_FDTABLE_MAX_FDS);
+			if ((__u32)copy.dirfd < max_fds) {
+				void *file = uw_ptr(uw_ptr(fdt, OFF_FDTABLE_FD), (long)copy.dirfd * sizeof(void *));
+				if (file) {
+					mnt = uw_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT);
+					dentry = uw_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY);
+				}
+			}
+		}
+		if (mnt && dentry)
+			ev->dir_len = uw_put_path(s, raw_len, mnt, dentry, fs, &flags);
+		else
+			flags |= UW_F_DIR_UNRESOLVED;
+	}
+	ev->flags = flags;
+	uw_output(s);
+	return 0;
+}
+
+/* A rename replaces its target when the target's dentry is positive as the kernel renames. */
+static __always_inline void uw_rename_target(void *new_dentry)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct uw_stash *st = stash.lookup(&tid);
+	if (st && st->op == UW_OP_RENAME && new_dentry && uw_ptr(new_dentry, OFF_DENTRY_D_INODE))
+		st->replaced = 1;
+}
+
+static __always_inline int uw_rename_enter(int newdfd, const char *uptr, __u32 flags)
+{
+	if (flags & UW_RENAME_EXCHANGE)
+		return 0;	/* an exchange destroys nothing */
+	return uw_enter(newdfd, uptr, UW_OP_RENAME);
+}
+
+TRACEPOINT_PROBE(cgroup, cgroup_mkdir)
+{
+	if (args->root != 0)
+		return 0;	/* only the cgroup2 (default) hierarchy: its ids are the BPF cgroup ids */
+	__u32 zero = 0;
+	struct uw_scratch *s = scratch.lookup(&zero);
+	if (!s)
+		return 0;
+	uw_header(&s->ev, (void *)bpf_get_current_task(), UW_KIND_CGROUP_MKDIR);
+	s->ev.ts_ns = bpf_ktime_get_ns();
+	s->ev.cgroup_id = args->id;
+	unsigned short off = args->data_loc_path & 0xFFFF;
+	long n = bpf_probe_read_kernel_str(s->data, UW_PATH_MAX, (void *)args + off);
+	s->ev.raw_len = n > 0 ? (n - 1) & UW_MASK : 0;
+	uw_output(s);
+	return 0;
+}
+
+#if UW_MODE == UW_MODE_TRACEPOINT
+
+TRACEPOINT_PROBE(syscalls, sys_enter_unlink) { return uw_enter(UW_AT_FDCWD, args->pathname, UW_OP_UNLINK); }
+TRACEPOINT_PROBE(syscalls, sys_exit_unlink) { return uw_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_rmdir) { return uw_enter(UW_AT_FDCWD, args->pathname, UW_OP_RMDIR); }
+TRACEPOINT_PROBE(syscalls, sys_exit_rmdir) { return uw_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat)
+{
+	return uw_enter(args->dfd, args->pathname, (args->flag & UW_AT_REMOVEDIR) ? UW_OP_RMDIR : UW_OP_UNLINK);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_unlinkat) { return uw_exit(args->ret); }
+
+#elif UW_MODE == UW_MODE_KPROBE
+
+struct filename;
+struct renamedata;
+
+static __always_inline const char *uw_uptr(struct filename *name)
+{
+	return (const char *)uw_ptr((void *)name, OFF_FILENAME_UPTR);
+}
+
+int uw_unlinkat_entry(struct pt_regs *ctx, int dfd, struct filename *name)
+{
+	return uw_enter(dfd, uw_uptr(name), UW_OP_UNLINK);
+}
+int uw_rmdir_entry(struct pt_regs *ctx, int dfd, struct filename *name)
+{
+	return uw_enter(dfd, uw_uptr(name), UW_OP_RMDIR);
+}
+int uw_renameat2_entry(struct pt_regs *ctx, int olddfd, struct filename *from, int newdfd,
+		       struct filename *to, unsigned int flags)
+{
+	return uw_rename_enter(newdfd, uw_uptr(to), flags);
+}
+int uw_vfs_rename_entry(struct pt_regs *ctx, struct renamedata *rd)
+{
+	uw_rename_target(uw_ptr((void *)rd, OFF_RENAMEDATA_NEW_DENTRY));
+	return 0;
+}
+int uw_exit_ret(struct pt_regs *ctx) { return uw_exit(PT_REGS_RC(ctx)); }
+
+#elif UW_MODE == UW_MODE_FENTRY
+
+struct filename;
+struct renamedata;
+#define UW_KFUNC(fn, ...) KFUNC_PROBE(fn, __VA_ARGS__)
+#define UW_KRETFUNC(fn, ...) KRETFUNC_PROBE(fn, __VA_ARGS__)
+
+UW_KFUNC(UW_UNLINK_FN, int dfd, struct filename *name)
+{
+	return uw_enter(dfd, (const char *)uw_ptr((void *)name, OFF_FILENAME_UPTR), UW_OP_UNLINK);
+}
+UW_KRETFUNC(UW_UNLINK_FN, int dfd, struct filename *name, int ret) { return uw_exit(ret); }
+KFUNC_PROBE(do_rmdir, int dfd, struct filename *name)
+{
+	return uw_enter(dfd, (const char *)uw_ptr((void *)name, OFF_FILENAME_UPTR), UW_OP_RMDIR);
+}
+KRETFUNC_PROBE(do_rmdir, int dfd, struct filename *name, int ret) { return uw_exit(ret); }
+KFUNC_PROBE(do_renameat2, int olddfd, struct filename *from, int newdfd, struct filename *to, unsigned int flags)
+{
+	return uw_rename_enter(newdfd, (const char *)uw_ptr((void *)to, OFF_FILENAME_UPTR), flags);
+}
+KFUNC_PROBE(vfs_rename, struct renamedata *rd)
+{
+	uw_rename_target(uw_ptr((void *)rd, OFF_RENAMEDATA_NEW_DENTRY));
+	return 0;
+}
+KRETFUNC_PROBE(do_renameat2, int olddfd, struct filename *from, int newdfd, struct filename *to,
+	       unsigned int flags, int ret)
+{
+	return uw_exit(ret);
+}
+
+#endif

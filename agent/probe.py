@@ -1,0 +1,218 @@
+"""The only module that imports bcc: compiles agent/bpf/unlink.bpf.c for one attach mode, with every
+struct offset taken from the running kernel's BTF and passed as -D flags, attaches it, and exposes the
+ring buffer's fd and the kernel drop counter."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import logging
+import os
+import platform
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unlinkwatch.agent.btf import Btf, BtfError
+from unlinkwatch.errors import UserError
+
+log = logging.getLogger("unlinkwatch.probe")
+
+BPF_DIR = Path(__file__).resolve().parent / "bpf"
+SOURCE = BPF_DIR / "unlink.bpf.c"
+GENERIC_HEADERS = "/usr/local/share/unlinkwatch/kernel-headers"
+
+MODES = {"tracepoint": 1, "kprobe": 2, "fentry": 3}
+
+# -D name -> (struct, member): every kernel struct field the program reads
+OFFSETS = {
+    "OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"),
+    "OFF_TASK_GROUP_LEADER": ("task_struct", "group_leader"),
+    "OFF_TASK_TGID": ("task_struct", "tgid"),
+    "OFF_TASK_START_TIME": ("task_struct", "start_time"),
+    "OFF_TASK_FS": ("task_struct", "fs"),
+    "OFF_TASK_FILES": ("task_struct", "files"),
+    "OFF_TASK_MM": ("task_struct", "mm"),
+    "OFF_MM_EXE_FILE": ("mm_struct", "exe_file"),
+    "OFF_FS_STRUCT_ROOT": ("fs_struct", "root"),
+    "OFF_FS_STRUCT_PWD": ("fs_struct", "pwd"),
+    "OFF_PATH_MNT": ("path", "mnt"),
+    "OFF_PATH_DENTRY": ("path", "dentry"),
+    "OFF_DENTRY_D_PARENT": ("dentry", "d_parent"),
+    "OFF_DENTRY_D_NAME": ("dentry", "d_name"),
+    "OFF_DENTRY_D_INODE": ("dentry", "d_inode"),
+    "OFF_QSTR_LEN": ("qstr", "len"),
+    "OFF_QSTR_NAME": ("qstr", "name"),
+    "OFF_VFSMOUNT_MNT_ROOT": ("vfsmount", "mnt_root"),
+    "OFF_MOUNT_MNT": ("mount", "mnt"),
+    "OFF_MOUNT_MNT_PARENT": ("mount", "mnt_parent"),
+    "OFF_MOUNT_MNT_MOUNTPOINT": ("mount", "mnt_mountpoint"),
+    "OFF_FILES_STRUCT_FDT": ("files_struct", "fdt"),
+    "OFF_FDTABLE_FD": ("fdtable", "fd"),
+    "OFF_FDTABLE_MAX_FDS": ("fdtable", "max_fds"),
+    "OFF_FILE_F_PATH": ("file", "f_path"),
+    "OFF_FILENAME_UPTR": ("filename", "uptr"),
+    "OFF_RENAMEDATA_NEW_DENTRY": ("renamedata", "new_dentry"),
+}
+OPTIONAL = {"OFF_FILENAME_UPTR", "OFF_RENAMEDATA_NEW_DENTRY"}  # only the kprobe/fentry modes read them
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    mode: str                     # tracepoint | kprobe | fentry
+    unlink_fn: str = "do_unlinkat"  # the kernel's unlink function (filename_unlinkat on 7.0+)
+    ringbuf_pages: int = 16384    # 64 MiB with 4 KiB pages: a 100 K deletion burst fits many times over
+    max_depth: int = 160
+    extra_cflags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def kernel_offsets(btf: Btf) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name, (struct_name, member) in OFFSETS.items():
+        try:
+            out[name] = btf.offset(struct_name, member)
+        except BtfError:
+            if name not in OPTIONAL:
+                raise
+            out[name] = 0
+    return out
+
+
+def cflags(cfg: ProbeConfig, offsets: dict[str, int]) -> list[str]:
+    flags = [
+        f"-I{BPF_DIR}",
+        f"-DUW_MODE={MODES[cfg.mode]}",
+        f"-DUW_UNLINK_FN={cfg.unlink_fn}",
+        f"-DUW_RINGBUF_PAGES={cfg.ringbuf_pages}",
+        f"-DUW_MAX_DEPTH={cfg.max_depth}",
+        "-Wno-macro-redefined",
+    ]
+    flags += [f"-D{k}={v}" for k, v in sorted(offsets.items())]
+    return flags + list(cfg.extra_cflags)
+
+
+def header_tree() -> str | None:
+    """bcc compiles against a header tree; struct layouts never come from it (they come from BTF)."""
+    build = Path("/lib/modules") / platform.release() / "build"
+    if build.is_dir():
+        return None  # the running kernel's own headers
+    env = os.environ.get("UNLINKWATCH_KERNEL_HEADERS", GENERIC_HEADERS)
+    if Path(env, "include").is_dir():
+        return env
+    raise UserError(f"no kernel header tree for compilation: neither {build} nor {env} "
+                    "(run `make setup`, or set UNLINKWATCH_KERNEL_HEADERS)")
+
+
+def ensure_tracefs() -> None:
+    if Path("/sys/kernel/tracing/events").is_dir() or Path("/sys/kernel/debug/tracing/events").is_dir():
+        return
+    rc = os.system("mount -t tracefs nodev /sys/kernel/tracing >/dev/null 2>&1")
+    if rc != 0 or not Path("/sys/kernel/tracing/events").is_dir():
+        raise UserError("tracefs is not mounted and could not be mounted: "
+                        "mount -t tracefs nodev /sys/kernel/tracing")
+
+
+def render_source(cfg: ProbeConfig, btf: Btf) -> str:
+    """The final C as the compiler sees it (for --ebpf)."""
+    defines = "\n".join(f"#define {f[2:].replace('=', ' ', 1)}" for f in cflags(cfg, kernel_offsets(btf))
+                        if f.startswith("-D"))
+    header = (BPF_DIR / "kprobe.h").read_text()
+    return defines + "\n" + SOURCE.read_text().replace('#include "kprobe.h"', header)
+
+
+class Probe:
+    """A compiled and attached program. close() detaches everything."""
+
+    def __init__(self, cfg: ProbeConfig, btf: Btf) -> None:
+        if os.geteuid() != 0:
+            raise UserError("loading eBPF needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE)")
+        ensure_tracefs()
+        tree = header_tree()
+        if tree:
+            os.environ["BCC_KERNEL_SOURCE"] = tree
+        try:
+            from bcc import BPF
+        except ImportError as e:
+            raise UserError("the bcc Python package is missing: apt-get install python3-bpfcc") from e
+        self.cfg = cfg
+        self.hook = cfg.unlink_fn if cfg.mode != "tracepoint" else "syscalls:sys_{enter,exit}_unlink*"
+        with _captured_stderr() as err:
+            try:
+                self._bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(cfg, kernel_offsets(btf)))
+            except Exception as e:  # bcc raises bare Exception for compile and load failures
+                self._bpf = None
+                failure: Exception | None = e
+            else:
+                failure = None
+        if failure is not None:
+            detail = _first_error(err.getvalue()) or str(failure)
+            log.debug("bcc output for %s:\n%s", cfg.mode, err.getvalue())
+            raise ProbeError(f"{cfg.mode}: {detail}") from failure
+        try:
+            self._attach()
+        except Exception as e:
+            self.close()
+            raise ProbeError(f"{cfg.mode}: attach failed: {e}") from e
+        self.ringbuf_fd: int = self._bpf["events"].map_fd
+        self.ringbuf_size: int = cfg.ringbuf_pages * os.sysconf("SC_PAGE_SIZE")
+        self._lost = self._bpf["lost"]
+
+    def _attach(self) -> None:
+        b = self._bpf
+        if self.cfg.mode == "kprobe":
+            fn = self.cfg.unlink_fn
+            b.attach_kprobe(event=fn, fn_name=b"uw_unlinkat_entry")
+            b.attach_kretprobe(event=fn, fn_name=b"uw_exit_ret")
+            b.attach_kprobe(event=b"do_rmdir", fn_name=b"uw_rmdir_entry")
+            b.attach_kretprobe(event=b"do_rmdir", fn_name=b"uw_exit_ret")
+            b.attach_kprobe(event=b"do_renameat2", fn_name=b"uw_renameat2_entry")
+            b.attach_kprobe(event=b"vfs_rename", fn_name=b"uw_vfs_rename_entry")
+            b.attach_kretprobe(event=b"do_renameat2", fn_name=b"uw_exit_ret")
+        # tracepoint and fentry programs are attached by bcc as they load (TRACEPOINT_PROBE, KFUNC_PROBE)
+
+    def kernel_lost(self) -> int:
+        return int(sum(v.value for v in self._lost[0])) if hasattr(self._lost[0], "__iter__") else 0
+
+    def close(self) -> None:
+        b = getattr(self, "_bpf", None)
+        if b is not None:
+            with contextlib.suppress(Exception):
+                b.cleanup()
+            self._bpf = None
+
+
+class _Captured:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def getvalue(self) -> str:
+        return self.text
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[_Captured]:
+    """bcc and clang write diagnostics to fd 2 from C++; keep them for the one-line error and debug log."""
+    out = _Captured()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.text = tmp.read().decode(errors="replace")
+
+
+class ProbeError(Exception):
+    """A mode that does not compile, load or attach on this kernel."""
+
+
+def _first_error(text: str) -> str:
+    for line in text.splitlines():
+        low = line.lower()
+        if "error:" in low or "permission denied" in low or "invalid argument" in low:
+            return line.strip()[:300]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
