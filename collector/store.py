@@ -1,0 +1,133 @@
+"""The store interface shared by SQLite and PostgreSQL, query filters, and `--db URL` dispatch.
+
+Query order: oldest first by (time, storage id), which reads naturally for "what did pod X delete since
+10:00"; page tokens carry the last (time, id) returned."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from unlinkwatch.collector.ingest import AgentState
+from unlinkwatch.errors import UserError
+from unlinkwatch.pathglob import compile_glob, literal_prefix
+from unlinkwatch.pb import events_pb2 as pb
+
+DEFAULT_DB = "sqlite:///unlinkwatch.db"
+MAX_QUERY_LIMIT = 100_000
+
+
+@dataclass
+class BatchResult:
+    new_events: list[pb.DeletionEvent]
+    duplicates: int
+    state: AgentState
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    namespace: str = ""
+    pod: str = ""
+    pod_uid: str = ""
+    container: str = ""
+    workload: str = ""
+    node: str = ""
+    path_glob: str = ""
+    since_ns: int = 0
+    until_ns: int = 0   # exclusive; 0 = no bound
+
+    @classmethod
+    def from_request(cls, q: pb.QueryRequest) -> EventFilter:
+        return cls(namespace=q.namespace, pod=q.pod, pod_uid=q.pod_uid, container=q.container,
+                   workload=q.workload, node=q.node, path_glob=q.path_glob, since_ns=q.since_unix_ns,
+                   until_ns=q.until_unix_ns)
+
+    def equalities(self) -> list[tuple[str, str]]:
+        """(column, value) for every exact-match filter that is set."""
+        cols = (("namespace", self.namespace), ("pod", self.pod), ("pod_uid", self.pod_uid),
+                ("container", self.container), ("workload", self.workload), ("node", self.node))
+        return [(c, v) for c, v in cols if v]
+
+    def path_range(self) -> tuple[bytes, bytes | None] | None:
+        """[low, high) byte range of paths sharing the glob's literal prefix (None: no prefilter)."""
+        if not self.path_glob:
+            return None
+        prefix = literal_prefix(self.path_glob)
+        if not prefix:
+            return None
+        return prefix, prefix_upper(prefix)
+
+    def path_matches(self, path: bytes) -> bool:
+        return not self.path_glob or compile_glob(self.path_glob).match(path) is not None
+
+
+def prefix_upper(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with prefix (None: unbounded)."""
+    p = prefix.rstrip(b"\xff")
+    return p[:-1] + bytes([p[-1] + 1]) if p else None
+
+
+@dataclass(frozen=True)
+class Cursor:
+    time_ns: int
+    id: int
+
+    def token(self) -> str:
+        return f"{self.time_ns}:{self.id}"
+
+    @classmethod
+    def parse(cls, token: str) -> Cursor | None:
+        if not token:
+            return None
+        t, sep, i = token.partition(":")
+        if not sep or not t.isdigit() or not i.isdigit():
+            raise ValueError(f"bad page token: {token!r}")
+        return cls(int(t), int(i))
+
+
+class Store(Protocol):
+    def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
+        """Store the batch's new events and identity updates and the agent's accounting, atomically."""
+        ...
+
+    def bulk_insert(self, agent: str, events: Sequence[pb.DeletionEvent]) -> int:
+        """Fast load without per-batch accounting (benchmarks, imports); returns rows written."""
+        ...
+
+    def query(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
+        """Up to `limit` matching events oldest first, and the cursor to continue from (None at the end)."""
+        ...
+
+    def agents(self) -> list[AgentState]: ...
+
+    def save_alerts(self, alerts: Sequence[pb.Alert]) -> None: ...
+
+    def alerts_since(self, since_unix_ns: int, limit: int) -> list[pb.Alert]: ...
+
+    def delete_before(self, cutoff_ns: int, chunk: int = 50_000) -> int:
+        """Delete events older than cutoff in chunks (so ingest is never blocked long); returns rows deleted."""
+        ...
+
+    def count(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(url: str | None) -> Store:
+    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db` or `postgresql://...`."""
+    url = url or DEFAULT_DB
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://"):]
+        if not rest.startswith("/") or rest == "/":
+            raise UserError(f"--db: bad SQLite URL {url!r} (use sqlite:///relative.db or sqlite:////abs/path.db)")
+        from unlinkwatch.collector.store_sqlite import SqliteStore
+
+        # SQLAlchemy's convention: three slashes then a relative path; four slashes for an absolute one.
+        return SqliteStore(rest[1:])
+    if url.startswith(("postgresql://", "postgres://")):
+        from unlinkwatch.collector.store_postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise UserError(f"--db: unsupported URL {url!r} (use sqlite:///PATH or postgresql://...)")
+

@@ -1,0 +1,295 @@
+"""The embedded store: one SQLite file in WAL mode; one writer connection, one reader connection per thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+
+from unlinkwatch.collector.ingest import (
+    EVENT_COLUMNS,
+    IDENT_COLUMNS,
+    MAX_AGENT_NUM,
+    AgentState,
+    IdentKey,
+    account,
+    apply_identity,
+    event_rows,
+    ident_key,
+    seq_of,
+)
+from unlinkwatch.collector.store import BatchResult, Cursor, EventFilter
+from unlinkwatch.errors import UserError
+from unlinkwatch.pb import events_pb2 as pb
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+  num INTEGER PRIMARY KEY, agent TEXT NOT NULL UNIQUE, node TEXT NOT NULL DEFAULT '',
+  attach_mode TEXT NOT NULL DEFAULT '', last_seen_ns INTEGER NOT NULL DEFAULT 0,
+  events INTEGER NOT NULL DEFAULT 0, max_seq INTEGER NOT NULL DEFAULT 0,
+  lost_kernel INTEGER NOT NULL DEFAULT 0, lost_queue INTEGER NOT NULL DEFAULT 0,
+  lost_transport INTEGER NOT NULL DEFAULT 0, gaps INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS idents (
+  num INTEGER PRIMARY KEY, node TEXT NOT NULL, pod_uid TEXT NOT NULL, namespace TEXT NOT NULL, pod TEXT NOT NULL,
+  workload TEXT NOT NULL, container TEXT NOT NULL, container_id TEXT NOT NULL,
+  UNIQUE (node, pod_uid, namespace, pod, workload, container, container_id));
+CREATE INDEX IF NOT EXISTS idents_pod_uid ON idents (pod_uid);
+CREATE INDEX IF NOT EXISTS idents_ns_pod ON idents (namespace, pod);
+CREATE INDEX IF NOT EXISTS idents_workload ON idents (workload);
+CREATE INDEX IF NOT EXISTS idents_container_id ON idents (container_id);
+CREATE TABLE IF NOT EXISTS events (
+  id INTEGER PRIMARY KEY, time_ns INTEGER NOT NULL, op INTEGER NOT NULL, result INTEGER NOT NULL,
+  path BLOB NOT NULL, ident INTEGER NOT NULL, identity INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS events_time ON events (time_ns);
+CREATE INDEX IF NOT EXISTS events_ident ON events (ident, time_ns);
+CREATE INDEX IF NOT EXISTS events_path ON events (path);
+CREATE TABLE IF NOT EXISTS alerts (rowid_ INTEGER PRIMARY KEY, time_ns INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS alerts_time ON alerts (time_ns);
+"""
+AGENT_COLS = ("agent", "node", "attach_mode", "last_seen_ns", "events", "max_seq", "lost_kernel", "lost_queue",
+              "lost_transport", "gaps")
+INSERT_EVENTS = (f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
+IDENT_WHERE = " AND ".join(f"{c} = ?" for c in IDENT_COLUMNS)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes, fast commits
+    conn.execute("PRAGMA cache_size=-262144")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute("PRAGMA mmap_size=1073741824")
+    return conn
+
+
+class SqliteStore:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._w = _connect(path)
+            self._w.executescript(SCHEMA)
+            self._w.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in their own thread, off ingest
+        except sqlite3.Error as e:
+            raise UserError(f"--db: cannot open SQLite database {path!r}: {e}") from None
+        self._wlock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._load_caches()
+        self._closing = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        conn = _connect(self.path)
+        try:
+            while not self._closing.wait(0.5):
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+    def _load_caches(self) -> None:
+        self._agent_nums: dict[str, int] = {a: n for n, a in self._w.execute("SELECT num, agent FROM agents")}
+        self._idents: dict[IdentKey, int] = {
+            tuple(r[1:]): r[0] for r in self._w.execute(f"SELECT num, {', '.join(IDENT_COLUMNS)} FROM idents")}
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def _agent_num(self, agent: str) -> int:
+        num = self._agent_nums.get(agent)
+        if num is None:
+            self._w.execute("INSERT OR IGNORE INTO agents (agent) VALUES (?)", (agent,))
+            num = int(self._w.execute("SELECT num FROM agents WHERE agent = ?", (agent,)).fetchone()[0])
+            if num > MAX_AGENT_NUM:
+                raise ValueError("too many agents for the storage id space")
+            self._agent_nums[agent] = num
+        return num
+
+    def _new_ident(self, key: IdentKey) -> int:
+        self._w.execute(f"INSERT OR IGNORE INTO idents ({', '.join(IDENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)", key)
+        num = int(self._w.execute(f"SELECT num FROM idents WHERE {IDENT_WHERE}", key).fetchone()[0])
+        self._idents[key] = num
+        return num
+
+    def _load_state(self, agent: str) -> AgentState:
+        row = self._w.execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents WHERE agent = ?", (agent,)).fetchone()
+        return AgentState(*row) if row else AgentState(agent=agent)
+
+    def _begin(self) -> None:
+        self._w.execute("BEGIN IMMEDIATE")
+
+    def _rollback(self) -> None:
+        self._w.execute("ROLLBACK")
+        self._load_caches()  # numbers handed out inside the failed transaction no longer exist
+
+    def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
+        events = batch.events
+        with self._wlock:
+            w = self._w
+            self._begin()
+            try:
+                num = self._agent_num(batch.agent)
+                rows = event_rows(num, events, self._idents, self._new_ident)
+                existing: set[int] = set()
+                if rows:
+                    lo, hi = min(r[0] for r in rows), max(r[0] for r in rows)
+                    existing = {i for (i,) in w.execute("SELECT id FROM events WHERE id BETWEEN ? AND ?", (lo, hi))}
+                    if existing:
+                        rows = [r for r in rows if r[0] not in existing]
+                before = w.total_changes
+                w.executemany(INSERT_EVENTS, rows)
+                stored = w.total_changes - before  # repeats inside one batch are ignored too
+                for upd in batch.identity_updates:
+                    self._apply_update(upd)
+                state = account(self._load_state(batch.agent), batch, stored, now_ns)
+                w.execute(f"UPDATE agents SET {', '.join(c + ' = ?' for c in AGENT_COLS[1:])} WHERE num = ?",
+                          (*[getattr(state, c) for c in AGENT_COLS[1:]], num))
+                w.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        new_events = list(events) if stored == len(events) else new_events_of(events, existing)
+        return BatchResult(new_events=new_events, duplicates=len(events) - stored, state=state)
+
+    def _apply_update(self, upd: pb.IdentityUpdate) -> None:
+        conds = [(c, v) for c, v in (("pod_uid", upd.pod_uid), ("container_id", upd.container_id)) if v]
+        if not conds:
+            return
+        nums = [n for (n,) in self._w.execute(
+            "SELECT num FROM idents WHERE " + " AND ".join(f"{c} = ?" for c, _ in conds), [v for _, v in conds])]
+        if not nums:
+            return
+        marks = ", ".join("?" * len(nums))
+        changed = []
+        for i, data in self._w.execute(f"SELECT id, data FROM events WHERE ident IN ({marks}) AND identity = ?",
+                                       [*nums, pb.IDENTITY_STATE_UNKNOWN]).fetchall():
+            ev = pb.DeletionEvent.FromString(data)
+            apply_identity(ev, upd)
+            key = ident_key(ev)
+            changed.append((self._idents.get(key) or self._new_ident(key), ev.identity, ev.SerializeToString(), i))
+        self._w.executemany("UPDATE events SET ident = ?, identity = ?, data = ? WHERE id = ?", changed)
+
+    def bulk_insert(self, agent: str, events: Sequence[pb.DeletionEvent]) -> int:
+        with self._wlock:
+            self._begin()
+            try:
+                before = self._w.total_changes
+                self._w.executemany(INSERT_EVENTS, event_rows(self._agent_num(agent), events, self._idents,
+                                                              self._new_ident))
+                self._w.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            return self._w.total_changes - before
+
+    def save_alerts(self, alerts: Sequence[pb.Alert]) -> None:
+        with self._wlock:
+            self._w.executemany("INSERT INTO alerts (time_ns, data) VALUES (?, ?)",
+                                [(a.time_unix_ns, a.SerializeToString()) for a in alerts])
+
+    def delete_before(self, cutoff_ns: int, chunk: int = 50_000) -> int:
+        total = 0
+        while True:
+            with self._wlock:
+                n = self._w.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE time_ns < ? "
+                                    "ORDER BY time_ns LIMIT ?)", (cutoff_ns, chunk)).rowcount
+                self._w.execute("DELETE FROM alerts WHERE time_ns < ?", (cutoff_ns,))
+            total += n
+            if n < chunk:
+                return total
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+            with self._wlock:
+                self._readers.append(conn)
+        return conn
+
+    def query(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
+        conn = self._reader()
+        where: list[str] = []
+        args: list[object] = []
+        eq = f.equalities()
+        if eq:
+            sql = "SELECT num FROM idents WHERE " + " AND ".join(f"{c} = ?" for c, _ in eq)
+            nums = [n for (n,) in conn.execute(sql, [v for _, v in eq])]
+            if not nums:
+                return [], None
+            where.append(f"ident IN ({', '.join('?' * len(nums))})")
+            args += nums
+        if f.since_ns:
+            where.append("time_ns >= ?")
+            args.append(f.since_ns)
+        if f.until_ns:
+            where.append("time_ns < ?")
+            args.append(f.until_ns)
+        rng = f.path_range()
+        if rng:
+            where.append("path >= ?")
+            args.append(rng[0])
+            if rng[1] is not None:
+                where.append("path < ?")
+                args.append(rng[1])
+        return _paged(conn, where, args, f, after, limit)
+
+    def agents(self) -> list[AgentState]:
+        rows = self._reader().execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents ORDER BY node, agent")
+        return [AgentState(*r) for r in rows]
+
+    def alerts_since(self, since_unix_ns: int, limit: int) -> list[pb.Alert]:
+        rows = self._reader().execute("SELECT data FROM alerts WHERE time_ns >= ? ORDER BY time_ns, rowid_ LIMIT ?",
+                                      (since_unix_ns, limit))
+        return [pb.Alert.FromString(d) for (d,) in rows]
+
+    def count(self) -> int:
+        return int(self._reader().execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def analyze(self) -> None:
+        with self._wlock:
+            self._w.execute("ANALYZE")
+
+    def close(self) -> None:
+        self._closing.set()
+        self._checkpointer.join(timeout=10)
+        with self._wlock:
+            for c in self._readers:
+                c.close()
+            self._readers.clear()
+            self._w.close()
+
+
+def _paged(conn: sqlite3.Connection, where: list[str], args: list[object], f: EventFilter, after: Cursor | None,
+           limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
+    """Reads in chunks until `limit` rows pass the exact glob match (the SQL path range is only a prefilter)."""
+    out: list[pb.DeletionEvent] = []
+    last = scan = after
+    chunk = limit + 1 if not f.path_glob else max(256, 2 * limit)
+    while True:
+        w, a = list(where), list(args)
+        if scan is not None:
+            w.append("(time_ns, id) > (?, ?)")
+            a += [scan.time_ns, scan.id]
+        sql = "SELECT id, time_ns, path, data FROM events" + (" WHERE " + " AND ".join(w) if w else "")
+        rows = conn.execute(sql + " ORDER BY time_ns, id LIMIT ?", [*a, chunk]).fetchall()
+        for i, t, path, data in rows:
+            if f.path_matches(path):
+                if len(out) == limit:
+                    return out, last
+                out.append(pb.DeletionEvent.FromString(data))
+                last = Cursor(t, i)
+            scan = Cursor(t, i)
+        if len(rows) < chunk:
+            return out, None
+
+
+def new_events_of(events: Sequence[pb.DeletionEvent], existing_ids: set[int]) -> list[pb.DeletionEvent]:
+    """The events of a batch that were new: not stored before and not a repeat inside the batch."""
+    skip = {seq_of(i) for i in existing_ids}
+    out = []
+    for ev in events:
+        if ev.seq not in skip:
+            skip.add(ev.seq)
+            out.append(ev)
+    return out
