@@ -5,10 +5,10 @@ ring buffer's fd and the kernel drop counter."""
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import logging
 import os
 import platform
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,7 +171,7 @@ class Probe:
         # tracepoint and fentry programs are attached by bcc as they load (TRACEPOINT_PROBE, KFUNC_PROBE)
 
     def kernel_lost(self) -> int:
-        return int(sum(v.value for v in self._lost[0])) if hasattr(self._lost[0], "__iter__") else 0
+        return int(self._lost.sum(self._lost.Key(0)).value)
 
     def close(self) -> None:
         b = getattr(self, "_bpf", None)

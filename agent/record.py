@@ -76,7 +76,7 @@ class Decoder:
         self._clock = MonotonicToUnix()
 
     def decode(self, rec: bytes) -> pb.DeletionEvent | CgroupMkdir | None:
-        (ts_ns, cgroup_id, proc_start, kind, op, pid, tid, ppid, uid, gid, result, dirfd, flags,
+        (ts_ns, cgroup_id, proc_start, kind, op, pid, tid, ppid, uid, gid, result, _dirfd, flags,
          raw_len, dir_len, comm) = HEADER.unpack_from(rec, 0)
         base = HEADER.size
         raw = rec[base : base + raw_len]

@@ -1,0 +1,86 @@
+"""`unlinkwatch doctor`: what this kernel offers, which hook the agent would use, and a live self-test."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from unlinkwatch.agent import hooks
+from unlinkwatch.agent.btf import VMLINUX_BTF, Btf, BtfError
+from unlinkwatch.agent.probe import ensure_tracefs, header_tree
+from unlinkwatch.errors import UserError
+
+
+def _check(fn: Any) -> tuple[bool, str]:
+    try:
+        detail = fn()
+        return True, str(detail) if detail is not None else ""
+    except (UserError, BtfError, OSError) as e:
+        return False, str(e)
+
+
+def gather(attach: str) -> dict[str, Any]:
+    report: dict[str, Any] = {"kernel": platform.release(), "checks": {}}
+    checks: dict[str, dict[str, Any]] = report["checks"]
+
+    def put(name: str, ok: bool, detail: str) -> None:
+        checks[name] = {"ok": ok, "detail": detail}
+
+    put("root", os.geteuid() == 0, "running as root" if os.geteuid() == 0 else "eBPF needs root or CAP_BPF+PERFMON")
+    ok, detail = _check(lambda: f"{VMLINUX_BTF} ({Path(VMLINUX_BTF).stat().st_size // 1024} KiB)")
+    put("btf", ok, detail)
+    btf = Btf.load() if ok else None
+    def tracefs() -> str:
+        ensure_tracefs()
+        return "mounted"
+
+    put("tracefs", *_check(tracefs))
+    put("kprobes", hooks.kprobes_available(),
+        "kprobe_events present" if hooks.kprobes_available() else "CONFIG_KPROBE_EVENTS not set")
+    if btf is not None:
+        fns = [f for f in hooks.UNLINK_FUNCTIONS if btf.has_func(f)]
+        put("unlink_function", bool(fns), ", ".join(fns) or "neither do_unlinkat nor filename_unlinkat")
+    put("syscall_tracepoints", Path("/sys/kernel/tracing/events/syscalls/sys_enter_unlinkat").exists(),
+        "syscalls:sys_enter_unlinkat")
+    put("headers", *_check(lambda: header_tree() or f"/lib/modules/{platform.release()}/build"))
+    if os.geteuid() != 0 or btf is None:
+        report["agent_can_run"] = False
+        return report
+    try:
+        att = hooks.attach(attach, btf=btf)
+    except UserError as e:
+        put("self_test", False, str(e))
+        report["agent_can_run"] = False
+        return report
+    try:
+        cand = att.candidate
+        for c, why in att.tried:
+            put(f"mode_{c.mode}", False, why)
+        put(f"mode_{cand.mode}", True, f"attached to {cand.hook}")
+        put("ring_buffer", True, f"{att.probe.ringbuf_size >> 20} MiB, BPF_MAP_TYPE_RINGBUF")
+        put("self_test", True, f"synthetic unlink seen end to end in {att.startup_s:.2f} s (compile+attach+test)")
+        report.update(mode=cand.mode, hook=cand.hook, startup_s=round(att.startup_s, 3),
+                      misses=hooks.MISSES[cand.mode], agent_can_run=True)
+    finally:
+        att.close()
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    report = gather(args.attach)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"kernel {report['kernel']}")
+        for name, c in report["checks"].items():
+            print(f"  {'ok ' if c['ok'] else 'NO '} {name:<20} {c['detail']}")
+        if report.get("agent_can_run"):
+            print(f"agent would attach: {report['mode']} ({report['hook']}), start-up {report['startup_s']} s")
+            print(f"this mode misses: {report['misses']}")
+        else:
+            print("the agent cannot run here (see NO above)")
+    return 0 if report.get("agent_can_run") else 1
