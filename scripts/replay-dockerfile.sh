@@ -153,14 +153,24 @@ done
 [ ${#ENTRYPOINT[@]} -gt 0 ] || die "no ENTRYPOINT"
 rm -rf "$ROOT/run/replay"
 
-# 4. What the pod would run: the entrypoint, then doctor with its live self-test.
+# 4. What the pod would run. As the DaemonSet does: uid 0 with only these capabilities (bounding set,
+# nothing inheritable, so root's permitted set is exactly this) and no_new_privs; keep in step with it.
+POD_CAPS=(BPF PERFMON SYS_RESOURCE DAC_READ_SEARCH)
+caps=$(printf ',+%s' "${POD_CAPS[@]}" | tr '[:upper:]' '[:lower:]')
+as_pod() { in_root setpriv --bounding-set="-all$caps" --inh-caps=-all --no-new-privs -- "$@"; }
+SMOKE='from bcc import BPF
+b = BPF(text="TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat) { return 0; }")
+print("compiled and attached syscalls:sys_enter_unlinkat")'
+
 log "image env: $(env_args | tr '\0' ' ')"
 log "unlinkwatch --version: $(in_root "${ENTRYPOINT[@]}" --version 2>&1)"
 log "import bcc: $(in_root python3 -c 'import bcc, sys; print(bcc.__file__, sys.executable)' 2>&1)"
 log "image size: $(du -sh --one-file-system "$ROOT" | cut -f1)"
-log "running: ${ENTRYPOINT[*]} doctor ${DOCTOR_ARGS[*]}"
+log "pod capabilities: $(as_pod grep -E '^Cap(Prm|Eff|Bnd)' /proc/self/status | tr '\n\t' '  ')"
+log "bcc smoke test with the pod's capabilities: $(as_pod python3 -c "$SMOKE" 2>&1 | tail -n 1)"
+log "running, with the pod's capabilities: ${ENTRYPOINT[*]} doctor ${DOCTOR_ARGS[*]}"
 set +e
-in_root "${ENTRYPOINT[@]}" doctor "${DOCTOR_ARGS[@]}"
+as_pod "${ENTRYPOINT[@]}" doctor "${DOCTOR_ARGS[@]}"
 rc=$?
 set -e
 log "doctor exit status: $rc"
