@@ -6,7 +6,7 @@ Query order: oldest first by (time, storage id), which reads naturally for "what
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from unlinkwatch.collector.ingest import AgentState
@@ -23,6 +23,7 @@ class BatchResult:
     new_events: list[pb.DeletionEvent]
     duplicates: int
     state: AgentState
+    counts: dict[tuple[int, bool], int] = field(default_factory=dict)  # (op, succeeded) -> new events
 
 
 @dataclass(frozen=True)

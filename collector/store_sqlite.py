@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Sequence
 
 from unlinkwatch.collector.ingest import (
@@ -135,6 +136,7 @@ class SqliteStore:
                     existing = {i for (i,) in w.execute("SELECT id FROM events WHERE id BETWEEN ? AND ?", (lo, hi))}
                     if existing:
                         rows = [r for r in rows if r[0] not in existing]
+                counts = Counter((r[2], r[3] == 0) for r in rows)
                 before = w.total_changes
                 w.executemany(INSERT_EVENTS, rows)
                 stored = w.total_changes - before  # repeats inside one batch are ignored too
@@ -148,7 +150,8 @@ class SqliteStore:
                 self._rollback()
                 raise
         new_events = list(events) if stored == len(events) else new_events_of(events, existing)
-        return BatchResult(new_events=new_events, duplicates=len(events) - stored, state=state)
+        return BatchResult(new_events=new_events, duplicates=len(events) - stored, state=state,
+                           counts=dict(counts))
 
     def _apply_update(self, upd: pb.IdentityUpdate) -> None:
         conds = [(c, v) for c, v in (("pod_uid", upd.pod_uid), ("container_id", upd.container_id)) if v]
