@@ -1,0 +1,195 @@
+"""The agent against the live kernel: real deletions, real probes, the JSON lines of `agent --stdout`.
+Here the kernel offers syscall tracepoints; the same file runs under the kernel lab in kprobe and fentry
+mode (UNLINKWATCH_TEST_ATTACH)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_root
+from tests.support.agentproc import AgentProcess, by_pid, run_deleter
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[AgentProcess]:
+    require_root()
+    a = AgentProcess(metrics_port=_free_port())
+    try:
+        info = a.wait_attached()
+        expected = os.environ.get("UNLINKWATCH_TEST_ATTACH")
+        if expected and expected != "auto":
+            assert info["mode"] == expected
+        yield a
+    finally:
+        a.stop()
+
+
+@pytest.fixture
+def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("del")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_an_absolute_unlink_is_reported_with_its_process(agent: AgentProcess, work: Path) -> None:
+    f = work / "abs.txt"
+    f.touch()
+    pid = run_deleter(f"os.unlink({str(f)!r})")
+    (ev,) = agent.wait_for(by_pid(pid))
+    assert ev["op"] == "unlink" and ev["path"] == str(f) and ev["raw_path"] == str(f)
+    assert ev["result"] == 0 and ev["tid"] == pid and ev["ppid"] == os.getpid()
+    assert ev["uid"] == 0 and ev["comm"].startswith("python") and "python" in ev["exe"]
+    assert ev["time"].endswith("Z") and len(ev["time"].split(".")[1]) == 10
+    assert ev["attach_mode"] == agent.attach or agent.attach == "auto"
+
+
+def test_a_path_relative_to_the_cwd_is_made_absolute_in_the_kernel(agent: AgentProcess, work: Path) -> None:
+    (work / "rel.txt").touch()
+    pid = run_deleter("os.unlink('rel.txt')", cwd=work)
+    (ev,) = agent.wait_for(by_pid(pid))
+    assert ev["path"] == str(work / "rel.txt") and ev["raw_path"] == "rel.txt"
+
+
+def test_dot_dot_and_dot_are_normalised(agent: AgentProcess, work: Path) -> None:
+    (work / "a" / "b").mkdir(parents=True)
+    (work / "x.txt").touch()
+    pid = run_deleter("os.unlink('../.././x.txt')", cwd=work / "a" / "b")
+    (ev,) = agent.wait_for(by_pid(pid))
+    assert ev["path"] == str(work / "x.txt") and ev["raw_path"] == "../.././x.txt"
+
+
+def test_a_path_relative_to_a_dirfd_uses_that_directory(agent: AgentProcess, work: Path) -> None:
+    (work / "d").mkdir()
+    (work / "d" / "f").touch()
+    pid = run_deleter(f"fd = os.open({str(work / 'd')!r}, os.O_RDONLY)\nos.unlink('f', dir_fd=fd)")
+    (ev,) = agent.wait_for(by_pid(pid))
+    assert ev["path"] == str(work / "d" / "f") and ev["op"] == "unlink"
+
+
+def test_rmdir_and_unlinkat_removedir_are_rmdir(agent: AgentProcess, work: Path) -> None:
+    (work / "e1").mkdir()
+    (work / "e2").mkdir()
+    pid = run_deleter(f"os.rmdir({str(work / 'e1')!r})\nfd = os.open({str(work)!r}, os.O_RDONLY)\n"
+                      "os.rmdir('e2', dir_fd=fd)")
+    evs = agent.wait_for(by_pid(pid), count=2)
+    assert sorted((e["op"], e["path"]) for e in evs) == [("rmdir", str(work / "e1")), ("rmdir", str(work / "e2"))]
+
+
+def test_rm_r_of_a_tree_reports_every_file_and_directory(agent: AgentProcess, work: Path) -> None:
+    tree = work / "tree"
+    expected = {str(tree)}
+    for d in ("a", "a/b", "c"):
+        (tree / d).mkdir(parents=True, exist_ok=True)
+        expected.add(str(tree / d))
+        for i in range(3):
+            (tree / d / f"f{i}").touch()
+            expected.add(str(tree / d / f"f{i}"))
+    p = subprocess.Popen(["rm", "-r", "tree"], cwd=work)
+    assert p.wait() == 0
+    evs = agent.wait_for(by_pid(p.pid), count=len(expected))
+    assert {e["path"] for e in evs} == expected
+    assert {e["op"] for e in evs if e["path"].endswith(("/a", "/b", "/c", "/tree"))} == {"rmdir"}
+
+
+def test_a_failed_unlink_carries_the_negative_errno(agent: AgentProcess, work: Path) -> None:
+    pid = run_deleter(f"try:\n    os.unlink({str(work / 'missing')!r})\nexcept FileNotFoundError:\n    pass")
+    (ev,) = agent.wait_for(by_pid(pid))
+    assert ev["result"] == -2 and ev["path"] == str(work / "missing")
+
+
+def test_a_rename_over_an_existing_file_is_a_deletion_of_the_target(agent: AgentProcess, work: Path) -> None:
+    (work / "new").write_text("new")
+    (work / "victim").write_text("old")
+    (work / "fresh-src").write_text("x")
+    pid = run_deleter("os.rename('new', 'victim')\nos.rename('fresh-src', 'fresh-dst')", cwd=work)
+    evs = agent.wait_for(by_pid(pid), count=2, timeout=5)
+    assert [(e["op"], e["path"], e["result"]) for e in evs] == [("rename", str(work / "victim"), 0)]
+
+
+def test_a_rename_with_absolute_paths_over_a_target_is_reported(agent: AgentProcess, work: Path) -> None:
+    (work / "sub").mkdir()
+    (work / "sub" / "cfg.tmp").write_text("new")
+    (work / "sub" / "cfg").write_text("old")
+    pid = run_deleter(f"os.rename({str(work / 'sub' / 'cfg.tmp')!r}, {str(work / 'sub' / 'cfg')!r})")
+    (ev,) = agent.wait_for(by_pid(pid))
+    assert ev["op"] == "rename" and ev["path"] == str(work / "sub" / "cfg")
+
+
+def test_a_name_that_is_not_utf8_survives_as_escaped_bytes(agent: AgentProcess, work: Path) -> None:
+    name = os.fsencode(work) + b"/caf\xe9-\xff"
+    with open(name, "wb"):
+        pass
+    pid = run_deleter(f"os.unlink({name!r})")
+    (ev,) = agent.wait_for(by_pid(pid))
+    assert ev["path"] == str(work) + "/caf\\xe9-\\xff"
+
+
+def test_a_deletion_from_a_thread_has_its_own_tid(agent: AgentProcess, work: Path) -> None:
+    (work / "t").touch()
+    pid = run_deleter("import threading\nt = threading.Thread(target=os.unlink, args=('t',))\nt.start(); t.join()",
+                      cwd=work)
+    (ev,) = agent.wait_for(by_pid(pid))
+    assert ev["pid"] == pid and ev["tid"] != pid and ev["path"] == str(work / "t")
+
+
+def test_a_3000_byte_path_arrives_whole_both_absolute_and_relative(agent: AgentProcess, work: Path) -> None:
+    deep = work
+    for i in range(29):
+        deep = deep / (f"{i:02d}" + "d" * 98)
+    deep.mkdir(parents=True)
+    (deep / "abs").touch()
+    (deep / "rel").touch()
+    assert len(str(deep / "abs")) > 2900
+    pid = run_deleter(f"os.unlink({str(deep / 'abs')!r})")
+    pid2 = run_deleter("os.unlink('rel')", cwd=deep)
+    (ev,) = agent.wait_for(by_pid(pid))
+    (ev2,) = agent.wait_for(by_pid(pid2))
+    assert ev["path"] == str(deep / "abs") and not ev["path_truncated"]
+    assert ev2["path"] == str(deep / "rel") and not ev2["path_truncated"]
+
+
+def test_a_chrooted_process_is_seen_in_its_own_view(agent: AgentProcess, work: Path) -> None:
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox-static is not installed (make setup installs it)")
+    root = work / "jail"
+    for d in ("bin", "etc", "data"):
+        (root / d).mkdir(parents=True)
+    shutil.copy(busybox, root / "bin" / "busybox")
+    (root / "etc" / "secret").touch()
+    (root / "data" / "rel").touch()
+    p1 = subprocess.Popen(["chroot", str(root), "/bin/busybox", "rm", "/etc/secret"])
+    p2 = subprocess.Popen(["chroot", str(root), "/bin/busybox", "sh", "-c", "cd /data && /bin/busybox rm rel"])
+    assert p1.wait() == 0 and p2.wait() == 0
+    (ev,) = agent.wait_for(by_pid(p1.pid))
+    assert ev["path"] == "/etc/secret" and ev["exe"] == "/bin/busybox"
+    ev2 = agent.wait_for(lambda e: e["path"] == "/data/rel")
+    assert len(ev2) == 1 and ev2[0]["raw_path"] == "rel"
+
+
+def test_a_burst_of_5000_deletions_is_reported_whole_with_no_drops(agent: AgentProcess, work: Path) -> None:
+    burst = work / "burst"
+    burst.mkdir()
+    for i in range(5000):
+        (burst / f"f{i}").touch()
+    pid = run_deleter("d = os.open('.', os.O_RDONLY)\nfor i in range(5000):\n    os.unlink(f'f{i}', dir_fd=d)",
+                      cwd=burst)
+    evs = agent.wait_for(by_pid(pid), count=5000, timeout=60)
+    assert len(evs) == 5000
+    assert {e["path"] for e in evs} == {str(burst / f"f{i}") for i in range(5000)}
+    seqs = [e["seq"] for e in evs]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5000
+    assert agent.metric('unlinkwatch_agent_events_lost_total{stage="kernel"}') == 0

@@ -1,0 +1,118 @@
+"""Runs the real agent (`unlinkwatch agent --stdout`) as a subprocess and collects its JSON lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+Event = dict[str, Any]
+
+
+def unlinkwatch_cmd() -> list[str]:
+    return [sys.executable, "-m", "unlinkwatch.cli"]
+
+
+class AgentProcess:
+    def __init__(self, *extra: str, attach: str | None = None, metrics_port: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.attach = attach or os.environ.get("UNLINKWATCH_TEST_ATTACH", "auto")
+        self.metrics_port = metrics_port
+        args = [*unlinkwatch_cmd(), "agent", "--stdout", "--attach", self.attach, *extra]
+        if "--kube" not in extra:
+            args += ["--kube", "off"]
+        if metrics_port:
+            args += ["--metrics-addr", f"127.0.0.1:{metrics_port}"]
+        self.events: list[Event] = []
+        self.log: list[str] = []
+        self._cv = threading.Condition()
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env={**os.environ, **(env or {})}, text=True, errors="replace")
+        self._threads = [threading.Thread(target=self._read_events, daemon=True),
+                         threading.Thread(target=self._read_log, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _read_events(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cv:
+                self.events.append(json.loads(line))
+                self._cv.notify_all()
+
+    def _read_log(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cv:
+                self.log.append(line.rstrip("\n"))
+                self._cv.notify_all()
+
+    def wait_attached(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Waits for the "attached" log line (compile + attach + self-test)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while time.monotonic() < deadline:
+                for line in self.log:
+                    if '"msg": "attached"' in line:
+                        return dict(json.loads(line))
+                if self.proc.poll() is not None:
+                    break
+                self._cv.wait(0.2)
+        raise AssertionError(f"agent did not attach (rc={self.proc.poll()}):\n" + "\n".join(self.log[-20:]))
+
+    def wait_for(self, pred: Callable[[Event], bool], count: int = 1, timeout: float = 30.0) -> list[Event]:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                found = [e for e in self.events if pred(e)]
+                if len(found) >= count or time.monotonic() >= deadline:
+                    return found
+                self._cv.wait(0.1)
+
+    def quiet_for(self, pred: Callable[[Event], bool], seconds: float = 1.0) -> list[Event]:
+        time.sleep(seconds)
+        with self._cv:
+            return [e for e in self.events if pred(e)]
+
+    def metric(self, name: str) -> float:
+        assert self.metrics_port
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        total = 0.0
+        for line in body.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for t in self._threads:
+            t.join(5)
+        return self.proc.returncode
+
+
+def run_deleter(code: str, cwd: Path | str | None = None) -> int:
+    """Runs Python code in a child process; returns its pid (events are matched by it)."""
+    p = subprocess.run([sys.executable, "-c", "import os,sys\n" + code + "\nprint(os.getpid())"],
+                       cwd=cwd, capture_output=True, text=True, check=True)
+    return int(p.stdout.strip().splitlines()[-1])
+
+
+def by_pid(pid: int) -> Callable[[Event], bool]:
+    return lambda e: e["pid"] == pid
+
+
+def paths(events: list[Event]) -> Iterator[str]:
+    return (e["path"] for e in events)
