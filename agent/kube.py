@@ -267,7 +267,7 @@ class PodWatcher:
                     self._connect()
                 if self.resource_version is None:
                     self.resource_version = self._list()
-                self.resource_version = self._watch(self.resource_version)
+                self._watch(self.resource_version)
                 delay = 0.5
                 continue
             except _Gone:
@@ -320,7 +320,8 @@ class PodWatcher:
         self.synced.set()
         return str((data.get("metadata") or {}).get("resourceVersion", ""))
 
-    def _watch(self, rv: str) -> str:
+    def _watch(self, rv: str) -> None:
+        """Follow changes from rv until the server ends the watch; self.resource_version tracks progress."""
         iter_resp_lines = _k8s().watch.watch.iter_resp_lines
         resp = self._core.list_pod_for_all_namespaces(
             field_selector=self._selector(), watch=True, resource_version=rv, allow_watch_bookmarks=True,
@@ -329,15 +330,16 @@ class PodWatcher:
         self._resp = resp
         self.connected = True
         try:
+            if self._stop.is_set():
+                return  # stop() came while the request was being made: it could not wake us
             for line in iter_resp_lines(resp):
                 if self._stop.is_set():
                     break
                 if line.strip():
-                    rv = self._apply(json.loads(line), rv)
+                    self.resource_version = self._apply(json.loads(line), self.resource_version or rv)
         finally:
             self._resp = None
             resp.release_conn()
-        return rv
 
     def _apply(self, ev: Any, rv: str) -> str:
         if not isinstance(ev, dict) or not isinstance(ev.get("object"), dict):

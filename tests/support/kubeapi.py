@@ -296,3 +296,13 @@ def make_job(name: str, namespace: str = "default", cronjob: str | None = None) 
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _workload_meta(name, namespace, owner),
             "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
                 {"name": "job", "image": "busybox:1.36"}]}}}}
+
+
+def wait_until(cond: Any, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll cond() until it is true or the timeout passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return bool(cond())
