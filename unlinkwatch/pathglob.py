@@ -12,7 +12,7 @@ Semantics (docs/RULES.md has the table):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
 from unlinkwatch.eventjson import untext
@@ -137,3 +137,123 @@ def literal_prefix(glob: str) -> bytes:
             return bytes(head[: head.rfind(b"/") + 1]) if b"/" in head else b""
         head += val
     return bytes(head)
+
+
+class GlobSet:
+    """Which of many tagged globs match a path, at a cost that hardly grows with their number.
+
+    Anchored globs are bucketed by their first path segment and each bucket is one regex with a named group
+    per tag; floating globs are found by their literal last segment (`**/.bash_history`) or gated by a
+    literal they need (`**/.ssh/**` needs ".ssh"). Python's regex engine tries alternatives one by one,
+    so one regex over every glob costs a microsecond or more per path; this costs a fraction of that.
+    """
+
+    def __init__(self, globs: Iterable[tuple[str, int]]) -> None:
+        buckets: dict[bytes | None, list[tuple[str, int]]] = {}
+        self._by_last: dict[bytes, list[tuple[re.Pattern[bytes], int]]] = {}
+        self._gated: list[tuple[bytes, re.Pattern[bytes], int]] = []
+        for glob, tag in globs:
+            toks = _tokens(glob)
+            if toks and toks[0] == ("lit", b"/"):
+                first, literal = bytearray(), True
+                for kind, val in toks[1:]:
+                    if val == b"/":
+                        break
+                    literal = literal and kind == "lit"
+                    first += val
+                key: bytes | None = bytes(first) if literal and first else None  # None: "/*/x", "/**"
+                buckets.setdefault(key, []).append((glob, tag))
+                continue
+            rx = compile_glob(glob)
+            tail = toks[2:] if toks[:2] == [("**", b""), ("lit", b"/")] else []
+            if tail and all(kind == "lit" for kind, _ in tail):
+                lit = b"".join(v for _, v in tail)
+                self._by_last.setdefault(lit.rsplit(b"/", 1)[-1], []).append((rx, tag))
+            else:
+                self._gated.append((_needed_literal(toks), rx, tag))
+        wild = buckets.pop(None, [])
+        self._buckets = {k: _TagChain(v + wild) for k, v in buckets.items()}
+        self._wild = _TagChain(wild)
+
+    def tags(self, path: bytes) -> set[int]:
+        """The tags with at least one glob matching the whole path."""
+        parts = path.split(b"/", 2)
+        chain = self._buckets.get(parts[1], self._wild) if len(parts) > 1 and not parts[0] else self._wild
+        out = chain.tags(path) if chain.size else set()
+        hit = self._by_last.get(parts[-1] if len(parts) < 3 else path[path.rfind(b"/") + 1 :])
+        if hit:
+            out.update(tag for rx, tag in hit if rx.match(path) is not None)
+        for lit, rx, tag in self._gated:
+            if lit in path and rx.match(path) is not None:
+                out.add(tag)
+        return out
+
+
+def _needed_literal(toks: list[tuple[str, bytes]]) -> bytes:
+    """The longest literal run every match must contain (b"" when there is none)."""
+    runs: list[bytes] = []
+    run, after_star2 = bytearray(), False
+    for kind, val in [*toks, ("end", b"")]:
+        if kind == "lit":
+            run += val
+            continue
+        lit = bytes(run)
+        if after_star2:
+            lit = lit.removeprefix(b"/")  # "**/" may match zero segments, and with them the slash
+        if kind == "**":
+            lit = lit.removesuffix(b"/")  # "/**" also matches the directory itself
+        runs.append(lit)
+        run, after_star2 = bytearray(), kind == "**"
+    return max(runs, key=len)
+
+
+class _TagChain:
+    """One regex over tagged globs; a match's lastgroup is the first matching tag, and the regex over the
+    tags after it finds the next one."""
+
+    def __init__(self, globs: list[tuple[str, int]]) -> None:
+        by_tag: dict[int, list[str]] = {}
+        for glob, tag in globs:
+            by_tag.setdefault(tag, []).append(glob)
+        self._tags = sorted(by_tag)
+        self._src = [b"(?P<t%d>(?:%s)\\Z)" % (i, b"|".join(glob_regex(g) for g in by_tag[t]))
+                     for i, t in enumerate(self._tags)]
+        self._rx: dict[int, re.Pattern[bytes]] = {}
+        self.size = len(self._tags)
+
+    def _from(self, start: int) -> re.Pattern[bytes]:
+        rx = self._rx.get(start)
+        if rx is None:
+            rx = self._rx[start] = re.compile(b"|".join(self._src[start:]), re.DOTALL)
+        return rx
+
+    def tags(self, path: bytes) -> set[int]:
+        out: set[int] = set()
+        i = 0
+        while i < self.size:
+            m = self._from(i).match(path)
+            if m is None or m.lastgroup is None:
+                break
+            i = int(m.lastgroup[1:])
+            out.add(self._tags[i])
+            i += 1
+        return out
+
+
+def compile_matcher(globs: Iterable[str]) -> Callable[[bytes], bool]:
+    """A predicate true when any glob matches; globs without wildcards become one set lookup."""
+    literal: set[bytes] = set()
+    wild: list[str] = []
+    for g in globs:
+        toks = _tokens(g)
+        if all(kind == "lit" for kind, _ in toks):
+            literal.add(b"".join(v for _, v in toks))
+        else:
+            wild.append(g)
+    lits = frozenset(literal)
+    if not wild:
+        return lits.__contains__
+    rx = compile_globs(wild)
+    if not lits:
+        return lambda s: rx.match(s) is not None
+    return lambda s: s in lits or rx.match(s) is not None
