@@ -283,3 +283,9 @@ def test_make_certs_writes_valid_secrets_for_every_secret_the_manifests_mount(tm
     # The agents dial this name; the collector's in-pod readiness check dials 127.0.0.1 with it overridden.
     assert "DNS:unlinkwatch-collector.unlinkwatch.svc," in text
     assert "TLS Web Client Authentication" in text
+
+
+def test_the_dockerfile_replay_runs_doctor_with_the_daemonsets_capability_set() -> None:
+    script = (ROOT / "scripts" / "replay-dockerfile.sh").read_text()
+    line = next(ln for ln in script.splitlines() if ln.startswith("POD_CAPS=("))
+    assert set(line.removeprefix("POD_CAPS=(").removesuffix(")").split()) == AGENT_CAPABILITIES
