@@ -180,15 +180,15 @@ def api_client(kubeconfig: str | None) -> Any:
     """A kubernetes ApiClient from --kubeconfig, else in-cluster, else $KUBECONFIG; no global config touched."""
     k = _k8s()
     client, config = k.client, k.config
+    cfg = client.Configuration()
+    cfg.retries = 0  # the watcher backs off by itself; urllib3's retries would only add log noise
     try:
-        if kubeconfig:
-            return config.new_client_from_config(config_file=kubeconfig)
+        path = kubeconfig or (None if os.environ.get("KUBERNETES_SERVICE_HOST") else os.environ.get("KUBECONFIG"))
+        if path:
+            return config.new_client_from_config(config_file=path, client_configuration=cfg, persist_config=False)
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            cfg = client.Configuration()
             config.load_incluster_config(client_configuration=cfg)
             return client.ApiClient(configuration=cfg)
-        if os.environ.get("KUBECONFIG"):
-            return config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
     except Exception as e:  # the client raises ConfigException, yaml errors, TypeError, KeyError...
         raise ApiUnavailable(f"cannot load Kubernetes config ({kubeconfig or 'in-cluster'}): "
                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
