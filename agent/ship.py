@@ -1,0 +1,336 @@
+"""Ships events to the collector: batches by size and time, a bounded queue, an optional disk spool, and
+one bidirectional Ingest stream (batches out, acks in) that reconnects with exponential backoff and jitter.
+
+Delivery is at least once: a batch leaves the queue (and the spool) only on its ack; replays after a
+reconnect or restart are deduplicated by the collector on (agent, seq)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from unlinkwatch.agent.metrics import AgentMetrics
+from unlinkwatch.agent.spool import Spool, SpoolFile
+from unlinkwatch.pb import events_pb2 as pb
+from unlinkwatch.tlsconfig import channel
+
+log = logging.getLogger("unlinkwatch.agent.ship")
+INGEST = "/unlinkwatch.v1.Collector/Ingest"
+MAX_BATCH_BYTES = 4 << 20
+WINDOW = 8               # batches in flight before waiting for acks
+HEARTBEAT_S = 10.0       # an empty batch when idle, so the collector sees the agent and its loss counters
+BACKOFF_BASE_S, BACKOFF_CAP_S = 0.2, 5.0
+
+
+@dataclass
+class ShipperConfig:
+    collector: str
+    agent_id: str
+    node: str
+    attach_mode: str
+    spool_dir: str | None = None
+    spool_max_bytes: int = 512 << 20
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_server_name: str | None = None
+    batch_max_events: int = 4096
+    batch_max_delay_s: float = 0.2
+    queue_max_events: int = 1_000_000
+
+
+@dataclass
+class _Entry:
+    batch_id: int
+    events: int
+    data: bytes | None          # None: read it back from the spool file
+    file: SpoolFile | None
+    own: bool                   # False for batches spooled by an earlier run (another agent id)
+    sent_at: float = 0.0
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_batch(header: pb.EventBatch, events: list[bytes]) -> bytes:
+    """EventBatch bytes from a header and pre-serialized events (field 4, length-delimited): no copies."""
+    return header.SerializeToString() + b"".join(b"\x22" + _varint(len(e)) + e for e in events)
+
+
+class Shipper:
+    def __init__(self, cfg: ShipperConfig, metrics: AgentMetrics) -> None:
+        self.cfg, self._m = cfg, metrics
+        self._cond = threading.Condition()
+        self._pending: list[pb.DeletionEvent] = []
+        self._updates: list[pb.IdentityUpdate] = []
+        self._first_pending_at = 0.0
+        self._outbox: deque[_Entry] = deque()
+        self._inflight: deque[_Entry] = deque()
+        self._queued = 0                  # events in outbox + inflight
+        self._next_batch = 1
+        self._last_seq = 0
+        self._lost = {"kernel": 0, "queue": 0, "transport": 0}
+        self._lost_sent: tuple[int, int, int] = (0, 0, 0)
+        self._last_batch_at = time.monotonic()
+        self._closing = threading.Event()
+        self._stopped = threading.Event()
+        self._stream_gen = 0
+        self._call: Any = None  # the live stream call, cancelled by close()
+        self._spool = Spool(cfg.spool_dir, cfg.spool_max_bytes) if cfg.spool_dir else None
+        self._threads = [threading.Thread(target=self._batch_loop, name="ship-batch", daemon=True),
+                         threading.Thread(target=self._send_loop, name="ship-send", daemon=True)]
+        self._channel = channel(cfg.collector, cfg.tls_cert, cfg.tls_key, cfg.tls_ca, cfg.tls_server_name, options=[
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", int(BACKOFF_CAP_S * 1000)), ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000)])
+
+    # -- the agent side: never blocks ------------------------------------------------------------------
+    def start(self) -> None:
+        if self._spool:
+            old = self._spool.load()
+            for f in old:
+                self._outbox.append(_Entry(f.batch_id, f.events, None, f, own=False))
+                self._queued += f.events
+            if old:
+                log.info("resending spooled batches", extra={"fields": {"batches": len(old),
+                                                                         "events": sum(f.events for f in old)}})
+            self._m.spool_bytes.set(self._spool.bytes)
+        for t in self._threads:
+            t.start()
+
+    def submit(self, events: list[pb.DeletionEvent], updates: list[pb.IdentityUpdate]) -> None:
+        with self._cond:
+            if not self._pending and not self._updates:
+                self._first_pending_at = time.monotonic()
+            self._pending.extend(events)
+            self._updates.extend(updates)
+            if events:
+                self._last_seq = max(self._last_seq, events[-1].seq)
+            over = len(self._pending) - self.cfg.queue_max_events
+            if over > 0:  # the batcher cannot keep up: drop the oldest, counted
+                del self._pending[:over]
+                self._lose("queue", over)
+            if len(self._pending) >= self.cfg.batch_max_events or self._closing.is_set():
+                self._cond.notify_all()
+
+    def set_kernel_lost(self, total: int) -> None:
+        with self._cond:
+            self._lost["kernel"] = max(self._lost["kernel"], total)
+
+    def lost(self) -> dict[str, int]:
+        with self._cond:
+            return dict(self._lost)
+
+    def backlog(self) -> int:
+        """Events not yet acknowledged (pending, queued or in flight)."""
+        with self._cond:
+            return len(self._pending) + self._queued
+
+    def _lose(self, stage: str, n: int) -> None:
+        self._lost[stage] += n
+        self._m.lost.labels(stage).inc(n)
+
+    # -- batching --------------------------------------------------------------------------------------
+    def _batch_loop(self) -> None:
+        cfg = self.cfg
+        while True:
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    has = bool(self._pending or self._updates)
+                    due = has and (len(self._pending) >= cfg.batch_max_events or self._closing.is_set()
+                                   or now - self._first_pending_at >= cfg.batch_max_delay_s)
+                    idle = (not has and not self._outbox and not self._inflight
+                            and (now - self._last_batch_at >= HEARTBEAT_S or self._loss_changed()))
+                    if due or idle or (self._closing.is_set() and not has):
+                        break
+                    self._cond.wait(cfg.batch_max_delay_s / 2 if has else 0.5)
+                if self._closing.is_set() and not has:
+                    return
+                events = self._take_events()
+                updates, self._updates = self._updates, []
+                if self._pending or self._updates:
+                    self._first_pending_at = time.monotonic()
+                batch_id, self._next_batch = self._next_batch, self._next_batch + 1
+                first_seq = events[0].seq if events else self._last_seq + 1
+            data = encode_batch(pb.EventBatch(agent=cfg.agent_id, node=cfg.node, batch_id=batch_id,
+                                              identity_updates=updates, attach_mode=cfg.attach_mode,
+                                              first_seq=first_seq),
+                                [e.SerializeToString() for e in events])
+            self._enqueue(batch_id, len(events), data, spool=bool(events or updates))
+
+    def _take_events(self) -> list[pb.DeletionEvent]:
+        """Up to batch_max_events and MAX_BATCH_BYTES from the head of the pending list (lock held)."""
+        n, size = 0, 0
+        limit = min(self.cfg.batch_max_events, len(self._pending))
+        while n < limit:
+            size += self._pending[n].ByteSize() + 6
+            if size > MAX_BATCH_BYTES and n:
+                break
+            n += 1
+        events = self._pending[:n]
+        del self._pending[:n]
+        return events
+
+    def _loss_changed(self) -> bool:
+        return (self._lost["kernel"], self._lost["queue"], self._lost["transport"]) != self._lost_sent
+
+    def _enqueue(self, batch_id: int, n: int, data: bytes, spool: bool) -> None:
+        f = self._spool.put(batch_id, n, data) if self._spool and spool else None
+        with self._cond:
+            self._outbox.append(_Entry(batch_id, n, None if f else data, f, own=True))
+            self._queued += n
+            self._last_batch_at = time.monotonic()
+            self._make_room()
+            self._m.queue_depth.set(self._queued + len(self._pending))
+            if self._spool:
+                self._m.spool_bytes.set(self._spool.bytes)
+            self._cond.notify_all()
+
+    def _make_room(self) -> None:
+        """Drop the oldest batches not in flight while the spool (or, without one, the queue) is over its bound."""
+        def over() -> bool:
+            if self._spool:
+                return self._spool.bytes > self._spool.max_bytes
+            return self._queued > self.cfg.queue_max_events
+
+        while over() and len(self._outbox) > 1:
+            old = self._outbox.popleft()
+            self._drop(old, "queue")
+
+    def _drop(self, e: _Entry, stage: str) -> None:
+        self._queued -= e.events
+        if e.file and self._spool:
+            self._spool.remove(e.file)
+        self._lose(stage, e.events)
+        log.warning("dropped a batch", extra={"fields": {"stage": stage, "events": e.events}})
+
+    # -- sending ---------------------------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        attempt = 0
+        while not self._stopped.is_set():
+            with self._cond:
+                self._stream_gen += 1
+                gen = self._stream_gen
+            stream = self._channel.stream_stream(INGEST, request_serializer=lambda b: b,
+                                                 response_deserializer=pb.Ack.FromString)
+            call = stream(self._requests(gen))
+            self._call = call
+            try:
+                for ack in call:
+                    self._on_ack(ack)
+                    attempt = 0
+                    self._m.connected.set(1)
+                err: grpc.RpcError | None = None
+            except grpc.RpcError as e:
+                err = e
+            self._m.connected.set(0)
+            self._requeue(err)
+            if self._stopped.is_set():
+                return
+            attempt += 1
+            delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(attempt, 10)))
+            if attempt in (1, 5, 20) or attempt % 100 == 0:
+                log.warning("collector stream down; retrying", extra={"fields": {
+                    "collector": self.cfg.collector, "attempt": attempt, "retry_in_s": round(delay, 3),
+                    "error": err.code().name if isinstance(err, grpc.Call) else str(err)}})
+            self._stopped.wait(delay)
+
+    def _requests(self, gen: int) -> Iterator[bytes]:
+        while True:
+            with self._cond:
+                while not (self._outbox and len(self._inflight) < WINDOW):
+                    if self._stopped.is_set() or gen != self._stream_gen:
+                        return
+                    self._cond.wait(0.25)
+                if gen != self._stream_gen:
+                    return
+                e = self._outbox.popleft()
+                self._inflight.append(e)
+                lost = (self._lost["kernel"], self._lost["queue"], self._lost["transport"])
+                self._lost_sent = lost
+            data = e.data if e.data is not None else (self._spool.read(e.file) if self._spool and e.file else None)
+            if data is None:  # an unreadable spool file: its events are gone, and counted
+                with self._cond:
+                    self._queued -= e.events
+                    self._lose("queue", e.events)
+                    e.events = 0
+                data = pb.EventBatch(agent=self.cfg.agent_id, batch_id=e.batch_id).SerializeToString()
+            if e.own:  # loss counters as of now: a later occurrence of a message field merges into the first
+                data += pb.EventBatch(lost=pb.LossCounters(kernel=lost[0], queue=lost[1],
+                                                           transport=lost[2])).SerializeToString()
+            e.sent_at = time.monotonic()
+            yield data
+
+    def _on_ack(self, ack: pb.Ack) -> None:
+        with self._cond:
+            if not self._inflight:
+                return
+            e = self._inflight.popleft()
+            if ack.batch_id != e.batch_id:
+                log.warning("ack out of order", extra={"fields": {"want": e.batch_id, "got": ack.batch_id}})
+            self._queued -= e.events
+            if e.file and self._spool:
+                self._spool.remove(e.file)
+                self._m.spool_bytes.set(self._spool.bytes)
+            self._m.queue_depth.set(self._queued + len(self._pending))
+            self._cond.notify_all()
+        self._m.batches.inc()
+        self._m.ship_latency.observe(time.monotonic() - e.sent_at)
+
+    def _requeue(self, err: grpc.RpcError | None) -> None:
+        """Unacknowledged batches go back to the head of the queue, in order; a batch the collector
+        rejects as malformed would be rejected forever, so it is dropped and counted as transport loss."""
+        with self._cond:
+            self._stream_gen += 1
+            if (err is not None and isinstance(err, grpc.Call)
+                    and err.code() == grpc.StatusCode.INVALID_ARGUMENT and self._inflight):
+                self._drop(self._inflight.popleft(), "transport")
+            while self._inflight:
+                self._outbox.appendleft(self._inflight.pop())
+            self._cond.notify_all()
+
+    # -- shutdown --------------------------------------------------------------------------------------
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush what it can to the collector within timeout; with a spool the rest stays on disk for the
+        next start, without one it is counted as lost in transport."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closing.set()
+            self._cond.notify_all()
+        self._threads[0].join(max(0.1, deadline - time.monotonic()))
+        with self._cond:
+            while (self._outbox or self._inflight) and time.monotonic() < deadline:
+                self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            self._stopped.set()
+            self._stream_gen += 1
+            self._cond.notify_all()
+        if self._call is not None:
+            self._call.cancel()
+        self._threads[1].join(5)
+        with self._cond:
+            left = [e for e in (*self._inflight, *self._outbox) if e.file is None and e.events]
+            for e in left:
+                self._lose("transport", e.events)
+            unsent = len(self._pending)
+            if unsent and not self._spool:
+                self._lose("transport", unsent)
+        if left or unsent:
+            log.warning("agent stopped with unacknowledged events", extra={"fields": {
+                "lost": sum(e.events for e in left) + (0 if self._spool else unsent),
+                "spooled": self._spool.bytes if self._spool else 0}})
+        self._channel.close()

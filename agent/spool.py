@@ -1,0 +1,78 @@
+"""Disk spool of serialized EventBatches: one file per batch, written before it is sent, removed on its ack.
+
+A file name carries its order, batch id and event count (`<index>-<batch_id>-<events>.batch`), so a restart
+can resend in order and count drops exactly without parsing. Files appear atomically (write + rename)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from unlinkwatch.errors import UserError
+
+log = logging.getLogger("unlinkwatch.agent.spool")
+_NAME = re.compile(r"(\d{16})-(\d+)-(\d+)\.batch")
+
+
+@dataclass
+class SpoolFile:
+    index: int
+    batch_id: int
+    events: int
+    size: int
+    path: Path
+
+
+class Spool:
+    def __init__(self, directory: str, max_bytes: int) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for tmp in self.dir.glob("*.tmp"):
+                tmp.unlink()  # a write cut short by a crash; its batch was never acknowledged nor counted
+        except OSError as e:
+            raise UserError(f"--spool: cannot use {directory}: {e.strerror}") from None
+        self.bytes = 0
+        self._next = 1
+
+    def load(self) -> list[SpoolFile]:
+        """Batches left by earlier runs, oldest first."""
+        files = []
+        for p in self.dir.iterdir():
+            m = _NAME.fullmatch(p.name)
+            if not m:
+                continue
+            try:
+                size = p.stat().st_size
+            except OSError:
+                continue
+            files.append(SpoolFile(int(m[1]), int(m[2]), int(m[3]), size, p))
+        files.sort(key=lambda f: f.index)
+        self.bytes = sum(f.size for f in files)
+        self._next = max((f.index for f in files), default=0) + 1
+        return files
+
+    def put(self, batch_id: int, events: int, data: bytes) -> SpoolFile:
+        index, self._next = self._next, self._next + 1
+        path = self.dir / f"{index:016d}-{batch_id}-{events}.batch"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        self.bytes += len(data)
+        return SpoolFile(index, batch_id, events, len(data), path)
+
+    def read(self, f: SpoolFile) -> bytes | None:
+        try:
+            return f.path.read_bytes()
+        except OSError as e:
+            log.error("spooled batch unreadable", extra={"fields": {"path": str(f.path), "error": str(e)}})
+            return None
+
+    def remove(self, f: SpoolFile) -> None:
+        f.path.unlink(missing_ok=True)
+        self.bytes -= f.size
