@@ -1,0 +1,57 @@
+"""Every rule of the default pack against fixture deletions (a hit and the known noise it must ignore),
+and the ConfigMap shipping the same pack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from unlinkwatch.collector.rules import RuleSet, default_rules_text, load_default_rules
+from unlinkwatch.eventjson import OP_BY_NAME
+from unlinkwatch.pb import events_pb2 as pb
+
+ROOT = Path(__file__).resolve().parents[2]
+CASES: list[dict[str, Any]] = yaml.safe_load((ROOT / "tests/fixtures/rules/default-cases.yaml").read_text())
+
+
+def fixture_event(case: dict[str, Any]) -> pb.DeletionEvent:
+    comm = case.get("comm", "rm")
+    ev = pb.DeletionEvent(time_unix_ns=1_700_000_000_000_000_000, node="node-1", op=OP_BY_NAME[case.get("op", "unlink")],
+                          path=case["path"].encode(), raw_path=case["path"].encode(), result=case.get("result", 0),
+                          process=pb.Process(pid=4242, ppid=1, comm=comm.encode(),
+                                             exe=case.get("exe", f"/usr/bin/{comm}").encode()))
+    if not case.get("host"):
+        ev.pod.uid, ev.pod.name, ev.pod.namespace = "0d3c2f5e-uid", "web-1", "prod"
+        ev.container.id, ev.container.name = "c" * 64, "web"
+    return ev
+
+
+@pytest.fixture(scope="module")
+def pack() -> RuleSet:
+    return load_default_rules()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c['expect'] or 'quiet'}:{c.get('comm', 'rm')}:{c['path']}"
+                                             for c in CASES])
+def test_default_pack_fires_exactly_the_expected_rule(pack: RuleSet, case: dict[str, Any]) -> None:
+    fired = [r.name for r in pack.matching(fixture_event(case))]
+    assert fired == ([case["expect"]] if case["expect"] else [])
+
+
+def test_every_default_rule_has_a_hit_and_a_quiet_case(pack: RuleSet) -> None:
+    hits = {c["expect"] for c in CASES}
+    assert {r.name for r in pack.rules} <= hits
+    for rule in pack.rules:
+        quiet = [c for c in CASES if c["expect"] is None and any(
+            r.match.test(fixture_event(c)) for r in pack.rules if r.name == rule.name)]
+        assert quiet, f"{rule.name} has no fixture for the noise it must ignore"
+
+
+def test_the_configmap_ships_the_same_default_pack() -> None:
+    doc = yaml.safe_load((ROOT / "deploy/rules-configmap.yaml").read_text())
+    assert doc["kind"] == "ConfigMap"
+    assert doc["metadata"] == {**doc["metadata"], "name": "unlinkwatch-rules", "namespace": "unlinkwatch"}
+    assert doc["data"]["rules.yaml"] == default_rules_text()
