@@ -4,6 +4,8 @@
 # base is cached in CACHE_DIR, default /var/tmp/unlinkwatch-replay), then runs the image's ENTRYPOINT with
 # `doctor` inside a chroot that sees the host's /proc, /sys, BTF, cgroups, tracefs and /dev, as the
 # DaemonSet's pod does. Needs root. Exit status: the doctor's. Log of every step on stdout.
+# The build context is the committed tree (git HEAD), so a run is reproducible whatever is being edited;
+# UNLINKWATCH_REPLAY_CONTEXT=worktree uses the working tree as it is, as `docker build .` would.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONTEXT=$(pwd)
@@ -26,6 +28,16 @@ unmount_all() {
   for m in $(mounts_under "$ROOT"); do umount -l "$m" 2>/dev/null || true; done
 }
 trap unmount_all EXIT
+
+if [ "${UNLINKWATCH_REPLAY_CONTEXT:-head}" = head ]; then
+  mkdir -p "$CACHE"
+  rm -rf "$CACHE/context" && mkdir "$CACHE/context"
+  git archive HEAD | tar -C "$CACHE/context" -xf -
+  log "build context: git HEAD $(git rev-parse --short HEAD) ($(git log -1 --format=%s | cut -c1-80))"
+  CONTEXT=$CACHE/context
+else
+  log "build context: working tree $CONTEXT"
+fi
 
 # 1. Base: the image's FROM (debian:bookworm-slim) stands in as a minbase debootstrap, cached.
 if [ ! -e "$BASE/.unlinkwatch-base-complete" ]; then
@@ -130,13 +142,13 @@ for step in "${STEPS[@]}"; do
       mkdir -p "$ROOT$dest"
       # .dockerignore patterns become tar excludes ("**/" prefixes dropped: tar matches at any depth).
       excl=()
-      if [ -f .dockerignore ]; then
+      if [ -f "$CONTEXT/.dockerignore" ]; then
         while IFS= read -r pat; do
           pat=${pat%%#*}; pat=${pat//[[:space:]]/}
           [ -n "$pat" ] || continue
           [[ $pat != !* ]] || die ".dockerignore exception '$pat' is not replayed"
           excl+=("--exclude=./${pat#\*\*/}" "--exclude=${pat#\*\*/}")
-        done <.dockerignore
+        done <"$CONTEXT/.dockerignore"
       fi
       tar -C "$CONTEXT" "${excl[@]}" -cf - . | tar -C "$ROOT$dest" -xf -;;
     RUN)
@@ -157,7 +169,15 @@ rm -rf "$ROOT/run/replay"
 # nothing inheritable, so root's permitted set is exactly this) and no_new_privs; keep in step with it.
 POD_CAPS=(BPF PERFMON SYS_RESOURCE DAC_READ_SEARCH)
 caps=$(printf ',+%s' "${POD_CAPS[@]}" | tr '[:upper:]' '[:lower:]')
-as_pod() { in_root setpriv --bounding-set="-all$caps" --inh-caps=-all --no-new-privs -- "$@"; }
+# In a private mount namespace, also like the pod: a read-only root with a tmpfs /tmp (readOnlyRootFilesystem).
+as_pod() {
+  local -a e
+  mapfile -d '' e < <(env_args)
+  unshare --mount --propagation private -- /bin/sh -c 'r=$1; shift
+    mount --rbind "$r" "$r" && mount -o remount,bind,ro "$r" && mount -t tmpfs -o size=256m tmpfs "$r/tmp" \
+      && exec chroot "$r" "$@"' sh "$ROOT" /usr/bin/env -i "${e[@]}" \
+    setpriv --bounding-set="-all$caps" --inh-caps=-all --no-new-privs -- "$@"
+}
 SMOKE='from bcc import BPF
 b = BPF(text="TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat) { return 0; }")
 print("compiled and attached syscalls:sys_enter_unlinkat")'
@@ -167,6 +187,7 @@ log "unlinkwatch --version: $(in_root "${ENTRYPOINT[@]}" --version 2>&1)"
 log "import bcc: $(in_root python3 -c 'import bcc, sys; print(bcc.__file__, sys.executable)' 2>&1)"
 log "image size: $(du -sh --one-file-system "$ROOT" | cut -f1)"
 log "pod capabilities: $(as_pod grep -E '^Cap(Prm|Eff|Bnd)' /proc/self/status | tr '\n\t' '  ')"
+log "pod root filesystem: $(as_pod /bin/sh -c 'touch /probe-write 2>/dev/null && echo writable || echo read-only')"
 log "bcc smoke test with the pod's capabilities: $(as_pod python3 -c "$SMOKE" 2>&1 | tail -n 1)"
 log "running, with the pod's capabilities: ${ENTRYPOINT[*]} doctor ${DOCTOR_ARGS[*]}"
 set +e
