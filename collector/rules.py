@@ -118,6 +118,8 @@ class _Loader:
 
     def string(self, node: yaml.Node, what: str) -> str:
         val = self.scalar(node) if isinstance(node, yaml.ScalarNode) else None
+        if isinstance(val, bool | int | float):
+            val = str(node.value)  # YAML 1.1 reads `off`, `yes`, `1` as non-strings; the text is meant
         if not isinstance(val, str) or not val:
             raise self.fail(node, f"{what} must be a non-empty string")
         return val

@@ -19,7 +19,8 @@ CASES: list[dict[str, Any]] = yaml.safe_load((ROOT / "tests/fixtures/rules/defau
 
 def fixture_event(case: dict[str, Any]) -> pb.DeletionEvent:
     comm = case.get("comm", "rm")
-    ev = pb.DeletionEvent(time_unix_ns=1_700_000_000_000_000_000, node="node-1", op=OP_BY_NAME[case.get("op", "unlink")],
+    ev = pb.DeletionEvent(time_unix_ns=1_700_000_000_000_000_000, node="node-1",
+                          op=OP_BY_NAME[case.get("op", "unlink")],
                           path=case["path"].encode(), raw_path=case["path"].encode(), result=case.get("result", 0),
                           process=pb.Process(pid=4242, ppid=1, comm=comm.encode(),
                                              exe=case.get("exe", f"/usr/bin/{comm}").encode()))

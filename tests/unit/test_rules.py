@@ -1,0 +1,181 @@
+"""Rules files: validation errors name file, line and problem; match keys and except forms behave as documented."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from unlinkwatch.collector.rules import RulesError, RuleSet, load_rules, parse_rules
+from unlinkwatch.errors import UserError
+from unlinkwatch.pb import events_pb2 as pb
+
+
+def rules(text: str) -> RuleSet:
+    return parse_rules(textwrap.dedent(text), "rules.yaml")
+
+
+def event(path: str = "/etc/x", *, op: int = pb.OP_UNLINK, result: int = 0, comm: str = "rm", exe: str = "/usr/bin/rm",
+          namespace: str = "", labels: dict[str, str] | None = None) -> pb.DeletionEvent:
+    ev = pb.DeletionEvent(path=path.encode(), op=op, result=result,
+                          process=pb.Process(comm=comm.encode(), exe=exe.encode()))
+    if namespace:
+        ev.pod.uid, ev.pod.name, ev.pod.namespace = "uid-1", "web-1", namespace
+        for k, v in (labels or {}).items():
+            ev.pod.labels[k] = v
+    return ev
+
+
+def names(rs: RuleSet, ev: pb.DeletionEvent) -> list[str]:
+    return [r.name for r in rs.matching(ev)]
+
+
+BAD = [
+    ("rules: [\n", 2, "YAML"),
+    ("", 1, "empty"),
+    ("rules: {}\n", 1, "'rules' must be a list"),
+    ("ruls: []\n", 1, "unknown key 'ruls'"),
+    ("rules:\n  - severity: high\n    match: {paths: [/x]}\n", 2, "missing 'name'"),
+    ("rules:\n  - name: a\n    match: {paths: [/x]}\n", 2, "missing 'severity'"),
+    ("rules:\n  - name: a\n    severity: urgent\n    match: {paths: [/x]}\n", 3, "severity must be one of"),
+    ("rules:\n  - name: a\n    severity: high\n", 2, "missing 'match'"),
+    ("rules:\n  - name: a\n    severity: high\n    match:\n      pathz: [/x]\n", 5, "unknown key 'pathz'"),
+    ("rules:\n  - name: a\n    severity: high\n    match:\n      paths: [etc/**]\n", 5, "must start with '/'"),
+    ("rules:\n  - name: a\n    severity: high\n    match:\n      paths: ['/a/[b']\n", 5, "unclosed '['"),
+    ("rules:\n  - name: a\n    severity: high\n    match:\n      paths: []\n", 5, "non-empty list"),
+    ("rules:\n  - name: a\n    severity: high\n    match:\n      ops: [delete]\n", 5, "unknown op 'delete'"),
+    ("rules:\n  - name: a\n    severity: high\n    match:\n      result: ok\n", 5, "result must be one of"),
+    ("rules:\n  - name: a\n    severity: high\n    match: {comm: [x]}\n    except: {}\n", 5, "must not be empty"),
+    ("rules:\n  - name: a\n    severity: high\n    match: {comm: [x]}\n  - name: a\n    severity: low\n"
+     "    match: {comm: [y]}\n", 5, "duplicate rule name 'a' (first on line 2)"),
+    ("rules:\n  - name: a\n    name: b\n    severity: high\n    match: {comm: [x]}\n", 3, "duplicate key 'name'"),
+    ("rules:\n  - name: 'a b'\n    severity: high\n    match: {comm: [x]}\n", 2, "rule name"),
+    ("fold_window: soon\nrules: []\n", 1, "not a duration"),
+    ("fold_samples: 0\nrules: []\n", 1, "fold_samples"),
+    ("rules:\n  - name: a\n    severity: high\n    match: {comm: [x]}\n    enabled: maybe\n", 5, "true or false"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "problem"), BAD, ids=[b[2] for b in BAD])
+def test_a_bad_rules_file_is_refused_with_file_line_and_problem(text: str, line: int, problem: str) -> None:
+    with pytest.raises(RulesError) as err:
+        parse_rules(text, "rules.yaml")
+    msg = str(err.value)
+    assert msg.startswith(f"rules.yaml:{line}: "), msg
+    assert problem in msg
+    assert "\n" not in msg
+    assert isinstance(err.value, UserError)
+
+
+def test_a_missing_rules_file_is_a_user_error_naming_it(tmp_path: object) -> None:
+    with pytest.raises(RulesError, match=r"^/nonexistent/rules.yaml:1: cannot read"):
+        load_rules("/nonexistent/rules.yaml")
+
+
+def test_the_contract_example_loads_and_its_except_keys_each_excuse_on_their_own() -> None:
+    rs = rules("""
+        rules:
+          - name: etc-deleted
+            severity: critical
+            description: a file under /etc was deleted
+            match:
+              paths: ["/etc/**"]
+              ops: [unlink, rmdir, rename]
+              result: success
+              namespaces: ["prod-*"]
+              pod_labels: {app: web}
+              comm: ["*"]
+            except:
+              comm: ["dpkg", "apt*"]
+              paths: ["/etc/ld.so.cache~"]
+        """)
+    web = {"app": "web"}
+    assert names(rs, event("/etc/shadow", namespace="prod-eu", labels=web)) == ["etc-deleted"]
+    assert names(rs, event("/etc/shadow", namespace="prod-eu", labels=web, comm="apt-get")) == []
+    assert names(rs, event("/etc/ld.so.cache~", namespace="prod-eu", labels=web)) == []
+    assert names(rs, event("/etc/shadow", namespace="dev", labels=web)) == []
+    assert names(rs, event("/etc/shadow", namespace="prod-eu", labels={"app": "db"})) == []
+    assert names(rs, event("/etc/shadow")) == []  # a host process has no namespace
+    assert names(rs, event("/etc/shadow", namespace="prod-eu", labels=web, result=-13)) == []
+
+
+def test_a_list_of_excepts_excuses_only_when_all_keys_of_one_entry_match() -> None:
+    rs = rules("""
+        rules:
+          - name: kubelet-state
+            severity: high
+            match: {paths: ["/var/lib/kubelet/**"]}
+            except:
+              - comm: [kubelet]
+                ops: [rename]
+              - paths: ["/var/lib/kubelet/pods/*/volumes/**/..data"]
+        """)
+    assert names(rs, event("/var/lib/kubelet/a", comm="kubelet", op=pb.OP_RENAME)) == []
+    assert names(rs, event("/var/lib/kubelet/a", comm="kubelet", op=pb.OP_UNLINK)) == ["kubelet-state"]
+    assert names(rs, event("/var/lib/kubelet/pods/u/volumes/kubernetes.io~projected/t/..data", comm="bash")) == []
+
+
+def test_ops_result_comm_and_exe_select_events() -> None:
+    rs = rules("""
+        rules:
+          - name: rmdir-only
+            severity: low
+            match: {paths: ["/d/**"], ops: [rmdir]}
+          - name: failures
+            severity: info
+            match: {paths: ["/f/**"], result: failure}
+          - name: any-result
+            severity: info
+            match: {paths: ["/a/**"], result: any}
+          - name: by-exe
+            severity: medium
+            match: {exe: ["/tmp/**"]}
+          - name: by-comm
+            severity: medium
+            match: {comm: ["shred", "wipe*"]}
+        """)
+    assert names(rs, event("/d/x", op=pb.OP_RMDIR)) == ["rmdir-only"]
+    assert names(rs, event("/d/x", op=pb.OP_UNLINK)) == []
+    assert names(rs, event("/f/x", result=-1)) == ["failures"]
+    assert names(rs, event("/f/x")) == []
+    assert names(rs, event("/a/x", result=-2)) == ["any-result"] == names(rs, event("/a/x"))
+    assert names(rs, event("/home/x", exe="/tmp/.x/dropper")) == ["by-exe"]
+    assert names(rs, event("/home/x", comm="wipefs")) == ["by-comm"]
+    assert names(rs, event("/home/x", comm="shred", exe="/tmp/shred")) == ["by-exe", "by-comm"]
+
+
+def test_a_relative_deletion_is_matched_on_the_absolute_path_the_agent_resolved() -> None:
+    rs = rules("rules:\n  - {name: shadow, severity: critical, match: {paths: [/etc/shadow]}}\n")
+    ev = event("/etc/shadow")
+    ev.raw_path = b"shadow"  # `cd /etc && rm shadow`
+    assert names(rs, ev) == ["shadow"]
+
+
+def test_non_utf8_paths_match_globs_written_with_escapes() -> None:
+    rs = rules("rules:\n  - {name: odd, severity: low, match: {paths: ['/tmp/\\xff*']}}\n")
+    assert names(rs, pb.DeletionEvent(path=b"/tmp/\xffname")) == ["odd"]
+    assert names(rs, pb.DeletionEvent(path=b"/tmp/name")) == []
+
+
+def test_label_values_may_be_numbers_or_globs_and_disabled_rules_are_skipped() -> None:
+    rs = rules("""
+        fold_window: 500ms
+        fold_samples: 3
+        rules:
+          - {name: tier, severity: low, match: {pod_labels: {tier: 1, app: "web-*"}}}
+          - {name: off, severity: low, enabled: false, match: {comm: ["*"]}}
+        """)
+    assert (rs.fold_window_ns, rs.fold_samples) == (500_000_000, 3)
+    assert names(rs, event("/x", namespace="ns", labels={"tier": "1", "app": "web-2"})) == ["tier"]
+    assert names(rs, event("/x", namespace="ns", labels={"tier": "2", "app": "web-2"})) == []
+    assert [r.name for r in rs.rules] == ["tier"]
+
+
+def test_yaml_anchors_in_x_keys_share_allowlists() -> None:
+    rs = rules("""
+        x-pkg: &pkg [dpkg, "apt*"]
+        rules:
+          - {name: a, severity: low, match: {paths: ["/etc/**"]}, except: {comm: *pkg}}
+        """)
+    assert names(rs, event("/etc/x", comm="apt")) == []
+    assert names(rs, event("/etc/x", comm="vi")) == ["a"]
