@@ -196,8 +196,15 @@ class Delivery:
     def close(self, timeout_s: float = 5.0) -> None:
         """Deliver what is queued (within timeout_s), then stop the worker."""
         deadline = time.monotonic() + timeout_s
-        with contextlib.suppress(queue.Full):
-            self._q.put(None, timeout=timeout_s)
+        try:
+            self._q.put(None, timeout=min(timeout_s, 1.0))
+        except queue.Full:  # the sink is stuck: what it has not taken is dropped and counted
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._q.get_nowait()
+                    self.metrics.sink_failures.labels(self.sink.name).inc()
+            with contextlib.suppress(queue.Full):
+                self._q.put_nowait(None)
         if self._thread.is_alive():
             self._thread.join(max(0.0, deadline - time.monotonic()))
         self.sink.close()
