@@ -107,7 +107,12 @@ def test_a_pod_the_api_learns_of_3s_after_its_events_gets_one_late_join(
     time.sleep(3)
     api.add_pod(make_pod("late", "jobs", uid=uid, containers=[("work", "busybox:1.36", CID)]))
     updates: list[pb.IdentityUpdate] = []
-    assert wait_until(lambda: bool(updates.extend(resolver.drain_updates()) or updates))
+
+    def drained() -> bool:
+        updates.extend(resolver.drain_updates())
+        return bool(updates)
+
+    assert wait_until(drained)
     assert len(updates) == 1
     u = updates[0]
     assert (u.pod_uid, u.container_id, u.pod.name, u.pod.namespace, u.pod.workload) == (uid, CID, "late", "jobs",

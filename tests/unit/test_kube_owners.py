@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
 from tests.support.kubeapi import FakeKubeAPI, make_job, make_pod, make_replicaset, owner_ref, wait_until
