@@ -3,7 +3,8 @@
 # Replays its FROM/ENV/WORKDIR/COPY/RUN steps in a `debootstrap --variant=minbase bookworm` root (the
 # base is cached in CACHE_DIR, default /var/tmp/unlinkwatch-replay), then runs the image's ENTRYPOINT with
 # `doctor` inside a chroot that sees the host's /proc, /sys, BTF, cgroups, tracefs and /dev, as the
-# DaemonSet's pod does. Needs root. Exit status: the doctor's. Log of every step on stdout.
+# DaemonSet's pod does; then both pods from the image on loopback (agent -> collector over mutual TLS)
+# until a deleted file comes back from `unlinkwatch query`. Needs root. Exit 0 when all of it worked.
 # The build context is the committed tree (git HEAD), so a run is reproducible whatever is being edited;
 # UNLINKWATCH_REPLAY_CONTEXT=worktree uses the working tree as it is, as `docker build .` would.
 set -euo pipefail
@@ -27,7 +28,12 @@ unmount_all() {
   local m
   for m in $(mounts_under "$ROOT"); do umount -l "$m" 2>/dev/null || true; done
 }
-trap unmount_all EXIT
+BG_PIDS=()
+cleanup() {
+  [ ${#BG_PIDS[@]} -eq 0 ] || kill "${BG_PIDS[@]}" 2>/dev/null || true
+  unmount_all
+}
+trap cleanup EXIT
 
 if [ "${UNLINKWATCH_REPLAY_CONTEXT:-head}" = head ]; then
   mkdir -p "$CACHE"
@@ -170,14 +176,13 @@ rm -rf "$ROOT/run/replay"
 POD_CAPS=(BPF PERFMON SYS_RESOURCE DAC_READ_SEARCH)
 caps=$(printf ',+%s' "${POD_CAPS[@]}" | tr '[:upper:]' '[:lower:]')
 # In a private mount namespace, also like the pod: a read-only root with a tmpfs /tmp (readOnlyRootFilesystem).
-as_pod() {
-  local -a e
-  mapfile -d '' e < <(env_args)
-  unshare --mount --propagation private -- /bin/sh -c 'r=$1; shift
-    mount --rbind "$r" "$r" && mount -o remount,bind,ro "$r" && mount -t tmpfs -o size=256m tmpfs "$r/tmp" \
-      && exec chroot "$r" "$@"' sh "$ROOT" /usr/bin/env -i "${e[@]}" \
-    setpriv --bounding-set="-all$caps" --inh-caps=-all --no-new-privs -- "$@"
-}
+# Prefixes, not functions, so that a background `"${AS_POD[@]}" cmd &` leaves $! on the command itself.
+mapfile -d '' IMAGE_ENV < <(env_args)
+in_pod_ns=(unshare --mount --propagation private -- /bin/sh -c 'r=$1; shift
+  mount --rbind "$r" "$r" && mount -o remount,bind,ro "$r" && mount -t tmpfs -o size=256m,mode=1777 tmpfs "$r/tmp" \
+    && exec chroot "$r" "$@"' sh "$ROOT" /usr/bin/env -i "${IMAGE_ENV[@]}")
+AS_POD=("${in_pod_ns[@]}" setpriv --bounding-set="-all$caps" --inh-caps=-all --no-new-privs --)
+as_pod() { "${AS_POD[@]}" "$@"; }
 SMOKE='from bcc import BPF
 b = BPF(text="TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat) { return 0; }")
 print("compiled and attached syscalls:sys_enter_unlinkat")'
@@ -195,4 +200,51 @@ as_pod "${ENTRYPOINT[@]}" doctor "${DOCTOR_ARGS[@]}"
 rc=$?
 set -e
 log "doctor exit status: $rc"
-exit $rc
+[ $rc -eq 0 ] || exit $rc
+
+# 5. Both pods from the image on loopback, with mutual TLS from scripts/make-certs.sh and the rules
+# ConfigMap's rules.yaml: the collector as uid 65532 with no capabilities, the agent as above. A file
+# deleted on the host must come back from `unlinkwatch query`.
+P_GRPC=50951 P_COLL=9971 P_AGENT=9970
+certs=/etc/unlinkwatch/replay-certs
+"$CONTEXT/scripts/make-certs.sh" "$ROOT$certs" >/dev/null
+chmod 644 "$ROOT$certs"/*.crt && chown 65532:65532 "$ROOT$certs/collector.key" && chmod 755 "$ROOT$certs"
+mkdir -p "$ROOT/etc/unlinkwatch/rules"
+python3 -c 'import sys, yaml
+cm = [d for d in yaml.safe_load_all(sys.stdin) if d and d["kind"] == "ConfigMap"][0]
+sys.stdout.write(cm["data"]["rules.yaml"])' <"$CONTEXT/deploy/rules-configmap.yaml" >"$ROOT/etc/unlinkwatch/rules/rules.yaml"
+AS_COLLECTOR=("${in_pod_ns[@]}" setpriv --reuid=65532 --regid=65532 --clear-groups --bounding-set=-all
+  --inh-caps=-all --no-new-privs --)
+tls() { echo --tls-cert "$certs/$1.crt" --tls-key "$certs/$1.key" --tls-ca "$certs/ca.crt"; }
+wait_http() {  # URL SECONDS
+  local i
+  for ((i = 0; i < $2 * 2; i++)); do curl -sf -o /dev/null "$1" && return 0; sleep 0.5; done
+  return 1
+}
+# shellcheck disable=SC2046
+"${AS_COLLECTOR[@]}" "${ENTRYPOINT[@]}" collector --listen 127.0.0.1:$P_GRPC --db sqlite:////tmp/events.db \
+  --rules /etc/unlinkwatch/rules/rules.yaml --metrics-addr 127.0.0.1:$P_COLL $(tls collector) \
+  >"$CACHE/collector.log" 2>&1 &
+coll_pid=$!; BG_PIDS+=("$coll_pid")
+# shellcheck disable=SC2046
+"${AS_POD[@]}" "${ENTRYPOINT[@]}" agent --collector 127.0.0.1:$P_GRPC --tls-server-name unlinkwatch-collector.unlinkwatch.svc \
+  --kube off --spool /tmp/spool --metrics-addr 127.0.0.1:$P_AGENT $(tls agent) >"$CACHE/agent.log" 2>&1 &
+agent_pid=$!; BG_PIDS+=("$agent_pid")
+e2e=1
+if wait_http "http://127.0.0.1:$P_COLL/healthz" 30 && wait_http "http://127.0.0.1:$P_AGENT/readyz" 120; then
+  log "collector /healthz and agent /readyz answer (uid $(ps -o uid= -p $coll_pid | tr -d ' ') and uid $(ps -o uid= -p $agent_pid | tr -d ' '))"
+  d=$(mktemp -d /tmp/unlinkwatch-replay.XXXXXX)
+  touch "$d/replay-proof" && rm "$d/replay-proof" && rmdir "$d"
+  sleep 3
+  # shellcheck disable=SC2046
+  found=$(in_root "${ENTRYPOINT[@]}" query --collector 127.0.0.1:$P_GRPC \
+    --tls-server-name unlinkwatch-collector.unlinkwatch.svc $(tls agent) --path "$d/replay-proof" --output json 2>&1)
+  log "query for $d/replay-proof through the collector: $found"
+  grep -q '"op": *"unlink"' <<<"$found" && e2e=0
+else
+  log "pods did not become ready; logs in $CACHE/collector.log and $CACHE/agent.log"
+fi
+kill "$agent_pid" "$coll_pid" 2>/dev/null || true
+wait "$agent_pid" "$coll_pid" 2>/dev/null || true
+log "agent -> collector over mutual TLS: $([ $e2e -eq 0 ] && echo ok || echo FAILED)"
+exit $e2e
