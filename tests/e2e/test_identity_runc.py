@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.kubeapi import FakeKubeAPI, make_pod, wait_until
-from tests.support.runc import HandMadeCgroup, RuncContainer, kubelet_systemd_path, missing
+from tests.support.runc import CgroupMkdirTrace, HandMadeCgroup, RuncContainer, kubelet_systemd_path, missing
 from unlinkwatch.agent.cgroups import HandleResolver, find_cgroup2, own_cgroup_path
 from unlinkwatch.agent.identity import IdentityConfig, IdentityResolver
 from unlinkwatch.pb import events_pb2 as pb
@@ -140,4 +140,32 @@ def test_host_processes_are_host(api: FakeKubeAPI, tmp_path: Path) -> None:
         assert fill(r, cgroup_id).identity == pb.IDENTITY_STATE_HOST
     finally:
         cg.remove()
+        r.stop()
+
+
+def test_the_kernels_own_mkdir_records_name_a_container_that_is_already_gone(
+        api: FakeKubeAPI, tmp_path: Path) -> None:
+    r = resolver_for(api, tmp_path)
+    c = RuncContainer(tmp_path)
+    try:
+        with CgroupMkdirTrace() as trace:
+            result = c.run(["rm", "-f", "/tmp/nothing"])  # the container's process lives a few ms
+            records = trace.records()
+        assert result.exit_code == 0, result.stderr
+        assert not os.path.exists(c.cgroup_dir)
+        ids = [cid for cid, path in records if path == c.cgroup_path]
+        assert len(ids) == 1, records
+        mount = find_cgroup2()
+        assert mount is not None and HandleResolver(mount).lookup(ids[0]) is None
+        assert fill(r, ids[0]).identity == pb.IDENTITY_STATE_UNKNOWN  # nothing can name it yet
+        for cgroup_id, path in records:  # what the agent's kernel side feeds, in order
+            r.on_cgroup_mkdir(cgroup_id, path)
+        ev = fill(r, ids[0])
+        assert (ev.identity, ev.pod.uid, ev.container.id) == (pb.IDENTITY_STATE_UNKNOWN, c.pod_uid, c.container_id)
+        api.add_pod(make_pod("gone-fast", uid=c.pod_uid, containers=[("job", "busybox:1.36", c.container_id)]))
+        assert wait_until(lambda: len(r.drain_updates()) == 1)
+        ev = fill(r, ids[0])
+        assert (ev.identity, ev.pod.name, ev.container.name) == (pb.IDENTITY_STATE_RESOLVED, "gone-fast", "job")
+    finally:
+        c.delete()
         r.stop()

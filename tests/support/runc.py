@@ -204,3 +204,36 @@ class HandMadeCgroup:
             except OSError:
                 time.sleep(0.02)
         _rmdir_up(self.dir, cgroup2_mountpoint())
+
+
+TRACEFS = "/sys/kernel/tracing"
+
+
+class CgroupMkdirTrace:
+    """The kernel's cgroup:cgroup_mkdir records for the cgroup2 hierarchy, from a private tracefs instance."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.dir = f"{TRACEFS}/instances/{name or 'uw-identity-' + secrets.token_hex(4)}"
+
+    def __enter__(self) -> CgroupMkdirTrace:
+        if not os.path.exists(f"{TRACEFS}/instances"):
+            subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=True)
+        os.mkdir(self.dir)
+        ev = f"{self.dir}/events/cgroup/cgroup_mkdir"
+        Path(ev, "filter").write_text("root == 0\n")  # the default (cgroup2) hierarchy only
+        Path(ev, "enable").write_text("1\n")
+        return self
+
+    def records(self) -> list[tuple[int, str]]:
+        """(id, path) of every cgroup2 directory created since __enter__."""
+        out = []
+        for line in Path(self.dir, "trace").read_text().splitlines():
+            if "cgroup_mkdir:" not in line:
+                continue
+            fields = dict(f.split("=", 1) for f in line.split("cgroup_mkdir:", 1)[1].split() if "=" in f)
+            out.append((int(fields["id"]), fields["path"]))
+        return out
+
+    def __exit__(self, *exc: object) -> None:
+        Path(self.dir, "events/cgroup/cgroup_mkdir/enable").write_text("0\n")
+        os.rmdir(self.dir)
