@@ -1,0 +1,127 @@
+"""The Shipper against a real collector on loopback: spool across outages and restarts, exact drop counts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.metrics import AgentMetrics
+from tests.support.collector import free_port, start_inprocess
+from tests.support.eventgen import events
+from unlinkwatch.agent.ship import Shipper, ShipperConfig
+from unlinkwatch.collector.store import EventFilter
+from unlinkwatch.pb import events_pb2 as pb
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def shipper(port: int, agent: str, spool: Path | None = None, **kw: object) -> Shipper:
+    cfg = ShipperConfig(collector=f"127.0.0.1:{port}", agent_id=agent, node=agent.split(":")[0],
+                        attach_mode="tracepoint", spool_dir=str(spool) if spool else None,
+                        batch_max_delay_s=0.05, **kw)  # type: ignore[arg-type]
+    s = Shipper(cfg, AgentMetrics())
+    s.start()
+    return s
+
+
+def submit_all(s: Shipper, evs: list[pb.DeletionEvent], chunk: int = 100) -> None:
+    for i in range(0, len(evs), chunk):
+        s.submit(evs[i:i + chunk], [])
+
+
+def test_events_and_identity_updates_arrive_batched(tmp_path: Path) -> None:
+    c = start_inprocess(f"sqlite:///{tmp_path}/c.db")
+    s = shipper(c.port, "n:1", batch_max_events=300)
+    try:
+        evs = events("n:1", 1, 1000)
+        evs[0].identity = pb.IDENTITY_STATE_UNKNOWN
+        evs[0].pod.Clear()
+        evs[0].pod.uid = "uid-late"
+        submit_all(s, evs)
+        s.submit([], [pb.IdentityUpdate(pod_uid="uid-late", pod=pb.Pod(name="p", namespace="ns"))])
+        wait_for(lambda: c.store.count() == 1000 and s.backlog() == 0)
+        [late] = c.store.query(EventFilter(namespace="ns", pod="p"), None, 10)[0]
+        assert late.seq == 1 and late.identity == pb.IDENTITY_STATE_LATE
+    finally:
+        s.close()
+        c.close()
+
+
+def test_a_collector_outage_loses_nothing_with_a_spool(tmp_path: Path) -> None:
+    port = free_port()
+    s = shipper(port, "n:1", tmp_path / "spool")
+    try:
+        submit_all(s, events("n:1", 1, 5000))
+        wait_for(lambda: s.backlog() == 5000 and len(list((tmp_path / "spool").iterdir())) > 0)
+        c = start_inprocess(f"sqlite:///{tmp_path}/c.db", port=port)
+        wait_for(lambda: c.store.count() == 5000 and s.backlog() == 0)
+        assert list((tmp_path / "spool").iterdir()) == [] and s.lost()["queue"] == 0
+        c.close()
+    finally:
+        s.close(timeout=0.5)
+
+
+def test_an_agent_restart_mid_stream_resends_the_spool_first_and_loses_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    spool = tmp_path / "spool"
+    first = shipper(port, "n:run1", spool)
+    submit_all(first, events("n:run1", 1, 3000))
+    first.close(timeout=0.3)   # collector down: everything stays in the spool
+    assert first.lost() == {"kernel": 0, "queue": 0, "transport": 0}
+    c = start_inprocess(f"sqlite:///{tmp_path}/c.db", port=port)
+    try:
+        second = shipper(port, "n:run2", spool)
+        submit_all(second, events("n:run2", 1, 2000))
+        wait_for(lambda: c.store.count() == 5000 and second.backlog() == 0)
+        second.close()
+        by_agent = {a.agent: a for a in c.store.agents()}
+        assert (by_agent["n:run1"].events, by_agent["n:run1"].gaps) == (3000, 0)
+        assert (by_agent["n:run2"].events, by_agent["n:run2"].gaps) == (2000, 0)
+        assert {e.agent for e in c.alerts.evaluated[:3000]} == {"n:run1"}   # the spool went first
+    finally:
+        c.close()
+
+
+def test_a_full_spool_drops_the_oldest_batches_and_counts_them_exactly(tmp_path: Path) -> None:
+    port = free_port()
+    spool = tmp_path / "spool"
+    s = shipper(port, "n:1", spool, spool_max_bytes=200_000, batch_max_events=100)
+    try:
+        for i in range(0, 5000, 100):   # one batch per submit: wait until each is spooled
+            s.submit(events("n:1", i + 1, 100), [])
+            wait_for(lambda i=i: s.backlog() <= 100 * (i // 100 + 1) and not s._pending)
+        lost = s.lost()["queue"]
+        assert 0 < lost < 5000 and lost % 100 == 0
+        assert sum(int(p.name.split("-")[2].split(".")[0]) for p in spool.iterdir()) == 5000 - lost
+        c = start_inprocess(f"sqlite:///{tmp_path}/c.db", port=port)
+        wait_for(lambda: s.backlog() == 0 and c.store.count() == 5000 - lost)
+        stored = [e.seq for e in c.store.query(EventFilter(), None, 10_000)[0]]
+        assert stored == list(range(lost + 1, 5001))   # exactly the oldest were dropped
+        wait_for(lambda: c.store.agents()[0].lost_queue == lost)
+        [a] = c.store.agents()
+        assert (a.events, a.lost_queue, a.gaps) == (5000 - lost, lost, 0)
+        c.close()
+    finally:
+        s.close(timeout=0.5)
+
+
+def test_without_a_spool_the_bounded_queue_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
+    port = free_port()
+    s = shipper(port, "n:1", queue_max_events=1000, batch_max_events=100)
+    try:
+        for i in range(0, 3000, 100):
+            s.submit(events("n:1", i + 1, 100), [])
+            wait_for(lambda: not s._pending)
+        c = start_inprocess(f"sqlite:///{tmp_path}/c.db", port=port)
+        wait_for(lambda: s.backlog() == 0)
+        lost = s.lost()["queue"]
+        assert c.store.count() + lost == 3000 and lost >= 2000
+        c.close()
+    finally:
+        s.close(timeout=0.5)
