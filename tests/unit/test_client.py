@@ -1,0 +1,94 @@
+"""`unlinkwatch query/status/alerts` end to end through the CLI against a real collector on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.collector import InProcessCollector, free_port, start_inprocess
+from tests.support.eventgen import batches, pod_uid
+from unlinkwatch.cli import main
+from unlinkwatch.collector.store import EventFilter
+from unlinkwatch.eventjson import event_to_dict
+
+TOKEN = "t0ken"
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[InProcessCollector]:
+    c = start_inprocess(f"sqlite:///{tmp_path}/c.db", token=TOKEN)
+    for b in batches("node-q:1", 2000, 500, pods=10):
+        c.store.commit_batch(b, 1)
+    yield c
+    c.close()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_query_json_lines_are_the_contract_json_of_the_matching_events(
+        collector: InProcessCollector, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "query", "--collector", collector.addr, "--token", TOKEN, "--pod-uid", pod_uid(3),
+                     "--path", "/var/lib/app3/**", "--since", "2000-01-01T00:00:00Z", "--output", "json")
+    want = collector.store.query(EventFilter(pod_uid=pod_uid(3), path_glob="/var/lib/app3/**"), None, 5000)[0]
+    assert rc == 0 and want
+    assert [json.loads(line) for line in out.splitlines()] == [event_to_dict(e) for e in want]
+
+
+def test_query_limit_stops_early_and_says_more_match(collector: InProcessCollector,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run(capsys, "query", "--collector", collector.addr, "--token", TOKEN, "--limit", "1200",
+                       "--output", "json")
+    assert rc == 0 and len(out.splitlines()) == 1200 and "more than 1200" in err
+    assert [json.loads(x)["seq"] for x in out.splitlines()] == list(range(1, 1201))
+
+
+def test_query_table_shows_one_row_per_event_under_a_header(collector: InProcessCollector,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "query", "--collector", collector.addr, "--token", TOKEN, "--namespace", "ns2",
+                     "--pod", "web-2")
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].split()[:3] == ["TIME", "NODE", "POD"]
+    assert len(lines) > 1 and all("ns2/web-2" in line for line in lines[1:])
+
+
+def test_status_lists_agents_with_coverage(collector: InProcessCollector, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "status", "--collector", collector.addr, "--token", TOKEN, "--output", "json")
+    [a] = [json.loads(x) for x in out.splitlines()]
+    assert rc == 0 and (a["agent"], a["events"], a["sequence_gaps"], a["coverage"]) == ("node-q:1", 2000, 0, 1.0)
+    rc, out, _ = run(capsys, "status", "--collector", collector.addr, "--token", TOKEN)
+    assert "node-q:1" in out and "100.000%" in out
+
+
+def test_alerts_without_follow_ends_after_the_history(collector: InProcessCollector,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "alerts", "--collector", collector.addr, "--token", TOKEN, "--since", "1h")
+    assert rc == 0 and out.split()[:3] == ["TIME", "RULE", "SEVERITY"]
+
+
+@pytest.mark.parametrize(("argv", "needle", "code"), [
+    (["query", "--since", "yesterday"], "--since: not a time or duration", 2),
+    (["query", "--workload", "web"], "--workload: expected KIND/NAME", 2),
+    (["query", "--limit", "0"], "--limit", 2),
+    (["status", "--token", "wrong"], "refused the request", 3),
+])
+def test_user_mistakes_give_one_line_and_a_nonzero_exit(collector: InProcessCollector,
+                                                        capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                        needle: str, code: int) -> None:
+    argv = [argv[0], "--collector", collector.addr, *argv[1:]]
+    rc, _, err = run(capsys, *argv)
+    assert rc == code and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_an_unreachable_collector_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    addr = f"127.0.0.1:{free_port()}"
+    for cmd in ("query", "status", "alerts"):
+        rc, _, err = run(capsys, cmd, "--collector", addr)
+        assert rc == 3 and err.startswith(f"unlinkwatch {cmd}: cannot reach the collector at {addr}")
+        assert len(err.strip().splitlines()) == 1
