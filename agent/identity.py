@@ -56,9 +56,11 @@ def _set_container(msg: pb.Container, c: ContainerInfo) -> None:
 class IdentityResolver:
     def __init__(self, cfg: IdentityConfig, metrics: AgentMetrics | None = None, *,
                  clock: Callable[[], float] = time.monotonic, max_cached: int = 65536,
-                 sweep_seconds: float = 10.0, watch_timeout_seconds: int = 240) -> None:
+                 sweep_seconds: float = 10.0, watch_timeout_seconds: int = 240, count_metrics: bool = False) -> None:
         self.cfg = cfg
         self.metrics = metrics
+        # The agent's pipeline counts identity states itself; opt in to have drain_updates() do it in bulk.
+        self.count_metrics = count_metrics
         self._clock = clock
         mount = Cgroup2Mount(cfg.cgroup2_root) if cfg.cgroup2_root else find_cgroup2()
         self.cgroups = CgroupPaths(mount, cfg.grace_seconds, max_entries=max_cached, clock=clock)
@@ -179,7 +181,7 @@ class IdentityResolver:
         return out
 
     def _flush_metrics(self) -> None:
-        if self.metrics is None:
+        if self.metrics is None or not self.count_metrics:
             return
         for state, name in IDENTITY_NAMES.items():
             delta = self._counts[state] - self._flushed[state]

@@ -156,7 +156,8 @@ def test_a_deleted_pod_still_resolves_from_the_deleted_pod_cache(api: FakeKubeAP
     assert ev.identity == pb.IDENTITY_STATE_RESOLVED and ev.pod.name == "gone"
 
 
-def test_identity_counts_reach_the_metrics_on_drain(resolver: IdentityResolver) -> None:
+def test_identity_counts_reach_the_metrics_on_drain_when_asked_to(resolver: IdentityResolver) -> None:
+    resolver.count_metrics = True
     for cid in (1, 1, 424242):
         resolver.fill(event(cid))
     resolver.drain_updates()
