@@ -57,10 +57,12 @@ def alert_to_dict(a: pb.Alert) -> dict[str, Any]:
 def fold_key(ev: pb.DeletionEvent) -> tuple[str, ...]:
     """Who did it: the pod, else the container, else (host) node + parent pid + comm, so that
     `xargs rm` and `find -exec rm` (one process per file) fold like one `rm -rf`."""
-    if ev.pod.uid:
-        return ("pod", ev.pod.uid)
-    if ev.container.id:
-        return ("container", ev.container.id)
+    uid = ev.pod.uid
+    if uid:
+        return ("pod", uid)
+    cid = ev.container.id
+    if cid:
+        return ("container", cid)
     return ("host", ev.node, str(ev.process.ppid), text(ev.process.comm))
 
 
@@ -70,6 +72,8 @@ class _Group:
     deadline: float  # monotonic time at which the window closes
     emitted: int     # count at the last emission
     samples: set[bytes]
+    first_ns: int    # kept outside the protobuf: plain ints are cheaper in the per-event path
+    count: int = 1
 
 
 class _MemoryHistory:
@@ -180,10 +184,14 @@ class AlertEngine:
         closed: list[_Group] = []
         with self._lock:
             for ev in events:
-                for rule in rules.matching(ev):
-                    key = (rule.name, fold_key(ev))
+                matched = rules.matching(ev)
+                if not matched:
+                    continue
+                actor = fold_key(ev)
+                for rule in matched:
+                    key = (rule.name, actor)
                     g = self._groups.get(key)
-                    if g is not None and (window == 0 or ev.time_unix_ns - g.alert.time_unix_ns >= window):
+                    if g is not None and (window == 0 or ev.time_unix_ns - g.first_ns >= window):
                         closed.append(self._groups.pop(key))  # out of the window: a new alert starts
                         g = None
                     if g is None:
@@ -191,11 +199,11 @@ class AlertEngine:
                         alert = pb.Alert(id=self._next_id, time_unix_ns=ev.time_unix_ns, rule=rule.name,
                                          severity=rule.severity, description=rule.description, count=1,
                                          sample_paths=[ev.path], event=ev)
-                        g = _Group(alert, now + window / 1e9, 0, {ev.path})
+                        g = _Group(alert, now + window / 1e9, 0, {ev.path}, ev.time_unix_ns)
                         self._groups[key] = g
                         opened.append(g)
                         continue
-                    g.alert.count += 1
+                    g.count += 1
                     if len(g.samples) < rules.fold_samples and ev.path not in g.samples:
                         g.samples.add(ev.path)
                         g.alert.sample_paths.append(ev.path)
@@ -207,8 +215,8 @@ class AlertEngine:
         out: list[pb.Alert] = []
         with self._lock:
             for g in [*closed, *opened]:
-                if g.alert.count > g.emitted:  # a group with nothing new since its first notice stays quiet
-                    g.emitted = g.alert.count
+                if g.count > g.emitted:  # a group with nothing new since its first notice stays quiet
+                    g.emitted = g.alert.count = g.count
                     snapshot = pb.Alert()
                     snapshot.CopyFrom(g.alert)
                     out.append(snapshot)

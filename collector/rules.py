@@ -47,7 +47,10 @@ class Condition:
     def test(self, ev: pb.DeletionEvent, path_known: bool = False) -> bool:
         if not path_known and self.paths is not None and not self.paths(ev.path):
             return False
-        return all(check(ev) for check in self.checks)
+        for check in self.checks:  # noqa: SIM110 - a loop: all() over a generator costs more than the checks
+            if not check(ev):
+                return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,12 @@ class Rule:
     excepts: tuple[Condition, ...]
 
     def matches(self, ev: pb.DeletionEvent, path_known: bool = False) -> bool:
-        return self.match.test(ev, path_known) and not any(e.test(ev) for e in self.excepts)
+        if not self.match.test(ev, path_known):
+            return False
+        for e in self.excepts:  # noqa: SIM110 - same: this runs per event
+            if e.test(ev):
+                return False
+        return True
 
 
 class RuleSet:
@@ -74,17 +82,20 @@ class RuleSet:
         self.source = source
         self._globset = GlobSet((g, k) for k, r in enumerate(rules) for g in r.match.globs)
         self._anypath = tuple(k for k, r in enumerate(rules) if r.match.paths is None)
+        self._path_known = tuple(r.match.paths is not None for r in rules)
 
     def matching(self, ev: pb.DeletionEvent) -> list[Rule]:
         """The rules this event triggers, in file order. A GlobSet finds the rules whose paths match in about
         one regex call instead of one per rule: path matching is the main cost of evaluation."""
         ks = self._globset.tags(ev.path)
         if self._anypath:
-            ks.update(self._anypath)
+            ks = ks + list(self._anypath)
         if not ks:
             return []
-        rules = self.rules
-        return [rules[k] for k in sorted(ks) if rules[k].matches(ev, path_known=rules[k].match.paths is not None)]
+        if len(ks) > 1:
+            ks = sorted(set(ks))
+        rules, known = self.rules, self._path_known
+        return [rules[k] for k in ks if rules[k].matches(ev, known[k])]
 
 
 class _Loader:

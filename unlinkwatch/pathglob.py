@@ -175,17 +175,21 @@ class GlobSet:
         self._buckets = {k: _TagChain(v + wild) for k, v in buckets.items()}
         self._wild = _TagChain(wild)
 
-    def tags(self, path: bytes) -> set[int]:
-        """The tags with at least one glob matching the whole path."""
-        parts = path.split(b"/", 2)
-        chain = self._buckets.get(parts[1], self._wild) if len(parts) > 1 and not parts[0] else self._wild
-        out = chain.tags(path) if chain.size else set()
-        hit = self._by_last.get(parts[-1] if len(parts) < 3 else path[path.rfind(b"/") + 1 :])
-        if hit:
-            out.update(tag for rx, tag in hit if rx.match(path) is not None)
+    def tags(self, path: bytes) -> list[int]:
+        """The tags with at least one glob matching the whole path (a tag may appear twice)."""
+        if path[:1] == b"/":
+            end = path.find(b"/", 1)
+            chain = self._buckets.get(path[1:end] if end > 0 else path[1:], self._wild)
+        else:
+            chain = self._wild
+        out = chain.tags(path) if chain.size else []
+        if self._by_last:
+            hit = self._by_last.get(path[path.rfind(b"/") + 1 :])
+            if hit:
+                out = out + [tag for rx, tag in hit if rx.match(path) is not None]
         for lit, rx, tag in self._gated:
             if lit in path and rx.match(path) is not None:
-                out.add(tag)
+                out = [*out, tag]
         return out
 
 
@@ -227,17 +231,19 @@ class _TagChain:
             rx = self._rx[start] = re.compile(b"|".join(self._src[start:]), re.DOTALL)
         return rx
 
-    def tags(self, path: bytes) -> set[int]:
-        out: set[int] = set()
-        i = 0
-        while i < self.size:
-            m = self._from(i).match(path)
-            if m is None or m.lastgroup is None:
-                break
+    def tags(self, path: bytes) -> list[int]:
+        m = self._from(0).match(path)
+        if m is None or m.lastgroup is None:
+            return []  # the common case: one regex call
+        out: list[int] = []
+        while True:
             i = int(m.lastgroup[1:])
-            out.add(self._tags[i])
-            i += 1
-        return out
+            out.append(self._tags[i])
+            if i + 1 >= self.size:
+                return out
+            m = self._from(i + 1).match(path)
+            if m is None or m.lastgroup is None:
+                return out
 
 
 def compile_matcher(globs: Iterable[str]) -> Callable[[bytes], bool]:

@@ -116,4 +116,4 @@ def test_a_globset_finds_exactly_the_globs_a_regex_per_glob_finds() -> None:
         paths.append((b"/" if rng.random() < 0.9 else b"") + b"/".join(segs))
     for path in paths:
         expected = {i for i, g in enumerate(GLOBS) if match(g, path)}
-        assert gs.tags(path) == expected, path
+        assert set(gs.tags(path)) == expected, path
