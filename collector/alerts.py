@@ -270,10 +270,13 @@ class AlertEngine:
             with self._publish_lock:
                 self._subscribers.add(sub)  # before reading history, so nothing falls between the two
         try:
-            seen: set[tuple[int, int]] = set()
+            latest: dict[int, pb.Alert] = {}
             for a in self._store.alerts_since(since_unix_ns, HISTORY_LIMIT):
-                seen.add((a.id, a.count))
-                yield a
+                prev = latest.get(a.id)
+                if prev is None or a.count >= prev.count:  # a store that appends keeps both versions
+                    latest[a.id] = a
+            seen = {(a.id, a.count) for a in latest.values()}
+            yield from latest.values()
             while follow and is_active() and not self._stop.is_set():
                 try:
                     a = sub.get(timeout=0.5)

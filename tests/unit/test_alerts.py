@@ -187,3 +187,22 @@ def test_the_default_pack_is_used_when_no_rules_file_is_given(metrics: Collector
     eng.close()
     assert [a.rule for a in sink.alerts] == ["shell-history-deleted"]
     assert metrics.registry.get_sample_value("unlinkwatch_rules_loaded") == len(eng.rules.rules)
+
+
+def test_history_from_the_sqlite_store_shows_each_alert_once_at_its_final_count(tmp_path: Path,
+                                                                                metrics: CollectorMetrics) -> None:
+    from unlinkwatch.collector.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path}/uw.db")
+    eng = AlertEngine(str(write_rules(tmp_path / "rules.yaml")), [], metrics, store)
+    eng.start()
+    try:
+        eng.evaluate(rm_rf(2, pod="a"))
+        eng.evaluate(rm_rf(3, pod="a")[2:])
+        eng.evaluate([deletion("/etc/x", 9, pod="b")])
+        eng.flush()
+        history = list(eng.watch(0, follow=False, is_active=lambda: True))
+    finally:
+        eng.close()
+        store.close()
+    assert [(a.event.pod.name, a.count) for a in history] == [("a", 3), ("b", 1)]
