@@ -15,8 +15,8 @@ def rules(text: str) -> RuleSet:
     return parse_rules(textwrap.dedent(text), "rules.yaml")
 
 
-def event(path: str = "/etc/x", *, op: int = pb.OP_UNLINK, result: int = 0, comm: str = "rm", exe: str = "/usr/bin/rm",
-          namespace: str = "", labels: dict[str, str] | None = None) -> pb.DeletionEvent:
+def event(path: str = "/etc/x", *, op: pb.Op.ValueType = pb.OP_UNLINK, result: int = 0, comm: str = "rm",
+          exe: str = "/usr/bin/rm", namespace: str = "", labels: dict[str, str] | None = None) -> pb.DeletionEvent:
     ev = pb.DeletionEvent(path=path.encode(), op=op, result=result,
                           process=pb.Process(comm=comm.encode(), exe=exe.encode()))
     if namespace:
