@@ -1,0 +1,102 @@
+"""Collector ingest throughput: the store alone, and through the real gRPC Ingest path into a collector
+process (`unlinkwatch collector`), for SQLite and PostgreSQL.
+
+    python -m bench.ingest [--events 500000] [--backend sqlite|postgres|both] [--streams 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from tests.support.collector import free_port, start_subprocess
+from tests.support.eventgen import batches
+from unlinkwatch.collector.store import open_store
+
+INGEST = "/unlinkwatch.v1.Collector/Ingest"
+
+
+def store_alone(db: str, n: int) -> float:
+    bs = list(batches("bench-store:1", n, 4096, pods=1000))
+    store = open_store(db)
+    try:
+        t = time.perf_counter()
+        for b in bs:
+            store.commit_batch(b, time.time_ns())
+        return n / (time.perf_counter() - t)
+    finally:
+        store.close()
+
+
+def through_grpc(db: str, n: int, streams: int) -> float:
+    """K agents (streams) each send n/K events as 4096-event batches, pre-serialized, acks awaited."""
+    from unlinkwatch.pb import events_pb2 as pb
+
+    per = n // streams
+    payloads = [[b.SerializeToString() for b in batches(f"bench-grpc:{k}", per, 4096, pods=1000)]
+                for k in range(streams)]
+    port = free_port()
+    proc = start_subprocess(db, port)
+    acked = [0] * streams
+
+    def agent(k: int) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.stream_stream(INGEST, request_serializer=lambda b: b, response_deserializer=pb.Ack.FromString)
+            for ack in call(iter(payloads[k]), timeout=600):
+                acked[k] += ack.stored
+
+    try:
+        threads = [threading.Thread(target=agent, args=(k,)) for k in range(streams)]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        dt = time.perf_counter() - t
+        assert sum(acked) == per * streams, f"stored {sum(acked)} of {per * streams}"
+        return per * streams / dt
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def _backends(which: str, tmp: Path) -> list[tuple[str, Callable[[], str], Callable[[], None]]]:
+    out: list[tuple[str, Callable[[], str], Callable[[], None]]] = []
+    if which in ("sqlite", "both"):
+        counter = iter(range(1000))
+        out.append(("sqlite", lambda: f"sqlite:///{tmp}/bench-{next(counter)}.db", lambda: None))
+    if which in ("postgres", "both"):
+        from tests.support.postgres import PostgresCluster
+
+        cluster = PostgresCluster(fsync=True)
+        out.append(("postgres", cluster.new_database, cluster.stop))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=500_000)
+    p.add_argument("--backend", default="both", choices=["sqlite", "postgres", "both"])
+    p.add_argument("--streams", type=int, default=2, help="concurrent agents for the gRPC measurement")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="uw-bench-") as d:
+        for name, new_db, stop in _backends(args.backend, Path(d)):
+            try:
+                alone = store_alone(new_db(), args.events)
+                print(f"ingest {name:8s} store alone      {alone:10,.0f} events/s  ({args.events:,} events)")
+                rpc = through_grpc(new_db(), args.events, args.streams)
+                print(f"ingest {name:8s} gRPC Ingest x{args.streams}    {rpc:10,.0f} events/s  "
+                      f"({args.events:,} events, collector process, acks awaited)")
+            finally:
+                stop()
+
+
+if __name__ == "__main__":
+    main()
