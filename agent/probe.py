@@ -5,6 +5,7 @@ ring buffer's fd and the kernel drop counter."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import platform
@@ -41,6 +42,9 @@ OFFSETS = {
     "OFF_DENTRY_D_PARENT": ("dentry", "d_parent"),
     "OFF_DENTRY_D_NAME": ("dentry", "d_name"),
     "OFF_DENTRY_D_INODE": ("dentry", "d_inode"),
+    "OFF_INODE_I_MODE": ("inode", "i_mode"),
+    "OFF_MOUNT_MNT_MOUNTS": ("mount", "mnt_mounts"),
+    "OFF_MOUNT_MNT_CHILD": ("mount", "mnt_child"),
     "OFF_QSTR_LEN": ("qstr", "len"),
     "OFF_QSTR_NAME": ("qstr", "name"),
     "OFF_VFSMOUNT_MNT_ROOT": ("vfsmount", "mnt_root"),
@@ -68,6 +72,13 @@ class ProbeConfig:
 
 def kernel_offsets(btf: Btf) -> dict[str, int]:
     out: dict[str, int] = {}
+    # a dentry's children: an hlist (d_children/d_sib) since 6.8, a list (d_subdirs/d_child) before
+    if btf.has_member("dentry", "d_children"):
+        out.update(UW_DCHILD_HLIST=1, OFF_DENTRY_D_CHILDREN=btf.offset("dentry", "d_children"),
+                   OFF_DENTRY_D_SIB_OR_CHILD=btf.offset("dentry", "d_sib"))
+    else:
+        out.update(UW_DCHILD_HLIST=0, OFF_DENTRY_D_SUBDIRS=btf.offset("dentry", "d_subdirs"),
+                   OFF_DENTRY_D_SIB_OR_CHILD=btf.offset("dentry", "d_child"))
     for name, (struct_name, member) in OFFSETS.items():
         try:
             out[name] = btf.offset(struct_name, member)
@@ -158,6 +169,8 @@ class Probe:
         self._lost = self._bpf["lost"]
 
     def _attach(self) -> None:
+        from bcc import BPF
+
         b = self._bpf
         if self.cfg.mode == "kprobe":
             fn = self.cfg.unlink_fn
@@ -168,6 +181,9 @@ class Probe:
             b.attach_kprobe(event=b"do_renameat2", fn_name=b"uw_renameat2_entry")
             b.attach_kprobe(event=b"vfs_rename", fn_name=b"uw_vfs_rename_entry")
             b.attach_kretprobe(event=b"do_renameat2", fn_name=b"uw_exit_ret")
+        elif self.cfg.mode == "tracepoint":
+            step = b.load_func(b"uw_lookup_step", BPF.TRACEPOINT)
+            b[b"uw_tail"][ctypes.c_int(0)] = ctypes.c_int(step.fd)
         # tracepoint and fentry programs are attached by bcc as they load (TRACEPOINT_PROBE, KFUNC_PROBE)
 
     def kernel_lost(self) -> int:
