@@ -70,6 +70,8 @@ class PostgresStore:
         self._wlock = threading.Lock()
         self._local = threading.local()
         self._readers: list[psycopg.Connection[Any]] = []
+        self._reglock = threading.Lock()
+        self._reg: psycopg.Connection[Any] | None = None
         self._load_caches()
 
     def _load_caches(self) -> None:
@@ -79,24 +81,38 @@ class PostgresStore:
         self._w.commit()
 
     # -- writing ---------------------------------------------------------------------------------------
+    # Agent and identity numbers are registered on an autocommit connection of their own, so rows are built
+    # outside the write lock while another batch is copied in (an unused number is harmless).
+    def _registry(self) -> psycopg.Connection[Any]:
+        if self._reg is None:
+            self._reg = psycopg.connect(self.url, autocommit=True)
+        return self._reg
+
     def _agent_num(self, agent: str) -> int:
         num = self._agent_nums.get(agent)
         if num is None:
-            self._w.execute("INSERT INTO agents (agent) VALUES (%s) ON CONFLICT DO NOTHING", (agent,))
-            row = self._w.execute("SELECT num FROM agents WHERE agent = %s", (agent,)).fetchone()
-            assert row is not None
-            num = int(row[0])
-            if num > MAX_AGENT_NUM:
-                raise ValueError("too many agents for the storage id space")
-            self._agent_nums[agent] = num
+            with self._reglock:
+                reg = self._registry()
+                reg.execute("INSERT INTO agents (agent) VALUES (%s) ON CONFLICT DO NOTHING", (agent,))
+                row = reg.execute("SELECT num FROM agents WHERE agent = %s", (agent,)).fetchone()
+                assert row is not None
+                num = int(row[0])
+                if num > MAX_AGENT_NUM:
+                    raise ValueError("too many agents for the storage id space")
+                self._agent_nums[agent] = num
         return num
 
     def _new_ident(self, key: IdentKey) -> int:
-        self._w.execute(f"INSERT INTO idents ({', '.join(IDENT_COLUMNS)}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                        "ON CONFLICT DO NOTHING", key)
-        row = self._w.execute(f"SELECT num FROM idents WHERE {IDENT_WHERE}", key).fetchone()
+        with self._reglock:
+            return self._insert_ident(self._registry(), key, cache=True)
+
+    def _insert_ident(self, conn: psycopg.Connection[Any], key: IdentKey, cache: bool) -> int:
+        conn.execute(f"INSERT INTO idents ({', '.join(IDENT_COLUMNS)}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                     "ON CONFLICT DO NOTHING", key)
+        row = conn.execute(f"SELECT num FROM idents WHERE {IDENT_WHERE}", key).fetchone()
         assert row is not None
-        self._idents[key] = int(row[0])
+        if cache:
+            self._idents[key] = int(row[0])
         return int(row[0])
 
     def _copy(self, rows: Sequence[EventRow]) -> None:
@@ -107,24 +123,25 @@ class PostgresStore:
 
     def _rollback(self) -> None:
         self._w.rollback()
-        self._load_caches()  # numbers handed out inside the failed transaction no longer exist
+        with self._reglock:
+            self._load_caches()  # numbers handed out inside the failed transaction no longer exist
 
     def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
         events = batch.events
+        num = self._agent_num(batch.agent)
+        rows = event_rows(num, events, self._idents, self._new_ident)  # outside the lock: overlaps a COPY
         with self._wlock:
             try:
-                return self._commit(batch, events, now_ns)
+                return self._commit(batch, num, rows, now_ns)
             except psycopg.errors.UniqueViolation:
                 self._rollback()  # another collector wrote some of these ids between our check and COPY: redo
-                return self._commit(batch, events, now_ns)
+                return self._commit(batch, num, rows, now_ns)
             except BaseException:
                 self._rollback()
                 raise
 
-    def _commit(self, batch: pb.EventBatch, events: Sequence[pb.DeletionEvent], now_ns: int) -> BatchResult:
-        w = self._w
-        num = self._agent_num(batch.agent)
-        rows = event_rows(num, events, self._idents, self._new_ident)
+    def _commit(self, batch: pb.EventBatch, num: int, rows: list[EventRow], now_ns: int) -> BatchResult:
+        w, events = self._w, batch.events
         existing: set[int] = set()
         if rows:
             lo, hi = min(r[0] for r in rows), max(r[0] for r in rows)
@@ -163,15 +180,16 @@ class PostgresStore:
             ev = pb.DeletionEvent.FromString(data)
             apply_identity(ev, upd)
             key = ident_key(ev)
-            changed.append((self._idents.get(key) or self._new_ident(key), ev.identity, ev.SerializeToString(), i))
+            num = self._idents.get(key) or self._insert_ident(self._w, key, cache=False)
+            changed.append((num, ev.identity, ev.SerializeToString(), i))
         if changed:
             self._w.cursor().executemany("UPDATE events SET ident = %s, identity = %s, data = %s WHERE id = %s",
                                          changed)
 
     def bulk_insert(self, agent: str, events: Sequence[pb.DeletionEvent]) -> int:
+        rows = event_rows(self._agent_num(agent), events, self._idents, self._new_ident)
         with self._wlock:
             try:
-                rows = event_rows(self._agent_num(agent), events, self._idents, self._new_ident)
                 self._copy(rows)
                 self._w.commit()
             except BaseException:
@@ -273,6 +291,8 @@ class PostgresStore:
             for c in self._readers:
                 c.close()
             self._readers.clear()
+            if self._reg is not None:
+                self._reg.close()
             self._w.close()
 
 

@@ -76,6 +76,8 @@ class SqliteStore:
         self._wlock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        self._reglock = threading.Lock()
+        self._reg: sqlite3.Connection | None = None
         self._load_caches()
         self._closing = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True)
@@ -95,20 +97,40 @@ class SqliteStore:
             tuple(r[1:]): r[0] for r in self._w.execute(f"SELECT num, {', '.join(IDENT_COLUMNS)} FROM idents")}
 
     # -- writing ---------------------------------------------------------------------------------------
+    # Agent and identity numbers are registered on a connection of their own, committed at once, so rows
+    # can be built outside the write lock while another batch is being inserted (an unused number is
+    # harmless). Inside a write transaction only _ident_in_tx may add one, to avoid waiting on ourselves.
+    def _registry(self) -> sqlite3.Connection:
+        if self._reg is None:
+            self._reg = _connect(self.path)
+        return self._reg
+
     def _agent_num(self, agent: str) -> int:
         num = self._agent_nums.get(agent)
         if num is None:
-            self._w.execute("INSERT OR IGNORE INTO agents (agent) VALUES (?)", (agent,))
-            num = int(self._w.execute("SELECT num FROM agents WHERE agent = ?", (agent,)).fetchone()[0])
-            if num > MAX_AGENT_NUM:
-                raise ValueError("too many agents for the storage id space")
-            self._agent_nums[agent] = num
+            with self._reglock:
+                reg = self._registry()
+                reg.execute("INSERT OR IGNORE INTO agents (agent) VALUES (?)", (agent,))
+                num = int(reg.execute("SELECT num FROM agents WHERE agent = ?", (agent,)).fetchone()[0])
+                if num > MAX_AGENT_NUM:
+                    raise ValueError("too many agents for the storage id space")
+                self._agent_nums[agent] = num
         return num
 
     def _new_ident(self, key: IdentKey) -> int:
-        self._w.execute(f"INSERT OR IGNORE INTO idents ({', '.join(IDENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)", key)
-        num = int(self._w.execute(f"SELECT num FROM idents WHERE {IDENT_WHERE}", key).fetchone()[0])
-        self._idents[key] = num
+        with self._reglock:
+            reg = self._registry()
+            reg.execute(f"INSERT OR IGNORE INTO idents ({', '.join(IDENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)", key)
+            num = int(reg.execute(f"SELECT num FROM idents WHERE {IDENT_WHERE}", key).fetchone()[0])
+            self._idents[key] = num
+            return num
+
+    def _ident_in_tx(self, key: IdentKey) -> int:
+        num = self._idents.get(key)
+        if num is None:
+            self._w.execute(f"INSERT OR IGNORE INTO idents ({', '.join(IDENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            key)
+            num = int(self._w.execute(f"SELECT num FROM idents WHERE {IDENT_WHERE}", key).fetchone()[0])
         return num
 
     def _load_state(self, agent: str) -> AgentState:
@@ -120,16 +142,17 @@ class SqliteStore:
 
     def _rollback(self) -> None:
         self._w.execute("ROLLBACK")
-        self._load_caches()  # numbers handed out inside the failed transaction no longer exist
+        with self._reglock:
+            self._load_caches()  # numbers handed out inside the failed transaction no longer exist
 
     def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
         events = batch.events
+        num = self._agent_num(batch.agent)
+        rows = event_rows(num, events, self._idents, self._new_ident)  # outside the lock: overlaps a commit
         with self._wlock:
             w = self._w
             self._begin()
             try:
-                num = self._agent_num(batch.agent)
-                rows = event_rows(num, events, self._idents, self._new_ident)
                 existing: set[int] = set()
                 if rows:
                     lo, hi = min(r[0] for r in rows), max(r[0] for r in rows)
@@ -168,16 +191,16 @@ class SqliteStore:
             ev = pb.DeletionEvent.FromString(data)
             apply_identity(ev, upd)
             key = ident_key(ev)
-            changed.append((self._idents.get(key) or self._new_ident(key), ev.identity, ev.SerializeToString(), i))
+            changed.append((self._ident_in_tx(key), ev.identity, ev.SerializeToString(), i))
         self._w.executemany("UPDATE events SET ident = ?, identity = ?, data = ? WHERE id = ?", changed)
 
     def bulk_insert(self, agent: str, events: Sequence[pb.DeletionEvent]) -> int:
+        rows = event_rows(self._agent_num(agent), events, self._idents, self._new_ident)
         with self._wlock:
             self._begin()
             try:
                 before = self._w.total_changes
-                self._w.executemany(INSERT_EVENTS, event_rows(self._agent_num(agent), events, self._idents,
-                                                              self._new_ident))
+                self._w.executemany(INSERT_EVENTS, rows)
                 self._w.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -260,6 +283,8 @@ class SqliteStore:
             for c in self._readers:
                 c.close()
             self._readers.clear()
+            if self._reg is not None:
+                self._reg.close()
             self._w.close()
 
 
