@@ -1,0 +1,367 @@
+"""Tracer configurations measured against bare: the common process handling, bpftrace, auditd, minimal bcc.
+
+Each configuration is a `Tracer`: started before a measurement and stopped after it. `python -m bench.peers
+minimal-bcc OUT` is the minimal bcc reference itself (syscall tracepoints -> ring buffer -> Python consumer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+UNLINK_TRACEPOINTS = ("sys_enter_unlinkat", "sys_enter_unlink", "sys_enter_rmdir")
+HEADER_TREE = "/usr/local/share/unlinkwatch/kernel-headers"
+
+
+class Unavailable(RuntimeError):
+    """This configuration cannot run here; the message says why."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A `Vm*` line of /proc/<pid>/status in KiB (0 when the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def perf_attachments(pid: int) -> list[dict[str, object]]:
+    """Tracepoint and raw tracepoint attachments owned by pid, from `bpftool perf show`."""
+    proc = subprocess.run(["bpftool", "perf", "show", "--json"], capture_output=True, text=True, check=False)
+    try:
+        rows = json.loads(proc.stdout or "[]")
+    except json.JSONDecodeError:
+        return []
+    return [r for r in rows if r.get("pid") == pid]
+
+
+def _raise_memlock() -> None:
+    # older tools still ask for RLIMIT_MEMLOCK; best effort, the kernel accounts BPF memory by cgroup now
+    _soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+    except (ValueError, OSError):
+        pass
+
+
+def count_lines(path: Path, needle: str, also: str | None = None) -> int:
+    """Lines of a (possibly huge) text file that contain needle (and `also`, when given)."""
+    n = 0
+    nb, ab = needle.encode(), also.encode() if also else None
+    with path.open("rb") as f:
+        for line in f:
+            if nb in line and (ab is None or ab in line):
+                n += 1
+    return n
+
+
+class Tracer:
+    """One configuration. Subclasses start their processes in `start` and register them in `procs`."""
+
+    name = "bare"
+    stop_signal = signal.SIGINT
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.workdir = Path("/nonexistent")
+        self.stderr_lines: list[str] = []
+        self._stderr_threads: list[threading.Thread] = []
+
+    def check(self) -> None:
+        """Raise Unavailable with a reason when this configuration cannot run on this machine."""
+
+    def start(self, workdir: Path, record: bool) -> None:
+        """Start and wait until ready. record=True: keep the events somewhere `count_events` can count."""
+        self.workdir = workdir
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def count_events(self, prefix: str) -> int | None:
+        """Events seen for files whose names start with prefix (None: not countable in this mode)."""
+        return None
+
+    def drops_reported(self) -> int | None:
+        """Losses as the tool itself reports them (None: the tool reports none)."""
+        return None
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(self.stop_signal)
+        for p in self.procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for t in self._stderr_threads:
+            t.join(timeout=5)
+        self.procs, self._stderr_threads = [], []
+
+    # helpers for subclasses
+    def _spawn(self, cmd: list[str], stdout: Path | None = None, env: dict[str, str] | None = None,
+               cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        out = stdout.open("wb") if stdout else subprocess.DEVNULL
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                preexec_fn=_raise_memlock, env=env, cwd=cwd)
+        if stdout and not isinstance(out, int):
+            out.close()
+        self.procs.append(proc)
+        t = threading.Thread(target=self._read_stderr, args=(proc,), daemon=True)
+        t.start()
+        self._stderr_threads.append(t)
+        return proc
+
+    def _read_stderr(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            self.stderr_lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    def _fail(self, proc: subprocess.Popen[bytes], what: str) -> Unavailable:
+        tail = " | ".join(line for line in self.stderr_lines[-3:] if line.strip()) or "no output"
+        self.stop()
+        return Unavailable(f"{what} (exit {proc.returncode}): {tail[:400]}")
+
+    def _wait_attached(self, proc: subprocess.Popen[bytes], count: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise self._fail(proc, f"{self.name} exited before attaching")
+            if len(perf_attachments(proc.pid)) >= count:
+                return
+            time.sleep(0.1)
+        raise self._fail(proc, f"{self.name} did not attach within {timeout:.0f} s")
+
+
+BPFTRACE_SCRIPT = """\
+tracepoint:syscalls:sys_enter_unlinkat,
+tracepoint:syscalls:sys_enter_unlink,
+tracepoint:syscalls:sys_enter_rmdir
+{ printf("%d %s %s\\n", pid, comm, str(args->pathname)); }
+"""
+
+
+class Bpftrace(Tracer):
+    """Debian's bpftrace on the same syscall tracepoints, printing pid, comm, filename to a file."""
+
+    name = "bpftrace"
+
+    def check(self) -> None:
+        if not shutil.which("bpftrace"):
+            raise Unavailable("bpftrace is not installed (apt-get install bpftrace)")
+
+    def start(self, workdir: Path, record: bool) -> None:
+        super().start(workdir, record)
+        self.out = workdir / "bpftrace.out"
+        proc = self._spawn(["bpftrace", "-o", str(self.out), "-e", BPFTRACE_SCRIPT])
+        self._wait_attached(proc, len(UNLINK_TRACEPOINTS))
+
+    def count_events(self, prefix: str) -> int | None:
+        return count_lines(self.out, prefix) if self.out.exists() else 0
+
+    def drops_reported(self) -> int | None:
+        text = self.out.read_text(errors="replace") if self.out.exists() else ""
+        found = re.findall(r"Lost (\d+) events", text + "\n".join(self.stderr_lines))
+        return sum(int(n) for n in found)
+
+
+MINIMAL_BCC_C = r"""
+struct event { u32 pid; char comm[16]; char filename[256]; };
+BPF_RINGBUF_OUTPUT(events, 4096);
+BPF_ARRAY(lost, u64, 1);
+
+static int emit(const char *pathname)
+{
+	struct event *e = events.ringbuf_reserve(sizeof(*e));
+	if (!e) {
+		int zero = 0;
+		u64 *n = lost.lookup(&zero);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		return 0;
+	}
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_probe_read_user_str(e->filename, sizeof(e->filename), pathname);
+	events.ringbuf_submit(e, 0);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat) { return emit(args->pathname); }
+TRACEPOINT_PROBE(syscalls, sys_enter_unlink) { return emit(args->pathname); }
+TRACEPOINT_PROBE(syscalls, sys_enter_rmdir) { return emit(args->pathname); }
+"""
+
+
+def minimal_bcc_main(out_path: str) -> int:
+    """The reference: compile, attach, decode each record with ctypes and write one line per event."""
+    from bcc import BPF
+
+    b = BPF(text=MINIMAL_BCC_C)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with open(out_path, "w") as out:
+        def on_event(_ctx: object, data: object, _size: int) -> None:
+            e = b["events"].event(data)
+            out.write(f"{e.pid} {e.comm.decode(errors='replace')} {e.filename.decode(errors='replace')}\n")
+
+        b["events"].open_ring_buffer(on_event)
+        print(json.dumps({"msg": "attached"}), file=sys.stderr, flush=True)
+        while not stop.is_set():
+            b.ring_buffer_poll(100)
+        b.ring_buffer_consume()
+    lost = sum(v.value for v in b["lost"].values())
+    print(json.dumps({"msg": "stopped", "lost": lost}), file=sys.stderr, flush=True)
+    return 0
+
+
+class MinimalBcc(Tracer):
+    """Reference: a minimal bcc program (syscall tracepoints, ring buffer, Python consumer) as its own process."""
+
+    name = "minimal bcc"
+
+    def check(self) -> None:
+        probe = subprocess.run([sys.executable, "-c", "import bcc"], capture_output=True, check=False)
+        if probe.returncode != 0:
+            raise Unavailable("the bcc Python module is not importable (apt-get install python3-bpfcc)")
+
+    def start(self, workdir: Path, record: bool) -> None:
+        super().start(workdir, record)
+        self.out = workdir / "minimal-bcc.out"
+        env = dict(os.environ)
+        if Path(HEADER_TREE).is_dir():
+            env.setdefault("BCC_KERNEL_SOURCE", HEADER_TREE)
+        root = Path(__file__).resolve().parent.parent
+        proc = self._spawn([sys.executable, "-m", "bench.peers", "minimal-bcc", str(self.out)], env=env, cwd=root)
+        self._wait_attached(proc, len(UNLINK_TRACEPOINTS))
+
+    def count_events(self, prefix: str) -> int | None:
+        return count_lines(self.out, prefix) if self.out.exists() else 0
+
+    def drops_reported(self) -> int | None:
+        for line in reversed(self.stderr_lines):
+            if '"lost"' in line:
+                return int(json.loads(line)["lost"])
+        return None
+
+
+AUDIT_KEY = "uwbench"
+AUDIT_RULE = ["-a", "always,exit", "-F", "arch=b64", "-S", "unlink,unlinkat,rmdir,rename,renameat,renameat2",
+              "-k", AUDIT_KEY]
+AUDIT_BACKLOG = 8192  # what Debian's shipped audit.rules sets (-b 8192); the kernel default is 64
+
+
+def audit_status() -> dict[str, int]:
+    out = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=False).stdout
+    status: dict[str, int] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].lstrip("-").isdigit():
+            status[parts[0]] = int(parts[1])
+    return status
+
+
+class Auditd(Tracer):
+    """auditd started by hand with a private config and one rule on unlink/unlinkat/rmdir/rename*."""
+
+    name = "auditd"
+
+    def check(self) -> None:
+        if not (shutil.which("auditd") and shutil.which("auditctl")):
+            raise Unavailable("auditd is not installed (apt-get install auditd)")
+        status = audit_status()
+        if not status:
+            raise Unavailable("the kernel's audit subsystem does not answer (auditctl -s)")
+        if status.get("pid", 0) != 0:
+            raise Unavailable(f"an audit daemon already runs (pid {status['pid']}); not touching it")
+
+    def _config(self) -> Path:
+        confdir = self.workdir / "auditconf"
+        confdir.mkdir(exist_ok=True)
+        conf = confdir / "auditd.conf"
+        settings = {"log_file": str(self.log), "write_logs": "yes", "log_format": "ENRICHED",
+                    "flush": "INCREMENTAL_ASYNC", "freq": "50", "max_log_file_action": "IGNORE",
+                    "space_left_action": "IGNORE", "admin_space_left_action": "IGNORE",
+                    "disk_full_action": "IGNORE", "disk_error_action": "IGNORE", "local_events": "yes",
+                    "priority_boost": "4", "q_depth": "2000", "plugin_dir": str(self.workdir / "plugins.d"),
+                    "space_left": "2", "admin_space_left": "1"}
+        (self.workdir / "plugins.d").mkdir(exist_ok=True)
+        conf.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
+        conf.chmod(0o640)
+        return confdir
+
+    def start(self, workdir: Path, record: bool) -> None:
+        super().start(workdir, record)
+        self.log = workdir / "audit.log"
+        self.before = audit_status()
+        # it daemonizes (-f would write records to stderr, not its log); its pid comes from the kernel
+        errfile = workdir / "auditd.stderr"
+        with errfile.open("wb") as err:  # a file, not a pipe: the daemon keeps its stderr open
+            proc = subprocess.run(["auditd", "-c", str(self._config())], stdout=subprocess.DEVNULL,
+                                  stderr=err, check=False, preexec_fn=_raise_memlock)
+        deadline = time.monotonic() + 20
+        while not audit_status().get("pid"):
+            if proc.returncode != 0 or time.monotonic() > deadline:
+                tail = errfile.read_text(errors="replace").strip()[-300:]
+                raise Unavailable(f"auditd did not register with the kernel: {tail}")
+            time.sleep(0.1)
+        self.daemon_pid = audit_status()["pid"]
+        self._auditctl("-b", str(AUDIT_BACKLOG))
+        self._auditctl(*AUDIT_RULE)
+        self._auditctl("-e", "1")
+        self.lost_start = audit_status().get("lost", 0)
+
+    def pids(self) -> list[int]:
+        return [self.daemon_pid]
+
+    def _auditctl(self, *args: str) -> None:
+        subprocess.run(["auditctl", *args], capture_output=True, check=False)
+
+    def count_events(self, prefix: str) -> int | None:
+        # one PATH record with nametype=DELETE per removed name (the PARENT record is not counted)
+        return count_lines(self.log, prefix, "nametype=DELETE") if self.log.exists() else 0
+
+    def drops_reported(self) -> int | None:
+        return max(0, self.lost_end - self.lost_start)
+
+    def stop(self) -> None:
+        self.lost_end = audit_status().get("lost", 0)
+        self._auditctl("-d", *AUDIT_RULE[1:])
+        os.kill(self.daemon_pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{self.daemon_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._auditctl("-b", str(self.before.get("backlog_limit", 64)))
+        self._auditctl("-e", str(self.before.get("enabled", 0)))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "minimal-bcc":
+        sys.exit(minimal_bcc_main(sys.argv[2]))
+    print("usage: python -m bench.peers minimal-bcc OUTFILE", file=sys.stderr)
+    sys.exit(2)
