@@ -6,6 +6,7 @@ minimal-bcc OUT` is the minimal bcc reference itself (syscall tracepoints -> rin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -61,10 +62,8 @@ def perf_attachments(pid: int) -> list[dict[str, object]]:
 def _raise_memlock() -> None:
     # older tools still ask for RLIMIT_MEMLOCK; best effort, the kernel accounts BPF memory by cgroup now
     _soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    try:
+    with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
-    except (ValueError, OSError):
-        pass
 
 
 def count_lines(path: Path, needle: str, also: str | None = None) -> int:
