@@ -87,9 +87,17 @@ def bench(name: str, db: str, n: int, pods: int, queries: int) -> None:
     try:
         secs = load(store, n, pods)
         print(f"query {name:8s} loaded {n:,} events in {secs:.0f} s ({n / secs:,.0f}/s)")
-        for label, f in (("pod-uid", lambda p: EventFilter(pod_uid=pod_uid(p))),
-                         ("namespace+pod", lambda p: EventFilter(namespace=f"ns{p % 50}", pod=f"web-{p}"))):
-            s, avg = measure(lambda p, f=f: len(store.query(f(p), None, 1000)[0]), pods, queries)
+        def by_uid(p: int) -> EventFilter:
+            return EventFilter(pod_uid=pod_uid(p))
+
+        def by_name(p: int) -> EventFilter:
+            return EventFilter(namespace=f"ns{p % 50}", pod=f"web-{p}")
+
+        for label, make in (("pod-uid", by_uid), ("namespace+pod", by_name)):
+            def run(p: int, make: Callable[[int], EventFilter] = make) -> int:
+                return len(store.query(make(p), None, 1000)[0])
+
+            s, avg = measure(run, pods, queries)
             print(f"query {name:8s} store {label:14s} {percentiles(s)}  ({avg} rows/query)")
         c = start_inprocess(store)
         try:
