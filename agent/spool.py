@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class Spool:
             raise UserError(f"--spool: cannot use {directory}: {e.strerror}") from None
         self.bytes = 0
         self._next = 1
+        self._lock = threading.Lock()  # put() runs in the batcher thread, remove() in the ack reader
 
     def load(self) -> list[SpoolFile]:
         """Batches left by earlier runs, oldest first."""
@@ -57,13 +59,15 @@ class Spool:
         return files
 
     def put(self, batch_id: int, events: int, data: bytes) -> SpoolFile:
-        index, self._next = self._next, self._next + 1
+        with self._lock:
+            index, self._next = self._next, self._next + 1
         path = self.dir / f"{index:016d}-{batch_id}-{events}.batch"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-        self.bytes += len(data)
+        with self._lock:
+            self.bytes += len(data)
         return SpoolFile(index, batch_id, events, len(data), path)
 
     def read(self, f: SpoolFile) -> bytes | None:
@@ -75,4 +79,5 @@ class Spool:
 
     def remove(self, f: SpoolFile) -> None:
         f.path.unlink(missing_ok=True)
-        self.bytes -= f.size
+        with self._lock:
+            self.bytes -= f.size
