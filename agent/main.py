@@ -29,8 +29,6 @@ log = logging.getLogger("unlinkwatch.agent")
 IDLE_POLL_S = 0.02  # the ring is drained at least this often: bounds deletion-to-output latency
 LOST_POLL_S = 0.5
 HEALTHY_WITHIN_S = 10.0
-IDENTITY_NAMES = {pb.IDENTITY_STATE_RESOLVED: "resolved", pb.IDENTITY_STATE_LATE: "late",
-                  pb.IDENTITY_STATE_UNKNOWN: "unknown", pb.IDENTITY_STATE_HOST: "host"}
 
 
 def node_name(flag: str | None) -> str:
@@ -68,10 +66,12 @@ class Pipeline:
                 events.append(item)
             elif isinstance(item, CgroupMkdir):
                 self.identity.on_cgroup_mkdir(item.cgroup_id, item.path)
+        counts: dict[tuple[str, str], int] = {}
         for ev in events:
-            self.metrics.events.labels(OP_NAMES.get(ev.op, "unspecified"),
-                                       "success" if ev.result == 0 else "failure").inc()
-            self.metrics.identity.labels(IDENTITY_NAMES.get(ev.identity, "unknown")).inc()
+            key = (OP_NAMES.get(ev.op, "unspecified"), "success" if ev.result == 0 else "failure")
+            counts[key] = counts.get(key, 0) + 1
+        for key, n in counts.items():
+            self.metrics.events.labels(*key).inc(n)  # once per batch, not per event
         updates = self.identity.drain_updates()
         if self.out.stdout is not None and events:
             self.out.stdout.write("".join(json.dumps(event_to_dict(ev)) + "\n" for ev in events))
@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
                                            "startup_s": round(attached.startup_s, 3),
                                            "misses": hooks.MISSES[cand.mode]}})
 
-    identity = IdentityResolver(IdentityConfig(node=node, kube=args.kube, kubeconfig=args.kubeconfig), metrics)
+    identity = IdentityResolver(IdentityConfig(node=node, kube=args.kube, kubeconfig=args.kubeconfig), metrics,
+                                count_metrics=True)  # it counts identity states in bulk
     identity.start()  # after attaching, so a cgroup made during the start-up scan is still seen
 
     shipper: Any = None

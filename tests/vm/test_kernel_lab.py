@@ -1,0 +1,44 @@
+"""The kernel tier under Debian's 6.1 kernel in QEMU (tests/vmlab), once per attach mode the live kernel
+lacks: kprobe/kretprobe and fentry/fexit, plus tracepoint mode on the older dentry layout (d_subdirs)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, require_root
+
+RUNNER = ROOT / "tests" / "vmlab" / "run-in-vm.sh"
+
+
+def _lab_missing() -> str | None:
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86 is not installed (make setup installs it)"
+    if not glob.glob("/boot/vmlinuz-6.1.*-amd64"):
+        return "no Debian 6.1 kernel image in /boot (make setup installs linux-image-amd64)"
+    if not Path("/bin/busybox").exists():
+        return "busybox-static is not installed (make setup installs it)"
+    return None
+
+
+@pytest.mark.parametrize("mode", ["kprobe", "fentry", "tracepoint"])
+def test_the_kernel_tier_passes_under_the_6_1_kernel(mode: str) -> None:
+    require_root()
+    missing = _lab_missing()
+    if missing:
+        pytest.skip(missing)
+    py = Path(sys.executable)
+    cmd = (f"set -o pipefail; cd {ROOT} && UNLINKWATCH_TEST_ATTACH={mode} {py} -m pytest tests/kernel -q "
+           "-p no:cacheprovider -o addopts='' 2>&1 | tail -n 40")
+    env = {**os.environ, "VM_TIMEOUT": os.environ.get("VM_TIMEOUT", "900"), "VM_TIMING": "1"}
+    p = subprocess.run([str(RUNNER), cmd], capture_output=True, text=True, env=env, timeout=1000)
+    out = p.stdout + p.stderr
+    print(out)  # shown by -ra on failure, and kept in the CI log
+    assert p.returncode == 0, f"kernel tier in {mode} mode under the 6.1 kernel failed:\n{out[-4000:]}"
+    assert " passed" in out and " failed" not in out
