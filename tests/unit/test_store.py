@@ -168,3 +168,14 @@ def test_alert_history_is_kept_in_time_order(store: Store) -> None:
     store.save_alerts(alerts[:3])
     assert store.alerts_since(0, 100) == alerts
     assert [a.rule for a in store.alerts_since(T0 + 2, 2)] == ["r2", "r3"]
+
+
+def test_the_retention_pass_keeps_exactly_the_configured_window(store: Store) -> None:
+    from unlinkwatch.collector.retention import Retention
+    from unlinkwatch.timeparse import parse_duration_ns
+
+    for b in batches("node-a:1", 600, 300):
+        store.commit_batch(b, NOW)
+    keep = parse_duration_ns("100ms")   # events are 1 ms apart: seq 500..600 are within 100 ms of the last
+    assert Retention(store, keep).run_once(now_ns=T0 + 600 * 10**6) == 499
+    assert seqs(store, EventFilter()) == list(range(500, 601))
