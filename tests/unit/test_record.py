@@ -1,0 +1,107 @@
+"""The kernel record's decoder: its layout against the C header, path joining, decoding."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from unlinkwatch.agent.record import HEADER, HEADER_FIELDS, CgroupMkdir, Decoder, join, normalize
+from unlinkwatch.pb import events_pb2 as pb
+
+HEADER_H = ROOT / "agent" / "bpf" / "kprobe.h"
+
+
+def _c_layout(tmp_path: Path) -> dict[str, tuple[int, int]]:
+    """offsetof/sizeof of every field of struct uw_event, from the C compiler."""
+    prints = "\n".join(
+        f'printf("{f} %zu %zu\\n", offsetof(struct uw_event, {f}), sizeof(((struct uw_event *)0)->{f}));'
+        for f in HEADER_FIELDS
+    )
+    src = tmp_path / "layout.c"
+    src.write_text(
+        "#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n"
+        f'#include "{HEADER_H}"\nint main(void) {{\n{prints}\n'
+        'printf("total %zu 0\\n", sizeof(struct uw_event));\nreturn 0;\n}\n'
+    )
+    exe = tmp_path / "layout"
+    subprocess.run(["gcc", "-o", str(exe), str(src)], check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    return {name: (int(off), int(size)) for name, off, size in (line.split() for line in out.splitlines())}
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to compile the header")
+def test_the_decoder_layout_matches_the_c_header_field_by_field(tmp_path: Path) -> None:
+    layout = _c_layout(tmp_path)
+    offset = 0
+    for field, code in zip(HEADER_FIELDS, _codes(HEADER.format), strict=True):
+        size = struct.calcsize("<" + code)
+        assert layout[field] == (offset, size), field
+        offset += size
+    assert layout["total"][0] == HEADER.size
+
+
+def _codes(fmt: str) -> list[str]:
+    out, num = [], ""
+    for ch in fmt.lstrip("<"):
+        if ch.isdigit():
+            num += ch
+        else:
+            out.append(num + ch)
+            num = ""
+    return out
+
+
+@pytest.mark.parametrize(
+    ("directory", "raw", "expected"),
+    [
+        (b"/tmp", b"a", b"/tmp/a"),
+        (b"", b"a", b"/a"),
+        (b"/a/b", b"../c", b"/a/c"),
+        (b"/a/b", b"./././c", b"/a/b/c"),
+        (b"/", b"../../..//x", b"/x"),
+        (b"/ignored", b"/abs//p/./q/../r", b"/abs/p/r"),
+        (b"/d", b"sub/", b"/d/sub"),
+        (b"/d", b"caf\xe9", b"/d/caf\xe9"),
+    ],
+)
+def test_relative_paths_join_their_directory_and_normalise(directory: bytes, raw: bytes, expected: bytes) -> None:
+    assert join(directory, raw) == expected
+
+
+def test_a_clean_absolute_path_is_returned_as_is() -> None:
+    p = b"/var/lib/x"
+    assert normalize(p) is p
+
+
+def _record(kind: int, raw: bytes, directory: bytes = b"", **kw: int) -> bytes:
+    vals = {"ts_ns": 5, "cgroup_id": 77, "proc_start_ns": 9, "kind": kind, "op": 1, "pid": 10, "tid": 11,
+            "ppid": 1, "uid": 1000, "gid": 100, "result": -2, "dirfd": -100, "flags": 0,
+            "raw_len": len(raw), "dir_len": len(directory), "comm": b"rm\0junk"}
+    vals.update(kw)
+    return HEADER.pack(*(vals[f] for f in HEADER_FIELDS)) + raw + directory
+
+
+def test_a_deletion_record_decodes_to_an_event_with_its_exe_from_an_earlier_record() -> None:
+    d = Decoder("node-a", "node-a:1", "tracepoint")
+    assert d.decode(_record(3, b"/usr/bin/rm")) is None
+    ev = d.decode(_record(1, b"x", b"/home/u"))
+    assert isinstance(ev, pb.DeletionEvent)
+    assert ev.path == b"/home/u/x" and ev.raw_path == b"x" and ev.result == -2 and ev.op == pb.OP_UNLINK
+    assert ev.process.exe == b"/usr/bin/rm" and ev.process.comm == b"rm" and ev.process.tid == 11
+    assert ev.cgroup_id == 77 and ev.node == "node-a" and ev.agent == "node-a:1"
+    assert ev.time_unix_ns > 1_600_000_000 * 10**9
+
+
+def test_truncation_flags_survive_decoding() -> None:
+    ev = Decoder("n", "a", "kprobe").decode(_record(1, b"p", b"/d", flags=2))
+    assert isinstance(ev, pb.DeletionEvent) and ev.flags & pb.EVENT_FLAG_PATH_TRUNCATED
+
+
+def test_a_cgroup_mkdir_record_gives_id_and_path() -> None:
+    item = Decoder("n", "a", "kprobe").decode(_record(2, b"/kubepods/pod1/abc", cgroup_id=4242))
+    assert item == CgroupMkdir(4242, "/kubepods/pod1/abc")
