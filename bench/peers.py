@@ -81,11 +81,13 @@ class Tracer:
     """One configuration. Subclasses start their processes in `start` and register them in `procs`."""
 
     name = "bare"
+    bpf = False  # attaches BPF programs (their kernel-side cost is read from bpf_stats)
     stop_signal = signal.SIGINT
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.workdir = Path("/nonexistent")
+        self.record = False
         self.stderr_lines: list[str] = []
         self._stderr_threads: list[threading.Thread] = []
 
@@ -94,7 +96,8 @@ class Tracer:
 
     def start(self, workdir: Path, record: bool) -> None:
         """Start and wait until ready. record=True: keep the events somewhere `count_events` can count."""
-        self.workdir = workdir
+        self.workdir, self.record = workdir, record
+        self.stderr_lines = []
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
@@ -168,6 +171,7 @@ class Bpftrace(Tracer):
     """Debian's bpftrace on the same syscall tracepoints, printing pid, comm, filename to a file."""
 
     name = "bpftrace"
+    bpf = True
 
     def check(self) -> None:
         if not shutil.which("bpftrace"):
@@ -243,6 +247,7 @@ class MinimalBcc(Tracer):
     """Reference: a minimal bcc program (syscall tracepoints, ring buffer, Python consumer) as its own process."""
 
     name = "minimal bcc"
+    bpf = True
 
     def check(self) -> None:
         probe = subprocess.run([sys.executable, "-c", "import bcc"], capture_output=True, check=False)

@@ -1,0 +1,303 @@
+"""The interleaved overhead comparison: unlinkwatch's configurations and the peers against bare, same run.
+
+Per filesystem: R rounds of (bare, agent per attach mode, pipeline, bpftrace, auditd, minimal bcc), each tracer
+started before and stopped after its measurement; then one recording pass per tracer for completeness, drops
+and the kernel-side cost from bpf_stats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import peers, stats, workload
+from bench.peers import Tracer, Unavailable
+
+ROOT = Path(__file__).resolve().parent.parent
+UNLINKWATCH = ROOT / ".venv" / "bin" / "unlinkwatch"
+ATTACH_MODES = ("tracepoint", "kprobe", "fentry")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(addr: str, metric: str) -> float | None:
+    """Sum of every sample of one Prometheus metric (all label sets); None when unreachable."""
+    try:
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(metric + "{") or line.startswith(metric + " "))
+
+
+class UnlinkwatchAgent(Tracer):
+    """`unlinkwatch agent --stdout --kube off --attach MODE`, stdout to /dev/null (or a file when recording)."""
+
+    bpf = True
+
+    def __init__(self, attach: str = "tracepoint", collector: str | None = None) -> None:
+        super().__init__()
+        self.attach, self.collector = attach, collector
+        self.name = f"unlinkwatch agent ({attach})"
+        self.lost: float | None = None
+        self.startup_s: float | None = None
+
+    def check(self) -> None:
+        if not UNLINKWATCH.exists():
+            raise Unavailable(f"{UNLINKWATCH} is missing (run make setup)")
+
+    def command(self) -> list[str]:
+        cmd = [str(UNLINKWATCH), "agent", "--kube", "off", "--attach", self.attach, "--metrics-addr", self.metrics]
+        return cmd + (["--collector", self.collector] if self.collector else ["--stdout"])
+
+    def start(self, workdir: Path, record: bool) -> None:
+        super().start(workdir, record)
+        self.metrics = f"127.0.0.1:{free_port()}"
+        self.out = workdir / "agent.jsonl"
+        t0 = time.monotonic()
+        proc = self._spawn(self.command(), stdout=self.out if record and not self.collector else None, cwd=workdir)
+        self.wait_ready(proc, t0)
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], t0: float, timeout: float = 60.0) -> None:
+        """Ready when the agent logs {"msg": "attached"} on stderr (or its /readyz answers 200)."""
+        while time.monotonic() - t0 < timeout:
+            if proc.poll() is not None:
+                raise self._fail(proc, "unlinkwatch agent exited before it attached")
+            if any('"attached"' in line for line in self.stderr_lines) or self._readyz():
+                self.startup_s = time.monotonic() - t0
+                return
+            time.sleep(0.02)
+        raise self._fail(proc, f"unlinkwatch agent was not ready within {timeout:.0f} s")
+
+    def _readyz(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.metrics}/readyz", timeout=0.5) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.procs:
+            self.lost = scrape(self.metrics, "unlinkwatch_agent_events_lost_total")
+        super().stop()
+
+    def count_events(self, prefix: str) -> int | None:
+        if not self.record:
+            return None
+        return peers.count_lines(self.out, prefix) if self.out.exists() else 0
+
+    def drops_reported(self) -> int | None:
+        return None if self.lost is None else int(self.lost)
+
+
+class UnlinkwatchPipeline(UnlinkwatchAgent):
+    """Agent -> gRPC -> `unlinkwatch collector` on SQLite; events counted as rows in the store."""
+
+    def __init__(self) -> None:
+        super().__init__("tracepoint")
+        self.name = "unlinkwatch agent + collector (SQLite)"
+
+    def start(self, workdir: Path, record: bool) -> None:
+        Tracer.start(self, workdir, record)
+        self.db = workdir / "events.db"
+        self.collector = f"127.0.0.1:{free_port()}"
+        coll = self._spawn([str(UNLINKWATCH), "collector", "--listen", self.collector, "--db",
+                            f"sqlite:///{self.db}"], cwd=workdir)
+        deadline = time.monotonic() + 30
+        while not _connects(self.collector):
+            if coll.poll() is not None or time.monotonic() > deadline:
+                raise self._fail(coll, "unlinkwatch collector did not start listening")
+            time.sleep(0.05)
+        self.metrics = f"127.0.0.1:{free_port()}"
+        t0 = time.monotonic()
+        self.wait_ready(self._spawn(self.command(), cwd=workdir), t0)
+
+    def count_events(self, prefix: str) -> int | None:
+        return count_rows(self.db, prefix)
+
+
+def _connects(addr: str) -> bool:
+    host, port = addr.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def count_rows(db: Path, prefix: str) -> int | None:
+    """Stored events whose file name starts with prefix (paths are absolute, so match `/<prefix>`)."""
+    if not db.exists():
+        return None
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        needle = f"/{prefix}-".encode()  # paths are BLOBs; LIKE does not match them, instr does
+        return int(conn.execute("SELECT count(*) FROM events WHERE instr(path, ?) > 0", (needle,)).fetchone()[0])
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
+@dataclass
+class Sample:
+    rate: float
+    cpu_s: float
+    hwm_kib: int
+    events: int | None = None
+    drops: int | None = None
+    kernel_ns: float | None = None
+
+
+@dataclass
+class ConfigResult:
+    name: str
+    fs: str
+    samples: list[Sample] = field(default_factory=list)
+    record: Sample | None = None
+    unavailable: str | None = None
+
+    def rate(self) -> float | None:
+        return stats.median([s.rate for s in self.samples])
+
+    def row(self, bare: float | None, n: int) -> list[stats.Cell]:
+        if self.unavailable:
+            why = self.unavailable.split(": ")[-1][:70]
+            return [self.name, None, None, None, None, None, None, None, None, f"unavailable: {why}"]
+        rec = self.record or (self.samples[-1] if self.samples else None)
+        events = rec.events if rec else None
+        complete = None if events is None else events / n
+        loss = None if events is None else n - events
+        cpu = stats.median([s.cpu_s for s in self.samples])
+        cpu_us = None if self.name == "bare" or cpu is None else cpu / n * 1e6
+        hwm = max((s.hwm_kib for s in self.samples), default=0) / 1024 or None
+        kernel = rec.kernel_ns if rec else None
+        return [self.name, self.rate(), stats.slowdown(bare, self.rate()), complete,
+                rec.drops if rec else None, loss, cpu_us, hwm, kernel, ""]
+
+
+HEADERS = ["config", "unlinks/s (median)", "slowdown vs bare", "completeness", "drops reported", "true loss",
+           "tracer CPU us/event", "peak RSS MiB", "kernel ns/unlink", "note"]
+
+
+def tracer_pids(tracer: Tracer) -> list[int]:
+    pids = tracer.pids()
+    if isinstance(tracer, peers.Auditd):  # the kernel thread that hands records to auditd is audit's cost too
+        pids += [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/comm") if _comm(p) == "kauditd"]
+    return pids
+
+
+def _comm(p: Path) -> str:
+    with contextlib.suppress(OSError):
+        return p.read_text().strip()
+    return ""
+
+
+def wait_quiet(pids: list[int], window: float = 0.3, timeout: float = 120.0) -> None:
+    """Wait until the tracer processes stop burning CPU: they have drained what the workload produced."""
+    deadline = time.monotonic() + timeout
+    last = sum(peers.cpu_seconds(p) for p in pids)
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = sum(peers.cpu_seconds(p) for p in pids)
+        if now - last < 0.02:
+            return
+        last = now
+
+
+def bpf_run_ns(pids: list[int]) -> float:
+    """Total run_time_ns of the BPF programs these processes attached (needs kernel.bpf_stats_enabled=1)."""
+    ids = {int(str(a["prog_id"])) for pid in pids for a in peers.perf_attachments(pid) if "prog_id" in a}
+    if not ids:
+        return 0.0
+    proc = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=False)
+    return float(sum(p.get("run_time_ns", 0) for p in json.loads(proc.stdout or "[]") if p.get("id") in ids))
+
+
+@contextlib.contextmanager
+def bpf_stats_enabled() -> Iterator[None]:
+    path = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = path.read_text().strip()
+    path.write_text("1")
+    try:
+        yield
+    finally:
+        path.write_text(before)
+
+
+def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, record: bool) -> Sample:
+    with tempfile.TemporaryDirectory(prefix="uwbench-run-", dir="/var/tmp") as tmp:
+        tracer.start(Path(tmp), record)
+        try:
+            pids = tracer_pids(tracer)
+            cpu0 = sum(peers.cpu_seconds(p) for p in pids)
+            k0 = bpf_run_ns(pids) if record else 0.0
+            result = workload.run(binary, n, fsdir, workers=workers)
+            wait_quiet(pids)
+            cpu = sum(peers.cpu_seconds(p) for p in pids) - cpu0
+            kernel = (bpf_run_ns(pids) - k0) / n if record and tracer.bpf else None
+            hwm = sum(peers.status_kib(p, "VmHWM") for p in pids)
+        finally:
+            tracer.stop()
+        return Sample(rate=result.unlinks_per_s, cpu_s=cpu, hwm_kib=hwm, events=tracer.count_events(result.prefix),
+                      drops=tracer.drops_reported(), kernel_ns=kernel)
+
+
+def configurations(only: list[str] | None = None) -> list[Tracer]:
+    everything: list[Tracer] = [Tracer(), *(UnlinkwatchAgent(m) for m in ATTACH_MODES), UnlinkwatchPipeline(),
+                                peers.Bpftrace(), peers.Auditd(), peers.MinimalBcc()]
+    return [t for t in everything if not only or t.name == "bare" or any(o in t.name for o in only)]
+
+
+def usable(tracers: list[Tracer], binary: Path, fsdir: Path) -> dict[str, str]:
+    """Try each configuration once on a tiny workload; name -> reason for those that cannot run here."""
+    out: dict[str, str] = {}
+    for t in tracers:
+        try:
+            t.check()
+            measure(t, binary, 1000, 1, fsdir, record=False)
+        except (Unavailable, workload.WorkloadError) as e:
+            out[t.name] = str(e)
+            print(f"  {t.name}: unavailable: {e}", file=sys.stderr)
+    return out
+
+
+def compare(fs: str, binary: Path, n: int, rounds: int, workers: int, only: list[str] | None = None,
+            ) -> list[ConfigResult]:
+    tracers = configurations(only)
+    results = {t.name: ConfigResult(t.name, fs) for t in tracers}
+    with workload.FILESYSTEMS[fs]() as fsdir:
+        missing = usable(tracers, binary, fsdir)
+        for name, why in missing.items():
+            results[name].unavailable = why
+        live = [t for t in tracers if t.name not in missing]
+        for r in range(rounds):
+            for t in live:
+                s = measure(t, binary, n, workers, fsdir, record=False)
+                results[t.name].samples.append(s)
+                print(f"  [{fs} round {r + 1}/{rounds}] {t.name}: {s.rate:,.0f} unlinks/s", file=sys.stderr)
+        with bpf_stats_enabled():
+            for t in live:
+                if t.name != "bare":
+                    results[t.name].record = measure(t, binary, n, workers, fsdir, record=True)
+    return list(results.values())
+
+
+def table(results: list[ConfigResult], n: int) -> list[list[stats.Cell]]:
+    bare = next((r.rate() for r in results if r.name == "bare"), None)
+    return [r.row(bare, n) for r in results]
