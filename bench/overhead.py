@@ -14,11 +14,13 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench import peers, stats, workload
 from bench.peers import Tracer, Unavailable
@@ -241,8 +243,8 @@ def bpf_stats_enabled() -> Iterator[None]:
 
 
 def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, record: bool) -> Sample:
-    with tempfile.TemporaryDirectory(prefix="uwbench-run-", dir="/var/tmp") as tmp:
-        tracer.start(Path(tmp), record)
+    with scratch_dir() as tmp:
+        tracer.start(tmp, record)
         try:
             pids = tracer_pids(tracer)
             cpu0 = sum(peers.cpu_seconds(p) for p in pids)
@@ -301,3 +303,68 @@ def compare(fs: str, binary: Path, n: int, rounds: int, workers: int, only: list
 def table(results: list[ConfigResult], n: int) -> list[list[stats.Cell]]:
     bare = next((r.rate() for r in results if r.name == "bare"), None)
     return [r.row(bare, n) for r in results]
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="uwbench-run-", dir="/var/tmp") as tmp:
+        yield Path(tmp)
+
+
+def paced_point(pipe: UnlinkwatchPipeline, binary: Path, fsdir: Path, tmp: Path, rate: float, n: int,
+                settle_s: float = 10.0) -> dict[str, Any]:
+    """Delete n files at `rate`/s while polling the store; latency = first seen in SQLite - unlink time."""
+    prefix = workload.new_prefix()
+    ts_base = tmp / f"ts-{prefix}"
+    box: dict[str, workload.WorkloadResult] = {}
+    runner = threading.Thread(target=lambda: box.update(
+        r=workload.run(binary, n, fsdir, rate=rate, prefix=prefix, timestamps=ts_base)))
+    runner.start()
+    seen: dict[str, int] = {}
+    needle = f"/{prefix}-".encode()
+    conn = sqlite3.connect(f"file:{pipe.db}?mode=ro", uri=True, timeout=30)
+    last_id, progress_at = 0, time.monotonic()
+    try:
+        while len(seen) < n and (runner.is_alive() or time.monotonic() - progress_at < settle_s):
+            rows = conn.execute("SELECT id, path FROM events WHERE id > ? ORDER BY id", (last_id,)).fetchall()
+            now = time.time_ns()
+            for row_id, path in rows:
+                last_id = row_id
+                at = bytes(path).find(needle)
+                if at >= 0:
+                    seen.setdefault(bytes(path)[at + len(needle):].decode(), now)
+            if rows:
+                progress_at = time.monotonic()
+            time.sleep(0.02)
+    finally:
+        conn.close()
+        runner.join()
+    stamps = workload.read_timestamps(ts_base, 1)
+    lat_ms = [(seen[k] - stamps[k]) / 1e6 for k in seen if k in stamps]
+    result = box.get("r")
+    return {"rate": rate, "n": n, "achieved_per_s": result.unlinks_per_s if result else None,
+            "stored": len(seen), "completeness": len(seen) / n, "p50_ms": stats.percentile(lat_ms, 50),
+            "p99_ms": stats.percentile(lat_ms, 99), "max_ms": max(lat_ms, default=None)}
+
+
+def startup_sample(binary: Path, n: int) -> dict[str, Any]:
+    """Exec -> attached, the agent's own start-up figure, RSS idle and after n unlinks (tmpfs)."""
+    agent = UnlinkwatchAgent("tracepoint")
+    agent.check()
+    with scratch_dir() as tmp, workload.tmpfs_mount() as fsdir:
+        agent.start(tmp, record=False)
+        try:
+            pid = agent.pids()[0]
+            reported = None
+            for line in agent.stderr_lines:
+                if '"attached"' in line:
+                    reported = json.loads(line).get("startup_s")
+            time.sleep(2)
+            idle = peers.status_kib(pid, "VmRSS")
+            workload.run(binary, n, fsdir)
+            wait_quiet([pid])
+            after, hwm = peers.status_kib(pid, "VmRSS"), peers.status_kib(pid, "VmHWM")
+        finally:
+            agent.stop()
+    return {"exec_to_attached_s": agent.startup_s, "agent_reported_s": reported, "idle_rss_mib": idle / 1024,
+            "rss_after_load_mib": after / 1024, "hwm_mib": hwm / 1024, "unlinks": n}

@@ -1,0 +1,202 @@
+"""`python -m bench`: every benchmark in order, tables on stdout, results in bench/out/ (JSON and Markdown).
+
+    python -m bench                 # full run: 200 K unlinks, 5 interleaved rounds, tmpfs and ext4
+    python -m bench --quick         # a couple of minutes: 20 K unlinks, 3 rounds
+    python -m bench --only overhead,e2e --configs tracepoint,bpftrace --fs tmpfs
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench import overhead, peers, stats, workload
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+OTHERS = ("identity", "ingest", "query", "rules")  # bench/<name>.py with main() -> None, written separately
+STEPS = ("overhead", "e2e", "startup", *OTHERS)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small N, 3 rounds, short end-to-end ladder")
+    p.add_argument("--only", default=",".join(STEPS), help=f"comma-separated steps (default: all of {','.join(STEPS)})")
+    p.add_argument("--fs", default="tmpfs,ext4", help="filesystems for the overhead comparison")
+    p.add_argument("--configs", default="", help="only configurations whose name contains one of these (and bare)")
+    p.add_argument("-n", type=int, default=None, help="unlinks per measurement (default 200000; quick 20000)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick 3)")
+    p.add_argument("--workers", type=int, default=1, help="parallel deleting processes")
+    p.add_argument("--rates", default=None, help="end-to-end paced rates, unlinks/s, comma-separated")
+    p.add_argument("--out", type=Path, default=OUT_DIR, help="directory for results.json and results.md")
+    args = p.parse_args(argv)
+    args.n = args.n or (20_000 if args.quick else 200_000)
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    default_rates = "5000,20000,50000" if args.quick else "5000,10000,25000,50000,75000,100000,150000"
+    args.rates = [float(r) for r in (args.rates or default_rates).split(",") if r]
+    args.steps = [s for s in args.only.split(",") if s]
+    unknown = set(args.steps) - set(STEPS)
+    if unknown:
+        p.error(f"unknown step(s): {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
+    return args
+
+
+def machine() -> dict[str, Any]:
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:"))
+    others = sorted({int(str(a["pid"])) for a in _all_attachments()})
+    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "nproc": os.cpu_count(),
+            "memory_gib": round(mem_kib / 1024 / 1024, 1), "kernel": platform.release(),
+            "load_before": os.getloadavg()[0], "foreign_bpf_tracers_before": others}
+
+
+def _all_attachments() -> list[dict[str, object]]:
+    import subprocess
+    proc = subprocess.run(["bpftool", "perf", "show", "--json"], capture_output=True, text=True, check=False)
+    try:
+        return list(json.loads(proc.stdout or "[]"))
+    except json.JSONDecodeError:
+        return []
+
+
+def run_overhead(args: argparse.Namespace, binary: Path, report: Report) -> None:
+    only = [c for c in args.configs.split(",") if c] or None
+    for fs in [f for f in args.fs.split(",") if f]:
+        print(f"overhead on {fs}: {args.n:,} unlinks x {args.rounds} rounds, {args.workers} worker(s)", file=sys.stderr)
+        results = overhead.compare(fs, binary, args.n, args.rounds, args.workers, only)
+        rows = overhead.table(results, args.n)
+        report.add(f"Overhead on {fs} ({args.n:,} unlinks, {args.workers} worker(s), medians of {args.rounds} "
+                   "interleaved rounds)", overhead.HEADERS, rows, [asdict(r) for r in results])
+
+
+def run_e2e(args: argparse.Namespace, binary: Path, report: Report) -> None:
+    """Paced deletions at rising rates through agent -> collector -> SQLite; completeness and latency."""
+    seconds = 2.0 if args.quick else 4.0
+    pipe = overhead.UnlinkwatchPipeline()
+    rows: list[list[stats.Cell]] = []
+    raw: list[dict[str, Any]] = []
+    with workload.tmpfs_mount() as fsdir, overhead.scratch_dir() as tmp:
+        try:
+            pipe.check()
+            pipe.start(tmp, record=True)
+        except peers.Unavailable as e:
+            report.add("End to end", ["rate"], [[f"unavailable: {e}"]], [])
+            return
+        try:
+            for rate in args.rates:
+                point = overhead.paced_point(pipe, binary, fsdir, tmp, rate, int(rate * seconds))
+                raw.append(point)
+                rows.append([f"{rate:,.0f}", point["achieved_per_s"], point["completeness"], point["p50_ms"],
+                             point["p99_ms"], point["max_ms"]])
+                print(f"  e2e {rate:,.0f}/s: completeness {point['completeness']:.4f}", file=sys.stderr)
+                achieved = point["achieved_per_s"] or 0.0
+                if point["completeness"] < 1.0 or achieved < 0.9 * rate:
+                    break  # losing events, or the traced workload cannot reach the next rate anyway
+        finally:
+            pipe.stop()
+    ok = [p["achieved_per_s"] or 0.0 for p in raw if p["completeness"] >= 1.0]
+    best = f"{max(ok):,.0f}/s" if ok else "none"
+    report.add(f"End to end: agent -> collector -> SQLite, paced, 1 worker (highest achieved rate with every "
+               f"event stored: {best})",
+               ["target rate/s", "achieved/s", "completeness", "p50 ms", "p99 ms", "max ms"], rows, raw)
+
+
+def run_startup(args: argparse.Namespace, binary: Path, report: Report) -> None:
+    runs = 3
+    samples = []
+    try:
+        for _ in range(runs):
+            samples.append(overhead.startup_sample(binary, n=20_000 if args.quick else 100_000))
+    except peers.Unavailable as e:
+        report.add("Agent start-up and RSS", ["result"], [[f"unavailable: {e}"]], [])
+        return
+    keys = ["exec_to_attached_s", "agent_reported_s", "idle_rss_mib", "rss_after_load_mib", "hwm_mib"]
+    rows: list[list[stats.Cell]] = [[k, stats.median([float(s[k]) for s in samples if s[k] is not None])]
+                                    for k in keys]
+    report.add(f"Agent start-up and RSS (tracepoint, --kube off; medians of {runs})", ["measure", "value"], rows,
+               samples)
+
+
+def run_other(name: str) -> str | None:
+    """Run bench/<name>.py's main() if that module exists; the error text if it failed."""
+    try:
+        module = importlib.import_module(f"bench.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"bench.{name}":
+            return "not present"
+        return f"import failed: {e}"
+    main: Callable[[], None] = module.main
+    try:
+        main()
+    except SystemExit as e:
+        return None if not e.code else f"exited with {e.code}"
+    except Exception:
+        return "failed:\n" + traceback.format_exc()
+    return None
+
+
+class Report:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.meta = {**machine(), "argv": sys.argv[1:], "n": args.n, "rounds": args.rounds, "workers": args.workers}
+        self.sections: list[dict[str, Any]] = []
+
+    def add(self, title: str, headers: list[str], rows: list[list[stats.Cell]], raw: Any) -> None:
+        self.sections.append({"title": title, "headers": headers, "rows": rows, "raw": raw})
+        print(f"\n== {title}\n{stats.render_text(headers, rows)}\n", flush=True)
+
+    def write(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"machine": self.meta, "sections": self.sections},
+                                                      indent=1, default=str))
+        md = [f"Run {self.meta['date']} on {self.meta['nproc']} cores, {self.meta['memory_gib']} GiB, "
+              f"kernel {self.meta['kernel']}; `python -m bench {' '.join(self.meta['argv'])}`", ""]
+        for s in self.sections:
+            md += [f"### {s['title']}", "", stats.render_markdown(s["headers"], s["rows"]), ""]
+        (out / "results.md").write_text("\n".join(md))
+        print(f"results: {out / 'results.json'}, {out / 'results.md'}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0 and {"overhead", "e2e", "startup"} & set(args.steps):
+        print("python -m bench: the overhead, e2e and startup steps need root (mounts, BPF, audit)", file=sys.stderr)
+        return 2
+    binary = workload.build()
+    report = Report(args)
+    if report.meta["foreign_bpf_tracers_before"]:
+        print(f"warning: other processes have BPF tracepoints attached: {report.meta['foreign_bpf_tracers_before']}"
+              " (they slow every configuration, bare included)", file=sys.stderr)
+    t0 = time.monotonic()
+    failures: dict[str, str] = {}
+    for step in args.steps:
+        print(f"\n### {step}", file=sys.stderr, flush=True)
+        if step == "overhead":
+            run_overhead(args, binary, report)
+        elif step == "e2e":
+            run_e2e(args, binary, report)
+        elif step == "startup":
+            run_startup(args, binary, report)
+        else:
+            err = run_other(step)
+            if err:
+                failures[step] = err
+                print(f"bench.{step}: {err}", file=sys.stderr)
+    report.meta["elapsed_s"] = round(time.monotonic() - t0, 1)
+    report.meta["other_benchmarks"] = {s: failures.get(s, "ok") for s in args.steps if s in OTHERS}
+    report.write(args.out)
+    return 1 if any(v != "not present" for v in failures.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Smoke test of the benchmark harness: argument parsing, the maths, tables, and the C workload (no root)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import __main__ as bench_main
+from bench import overhead, stats, workload
+
+
+def test_quick_mode_uses_small_n_and_three_rounds() -> None:
+    args = bench_main.parse_args(["--quick"])
+    assert (args.n, args.rounds) == (20_000, 3)
+    assert args.steps == list(bench_main.STEPS)
+
+
+def test_full_mode_defaults_to_200k_unlinks_and_five_rounds() -> None:
+    args = bench_main.parse_args(["--only", "overhead", "--rates", "100,200"])
+    assert (args.n, args.rounds, args.steps, args.rates) == (200_000, 5, ["overhead"], [100.0, 200.0])
+
+
+def test_unknown_step_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        bench_main.parse_args(["--only", "nonsense"])
+
+
+def test_median_percentile_and_slowdown() -> None:
+    assert stats.median([3.0, 1.0, 2.0]) == 2.0
+    assert stats.median([]) is None
+    assert stats.percentile([float(i) for i in range(1, 101)], 99) == 99.0
+    assert stats.percentile([5.0], 50) == 5.0
+    assert stats.slowdown(450_000.0, 150_000.0) == pytest.approx(3.0)
+    assert stats.slowdown(None, 1.0) is None
+    assert stats.ratio(5.0, 10.0) == 0.5
+
+
+def test_tables_render_in_text_and_markdown() -> None:
+    rows: list[list[stats.Cell]] = [["bare", 450_000.0, 1.0, None], ["bpftrace", 71_090.5, 6.33, 1.0]]
+    text = stats.render_text(["config", "unlinks/s", "slowdown", "completeness"], rows)
+    assert "450,000" in text and "6.33" in text and text.splitlines()[2].startswith("bare ")
+    md = stats.render_markdown(["config", "unlinks/s", "slowdown", "completeness"], rows)
+    assert md.splitlines()[1] == "|---|---:|---:|---:|"
+    assert "| bpftrace | 71,090 | 6.33 | 1.00 |" in md
+
+
+def test_config_row_reports_completeness_and_true_loss() -> None:
+    r = overhead.ConfigResult("x", "tmpfs", samples=[overhead.Sample(rate=100.0, cpu_s=0.002, hwm_kib=2048)],
+                              record=overhead.Sample(rate=90.0, cpu_s=0.0, hwm_kib=0, events=990, drops=4))
+    row = r.row(bare=200.0, n=1000)
+    assert row[1:8] == [100.0, 2.0, 0.99, 4, 10, pytest.approx(2.0), 2.0]
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_workload_compiles_runs_and_reports_json(tmp_path: Path) -> None:
+    binary = workload.build(cache_dir=tmp_path / "bin")
+    d = tmp_path / "files"
+    d.mkdir()
+    result = workload.run(binary, 500, d, workers=2, prefix="smoke", timestamps=tmp_path / "ts")
+    assert (result.n, result.workers, result.prefix) == (500, 2, "smoke")
+    assert result.unlinks_per_s > 0 and list(d.iterdir()) == []
+    stamps = workload.read_timestamps(tmp_path / "ts", 2)
+    assert len(stamps) == 500 and all(v > 0 for v in stamps.values())
+    paced = workload.run(binary, 50, d, rate=1000.0)
+    assert paced.seconds >= 0.045
+    assert json.loads(json.dumps(result.__dict__))["n"] == 500
