@@ -137,12 +137,15 @@ def run_other(name: str) -> str | None:
             return "not present"
         return f"import failed: {e}"
     main: Callable[[], None] = module.main
+    saved, sys.argv = sys.argv, [f"bench.{name}"]  # their own parsers get their defaults, not our flags
     try:
         main()
     except SystemExit as e:
         return None if not e.code else f"exited with {e.code}"
     except Exception:
         return "failed:\n" + traceback.format_exc()
+    finally:
+        sys.argv = saved
     return None
 
 
