@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -170,8 +171,13 @@ class Report:
         print(f"results: {out / 'results.json'}, {out / 'results.md'}", file=sys.stderr)
 
 
+def _interrupt(_sig: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # so tracers are stopped, audit state restored and mounts removed on the way out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     if os.geteuid() != 0 and {"overhead", "e2e", "startup"} & set(args.steps):
         print("python -m bench: the overhead, e2e and startup steps need root (mounts, BPF, audit)", file=sys.stderr)
         return 2
