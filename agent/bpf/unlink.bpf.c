@@ -47,7 +47,7 @@ BPF_RINGBUF_OUTPUT(events, UW_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(lost, __u64, 1);		/* ring buffer full: records dropped in the kernel */
 BPF_HASH(stash, __u32, struct uw_stash, 16384);
 BPF_PERCPU_ARRAY(scratch, struct uw_scratch, 1);
-BPF_TABLE("lru_hash", struct uw_proc_key, __u8, procs, 8192);	/* processes whose exe was sent */
+BPF_TABLE("lru_hash", struct uw_proc_key, __u64, procs, 8192);	/* process -> the exe file last sent */
 
 static __always_inline void *uw_ptr(void *base, long off)
 {
@@ -163,16 +163,18 @@ static __always_inline void uw_output(struct uw_scratch *s)
 static __always_inline void uw_send_exe(struct uw_scratch *s, void *task, void *fs)
 {
 	struct uw_proc_key key = {};
-	__u8 one = 1;
 	key.tgid = bpf_get_current_pid_tgid() >> 32;
 	key.start_ns = uw_u64(uw_ptr(task, OFF_TASK_GROUP_LEADER), OFF_TASK_START_TIME);
-	if (procs.lookup(&key))
-		return;
-	procs.update(&key, &one);
 	void *mm = uw_ptr(task, OFF_TASK_MM);
 	void *exe = mm ? uw_ptr(mm, OFF_MM_EXE_FILE) : 0;
 	if (!exe)
 		return;
+	/* keyed by process, valued by exe file: an execve keeps pid and start time but changes the file */
+	__u64 *sent = procs.lookup(&key);
+	__u64 exe_id = (__u64)exe;
+	if (sent && *sent == exe_id)
+		return;
+	procs.update(&key, &exe_id);
 	uw_header(&s->ev, task, UW_KIND_EXE);
 	__u32 flags = 0;
 	s->ev.raw_len = uw_put_path(s, 0, uw_ptr(exe, OFF_FILE_F_PATH + OFF_PATH_MNT),
@@ -312,6 +314,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_unlinkat) { return uw_exit(args->ret); }
 /* a read the compiler cannot forward from a register: the verifier then sees an unknown value and
  * stops tracking one exact state per loop exit, which would blow up its complexity */
 #define UW_RELOAD(x) (*(volatile typeof(x) *)&(x))
+#define UW_WORDS_MASK ((UW_NAME_MAX + 1) / 8 - 1)
 #define UW_S_IFMT 0170000
 #define UW_S_IFLNK 0120000
 
@@ -467,7 +470,8 @@ int uw_lookup_step(void *ctx)
 		for (int j = 0; j < (UW_NAME_MAX + 1) / 8; j++) {
 			if (j >= words)
 				break;
-			__u64 diff = lk->comp[j] ^ lk->cand[j];
+			/* the mask proves the index in bounds to older verifiers (6.1) too */
+			__u64 diff = lk->comp[j & UW_WORDS_MASK] ^ lk->cand[j & UW_WORDS_MASK];
 			__u32 rem = clen - j * 8;
 			if (rem < 8)
 				diff &= (1ULL << (rem * 8)) - 1;

@@ -1,0 +1,151 @@
+"""The whole product: the agent on the live kernel, shipping to a collector on SQLite, with pod metadata
+from the Kubernetes API stand-in, and real runc containers in kubelet-style cgroups doing the deleting."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, require_root
+from tests.support.agentproc import AgentProcess
+from tests.support.collector import free_port, start_subprocess
+from tests.support.kubeapi import FakeKubeAPI, make_pod, make_replicaset, owner_ref
+from tests.support.runc import RuncContainer, missing
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
+
+
+@dataclass
+class Stack:
+    api: FakeKubeAPI
+    addr: str
+    agent: AgentProcess
+    work: Path
+
+    def query(self, *args: str) -> list[dict[str, Any]]:
+        p = subprocess.run([sys.executable, "-m", "unlinkwatch.cli", "query", "--collector", self.addr,
+                            "--output", "json", *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return [json.loads(line) for line in p.stdout.splitlines()]
+
+    def wait_query(self, count: int, *args: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.query(*args)
+            if len(rows) >= count or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.3)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        p = subprocess.run([sys.executable, "-m", "unlinkwatch.cli", "alerts", "--collector", self.addr,
+                            "--output", "json"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return [json.loads(line) for line in p.stdout.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_root()
+    work = tmp_path_factory.mktemp("e2e")
+    api = FakeKubeAPI().start()
+    port = free_port()
+    collector = start_subprocess(f"sqlite:///{work / 'events.db'}", port, log_path=work / "collector.log")
+    agent = AgentProcess("--collector", f"127.0.0.1:{port}", "--node-name", "node-a", "--kube", "auto",
+                         "--kubeconfig", str(api.write_kubeconfig(work / "kubeconfig")))
+    try:
+        agent.wait_attached()
+        time.sleep(3.0)  # the agent's first pod list (identity otherwise arrives as a late join)
+        yield Stack(api, f"127.0.0.1:{port}", agent, work)
+    finally:
+        agent.stop()
+        collector.terminate()
+        collector.wait(10)
+        api.stop()
+
+
+def deployment_pod(api: FakeKubeAPI, pod_uid: str, container_id: str, namespace: str = "prod") -> str:
+    name = f"web-7d4b9c-{secrets.token_hex(3)}"
+    rs = make_replicaset("web-7d4b9c", namespace, deployment="web")
+    api.add_object(rs, "replicasets")
+    api.add_pod(make_pod(name, namespace, uid=pod_uid, containers=[("app", "busybox:1.36", container_id)],
+                         owner=owner_ref("apps/v1", "ReplicaSet", "web-7d4b9c"), labels={"app": "web"}))
+    return name
+
+
+def test_a_container_deletion_is_stored_with_its_pod_container_and_workload(stack: Stack) -> None:
+    c = RuncContainer(stack.work)
+    name = deployment_pod(stack.api, c.pod_uid, c.container_id)
+    time.sleep(1.5)  # the watch delivers the pod
+    res = c.run(["sh", "-c", "touch /etc/motd /tmp/rel && rm /etc/motd && cd /tmp && rm rel"])
+    assert res.exit_code == 0, res.stderr
+    every = stack.wait_query(4, "--namespace", "prod", "--pod", name)
+    rows = [r for r in every if r["comm"] == "rm"]
+    assert sorted(r["path"] for r in rows) == ["/etc/motd", "/tmp/rel"]
+    # runc's init removes dev/ptmx in the new cgroup before pivot_root: the host's view, same pod
+    assert any(r["path"].endswith("/rootfs/dev/ptmx") and r["comm"].startswith("runc") for r in every)
+    for r in rows:
+        assert r["identity"] == "resolved" and r["pod_uid"] == c.pod_uid and r["container_id"] == c.container_id
+        assert r["container"] == "app" and r["image"] == "busybox:1.36" and r["workload"] == "Deployment/web"
+        assert r["node"] == "node-a" and r["comm"] == "rm" and r["exe"] == "/bin/busybox", json.dumps(r)
+    assert [r["raw_path"] for r in rows if r["path"] == "/tmp/rel"] == ["rel"]
+    by_workload = stack.query("--workload", "Deployment/web", "--path", "/etc/**")
+    assert [r["path"] for r in by_workload] == ["/etc/motd"]
+    deadline = time.monotonic() + 15
+    while not any(a["event"]["pod_uid"] == c.pod_uid for a in stack.alerts()) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert any(a["event"]["pod_uid"] == c.pod_uid and a["event"]["path"] == "/etc/motd" for a in stack.alerts())
+
+
+def test_a_container_that_exits_at_once_is_still_attributed(stack: Stack) -> None:
+    c = RuncContainer(stack.work)
+    name = deployment_pod(stack.api, c.pod_uid, c.container_id)
+    time.sleep(1.0)
+    # the container is gone and its cgroup removed right after its one deletion
+    res = c.run(["sh", "-c", "echo x > /etc/hostname; exec rm /etc/hostname"])
+    assert res.exit_code == 0, res.stderr
+    rows = stack.wait_query(1, "--pod-uid", c.pod_uid, "--path", "/etc/hostname")
+    assert len(rows) == 1 and rows[0]["pod"] == name and rows[0]["identity"] == "resolved"
+
+
+def test_a_pod_the_api_learns_of_late_is_joined_to_its_stored_events(stack: Stack) -> None:
+    c = RuncContainer(stack.work)
+    res = c.run(["sh", "-c", "touch /tmp/early && rm /tmp/early"])
+    assert res.exit_code == 0, res.stderr
+    rows = stack.wait_query(1, "--pod-uid", c.pod_uid, "--path", "/tmp/early")
+    assert len(rows) == 1 and rows[0]["identity"] == "unknown" and rows[0]["container_id"] == c.container_id
+    time.sleep(3.0)
+    name = deployment_pod(stack.api, c.pod_uid, c.container_id, namespace="late")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows = stack.query("--pod-uid", c.pod_uid, "--path", "/tmp/early")
+        if rows and rows[0]["identity"] == "late":
+            break
+        time.sleep(0.5)
+    assert rows[0]["identity"] == "late" and rows[0]["pod"] == name and rows[0]["namespace"] == "late"
+    assert rows[0]["workload"] == "Deployment/web"
+
+
+def test_a_pod_the_api_never_knows_keeps_its_uid_from_the_cgroup(stack: Stack) -> None:
+    c = RuncContainer(stack.work, pod_uid=str(uuid.uuid4()))
+    assert c.run(["sh", "-c", "touch /tmp/x && rm /tmp/x"]).exit_code == 0
+    rows = stack.wait_query(1, "--pod-uid", c.pod_uid, "--path", "/tmp/x")
+    assert len(rows) == 1 and rows[0]["identity"] == "unknown" and rows[0]["pod"] == ""
+
+
+def test_a_host_process_is_marked_host(stack: Stack) -> None:
+    f = stack.work / f"host-{secrets.token_hex(4)}"
+    f.touch()
+    p = subprocess.run(["rm", str(f)], check=True)
+    assert p.returncode == 0
+    rows = stack.wait_query(1, "--path", str(f))
+    assert len(rows) == 1 and rows[0]["identity"] == "host" and rows[0]["pod_uid"] == ""
