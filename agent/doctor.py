@@ -61,6 +61,9 @@ def gather(attach: str) -> dict[str, Any]:
         for c, why in att.tried:
             put(f"mode_{c.mode}", False, why)
         put(f"mode_{cand.mode}", True, f"attached to {cand.hook}")
+        if cand.mode == "tracepoint":
+            put("rename_lookup", not att.probe.degraded,
+                "; ".join(att.probe.degraded) or f"dcache lookup loaded ({att.probe.rename_lookup})")
         put("ring_buffer", True, f"{att.probe.ringbuf_size >> 20} MiB, BPF_MAP_TYPE_RINGBUF")
         put("self_test", True, f"synthetic unlink seen end to end in {att.startup_s:.2f} s (compile+attach+test)")
         report.update(mode=cand.mode, hook=cand.hook, startup_s=round(att.startup_s, 3),

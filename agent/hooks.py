@@ -110,7 +110,7 @@ def self_test(ring: RingBuffer, decoder: Decoder, timeout_s: float) -> tuple[boo
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def attach(forced: str, ringbuf_mb: int = 64, selftest_timeout_s: float = 5.0, btf: Btf | None = None) -> Attached:
+def attach(forced: str, ringbuf_mb: int = 32, selftest_timeout_s: float = 5.0, btf: Btf | None = None) -> Attached:
     """Attaches the first candidate whose self-test passes; UserError when none does."""
     t0 = time.monotonic()
     btf = btf or Btf.load()

@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     metrics.startup_seconds.set(attached.startup_s)
     log.info("attached", extra={"fields": {"mode": cand.mode, "hook": cand.hook, "agent": agent_id, "node": node,
                                            "startup_s": round(attached.startup_s, 3),
-                                           "misses": hooks.MISSES[cand.mode]}})
+                                           "misses": hooks.MISSES[cand.mode],
+                                           "degraded": attached.probe.degraded}})
 
     identity = IdentityResolver(IdentityConfig(node=node, kube=args.kube, kubeconfig=args.kubeconfig), metrics,
                                 count_metrics=True)  # it counts identity states in bulk

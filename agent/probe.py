@@ -65,7 +65,7 @@ OPTIONAL = {"OFF_FILENAME_UPTR", "OFF_RENAMEDATA_NEW_DENTRY"}  # only the kprobe
 class ProbeConfig:
     mode: str                     # tracepoint | kprobe | fentry
     unlink_fn: str = "do_unlinkat"  # the kernel's unlink function (filename_unlinkat on 7.0+)
-    ringbuf_pages: int = 16384    # 64 MiB with 4 KiB pages: a 100 K deletion burst fits many times over
+    ringbuf_pages: int = 8192     # 32 MiB with 4 KiB pages: a 100 K deletion burst of ~160-byte records fits
     max_depth: int = 160
     extra_cflags: tuple[str, ...] = field(default_factory=tuple)
 
@@ -146,6 +146,8 @@ class Probe:
         except ImportError as e:
             raise UserError("the bcc Python package is missing: apt-get install python3-bpfcc") from e
         self.cfg = cfg
+        self.degraded: list[str] = []  # features of this mode the kernel refused
+        self.rename_lookup = ""
         self.hook = cfg.unlink_fn if cfg.mode != "tracepoint" else "syscalls:sys_{enter,exit}_unlink*"
         with _captured_stderr() as err:
             try:
@@ -169,7 +171,6 @@ class Probe:
         self._lost = self._bpf["lost"]
 
     def _attach(self) -> None:
-        from bcc import BPF
 
         b = self._bpf
         if self.cfg.mode == "kprobe":
@@ -182,9 +183,28 @@ class Probe:
             b.attach_kprobe(event=b"vfs_rename", fn_name=b"uw_vfs_rename_entry")
             b.attach_kretprobe(event=b"do_renameat2", fn_name=b"uw_exit_ret")
         elif self.cfg.mode == "tracepoint":
-            step = b.load_func(b"uw_lookup_step", BPF.TRACEPOINT)
-            b[b"uw_tail"][ctypes.c_int(0)] = ctypes.c_int(step.fd)
+            self._load_rename_lookup()
         # tracepoint and fentry programs are attached by bcc as they load (TRACEPOINT_PROBE, KFUNC_PROBE)
+
+    def _load_rename_lookup(self) -> None:
+        """The dcache lookup that tells renames over existing targets; without it the mode still runs."""
+        from bcc import BPF
+
+        b = self._bpf
+        errors = []
+        for name in (b"uw_lookup_step", b"uw_lookup_step_small"):
+            try:
+                with _captured_stderr():
+                    step = b.load_func(name, BPF.TRACEPOINT)
+            except Exception as e:  # the verifier's verdict; try the smaller variant
+                errors.append(f"{name.decode()}: {e}")
+                continue
+            b[b"uw_tail"][ctypes.c_int(0)] = ctypes.c_int(step.fd)
+            self.rename_lookup = name.decode()
+            return
+        self.degraded.append("renames over existing targets are not reported: the kernel's verifier refused the "
+                             "dcache lookup (" + "; ".join(errors) + ")")
+        log.warning("rename-over-target detection unavailable", extra={"fields": {"errors": errors}})
 
     def kernel_lost(self) -> int:
         return int(self._lost.sum(self._lost.Key(0)).value)

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spool-max-mb", type=int, default=512, metavar="MB")
     p.add_argument("--stdout", action="store_true", help="print events as JSON lines on stdout")
     p.add_argument("--metrics-addr", metavar="ADDR", help="serve Prometheus /metrics and /healthz here")
-    p.add_argument("--ringbuf-mb", type=int, default=64, metavar="MB", help="kernel ring buffer size")
+    p.add_argument("--ringbuf-mb", type=int, default=32, metavar="MB", help="kernel ring buffer size (a power of two)")
     p.add_argument("--agent-id", default=None, help="default: node name + boot-unique suffix")
     p.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the final C and exit
     _add_tls(p, server=False)

@@ -310,11 +310,11 @@ TRACEPOINT_PROBE(syscalls, sys_exit_unlinkat) { return uw_exit(args->ret); }
  * directory's children, per tail call (bcc cannot relocate bpf_loop callbacks). A target that is not
  * in the dcache is not seen: a documented limit of this mode. */
 #define UW_LK_CHILDREN 64	/* children compared per tail call */
+#define UW_LK_CHILDREN_SMALL 12
 #define UW_LK_MOUNTS 32		/* child mounts checked when crossing into a mount */
 /* a read the compiler cannot forward from a register: the verifier then sees an unknown value and
  * stops tracking one exact state per loop exit, which would blow up its complexity */
 #define UW_RELOAD(x) (*(volatile typeof(x) *)&(x))
-#define UW_WORDS_MASK ((UW_NAME_MAX + 1) / 8 - 1)
 #define UW_S_IFMT 0170000
 #define UW_S_IFLNK 0120000
 
@@ -379,7 +379,7 @@ static __always_inline void uw_cross_down(struct uw_lookup *lk)
 	}
 }
 
-int uw_lookup_step(void *ctx)
+static __always_inline int uw_lookup_body(void *ctx, const int nchildren)
 {
 	__u32 zero = 0;
 	struct uw_lookup *lk = lookup_state.lookup(&zero);
@@ -455,7 +455,7 @@ int uw_lookup_step(void *ctx)
 	__u32 clen = UW_RELOAD(lk->clen) & UW_NAME_MAX;
 	void *node = lk->node;
 #pragma clang loop unroll(disable)
-	for (int i = 0; i < UW_LK_CHILDREN; i++) {
+	for (int i = 0; i < nchildren; i++) {
 		if (!node)
 			return 0;	/* not in the dcache */
 		void *child = node - OFF_DENTRY_D_SIB_OR_CHILD;
@@ -464,22 +464,21 @@ int uw_lookup_step(void *ctx)
 			continue;
 		bpf_probe_read_kernel_str(lk->cand, sizeof(lk->cand), uw_ptr(child, OFF_DENTRY_D_NAME + OFF_QSTR_NAME));
 		/* compare clen bytes as words; bytes past clen in the last word are masked off */
+		/* written out: constant offsets, which older verifiers (6.1) follow where a pointer walk fails */
 		int same = 1;
 		__u32 words = (clen + 7) / 8;
-#pragma clang loop unroll(disable)
-		for (int j = 0; j < (UW_NAME_MAX + 1) / 8; j++) {
-			if (j >= words)
-				break;
-			/* the mask proves the index in bounds to older verifiers (6.1) too */
-			__u64 diff = lk->comp[j & UW_WORDS_MASK] ^ lk->cand[j & UW_WORDS_MASK];
-			__u32 rem = clen - j * 8;
-			if (rem < 8)
-				diff &= (1ULL << (rem * 8)) - 1;
-			if (diff) {
-				same = 0;
-				break;
-			}
+#define UW_CMP(j)									\
+		if (same && (j) < words) {							\
+			__u64 diff = lk->comp[j] ^ lk->cand[j];					\
+			if (clen - (j) * 8 < 8)							\
+				diff &= (1ULL << ((clen - (j) * 8) * 8)) - 1;			\
+			same = !diff;								\
 		}
+		UW_CMP(0) UW_CMP(1) UW_CMP(2) UW_CMP(3) UW_CMP(4) UW_CMP(5) UW_CMP(6) UW_CMP(7)
+		UW_CMP(8) UW_CMP(9) UW_CMP(10) UW_CMP(11) UW_CMP(12) UW_CMP(13) UW_CMP(14) UW_CMP(15)
+		UW_CMP(16) UW_CMP(17) UW_CMP(18) UW_CMP(19) UW_CMP(20) UW_CMP(21) UW_CMP(22) UW_CMP(23)
+		UW_CMP(24) UW_CMP(25) UW_CMP(26) UW_CMP(27) UW_CMP(28) UW_CMP(29) UW_CMP(30) UW_CMP(31)
+#undef UW_CMP
 		if (!same)
 			continue;
 		void *inode = uw_ptr(child, OFF_DENTRY_D_INODE);
@@ -504,6 +503,10 @@ int uw_lookup_step(void *ctx)
 		uw_tail.call(ctx, 0);
 	return 0;
 }
+
+/* Two sizes of the same step: older verifiers (6.1) accept only the smaller. */
+int uw_lookup_step(void *ctx) { return uw_lookup_body(ctx, UW_LK_CHILDREN); }
+int uw_lookup_step_small(void *ctx) { return uw_lookup_body(ctx, UW_LK_CHILDREN_SMALL); }
 
 static __always_inline int uw_rename_tp(void *ctx, int newdfd, const char *newname, __u32 flags)
 {
