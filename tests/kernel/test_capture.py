@@ -28,7 +28,7 @@ def agent() -> Iterator[AgentProcess]:
     require_root()
     a = AgentProcess(metrics_port=_free_port())
     try:
-        info = a.wait_attached()
+        info = a.info = a.wait_attached()
         expected = os.environ.get("UNLINKWATCH_TEST_ATTACH")
         if expected and expected != "auto":
             assert info["mode"] == expected
@@ -110,7 +110,16 @@ def test_a_failed_unlink_carries_the_negative_errno(agent: AgentProcess, work: P
     assert ev["result"] == -2 and ev["path"] == str(work / "missing")
 
 
+def _rename_detection(agent: AgentProcess) -> None:
+    """Tracepoint mode finds replaced targets with a dcache lookup that older verifiers (6.1) refuse; the
+    agent then says so at start-up and keeps running. Only that reported case skips."""
+    degraded = [d for d in agent.info.get("degraded", []) if "rename" in d]
+    if degraded:
+        pytest.skip(f"this kernel refused the rename lookup, as the agent reported: {degraded[0][:200]}")
+
+
 def test_a_rename_over_an_existing_file_is_a_deletion_of_the_target(agent: AgentProcess, work: Path) -> None:
+    _rename_detection(agent)
     (work / "new").write_text("new")
     (work / "victim").write_text("old")
     (work / "fresh-src").write_text("x")
@@ -120,6 +129,7 @@ def test_a_rename_over_an_existing_file_is_a_deletion_of_the_target(agent: Agent
 
 
 def test_a_rename_with_absolute_paths_over_a_target_is_reported(agent: AgentProcess, work: Path) -> None:
+    _rename_detection(agent)
     (work / "sub").mkdir()
     (work / "sub" / "cfg.tmp").write_text("new")
     (work / "sub" / "cfg").write_text("old")

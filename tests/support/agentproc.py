@@ -31,6 +31,7 @@ class AgentProcess:
         if metrics_port:
             args += ["--metrics-addr", f"127.0.0.1:{metrics_port}"]
         self.events: list[Event] = []
+        self.info: dict[str, Any] = {}  # the "attached" log line
         self.log: list[str] = []
         self._cv = threading.Condition()
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

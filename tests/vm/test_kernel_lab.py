@@ -35,7 +35,7 @@ def test_the_kernel_tier_passes_under_the_6_1_kernel(mode: str) -> None:
         pytest.skip(missing)
     py = Path(sys.executable)
     cmd = (f"set -o pipefail; cd {ROOT} && UNLINKWATCH_TEST_ATTACH={mode} {py} -m pytest tests/kernel -q "
-           "-p no:cacheprovider -o addopts='' 2>&1 | tail -n 40")
+           "-p no:cacheprovider -rs 2>&1 | tail -n 40")
     env = {**os.environ, "VM_TIMEOUT": os.environ.get("VM_TIMEOUT", "900"), "VM_TIMING": "1"}
     p = subprocess.run([str(RUNNER), cmd], capture_output=True, text=True, env=env, timeout=1000)
     out = p.stdout + p.stderr
