@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_time ON events (time_ns);
 CREATE INDEX IF NOT EXISTS events_ident ON events (ident, time_ns);
 CREATE INDEX IF NOT EXISTS events_path ON events (path);
-CREATE TABLE IF NOT EXISTS alerts (rowid_ INTEGER PRIMARY KEY, time_ns INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts (rowid_ INTEGER PRIMARY KEY, alert_id INTEGER UNIQUE, time_ns INTEGER NOT NULL,
+  data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS alerts_time ON alerts (time_ns);
 """
 AGENT_COLS = ("agent", "node", "attach_mode", "last_seen_ns", "events", "max_seq", "lost_kernel", "lost_queue",
@@ -209,8 +210,10 @@ class SqliteStore:
 
     def save_alerts(self, alerts: Sequence[pb.Alert]) -> None:
         with self._wlock:
-            self._w.executemany("INSERT INTO alerts (time_ns, data) VALUES (?, ?)",
-                                [(a.time_unix_ns, a.SerializeToString()) for a in alerts])
+            # a folded alert is saved at first notice and again, same id, with its final count
+            self._w.executemany("INSERT INTO alerts (alert_id, time_ns, data) VALUES (?, ?, ?) "
+                                "ON CONFLICT(alert_id) DO UPDATE SET data = excluded.data",
+                                [(a.id or None, a.time_unix_ns, a.SerializeToString()) for a in alerts])
 
     def delete_before(self, cutoff_ns: int, chunk: int = 50_000) -> int:
         total = 0

@@ -65,6 +65,13 @@ def query_request(args: argparse.Namespace) -> pb.QueryRequest:
     since, until = _time_arg(args.since, "--since"), _time_arg(args.until, "--until")
     if since and until and until <= since:
         raise UserError("--until: must be later than --since")
+    if args.path:
+        from unlinkwatch.pathglob import compile_glob
+
+        try:
+            compile_glob(args.path)
+        except ValueError as e:
+            raise UserError(f"--path: {e}") from None
     if args.workload and "/" not in args.workload:
         raise UserError(f"--workload: expected KIND/NAME, e.g. Deployment/web, not {args.workload!r}")
     return pb.QueryRequest(namespace=args.namespace or "", pod=args.pod or "", pod_uid=args.pod_uid or "",

@@ -170,6 +170,13 @@ def test_alert_history_is_kept_in_time_order(store: Store) -> None:
     assert [a.rule for a in store.alerts_since(T0 + 2, 2)] == ["r2", "r3"]
 
 
+def test_a_folded_alert_saved_again_with_its_final_count_is_kept_once(store: Store) -> None:
+    first = pb.Alert(time_unix_ns=T0, rule="etc", severity="high", count=1, id=42)
+    store.save_alerts([first])
+    store.save_alerts([pb.Alert(time_unix_ns=T0, rule="etc", severity="high", count=10_000, id=42)])
+    assert [(a.id, a.count) for a in store.alerts_since(0, 100)] == [(42, 10_000)]
+
+
 def test_the_retention_pass_keeps_exactly_the_configured_window(store: Store) -> None:
     from unlinkwatch.collector.retention import Retention
     from unlinkwatch.timeparse import parse_duration_ns
