@@ -5,9 +5,9 @@ Query order: oldest first by (time, storage id), which reads naturally for "what
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from unlinkwatch.collector.ingest import AgentState
 from unlinkwatch.errors import UserError
@@ -113,6 +113,34 @@ class Store(Protocol):
     def count(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+Fetch = Callable[[str, list[object]], list[Any]]
+
+
+def read_paged(fetch: Fetch, placeholder: str, where: list[str], args: list[object], f: EventFilter,
+               after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
+    """Reads in chunks until `limit` rows pass the exact glob match (the SQL path range is only a prefilter).
+    Shared by both stores; `placeholder` is their parameter marker ("?" or "%s")."""
+    out: list[pb.DeletionEvent] = []
+    last = scan = after
+    chunk = limit + 1 if not f.path_glob else max(256, 2 * limit)
+    while True:
+        w, a = list(where), list(args)
+        if scan is not None:
+            w.append(f"(time_ns, id) > ({placeholder}, {placeholder})")
+            a += [scan.time_ns, scan.id]
+        sql = "SELECT id, time_ns, path, data FROM events" + (" WHERE " + " AND ".join(w) if w else "")
+        rows = fetch(sql + f" ORDER BY time_ns, id LIMIT {placeholder}", [*a, chunk])
+        for i, t, path, data in rows:
+            if f.path_matches(path):
+                if len(out) == limit:
+                    return out, last
+                out.append(pb.DeletionEvent.FromString(data))
+                last = Cursor(t, i)
+            scan = Cursor(t, i)
+        if len(rows) < chunk:
+            return out, None
 
 
 def open_store(url: str | None) -> Store:

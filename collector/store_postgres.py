@@ -21,7 +21,7 @@ from unlinkwatch.collector.ingest import (
     event_rows,
     ident_key,
 )
-from unlinkwatch.collector.store import BatchResult, Cursor, EventFilter
+from unlinkwatch.collector.store import BatchResult, Cursor, EventFilter, read_paged
 from unlinkwatch.collector.store_sqlite import new_events_of
 from unlinkwatch.errors import UserError
 from unlinkwatch.pb import events_pb2 as pb
@@ -253,25 +253,7 @@ class PostgresStore:
             if rng[1] is not None:
                 where.append("path < %s")
                 args.append(rng[1])
-        out: list[pb.DeletionEvent] = []
-        last = scan = after
-        chunk = limit + 1 if not f.path_glob else max(256, 2 * limit)
-        while True:
-            w, a = list(where), list(args)
-            if scan is not None:
-                w.append("(time_ns, id) > (%s, %s)")
-                a += [scan.time_ns, scan.id]
-            sql = "SELECT id, time_ns, path, data FROM events" + (" WHERE " + " AND ".join(w) if w else "")
-            rows = conn.execute(sql + " ORDER BY time_ns, id LIMIT %s", [*a, chunk]).fetchall()
-            for i, t, path, data in rows:
-                if f.path_matches(path):
-                    if len(out) == limit:
-                        return out, last
-                    out.append(pb.DeletionEvent.FromString(data))
-                    last = Cursor(t, i)
-                scan = Cursor(t, i)
-            if len(rows) < chunk:
-                return out, None
+        return read_paged(lambda sql, a: conn.execute(sql, a).fetchall(), "%s", where, args, f, after, limit)
 
     def agents(self) -> list[AgentState]:
         rows = self._reader().execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents ORDER BY node, agent")

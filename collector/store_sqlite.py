@@ -19,7 +19,7 @@ from unlinkwatch.collector.ingest import (
     ident_key,
     seq_of,
 )
-from unlinkwatch.collector.store import BatchResult, Cursor, EventFilter
+from unlinkwatch.collector.store import BatchResult, Cursor, EventFilter, read_paged
 from unlinkwatch.errors import UserError
 from unlinkwatch.pb import events_pb2 as pb
 
@@ -261,7 +261,7 @@ class SqliteStore:
             if rng[1] is not None:
                 where.append("path < ?")
                 args.append(rng[1])
-        return _paged(conn, where, args, f, after, limit)
+        return read_paged(lambda sql, a: conn.execute(sql, a).fetchall(), "?", where, args, f, after, limit)
 
     def agents(self) -> list[AgentState]:
         rows = self._reader().execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents ORDER BY node, agent")
@@ -289,30 +289,6 @@ class SqliteStore:
             if self._reg is not None:
                 self._reg.close()
             self._w.close()
-
-
-def _paged(conn: sqlite3.Connection, where: list[str], args: list[object], f: EventFilter, after: Cursor | None,
-           limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
-    """Reads in chunks until `limit` rows pass the exact glob match (the SQL path range is only a prefilter)."""
-    out: list[pb.DeletionEvent] = []
-    last = scan = after
-    chunk = limit + 1 if not f.path_glob else max(256, 2 * limit)
-    while True:
-        w, a = list(where), list(args)
-        if scan is not None:
-            w.append("(time_ns, id) > (?, ?)")
-            a += [scan.time_ns, scan.id]
-        sql = "SELECT id, time_ns, path, data FROM events" + (" WHERE " + " AND ".join(w) if w else "")
-        rows = conn.execute(sql + " ORDER BY time_ns, id LIMIT ?", [*a, chunk]).fetchall()
-        for i, t, path, data in rows:
-            if f.path_matches(path):
-                if len(out) == limit:
-                    return out, last
-                out.append(pb.DeletionEvent.FromString(data))
-                last = Cursor(t, i)
-            scan = Cursor(t, i)
-        if len(rows) < chunk:
-            return out, None
 
 
 def new_events_of(events: Sequence[pb.DeletionEvent], existing_ids: set[int]) -> list[pb.DeletionEvent]:
