@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.support.alertmanager"]  # the am_url fixture (a real Alertmanager on loopback)
 TIERS = ("unit", "kernel", "vm", "e2e")
 
 

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.support.alertmanager import alertmanager, available, get_json, wait_for
+from tests.support.alertmanager import get_json, wait_for
 from tests.support.alertrules import rm_rf, write_rules
 from unlinkwatch.collector.alerts import AlertEngine
 from unlinkwatch.collector.metrics import CollectorMetrics
 from unlinkwatch.collector.sinks import build_sinks
-
-
-@pytest.fixture(scope="module")
-def am_url() -> Iterator[str]:
-    if not available():
-        pytest.skip("prometheus-alertmanager is not installed (make setup installs it)")
-    with alertmanager() as url:
-        yield url
 
 
 def ours(url: str) -> list[dict[str, Any]]:

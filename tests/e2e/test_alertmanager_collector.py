@@ -14,18 +14,10 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.support.alertmanager import Receiver, alertmanager, available, free_port, get_json, wait_for
+from tests.support.alertmanager import Receiver, free_port, get_json, wait_for
 from tests.support.alertrules import rm_rf, write_rules
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.pb import events_pb2_grpc as pb_grpc
-
-
-@pytest.fixture(scope="module")
-def am_url() -> Iterator[str]:
-    if not available():
-        pytest.skip("prometheus-alertmanager is not installed (make setup installs it)")
-    with alertmanager() as url:
-        yield url
 
 
 @pytest.fixture

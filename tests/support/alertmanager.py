@@ -16,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 CONFIG = """route:
   receiver: "null"
@@ -67,6 +69,15 @@ def alertmanager() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="module")
+def am_url() -> Iterator[str]:
+    """A real Alertmanager on loopback for the tests of one module."""
+    if not available():
+        pytest.skip("prometheus-alertmanager is not installed (make setup installs it)")
+    with alertmanager() as url:
+        yield url
 
 
 def get_json(url: str) -> Any:
