@@ -11,7 +11,8 @@ APT_PKGS=(
   qemu-system-x86 busybox-static linux-image-amd64 cpio kmod zstd xz-utils   # kernel lab
   runc                                                       # real containers for identity/e2e tests
   postgresql prometheus-alertmanager                         # real store and alert sink for tests
-  bpftrace auditd debootstrap gcc make                       # benchmarks' peers, image replay
+  bpftrace auditd debootstrap gcc make e2fsprogs             # benchmarks' peers, image replay
+  openssl                                                    # certificates (make-certs.sh, TLS tests)
 )
 
 missing=()
