@@ -118,6 +118,38 @@ class Store(Protocol):
 Fetch = Callable[[str, list[object]], list[Any]]
 
 
+def query_events(fetch: Fetch, placeholder: str, ident_in: Callable[[list[int]], tuple[str, list[object]]],
+                 f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
+    """The query of both stores: identity numbers first, then time and path-prefix conditions, then paging.
+    `placeholder` is the store's parameter marker; `ident_in` makes its "ident is one of these" condition."""
+    ph = placeholder
+    where: list[str] = []
+    args: list[object] = []
+    eq = f.equalities()
+    if eq:
+        nums = [n for (n,) in fetch("SELECT num FROM idents WHERE " + " AND ".join(f"{c} = {ph}" for c, _ in eq),
+                                    [v for _, v in eq])]
+        if not nums:
+            return [], None
+        clause, values = ident_in(nums)
+        where.append(clause)
+        args += values
+    if f.since_ns:
+        where.append(f"time_ns >= {ph}")
+        args.append(f.since_ns)
+    if f.until_ns:
+        where.append(f"time_ns < {ph}")
+        args.append(f.until_ns)
+    rng = f.path_range()
+    if rng:
+        where.append(f"path >= {ph}")
+        args.append(rng[0])
+        if rng[1] is not None:
+            where.append(f"path < {ph}")
+            args.append(rng[1])
+    return read_paged(fetch, ph, where, args, f, after, limit)
+
+
 def read_paged(fetch: Fetch, placeholder: str, where: list[str], args: list[object], f: EventFilter,
                after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
     """Reads in chunks until `limit` rows pass the exact glob match (the SQL path range is only a prefilter).

@@ -21,7 +21,7 @@ from unlinkwatch.collector.ingest import (
     event_rows,
     ident_key,
 )
-from unlinkwatch.collector.store import BatchResult, Cursor, EventFilter, read_paged
+from unlinkwatch.collector.store import BatchResult, Cursor, EventFilter, query_events
 from unlinkwatch.collector.store_sqlite import new_events_of
 from unlinkwatch.errors import UserError
 from unlinkwatch.pb import events_pb2 as pb
@@ -230,30 +230,7 @@ class PostgresStore:
 
     def query(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
         conn = self._reader()
-        where: list[str] = []
-        args: list[object] = []
-        eq = f.equalities()
-        if eq:
-            sql = "SELECT num FROM idents WHERE " + " AND ".join(f"{c} = %s" for c, _ in eq)
-            nums = [n for (n,) in conn.execute(sql, [v for _, v in eq])]
-            if not nums:
-                return [], None
-            where.append("ident = ANY(%s)")
-            args.append(nums)
-        if f.since_ns:
-            where.append("time_ns >= %s")
-            args.append(f.since_ns)
-        if f.until_ns:
-            where.append("time_ns < %s")
-            args.append(f.until_ns)
-        rng = f.path_range()
-        if rng:
-            where.append("path >= %s")
-            args.append(rng[0])
-            if rng[1] is not None:
-                where.append("path < %s")
-                args.append(rng[1])
-        return read_paged(lambda sql, a: conn.execute(sql, a).fetchall(), "%s", where, args, f, after, limit)
+        return query_events(lambda sql, a: conn.execute(sql, a).fetchall(), "%s", _ident_in, f, after, limit)
 
     def agents(self) -> list[AgentState]:
         rows = self._reader().execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents ORDER BY node, agent")
@@ -288,3 +265,7 @@ def _redact(url: str) -> str:
         return url
     scheme, _, cred = head.partition("//")
     return f"{scheme}//{cred.split(':', 1)[0]}:***@{tail}"
+
+
+def _ident_in(nums: list[int]) -> tuple[str, list[object]]:
+    return "ident = ANY(%s)", [nums]

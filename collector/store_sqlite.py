@@ -19,7 +19,7 @@ from unlinkwatch.collector.ingest import (
     ident_key,
     seq_of,
 )
-from unlinkwatch.collector.store import BatchResult, Cursor, EventFilter, read_paged
+from unlinkwatch.collector.store import BatchResult, Cursor, EventFilter, query_events
 from unlinkwatch.errors import UserError
 from unlinkwatch.pb import events_pb2 as pb
 
@@ -238,30 +238,7 @@ class SqliteStore:
 
     def query(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
         conn = self._reader()
-        where: list[str] = []
-        args: list[object] = []
-        eq = f.equalities()
-        if eq:
-            sql = "SELECT num FROM idents WHERE " + " AND ".join(f"{c} = ?" for c, _ in eq)
-            nums = [n for (n,) in conn.execute(sql, [v for _, v in eq])]
-            if not nums:
-                return [], None
-            where.append(f"ident IN ({', '.join('?' * len(nums))})")
-            args += nums
-        if f.since_ns:
-            where.append("time_ns >= ?")
-            args.append(f.since_ns)
-        if f.until_ns:
-            where.append("time_ns < ?")
-            args.append(f.until_ns)
-        rng = f.path_range()
-        if rng:
-            where.append("path >= ?")
-            args.append(rng[0])
-            if rng[1] is not None:
-                where.append("path < ?")
-                args.append(rng[1])
-        return read_paged(lambda sql, a: conn.execute(sql, a).fetchall(), "?", where, args, f, after, limit)
+        return query_events(lambda sql, a: conn.execute(sql, a).fetchall(), "?", _ident_in, f, after, limit)
 
     def agents(self) -> list[AgentState]:
         rows = self._reader().execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents ORDER BY node, agent")
@@ -289,6 +266,10 @@ class SqliteStore:
             if self._reg is not None:
                 self._reg.close()
             self._w.close()
+
+
+def _ident_in(nums: list[int]) -> tuple[str, list[object]]:
+    return f"ident IN ({', '.join('?' * len(nums))})", list(nums)
 
 
 def new_events_of(events: Sequence[pb.DeletionEvent], existing_ids: set[int]) -> list[pb.DeletionEvent]:
