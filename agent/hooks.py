@@ -69,12 +69,11 @@ def candidates(btf: Btf, forced: str) -> tuple[list[Candidate], list[tuple[Candi
         if not fns:
             skipped.append((Candidate(mode, "?"), f"none of {', '.join(UNLINK_FUNCTIONS)} in BTF"))
             continue
-        for fn in fns[:1]:
-            c = Candidate(mode, fn)
-            if mode == "kprobe" and not kprobes_available():
-                skipped.append((c, "kernel built without kprobe events (CONFIG_KPROBE_EVENTS)"))
-            else:
-                chain.append(c)
+        c = Candidate(mode, fns[0])  # do_unlinkat where it exists, else its 7.0+ successor
+        if mode == "kprobe" and not kprobes_available():
+            skipped.append((c, "kernel built without kprobe events (CONFIG_KPROBE_EVENTS)"))
+        else:
+            chain.append(c)
     chain.append(Candidate("tracepoint", "syscalls"))
     if forced != "auto":
         chosen = [c for c in chain if c.mode == forced]

@@ -73,6 +73,8 @@ class PretendPod:
         for f in POD_FILES:
             (self.root / f).parent.mkdir(parents=True, exist_ok=True)
             (self.root / f).write_text("demo\n")
+        # only the directories made here are removed afterwards (a node may have a real /kubepods)
+        self._made = [d for d in (self.cgroup, *self.cgroup.parents) if not d.exists()]
         self.cgroup.mkdir(parents=True, exist_ok=True)
         procs = self.cgroup / "cgroup.procs"
         self.proc = subprocess.Popen(
@@ -84,8 +86,8 @@ class PretendPod:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        for d in (self.cgroup, self.cgroup.parent):
-            for _ in range(50):
+        for d in self._made:  # deepest first
+            for _ in range(50):  # a cgroup can be removed only once its last process has gone
                 try:
                     d.rmdir()
                     break
@@ -93,8 +95,6 @@ class PretendPod:
                     break
                 except OSError:
                     time.sleep(0.05)
-        with contextlib.suppress(OSError):
-            self.cgroup.parent.parent.rmdir() if not any(self.cgroup.parent.parent.iterdir()) else None
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], log: Path, needle: str, what: str, timeout: float) -> str:
@@ -139,6 +139,10 @@ def _watch(addr: str, pod: PretendPod, start_ns: int, deadline: float | None) ->
             time.sleep(0.5)
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise UserError("the demo loads eBPF probes and makes a cgroup: run it as root (sudo make demo)")
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     db = work / "events.db"
     procs: list[subprocess.Popen[bytes]] = []
     pod: PretendPod | None = None
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)  # cleaned up like Ctrl-C
     try:
         print(f"unlinkwatch demo: starting a collector on {addr} (SQLite: {db}) ...", flush=True)
         clog, alog = work / "collector.log", work / "agent.log"
