@@ -86,6 +86,10 @@ class PretendPod:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        with contextlib.suppress(OSError):  # the pod's other processes (its sleep) keep the cgroup busy
+            for pid in (self.cgroup / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
         for d in self._made:  # deepest first
             for _ in range(50):  # a cgroup can be removed only once its last process has gone
                 try:
