@@ -12,6 +12,7 @@ from unlinkwatch.agent import podpath
 from unlinkwatch.agent.cgroups import ROOT_CGROUP_ID, Cgroup2Mount, CgroupPaths, find_cgroup2
 from unlinkwatch.agent.kube import ContainerInfo, PodIndex, PodInfo, PodWatcher
 from unlinkwatch.agent.metrics import AgentMetrics
+from unlinkwatch.agent.wire import identity_json, identity_wire
 from unlinkwatch.eventjson import IDENTITY_NAMES
 from unlinkwatch.pb import events_pb2 as pb
 
@@ -41,6 +42,8 @@ class _Cached:
     container_id: str = ""
     pod: PodInfo | None = None  # the index's object at build time: a different one means rebuild
     retry_at: float = 0.0  # for ids with no path yet: when to look again
+    wire: bytes = b""  # the template's identity fields as protobuf bytes (wire.identity_wire)
+    json: str = ""     # ... and as JSON members (wire.identity_json)
 
 
 def _set_pod(msg: pb.Pod, info: PodInfo) -> None:
@@ -105,16 +108,20 @@ class IdentityResolver:
         self._cache.pop(cgroup_id, None)
 
     # --- the event path ---------------------------------------------------------------------------
-    def fill(self, ev: pb.DeletionEvent) -> None:
-        """Set container, pod and identity from ev.cgroup_id; never blocks (no locks, no API calls)."""
-        c = self._cache.get(ev.cgroup_id)
+    def identify(self, cgroup_id: int) -> _Cached:
+        """The identity of one event's cgroup (counted as one event); never blocks (no locks, no API calls)."""
+        c = self._cache.get(cgroup_id)
         if (c is None or (c.uid and self._pods.get(c.uid) is not c.pod)
                 or (c.retry_at and c.retry_at <= self._clock())):
-            c = self._build(ev.cgroup_id)
-        ev.MergeFrom(c.template)
+            c = self._build(cgroup_id)
         self._counts[c.state] += 1
         if c.state == UNKNOWN and c.uid and self.watcher is not None:
             self._pending.setdefault((c.uid, c.container_id), self._clock())
+        return c
+
+    def fill(self, ev: pb.DeletionEvent) -> None:
+        """Set container, pod and identity of a DeletionEvent from its cgroup_id."""
+        ev.MergeFrom(self.identify(ev.cgroup_id).template)
 
     def _build(self, cgroup_id: int) -> _Cached:
         t = pb.DeletionEvent()
@@ -145,6 +152,8 @@ class IdentityResolver:
                                               self.index.pods.get(pp.pod_uid)))
 
     def _store(self, cgroup_id: int, c: _Cached) -> _Cached:
+        c.template.cgroup_id = cgroup_id
+        c.wire, c.json = identity_wire(c.template), identity_json(c.template)
         if len(self._cache) >= self.max_cached:
             self._cache.clear()  # rare: rebuilt lazily, and bounded memory matters more
         self._cache[cgroup_id] = c

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import secrets
@@ -19,9 +18,9 @@ from typing import Any, TextIO
 from unlinkwatch.agent import hooks
 from unlinkwatch.agent.identity import IdentityConfig, IdentityResolver
 from unlinkwatch.agent.metrics import AgentMetrics
-from unlinkwatch.agent.record import CgroupMkdir, Decoder
+from unlinkwatch.agent.record import CgroupMkdir, Decoder, Deletion
+from unlinkwatch.agent.wire import OP_NAME, EventEncoder, JsonLines
 from unlinkwatch.errors import UserError
-from unlinkwatch.eventjson import OP_NAMES, event_to_dict
 from unlinkwatch.pb import events_pb2 as pb
 
 log = logging.getLogger("unlinkwatch.agent")
@@ -38,12 +37,13 @@ def node_name(flag: str | None) -> str:
 @dataclass
 class Outputs:
     stdout: TextIO | None
-    submit: Callable[[list[pb.DeletionEvent], list[pb.IdentityUpdate]], None] | None
+    submit: Callable[[int, list[bytes], list[pb.IdentityUpdate]], None] | None  # Shipper.submit_wire
     set_kernel_lost: Callable[[int], None] | None
 
 
 class Pipeline:
-    """One pass of the loop: records -> events with identity and sequence numbers -> outputs."""
+    """One pass of the loop: records -> deletions with identity and sequence numbers -> outputs, encoded
+    straight to JSON lines and protobuf bytes (agent/wire.py)."""
 
     def __init__(self, decoder: Decoder, identity: IdentityResolver, metrics: AgentMetrics, out: Outputs) -> None:
         self.decoder = decoder
@@ -52,33 +52,46 @@ class Pipeline:
         self.out = out
         self.seq = 0
         self._own_pid = os.getpid()
+        self._json = JsonLines(decoder.node, decoder.agent_id, decoder.attach_mode)
+        self._wire = EventEncoder(decoder.node, decoder.agent_id, decoder.attach_mode)
 
     def process(self, records: list[bytes]) -> int:
-        events: list[pb.DeletionEvent] = []
+        self.decoder.tick()
+        split, identify = self.decoder.split, self.identity.identify
+        line = self._json.line if self.out.stdout is not None else None
+        encode = self._wire.encode if self.out.submit is not None else None
+        lines: list[str] = []
+        wire: list[bytes] = []
+        counts: dict[tuple[int, bool], int] = {}
+        first_seq = seq = self.seq
         for rec in records:
-            item = self.decoder.decode(rec)
-            if isinstance(item, pb.DeletionEvent):
-                if item.process.pid == self._own_pid and b"/unlinkwatch-selftest-" in item.path:
-                    continue  # our own start-up self-test
-                self.identity.fill(item)
-                self.seq += 1
-                item.seq = self.seq
-                events.append(item)
-            elif isinstance(item, CgroupMkdir):
-                self.identity.on_cgroup_mkdir(item.cgroup_id, item.path)
-        counts: dict[tuple[str, str], int] = {}
-        for ev in events:
-            key = (OP_NAMES.get(ev.op, "unspecified"), "success" if ev.result == 0 else "failure")
+            d = split(rec)
+            if d is None:
+                continue
+            if type(d) is CgroupMkdir:
+                self.identity.on_cgroup_mkdir(d.cgroup_id, d.path)
+                continue
+            assert type(d) is Deletion
+            if d.pid == self._own_pid and b"/unlinkwatch-selftest-" in d.path:
+                continue  # our own start-up self-test
+            ident = identify(d.cgroup_id)
+            seq += 1
+            if line is not None:
+                lines.append(line(d, ident.json, seq))
+            if encode is not None:
+                wire.append(encode(d, ident.wire, seq))
+            key = (d.op, d.result == 0)
             counts[key] = counts.get(key, 0) + 1
-        for key, n in counts.items():
-            self.metrics.events.labels(*key).inc(n)  # once per batch, not per event
+        self.seq = seq
+        for (op, ok), n in counts.items():  # once per batch, not per event
+            self.metrics.events.labels(OP_NAME[op], "success" if ok else "failure").inc(n)
         updates = self.identity.drain_updates()
-        if self.out.stdout is not None and events:
-            self.out.stdout.write("".join(json.dumps(event_to_dict(ev)) + "\n" for ev in events))
+        if self.out.stdout is not None and lines:
+            self.out.stdout.write("".join(lines))
             self.out.stdout.flush()
-        if self.out.submit is not None and (events or updates):
-            self.out.submit(events, updates)
-        return len(events)
+        if self.out.submit is not None and (wire or updates):
+            self.out.submit(first_seq + 1, wire, updates)
+        return seq - first_seq
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             tls_key=args.tls_key, tls_ca=args.tls_ca, tls_server_name=args.tls_server_name), metrics)
         shipper.start()
     out = Outputs(stdout=sys.stdout if args.stdout else None,
-                  submit=shipper.submit if shipper else None,
+                  submit=shipper.submit_wire if shipper else None,
                   set_kernel_lost=shipper.set_kernel_lost if shipper else None)
     pipeline = Pipeline(Decoder(node, agent_id, cand.mode), identity, metrics, out)
 

@@ -7,6 +7,7 @@ import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from unlinkwatch.pb import events_pb2 as pb
 
@@ -58,6 +59,42 @@ class MonotonicToUnix:
         return self._offset
 
 
+class Deletion(NamedTuple):
+    """One deletion as the kernel reported it, before identity and sequence number; values as in the proto."""
+
+    time_unix_ns: int
+    op: int
+    path: bytes
+    raw_path: bytes
+    result: int
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    gid: int
+    comm: bytes
+    exe: bytes
+    cgroup_id: int
+    flags: int
+
+
+def to_event(d: Deletion, node: str = "", agent: str = "", attach_mode: str = "") -> pb.DeletionEvent:
+    """A DeletionEvent of a Deletion (tests, the self-test); the hot path encodes bytes instead (wire.py)."""
+    return pb.DeletionEvent(
+        time_unix_ns=d.time_unix_ns, node=node, op=d.op, path=d.path, raw_path=d.raw_path,  # type: ignore[arg-type]
+        result=d.result, cgroup_id=d.cgroup_id, agent=agent, attach_mode=attach_mode, flags=d.flags,
+        process=pb.Process(pid=d.pid, tid=d.tid, ppid=d.ppid, uid=d.uid, gid=d.gid, comm=d.comm, exe=d.exe))
+
+
+_NEW = tuple.__new__
+_OUT_FLAGS = [0] * 16
+for _f in range(16):
+    if _f & (F_RAW_TRUNCATED | F_DIR_TRUNCATED):
+        _OUT_FLAGS[_f] |= pb.EVENT_FLAG_PATH_TRUNCATED
+    if _f & F_DIR_UNRESOLVED:
+        _OUT_FLAGS[_f] |= pb.EVENT_FLAG_DIR_UNRESOLVED
+
+
 @dataclass(frozen=True)
 class CgroupMkdir:
     cgroup_id: int
@@ -74,38 +111,26 @@ class Decoder:
         self._exe: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._exe_cache_size = exe_cache_size
         self._clock = MonotonicToUnix()
+        self._offset = self._clock.offset()
 
-    def decode(self, rec: bytes) -> pb.DeletionEvent | CgroupMkdir | None:
+    def tick(self) -> None:
+        """Re-reads the kernel-clock-to-wall-time offset (itself refreshed once a second); once per batch."""
+        self._offset = self._clock.offset()
+
+    def split(self, rec: bytes) -> Deletion | CgroupMkdir | None:
+        """The hot path: one record -> a Deletion (None for records that only update the decoder).
+        Times use the clock offset of the last tick()."""
         (ts_ns, cgroup_id, proc_start, kind, op, pid, tid, ppid, uid, gid, result, _dirfd, flags,
          raw_len, dir_len, comm) = HEADER.unpack_from(rec, 0)
-        base = HEADER.size
-        raw = rec[base : base + raw_len]
+        end = HEADER.size + raw_len
+        raw = rec[HEADER.size : end]
         if kind == KIND_DELETION:
-            directory = rec[base + raw_len : base + raw_len + dir_len]
-            ev = pb.DeletionEvent(
-                time_unix_ns=ts_ns + self._clock.offset(),
-                node=self.node,
-                op=OPS.get(op, pb.OP_UNSPECIFIED),
-                path=join(directory, raw) if raw else b"",
-                raw_path=raw,
-                result=result,
-                cgroup_id=cgroup_id,
-                agent=self.agent_id,
-                attach_mode=self.attach_mode,
-            )
-            p = ev.process
-            p.pid, p.tid, p.ppid, p.uid, p.gid = pid, tid, ppid, uid, gid
-            p.comm = comm.split(b"\0", 1)[0]
-            exe = self._exe.get((pid, proc_start))
-            if exe is not None:
-                p.exe = exe
-            out_flags = 0
-            if flags & (F_RAW_TRUNCATED | F_DIR_TRUNCATED):
-                out_flags |= pb.EVENT_FLAG_PATH_TRUNCATED
-            if flags & F_DIR_UNRESOLVED:
-                out_flags |= pb.EVENT_FLAG_DIR_UNRESOLVED
-            ev.flags = out_flags
-            return ev
+            path = join(rec[end : end + dir_len], raw) if raw else b""
+            nul = comm.find(b"\0")
+            return _NEW(Deletion, (
+                ts_ns + self._offset, OPS.get(op, 0), path, raw, result, pid, tid, ppid, uid, gid,
+                comm if nul < 0 else comm[:nul], self._exe.get((pid, proc_start), b""), cgroup_id,
+                _OUT_FLAGS[flags & 15]))
         if kind == KIND_EXE:
             self._exe[(pid, proc_start)] = raw
             if len(self._exe) > self._exe_cache_size:
@@ -114,3 +139,11 @@ class Decoder:
         if kind == KIND_CGROUP_MKDIR:
             return CgroupMkdir(cgroup_id, raw.decode("utf-8", "surrogateescape"))
         return None
+
+    def decode(self, rec: bytes) -> pb.DeletionEvent | CgroupMkdir | None:
+        """split() with a DeletionEvent for deletions."""
+        self.tick()
+        item = self.split(rec)
+        if isinstance(item, Deletion):
+            return to_event(item, self.node, self.agent_id, self.attach_mode)
+        return item

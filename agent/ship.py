@@ -75,7 +75,8 @@ class Shipper:
     def __init__(self, cfg: ShipperConfig, metrics: AgentMetrics) -> None:
         self.cfg, self._m = cfg, metrics
         self._cond = threading.Condition()
-        self._pending: list[pb.DeletionEvent] = []
+        self._pending: list[bytes] = []   # serialized DeletionEvents, seqs _pending_seq, _pending_seq + 1, ...
+        self._pending_seq = 0
         self._updates: list[pb.IdentityUpdate] = []
         self._first_pending_at = 0.0
         self._outbox: deque[_Entry] = deque()
@@ -113,16 +114,25 @@ class Shipper:
             t.start()
 
     def submit(self, events: list[pb.DeletionEvent], updates: list[pb.IdentityUpdate]) -> None:
+        """submit_wire() for DeletionEvent objects (tests, tools); their seqs must be consecutive."""
+        self.submit_wire(events[0].seq if events else 0, [e.SerializeToString() for e in events], updates)
+
+    def submit_wire(self, first_seq: int, events: list[bytes], updates: list[pb.IdentityUpdate]) -> None:
+        """Serialized DeletionEvents numbered first_seq, first_seq + 1, ... continuing the previous
+        submission (the pipeline numbers events consecutively), and late identity updates."""
         with self._cond:
             if not self._pending and not self._updates:
                 self._first_pending_at = time.monotonic()
-            self._pending.extend(events)
-            self._updates.extend(updates)
             if events:
-                self._last_seq = max(self._last_seq, events[-1].seq)
+                if not self._pending:
+                    self._pending_seq = first_seq
+                self._pending.extend(events)
+                self._last_seq = max(self._last_seq, first_seq + len(events) - 1)
+            self._updates.extend(updates)
             over = len(self._pending) - self.cfg.queue_max_events
             if over > 0:  # the batcher cannot keep up: drop the oldest, counted
                 del self._pending[:over]
+                self._pending_seq += over
                 self._lose("queue", over)
             if len(self._pending) >= self.cfg.batch_max_events or self._closing.is_set():
                 self._cond.notify_all()
@@ -161,29 +171,29 @@ class Shipper:
                     self._cond.wait(cfg.batch_max_delay_s / 2 if has else 0.5)
                 if self._closing.is_set() and not has:
                     return
+                first_seq = self._pending_seq if self._pending else self._last_seq + 1
                 events = self._take_events()
                 updates, self._updates = self._updates, []
                 if self._pending or self._updates:
                     self._first_pending_at = time.monotonic()
                 batch_id, self._next_batch = self._next_batch, self._next_batch + 1
-                first_seq = events[0].seq if events else self._last_seq + 1
             data = encode_batch(pb.EventBatch(agent=cfg.agent_id, node=cfg.node, batch_id=batch_id,
                                               identity_updates=updates, attach_mode=cfg.attach_mode,
-                                              first_seq=first_seq),
-                                [e.SerializeToString() for e in events])
+                                              first_seq=first_seq), events)
             self._enqueue(batch_id, len(events), data, spool=bool(events or updates))
 
-    def _take_events(self) -> list[pb.DeletionEvent]:
+    def _take_events(self) -> list[bytes]:
         """Up to batch_max_events and MAX_BATCH_BYTES from the head of the pending list (lock held)."""
         n, size = 0, 0
         limit = min(self.cfg.batch_max_events, len(self._pending))
         while n < limit:
-            size += self._pending[n].ByteSize() + 6
+            size += len(self._pending[n]) + 6
             if size > MAX_BATCH_BYTES and n:
                 break
             n += 1
         events = self._pending[:n]
         del self._pending[:n]
+        self._pending_seq += n
         return events
 
     def _loss_changed(self) -> bool:
