@@ -132,6 +132,10 @@ class UnlinkwatchPipeline(UnlinkwatchAgent):
     def count_events(self, prefix: str) -> int | None:
         return count_rows(self.db, prefix)
 
+    def parts(self) -> dict[str, list[int]]:
+        collector, agent = self.procs[:2]
+        return {"agent": [agent.pid], "collector": [collector.pid]}
+
 
 def _connects(addr: str) -> bool:
     host, port = addr.rsplit(":", 1)
@@ -164,6 +168,7 @@ class Sample:
     events: int | None = None
     drops: int | None = None
     kernel_ns: float | None = None
+    parts_cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds of each process of the config
 
 
 @dataclass
@@ -189,8 +194,11 @@ class ConfigResult:
         cpu_us = None if self.name == "bare" or cpu is None else cpu / n * 1e6
         hwm = max((s.hwm_kib for s in self.samples), default=0) / 1024 or None
         kernel = rec.kernel_ns if rec else None
+        parts = {name: stats.median([s.parts_cpu_s.get(name, 0.0) for s in self.samples])
+                 for name in (self.samples[0].parts_cpu_s if self.samples else {})}
+        note = " + ".join(f"{name} {(v or 0.0) / n * 1e6:.1f}" for name, v in parts.items())
         return [self.name, self.rate(), stats.slowdown(bare, self.rate()), complete,
-                rec.drops if rec else None, loss, cpu_us, hwm, kernel, ""]
+                rec.drops if rec else None, loss, cpu_us, hwm, kernel, f"CPU us/event: {note}" if note else ""]
 
 
 HEADERS = ["config", "unlinks/s (median)", "slowdown vs bare", "completeness", "drops reported", "true loss",
@@ -247,17 +255,20 @@ def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, rec
         tracer.start(tmp, record)
         try:
             pids = tracer_pids(tracer)
+            parts = tracer.parts() if isinstance(tracer, UnlinkwatchPipeline) else {}
+            parts0 = {name: sum(peers.cpu_seconds(p) for p in ps) for name, ps in parts.items()}
             cpu0 = sum(peers.cpu_seconds(p) for p in pids)
             k0 = bpf_run_ns(pids) if record else 0.0
             result = workload.run(binary, n, fsdir, workers=workers)
             wait_quiet(pids)
             cpu = sum(peers.cpu_seconds(p) for p in pids) - cpu0
+            parts_cpu = {name: sum(peers.cpu_seconds(p) for p in ps) - parts0[name] for name, ps in parts.items()}
             kernel = (bpf_run_ns(pids) - k0) / n if record and tracer.bpf else None
             hwm = sum(peers.status_kib(p, "VmHWM") for p in pids)
         finally:
             tracer.stop()
         return Sample(rate=result.unlinks_per_s, cpu_s=cpu, hwm_kib=hwm, events=tracer.count_events(result.prefix),
-                      drops=tracer.drops_reported(), kernel_ns=kernel)
+                      drops=tracer.drops_reported(), kernel_ns=kernel, parts_cpu_s=parts_cpu)
 
 
 def configurations(only: list[str] | None = None) -> list[Tracer]:
@@ -312,13 +323,13 @@ def scratch_dir() -> Iterator[Path]:
 
 
 def paced_point(pipe: UnlinkwatchPipeline, binary: Path, fsdir: Path, tmp: Path, rate: float, n: int,
-                settle_s: float = 10.0) -> dict[str, Any]:
+                workers: int = 1, settle_s: float = 10.0) -> dict[str, Any]:
     """Delete n files at `rate`/s while polling the store; latency = first seen in SQLite - unlink time."""
     prefix = workload.new_prefix()
     ts_base = tmp / f"ts-{prefix}"
     box: dict[str, workload.WorkloadResult] = {}
     runner = threading.Thread(target=lambda: box.update(
-        r=workload.run(binary, n, fsdir, rate=rate, prefix=prefix, timestamps=ts_base)))
+        r=workload.run(binary, n, fsdir, workers=workers, rate=rate, prefix=prefix, timestamps=ts_base)))
     runner.start()
     seen: dict[str, int] = {}
     needle = f"/{prefix}-".encode()
@@ -339,10 +350,10 @@ def paced_point(pipe: UnlinkwatchPipeline, binary: Path, fsdir: Path, tmp: Path,
     finally:
         conn.close()
         runner.join()
-    stamps = workload.read_timestamps(ts_base, 1)
+    stamps = workload.read_timestamps(ts_base, workers)
     lat_ms = [(seen[k] - stamps[k]) / 1e6 for k in seen if k in stamps]
     result = box.get("r")
-    return {"rate": rate, "n": n, "achieved_per_s": result.unlinks_per_s if result else None,
+    return {"rate": rate, "n": n, "workers": workers, "achieved_per_s": result.unlinks_per_s if result else None,
             "stored": len(seen), "completeness": len(seen) / n, "p50_ms": stats.percentile(lat_ms, 50),
             "p99_ms": stats.percentile(lat_ms, 99), "max_ms": max(lat_ms, default=None)}
 
