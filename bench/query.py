@@ -2,8 +2,11 @@
 `--namespace --pod` (limit 1000, the CLI default), through the store and through gRPC.
 
     python -m bench.query [--events 10000000] [--pods 10000] [--backend sqlite|postgres|both] [--queries 200]
+    python -m bench.query --db sqlite:////var/tmp/q10m.db   # build once, reuse on later runs
 
-The rows are generated from per-pod templates and bulk-loaded through the store (bulk_insert)."""
+The rows are generated from per-pod templates and bulk-loaded through the store (bulk_insert). With
+`--db URL` the store at URL is used and kept: it is loaded only when it holds no events yet, so a 10 M store
+is built once and measured again after each change (same --events and --pods, or the figures mislead)."""
 
 from __future__ import annotations
 
@@ -85,8 +88,12 @@ def measure(run: Callable[[int], int], pods: int, queries: int) -> tuple[list[fl
 def bench(name: str, db: str, n: int, pods: int, queries: int) -> None:
     store = open_store(db)
     try:
-        secs = load(store, n, pods)
-        print(f"query {name:8s} loaded {n:,} events in {secs:.0f} s ({n / secs:,.0f}/s)")
+        have = store.count()
+        if have:
+            print(f"query {name:8s} reusing {have:,} stored events")
+        else:
+            secs = load(store, n, pods)
+            print(f"query {name:8s} loaded {n:,} events in {secs:.0f} s ({n / secs:,.0f}/s)")
         def by_uid(p: int) -> EventFilter:
             return EventFilter(pod_uid=pod_uid(p))
 
@@ -122,7 +129,12 @@ def main() -> None:
     p.add_argument("--pods", type=int, default=10_000)
     p.add_argument("--backend", default="both", choices=["sqlite", "postgres", "both"])
     p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--db", help="measure this store (sqlite:///... or postgresql://...), loading it only if empty")
     args = p.parse_args()
+    if args.db:
+        bench("postgres" if args.db.startswith("postgres") else "sqlite", args.db, args.events, args.pods,
+              args.queries)
+        return
     with tempfile.TemporaryDirectory(prefix="uw-bench-") as d:
         if args.backend in ("sqlite", "both"):
             bench("sqlite", f"sqlite:///{Path(d)}/query.db", args.events, args.pods, args.queries)

@@ -68,21 +68,85 @@ def ident_key(ev: pb.DeletionEvent) -> IdentKey:
 
 
 def event_rows(agent_num: int, events: Sequence[pb.DeletionEvent], idents: dict[IdentKey, int],
-               new_ident: Callable[[IdentKey], int]) -> list[EventRow]:
-    """Rows in EVENT_COLUMNS order; the hot path of ingest, so attribute reads are kept to the minimum."""
+               new_ident: Callable[[IdentKey], int], blobs: Sequence[bytes] | None = None) -> list[EventRow]:
+    """Rows in EVENT_COLUMNS order; the hot path of ingest, so attribute reads are kept to the minimum.
+    `blobs`: each event's bytes as received (event_blobs), stored as they are instead of re-serialized."""
     base = agent_num << SEQ_BITS
     rows: list[EventRow] = []
     append = rows.append
     get = idents.get
-    for ev in events:
+    if blobs is None or len(blobs) != len(events):
+        blobs = [ev.SerializeToString() for ev in events]
+    for ev, data in zip(events, blobs, strict=True):
         pod = ev.pod
         c = ev.container
         key = (ev.node, pod.uid, pod.namespace, pod.name, pod.workload, c.name, c.id)
         num = get(key)
         if num is None:
             num = new_ident(key)
-        append((base | ev.seq, ev.time_unix_ns, ev.op, ev.result, ev.path, num, ev.identity, ev.SerializeToString()))
+        append((base | ev.seq, ev.time_unix_ns, ev.op, ev.result, ev.path, num, ev.identity, data))
     return rows
+
+
+def event_blobs(raw: bytes) -> list[bytes] | None:
+    """The serialized DeletionEvents of a serialized EventBatch, sliced out of its bytes (a scan of the
+    top-level fields only): storing these costs nothing, where re-serializing each parsed event costs about
+    as much as parsing it. None when the bytes are not a well-formed batch (the caller re-serializes)."""
+    out: list[bytes] = []
+    append = out.append
+    i, n = 0, len(raw)
+    try:
+        while i < n:
+            b = raw[i]
+            i += 1
+            if b == 0x22:  # field 4 (events), length-delimited: by far the most frequent tag
+                ln = raw[i]
+                i += 1
+                if ln & 0x80:
+                    ln &= 0x7F
+                    shift = 7
+                    while True:
+                        b = raw[i]
+                        i += 1
+                        ln |= (b & 0x7F) << shift
+                        if not b & 0x80:
+                            break
+                        shift += 7
+                append(raw[i:i + ln])
+                i += ln
+                continue
+            tag, shift = b & 0x7F, 7
+            while b & 0x80:
+                b = raw[i]
+                i += 1
+                tag |= (b & 0x7F) << shift
+                shift += 7
+            wt = tag & 7
+            if wt == 0:
+                while raw[i] & 0x80:
+                    i += 1
+                i += 1
+            elif wt == 1:
+                i += 8
+            elif wt == 5:
+                i += 4
+            elif wt == 2:
+                ln, shift = 0, 0
+                while True:
+                    b = raw[i]
+                    i += 1
+                    ln |= (b & 0x7F) << shift
+                    if not b & 0x80:
+                        break
+                    shift += 7
+                if tag >> 3 == 4:
+                    append(raw[i:i + ln])
+                i += ln
+            else:
+                return None
+    except IndexError:
+        return None
+    return out if i == n else None
 
 
 def storage_id(agent_num: int, seq: int) -> int:

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         engine.start()
         closers.insert(0, engine.close)
         service = CollectorService(store, engine, metrics)
+        closers.insert(0, service.close)  # after the server stopped: commits what streams had queued
         try:
             server, port, health = build_server(args.listen, service, creds, args.token)
         except (OSError, RuntimeError) as e:

@@ -4,32 +4,41 @@ from __future__ import annotations
 
 import hmac
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from unlinkwatch.collector.ingest import InvalidBatch, agent_info, validate_batch
+from unlinkwatch.collector.ingest import InvalidBatch, agent_info, event_blobs, validate_batch
 from unlinkwatch.collector.metrics import CollectorMetrics
 from unlinkwatch.collector.store import MAX_QUERY_LIMIT, BatchResult, Cursor, EventFilter, Store
+from unlinkwatch.collector.writer import GroupWriter
 from unlinkwatch.eventjson import OP_NAMES
 from unlinkwatch.pb import events_pb2 as pb
-from unlinkwatch.pb import events_pb2_grpc as pbg
 from unlinkwatch.tlsconfig import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     _Interceptor = grpc.ServerInterceptor[Any, Any]
+    _Handler = grpc.GenericRpcHandler[Any, Any]
 else:
     _Interceptor = grpc.ServerInterceptor
+    _Handler = grpc.GenericRpcHandler
 
 log = logging.getLogger("unlinkwatch.collector")
 SERVICE = "unlinkwatch.v1.Collector"
 TOKEN_METHODS = {f"/{SERVICE}/Query", f"/{SERVICE}/WatchAlerts", f"/{SERVICE}/AgentStatus"}
 DEFAULT_QUERY_LIMIT = 1000
-EVENTS_PER_RESPONSE = 500
+EVENTS_PER_RESPONSE = 1000
+INGEST_WINDOW = 8  # batches of one stream read ahead (parsed, rows built, queued to commit) before their ack
+
+_Pending = tuple[float, pb.EventBatch, "Future[BatchResult]"] | BaseException | None
 
 
 class AlertEvaluator(Protocol):
@@ -38,25 +47,86 @@ class AlertEvaluator(Protocol):
     def watch(self, since_unix_ns: int, follow: bool, is_active: Callable[[], bool]) -> Iterator[pb.Alert]: ...
 
 
-class CollectorService(pbg.CollectorServicer):
+class CollectorService:
     def __init__(self, store: Store, alerts: AlertEvaluator, metrics: CollectorMetrics) -> None:
         self._store, self._alerts, self._m = store, alerts, metrics
         self._gaps: dict[str, int] = {}
+        self._writer = GroupWriter(store)
 
-    def Ingest(self, request_iterator: Iterator[pb.EventBatch], context: grpc.ServicerContext) -> Iterator[pb.Ack]:
-        for batch in request_iterator:
-            t0 = time.perf_counter()
-            try:
-                validate_batch(batch)
-                res = self._store.commit_batch(batch, time.time_ns())
-            except (InvalidBatch, OverflowError) as e:
-                log.warning("rejected batch", extra={"fields": {"agent": batch.agent, "error": str(e)}})
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {e}")
-            self._account(res.state.agent, res.state.node, res)
-            if res.new_events:
-                self._alerts.evaluate(res.new_events)
-            self._m.ingest_latency.observe(time.perf_counter() - t0)
-            yield pb.Ack(batch_id=batch.batch_id, stored=len(batch.events) - res.duplicates, duplicates=res.duplicates)
+    def close(self) -> None:
+        """Commit what the streams have queued; call after the server stopped, before the store closes."""
+        self._writer.close()
+
+    def Ingest(self, request_iterator: Iterator[bytes | pb.EventBatch],
+               context: grpc.ServicerContext) -> Iterator[pb.Ack]:
+        """A reader thread parses, validates and builds rows for up to INGEST_WINDOW batches ahead and queues
+        them to the group writer; this thread acks each batch in order once its transaction has committed,
+        then hands its new events to the alert rules."""
+        pending: queue.Queue[_Pending] = queue.Queue(INGEST_WINDOW)
+        done = threading.Event()
+        reader = threading.Thread(target=self._read_stream, args=(request_iterator, pending, done, context),
+                                  name="ingest-reader", daemon=True)
+        reader.start()
+        try:
+            while True:
+                item = pending.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    self._reject(item, context)
+                    raise item
+                t0, batch, fut = item
+                try:
+                    res = fut.result()
+                except (InvalidBatch, OverflowError) as e:
+                    self._reject(e, context, batch.agent)
+                    raise
+                self._account(res.state.agent, res.state.node, res)
+                if res.new_events:
+                    self._alerts.evaluate(res.new_events)
+                self._m.ingest_latency.observe(time.perf_counter() - t0)
+                yield pb.Ack(batch_id=batch.batch_id, stored=len(batch.events) - res.duplicates,
+                             duplicates=res.duplicates)
+        finally:
+            done.set()
+
+    def _reject(self, e: BaseException, context: grpc.ServicerContext, agent: str = "") -> None:
+        if isinstance(e, (InvalidBatch, OverflowError, DecodeError)):
+            log.warning("rejected batch", extra={"fields": {"agent": agent, "error": str(e)}})
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {e}")
+
+    def _read_stream(self, requests: Iterator[bytes | pb.EventBatch], pending: queue.Queue[_Pending],
+                     done: threading.Event, context: grpc.ServicerContext) -> None:
+        def put(item: _Pending) -> bool:
+            while True:
+                try:
+                    pending.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    if done.is_set() or not context.is_active():
+                        return False
+
+        try:
+            for req in requests:
+                t0 = time.perf_counter()
+                if isinstance(req, bytes):
+                    batch = pb.EventBatch.FromString(req)
+                    blobs = event_blobs(req)
+                else:
+                    batch, blobs = req, None
+                try:
+                    validate_batch(batch)
+                    prepared = self._store.prepare(batch, blobs)
+                except (InvalidBatch, OverflowError) as e:
+                    log.warning("rejected batch", extra={"fields": {"agent": batch.agent, "error": str(e)}})
+                    put(e)
+                    return
+                if not put((t0, batch, self._writer.submit(prepared))):
+                    return
+        except BaseException as e:  # a bad message, a broken stream, or the RPC ended under us
+            put(e)
+            return
+        put(None)
 
     def _account(self, agent: str, node: str, res: BatchResult) -> None:
         m, st = self._m, res.state
@@ -71,7 +141,9 @@ class CollectorService(pbg.CollectorServicer):
             m.sequence_gaps.labels(node).inc(grew)
         self._gaps[agent] = max(st.gaps, self._gaps.get(agent, 0))
 
-    def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> Iterator[pb.QueryResponse]:
+    def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Serialized QueryResponses built straight from the stored event bytes (no parse, no re-serialize):
+        a QueryResponse is its events as length-delimited field 1, then the page token as field 2."""
         t0 = time.perf_counter()
         try:
             cursor = Cursor.parse(request.page_token)
@@ -82,13 +154,13 @@ class CollectorService(pbg.CollectorServicer):
         first = True
         while True:
             n = min(remaining, EVENTS_PER_RESPONSE)
-            events, cursor = self._store.query(f, cursor, n)
-            remaining -= len(events)
+            blobs, cursor = self._store.query_raw(f, cursor, n)
+            remaining -= len(blobs)
             done = cursor is None or remaining <= 0
             if first:
                 self._m.query_latency.observe(time.perf_counter() - t0)
                 first = False
-            yield pb.QueryResponse(events=events, next_page_token=cursor.token() if cursor and done else "")
+            yield query_response(blobs, cursor.token() if cursor and done else "")
             if done or not context.is_active():
                 return
 
@@ -97,6 +169,56 @@ class CollectorService(pbg.CollectorServicer):
 
     def AgentStatus(self, request: pb.AgentStatusRequest, context: grpc.ServicerContext) -> pb.AgentStatusResponse:
         return pb.AgentStatusResponse(agents=[agent_info(st) for st in self._store.agents()])
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_VARINT1 = [bytes([n]) for n in range(0x80)]
+
+
+def query_response(blobs: Sequence[bytes], token: str) -> bytes:
+    """The bytes of QueryResponse(events=blobs parsed, next_page_token=token), without any parse."""
+    parts: list[bytes] = []
+    append = parts.append
+    for b in blobs:
+        n = len(b)
+        append(b"\x0a")
+        append(_VARINT1[n] if n < 0x80 else _varint(n))
+        append(b)
+    if token:
+        t = token.encode()
+        append(b"\x12")
+        append(_varint(len(t)))
+        append(t)
+    return b"".join(parts)
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+def service_handler(service: CollectorService) -> _Handler:
+    """The Collector service as the generated code would register it, except that Ingest receives each batch
+    as bytes (the stored event bytes are sliced out of them) and Query sends bytes it built itself."""
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "Ingest": grpc.stream_stream_rpc_method_handler(
+            service.Ingest, request_deserializer=None, response_serializer=pb.Ack.SerializeToString),
+        "Query": grpc.unary_stream_rpc_method_handler(
+            service.Query, request_deserializer=pb.QueryRequest.FromString, response_serializer=_identity),
+        "WatchAlerts": grpc.unary_stream_rpc_method_handler(
+            service.WatchAlerts, request_deserializer=pb.WatchAlertsRequest.FromString,
+            response_serializer=pb.Alert.SerializeToString),
+        "AgentStatus": grpc.unary_unary_rpc_method_handler(
+            service.AgentStatus, request_deserializer=pb.AgentStatusRequest.FromString,
+            response_serializer=pb.AgentStatusResponse.SerializeToString),
+    })
 
 
 class TokenInterceptor(_Interceptor):
@@ -130,7 +252,7 @@ def build_server(listen: str, service: CollectorService, creds: grpc.ServerCrede
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                   ("grpc.so_reuseport", 0)])
-    pbg.add_CollectorServicer_to_server(service, server)
+    server.add_generic_rpc_handlers((service_handler(service),))
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     port = server.add_secure_port(listen, creds) if creds else server.add_insecure_port(listen)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from unlinkwatch.collector.ingest import AgentState
+from unlinkwatch.collector.ingest import AgentState, EventRow
 from unlinkwatch.errors import UserError
 from unlinkwatch.pathglob import compile_glob, literal_prefix
 from unlinkwatch.pb import events_pb2 as pb
@@ -24,6 +24,17 @@ class BatchResult:
     duplicates: int
     state: AgentState
     counts: dict[tuple[int, bool], int] = field(default_factory=dict)  # (op, succeeded) -> new events
+
+
+@dataclass
+class Prepared:
+    """A validated batch with its event rows built (outside the write lock), ready to commit."""
+    batch: pb.EventBatch
+    agent_num: int
+    rows: list[EventRow]
+
+
+CommitOutcome = BatchResult | Exception
 
 
 @dataclass(frozen=True)
@@ -92,12 +103,25 @@ class Store(Protocol):
         """Store the batch's new events and identity updates and the agent's accounting, atomically."""
         ...
 
+    def prepare(self, batch: pb.EventBatch, blobs: Sequence[bytes] | None = None) -> Prepared:
+        """The batch's rows (any thread, no lock held); `blobs` are the events' bytes as received."""
+        ...
+
+    def commit_prepared(self, items: Sequence[Prepared], now_ns: int) -> list[CommitOutcome]:
+        """Commit batches in order as one transaction (group commit); each is deduplicated and accounted as
+        commit_batch would. If the group fails, each batch is retried alone, so a failure is only its own."""
+        ...
+
     def bulk_insert(self, agent: str, events: Sequence[pb.DeletionEvent]) -> int:
         """Fast load without per-batch accounting (benchmarks, imports); returns rows written."""
         ...
 
     def query(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
         """Up to `limit` matching events oldest first, and the cursor to continue from (None at the end)."""
+        ...
+
+    def query_raw(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[bytes], Cursor | None]:
+        """As query, with each event as its stored serialized DeletionEvent (no parse)."""
         ...
 
     def agents(self) -> list[AgentState]: ...
@@ -119,9 +143,10 @@ Fetch = Callable[[str, list[object]], list[Any]]
 
 
 def query_events(fetch: Fetch, placeholder: str, ident_in: Callable[[list[int]], tuple[str, list[object]]],
-                 f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
+                 f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[bytes], Cursor | None]:
     """The query of both stores: identity numbers first, then time and path-prefix conditions, then paging.
-    `placeholder` is the store's parameter marker; `ident_in` makes its "ident is one of these" condition."""
+    `placeholder` is the store's parameter marker; `ident_in` makes its "ident is one of these" condition.
+    Events come back as their stored bytes (parse_events makes messages of them)."""
     ph = placeholder
     where: list[str] = []
     args: list[object] = []
@@ -151,10 +176,10 @@ def query_events(fetch: Fetch, placeholder: str, ident_in: Callable[[list[int]],
 
 
 def read_paged(fetch: Fetch, placeholder: str, where: list[str], args: list[object], f: EventFilter,
-               after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
+               after: Cursor | None, limit: int) -> tuple[list[bytes], Cursor | None]:
     """Reads in chunks until `limit` rows pass the exact glob match (the SQL path range is only a prefilter).
     Shared by both stores; `placeholder` is their parameter marker ("?" or "%s")."""
-    out: list[pb.DeletionEvent] = []
+    out: list[bytes] = []
     last = scan = after
     chunk = limit + 1 if not f.path_glob else max(256, 2 * limit)
     while True:
@@ -168,11 +193,17 @@ def read_paged(fetch: Fetch, placeholder: str, where: list[str], args: list[obje
             if f.path_matches(path):
                 if len(out) == limit:
                     return out, last
-                out.append(pb.DeletionEvent.FromString(data))
+                out.append(bytes(data))
                 last = Cursor(t, i)
             scan = Cursor(t, i)
         if len(rows) < chunk:
             return out, None
+
+
+def parse_events(page: tuple[list[bytes], Cursor | None]) -> tuple[list[pb.DeletionEvent], Cursor | None]:
+    blobs, cursor = page
+    parse = pb.DeletionEvent.FromString
+    return [parse(b) for b in blobs], cursor
 
 
 def open_store(url: str | None) -> Store:

@@ -21,7 +21,15 @@ from unlinkwatch.collector.ingest import (
     event_rows,
     ident_key,
 )
-from unlinkwatch.collector.store import BatchResult, Cursor, EventFilter, query_events
+from unlinkwatch.collector.store import (
+    BatchResult,
+    CommitOutcome,
+    Cursor,
+    EventFilter,
+    Prepared,
+    parse_events,
+    query_events,
+)
 from unlinkwatch.collector.store_sqlite import new_events_of
 from unlinkwatch.errors import UserError
 from unlinkwatch.pb import events_pb2 as pb
@@ -126,45 +134,77 @@ class PostgresStore:
         with self._reglock:
             self._load_caches()  # numbers handed out inside the failed transaction no longer exist
 
-    def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
-        events = batch.events
+    def prepare(self, batch: pb.EventBatch, blobs: Sequence[bytes] | None = None) -> Prepared:
         num = self._agent_num(batch.agent)
-        rows = event_rows(num, events, self._idents, self._new_ident)  # outside the lock: overlaps a COPY
+        return Prepared(batch, num, event_rows(num, batch.events, self._idents, self._new_ident, blobs))
+
+    def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
+        res = self.commit_prepared([self.prepare(batch)], now_ns)[0]  # rows built outside the lock
+        if isinstance(res, Exception):
+            raise res
+        return res
+
+    def commit_prepared(self, items: Sequence[Prepared], now_ns: int) -> list[CommitOutcome]:
         with self._wlock:
             try:
-                return self._commit(batch, num, rows, now_ns)
-            except psycopg.errors.UniqueViolation:
-                self._rollback()  # another collector wrote some of these ids between our check and COPY: redo
-                return self._commit(batch, num, rows, now_ns)
+                return self._commit_group(items, now_ns)
+            except Exception as e:
+                self._rollback()
+                if len(items) == 1:
+                    return [e]
             except BaseException:
                 self._rollback()
                 raise
+            out: list[CommitOutcome] = []
+            for p in items:  # the group failed: each batch alone, so a failure is only its own
+                try:
+                    out.append(self._commit_group([p], now_ns)[0])
+                except Exception as e:
+                    self._rollback()
+                    out.append(e)
+                except BaseException:
+                    self._rollback()
+                    raise
+            return out
 
-    def _commit(self, batch: pb.EventBatch, num: int, rows: list[EventRow], now_ns: int) -> BatchResult:
-        w, events = self._w, batch.events
-        existing: set[int] = set()
-        if rows:
-            lo, hi = min(r[0] for r in rows), max(r[0] for r in rows)
-            existing = {i for (i,) in w.execute("SELECT id FROM events WHERE id BETWEEN %s AND %s", (lo, hi))}
-        seen: set[int] = set(existing)
-        fresh = []
-        for r in rows:
-            if r[0] not in seen:
-                seen.add(r[0])
-                fresh.append(r)
-        self._copy(fresh)
-        for upd in batch.identity_updates:
-            self._apply_update(upd)
-        row = w.execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents WHERE agent = %s FOR UPDATE",
-                        (batch.agent,)).fetchone()
-        state = account(AgentState(*row) if row else AgentState(agent=batch.agent), batch, len(fresh), now_ns)
-        w.execute(f"UPDATE agents SET {', '.join(c + ' = %s' for c in AGENT_COLS[1:])} WHERE num = %s",
-                  (*[getattr(state, c) for c in AGENT_COLS[1:]], num))
+    def _commit_group(self, items: Sequence[Prepared], now_ns: int) -> list[CommitOutcome]:
+        try:
+            return self._commit(items, now_ns)
+        except psycopg.errors.UniqueViolation:
+            self._rollback()  # another collector wrote some of these ids between our check and COPY: redo
+            return self._commit(items, now_ns)
+
+    def _commit(self, items: Sequence[Prepared], now_ns: int) -> list[CommitOutcome]:
+        """The batches in order in one transaction, each as if alone (its dedup check sees the rows of the
+        batches before it), then one commit."""
+        w = self._w
+        out: list[CommitOutcome] = []
+        for p in items:
+            batch, events, rows = p.batch, p.batch.events, p.rows
+            existing: set[int] = set()
+            if rows:
+                lo, hi = min(r[0] for r in rows), max(r[0] for r in rows)
+                existing = {i for (i,) in w.execute("SELECT id FROM events WHERE id BETWEEN %s AND %s", (lo, hi))}
+            seen: set[int] = set(existing)
+            fresh = []
+            for r in rows:
+                if r[0] not in seen:
+                    seen.add(r[0])
+                    fresh.append(r)
+            self._copy(fresh)
+            for upd in batch.identity_updates:
+                self._apply_update(upd)
+            row = w.execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents WHERE agent = %s FOR UPDATE",
+                            (batch.agent,)).fetchone()
+            state = account(AgentState(*row) if row else AgentState(agent=batch.agent), batch, len(fresh), now_ns)
+            w.execute(f"UPDATE agents SET {', '.join(c + ' = %s' for c in AGENT_COLS[1:])} WHERE num = %s",
+                      (*[getattr(state, c) for c in AGENT_COLS[1:]], p.agent_num))
+            counts = Counter((r[2], r[3] == 0) for r in fresh)
+            new_events = list(events) if len(fresh) == len(events) else new_events_of(events, existing)
+            out.append(BatchResult(new_events=new_events, duplicates=len(events) - len(fresh), state=state,
+                                   counts=dict(counts)))
         w.commit()
-        counts = Counter((r[2], r[3] == 0) for r in fresh)
-        new_events = list(events) if len(fresh) == len(events) else new_events_of(events, existing)
-        return BatchResult(new_events=new_events, duplicates=len(events) - len(fresh), state=state,
-                           counts=dict(counts))
+        return out
 
     def _apply_update(self, upd: pb.IdentityUpdate) -> None:
         conds = [(c, v) for c, v in (("pod_uid", upd.pod_uid), ("container_id", upd.container_id)) if v]
@@ -229,6 +269,9 @@ class PostgresStore:
         return conn
 
     def query(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
+        return parse_events(self.query_raw(f, after, limit))
+
+    def query_raw(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[bytes], Cursor | None]:
         conn = self._reader()
         return query_events(lambda sql, a: conn.execute(sql, a).fetchall(), "%s", _ident_in, f, after, limit)
 

@@ -19,7 +19,15 @@ from unlinkwatch.collector.ingest import (
     ident_key,
     seq_of,
 )
-from unlinkwatch.collector.store import BatchResult, Cursor, EventFilter, query_events
+from unlinkwatch.collector.store import (
+    BatchResult,
+    CommitOutcome,
+    Cursor,
+    EventFilter,
+    Prepared,
+    parse_events,
+    query_events,
+)
 from unlinkwatch.errors import UserError
 from unlinkwatch.pb import events_pb2 as pb
 
@@ -146,33 +154,64 @@ class SqliteStore:
         with self._reglock:
             self._load_caches()  # numbers handed out inside the failed transaction no longer exist
 
-    def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
-        events = batch.events
+    def prepare(self, batch: pb.EventBatch, blobs: Sequence[bytes] | None = None) -> Prepared:
         num = self._agent_num(batch.agent)
-        rows = event_rows(num, events, self._idents, self._new_ident)  # outside the lock: overlaps a commit
+        return Prepared(batch, num, event_rows(num, batch.events, self._idents, self._new_ident, blobs))
+
+    def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
+        res = self.commit_prepared([self.prepare(batch)], now_ns)[0]  # rows built outside the lock
+        if isinstance(res, Exception):
+            raise res
+        return res
+
+    def commit_prepared(self, items: Sequence[Prepared], now_ns: int) -> list[CommitOutcome]:
         with self._wlock:
-            w = self._w
-            self._begin()
             try:
-                existing: set[int] = set()
-                if rows:
-                    lo, hi = min(r[0] for r in rows), max(r[0] for r in rows)
-                    existing = {i for (i,) in w.execute("SELECT id FROM events WHERE id BETWEEN ? AND ?", (lo, hi))}
-                    if existing:
-                        rows = [r for r in rows if r[0] not in existing]
-                counts = Counter((r[2], r[3] == 0) for r in rows)
-                before = w.total_changes
-                w.executemany(INSERT_EVENTS, rows)
-                stored = w.total_changes - before  # repeats inside one batch are ignored too
-                for upd in batch.identity_updates:
-                    self._apply_update(upd)
-                state = account(self._load_state(batch.agent), batch, stored, now_ns)
-                w.execute(f"UPDATE agents SET {', '.join(c + ' = ?' for c in AGENT_COLS[1:])} WHERE num = ?",
-                          (*[getattr(state, c) for c in AGENT_COLS[1:]], num))
-                w.execute("COMMIT")
+                self._begin()
+                out: list[CommitOutcome] = [self._commit_one(p, now_ns) for p in items]
+                self._w.execute("COMMIT")
+                return out
+            except Exception as e:
+                self._rollback()
+                if len(items) == 1:
+                    return [e]
             except BaseException:
                 self._rollback()
                 raise
+            return [self._commit_alone(p, now_ns) for p in items]
+
+    def _commit_alone(self, p: Prepared, now_ns: int) -> CommitOutcome:
+        try:
+            self._begin()
+            res = self._commit_one(p, now_ns)
+            self._w.execute("COMMIT")
+            return res
+        except Exception as e:
+            self._rollback()
+            return e
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _commit_one(self, p: Prepared, now_ns: int) -> BatchResult:
+        """One batch inside the open write transaction."""
+        w, batch, rows = self._w, p.batch, p.rows
+        events = batch.events
+        existing: set[int] = set()
+        if rows:
+            lo, hi = min(r[0] for r in rows), max(r[0] for r in rows)
+            existing = {i for (i,) in w.execute("SELECT id FROM events WHERE id BETWEEN ? AND ?", (lo, hi))}
+            if existing:
+                rows = [r for r in rows if r[0] not in existing]
+        counts = Counter((r[2], r[3] == 0) for r in rows)
+        before = w.total_changes
+        w.executemany(INSERT_EVENTS, rows)
+        stored = w.total_changes - before  # repeats inside one batch are ignored too
+        for upd in batch.identity_updates:
+            self._apply_update(upd)
+        state = account(self._load_state(batch.agent), batch, stored, now_ns)
+        w.execute(f"UPDATE agents SET {', '.join(c + ' = ?' for c in AGENT_COLS[1:])} WHERE num = ?",
+                  (*[getattr(state, c) for c in AGENT_COLS[1:]], p.agent_num))
         new_events = list(events) if stored == len(events) else new_events_of(events, existing)
         return BatchResult(new_events=new_events, duplicates=len(events) - stored, state=state,
                            counts=dict(counts))
@@ -237,6 +276,9 @@ class SqliteStore:
         return conn
 
     def query(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
+        return parse_events(self.query_raw(f, after, limit))
+
+    def query_raw(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[bytes], Cursor | None]:
         conn = self._reader()
         return query_events(lambda sql, a: conn.execute(sql, a).fetchall(), "?", _ident_in, f, after, limit)
 

@@ -13,7 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.certs import make_pki
 from tests.support.collector import InProcessCollector, start_inprocess
 from tests.support.eventgen import batches, events
-from unlinkwatch.collector.ingest import AgentState, InvalidBatch, account, validate_batch
+from unlinkwatch.collector.ingest import AgentState, InvalidBatch, account, event_blobs, validate_batch
+from unlinkwatch.collector.server import query_response
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.pb import events_pb2_grpc as pbg
 from unlinkwatch.tlsconfig import channel, server_credentials
@@ -139,3 +140,35 @@ def test_gaps_reach_the_metric_and_agent_status(collector: InProcessCollector) -
     with grpc.insecure_channel(collector.addr) as ch:
         [a] = pbg.CollectorStub(ch).AgentStatus(pb.AgentStatusRequest(), timeout=5).agents
     assert (a.events, a.sequence_gaps, a.lost.kernel, a.lost.queue) == (2, 3, 7, 1)
+
+
+def test_event_blobs_are_the_events_bytes_sliced_out_of_the_batch() -> None:
+    b = next(batches("n:1", 300, 300))
+    b.lost.kernel = 3
+    b.identity_updates.add(pod_uid="u", pod=pb.Pod(name="p"))
+    b.events[5].path = b"/" + b"x" * 70_000  # a length that needs a 3-byte varint
+    raw = b.SerializeToString() + b"\xa8\x06\x07"  # plus a field this version does not know
+    assert event_blobs(raw) == [e.SerializeToString() for e in b.events]
+    assert event_blobs(b"") == []
+    for bad in (raw[:-1], b"\x22\x05abc", b"\x0b"):  # cut short, overlong length, a group wire type
+        assert event_blobs(bad) is None
+
+
+def test_many_batches_in_flight_on_one_stream_are_acked_in_order_exactly_once(
+        collector: InProcessCollector) -> None:
+    bs = [b.SerializeToString() for b in batches("n:1", 20_000, 500)]
+    acks = send(collector.addr, bs + bs[:5])
+    assert [a.batch_id for a in acks] == [*range(1, 41), *range(1, 6)]
+    assert [a.stored for a in acks] == [500] * 40 + [0] * 5
+    assert collector.store.count() == 20_000
+    assert sorted(e.seq for e in collector.alerts.evaluated) == list(range(1, 20_001))
+
+
+def test_query_response_bytes_parse_as_the_message_they_stand_for() -> None:
+    evs = events("n:1", 1, 3)
+    evs[1].path = b"/" + b"y" * 300
+    blobs = [e.SerializeToString() for e in evs]
+    for token in ("", "1700000000:42"):
+        assert pb.QueryResponse.FromString(query_response(blobs, token)) == pb.QueryResponse(
+            events=evs, next_page_token=token)
+    assert query_response([], "") == b""

@@ -186,3 +186,36 @@ def test_the_retention_pass_keeps_exactly_the_configured_window(store: Store) ->
     keep = parse_duration_ns("100ms")   # events are 1 ms apart: seq 500..600 are within 100 ms of the last
     assert Retention(store, keep).run_once(now_ns=T0 + 600 * 10**6) == 499
     assert seqs(store, EventFilter()) == list(range(500, 601))
+
+
+def test_a_group_commit_dedups_across_its_batches_and_accounts_each_in_order(store: Store) -> None:
+    b1 = batch(events("node-a:1", 1, 100), batch_id=1)
+    b2 = batch(events("node-a:1", 51, 100), batch_id=2)   # half of it repeats b1, in the same transaction
+    b3 = batch(events("node-b:1", 1, 10), agent="node-b:1", batch_id=1)
+    r1, r2, r3 = store.commit_prepared([store.prepare(b) for b in (b1, b2, b3)], NOW)
+    assert not isinstance(r1, Exception) and not isinstance(r2, Exception) and not isinstance(r3, Exception)
+    assert (len(r1.new_events), r1.duplicates, r1.state.events) == (100, 0, 100)
+    assert [e.seq for e in r2.new_events] == list(range(101, 151)) and r2.duplicates == 50
+    assert (r2.state.events, r2.state.max_seq, r3.state.events) == (150, 150, 10)
+    assert store.count() == 160
+
+
+def test_a_failing_batch_of_a_group_fails_alone(store: Store) -> None:
+    good = batch(events("node-a:1", 1, 20), batch_id=1)
+    bad = batch([pb.DeletionEvent(agent="node-a:1", seq=21, time_unix_ns=2**64 - 1)], batch_id=2)
+    later = batch(events("node-a:1", 22, 5), batch_id=3)
+    r1, r2, r3 = store.commit_prepared([store.prepare(b) for b in (good, bad, later)], NOW)
+    assert isinstance(r2, Exception) and not isinstance(r1, Exception) and not isinstance(r3, Exception)
+    assert store.count() == 25 and store.agents()[0].events == 25
+
+
+def test_events_are_stored_as_the_bytes_they_arrived_in(store: Store) -> None:
+    unknown_field = b"\xa8\x06\x07"  # field 101, varint 7: from a newer agent; kept as it came
+    raw = full_event(1).SerializeToString() + unknown_field
+    store.commit_prepared([store.prepare(batch([pb.DeletionEvent.FromString(raw)]), [raw])], NOW)
+    store.commit_batch(batch([full_event(2)], batch_id=2), NOW)  # no bytes given: serialized from the message
+    blobs, _ = store.query_raw(EventFilter(), None, 10)
+    assert blobs == [raw, full_event(2).SerializeToString()]
+    got = store.query(EventFilter(), None, 10)[0][0]
+    got.DiscardUnknownFields()
+    assert got == full_event(1)
