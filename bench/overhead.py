@@ -146,13 +146,13 @@ def _connects(addr: str) -> bool:
         return False
 
 
-def count_rows(db: Path, prefix: str) -> int | None:
+def count_rows(db: Path, prefix: str, needle: bytes | None = None) -> int | None:
     """Stored events whose file name starts with prefix (paths are absolute, so match `/<prefix>`)."""
     if not db.exists():
         return None
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
-        needle = f"/{prefix}-".encode()  # paths are BLOBs; LIKE does not match them, instr does
+        needle = needle or f"/{prefix}-".encode()  # paths are BLOBs; LIKE does not match them, instr does
         return int(conn.execute("SELECT count(*) FROM events WHERE instr(path, ?) > 0", (needle,)).fetchone()[0])
     except sqlite3.Error:
         return None
@@ -355,8 +355,13 @@ def paced_point(pipe: UnlinkwatchPipeline, binary: Path, fsdir: Path, tmp: Path,
     result = box.get("r")
     # Completeness from a final count: the poll above follows ids, which need not be committed in order.
     stored = count_rows(pipe.db, prefix) or 0
+    # Diagnostics when something is missing: rows of the run at all (a path whose directory was not
+    # resolved lacks the "/" before the name) and the agent's own loss counter.
+    any_form = count_rows(pipe.db, prefix, f"{prefix}-".encode()) if stored < n else stored
+    lost = scrape(pipe.metrics, "unlinkwatch_agent_events_lost_total") if stored < n else 0.0
     return {"rate": rate, "n": n, "workers": workers, "achieved_per_s": result.unlinks_per_s if result else None,
-            "stored": stored, "seen_by_poll": len(seen), "completeness": stored / n,
+            "stored": stored, "seen_by_poll": len(seen), "rows_any_path_form": any_form, "agent_lost": lost,
+            "completeness": stored / n,
             "p50_ms": stats.percentile(lat_ms, 50), "p99_ms": stats.percentile(lat_ms, 99),
             "max_ms": max(lat_ms, default=None)}
 
