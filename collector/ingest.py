@@ -157,13 +157,15 @@ def seq_of(storage_id_: int) -> int:
     return storage_id_ & MAX_SEQ
 
 
-def batch_max_seq(batch: pb.EventBatch) -> int:
-    """The highest sequence number the batch proves the agent has issued."""
-    top = max((ev.seq for ev in batch.events), default=0)
+def batch_max_seq(batch: pb.EventBatch, top_seq: int | None = None) -> int:
+    """The highest sequence number the batch proves the agent has issued (`top_seq`: its events' highest,
+    when already known)."""
+    top = max((ev.seq for ev in batch.events), default=0) if top_seq is None else top_seq
     return max(top, batch.first_seq - 1 if batch.first_seq else 0)
 
 
-def account(old: AgentState, batch: pb.EventBatch, stored: int, now_ns: int) -> AgentState:
+def account(old: AgentState, batch: pb.EventBatch, stored: int, now_ns: int,
+            top_seq: int | None = None) -> AgentState:
     """The agent's state after a batch; loss counters are cumulative, so the largest value seen wins."""
     lost = batch.lost
     st = replace(
@@ -172,7 +174,7 @@ def account(old: AgentState, batch: pb.EventBatch, stored: int, now_ns: int) -> 
         attach_mode=batch.attach_mode or old.attach_mode,
         last_seen_ns=now_ns,
         events=old.events + stored,
-        max_seq=max(old.max_seq, batch_max_seq(batch)),
+        max_seq=max(old.max_seq, batch_max_seq(batch, top_seq)),
         lost_kernel=max(old.lost_kernel, lost.kernel),
         lost_queue=max(old.lost_queue, lost.queue),
         lost_transport=max(old.lost_transport, lost.transport),

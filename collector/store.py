@@ -5,11 +5,12 @@ Query order: oldest first by (time, storage id), which reads naturally for "what
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from unlinkwatch.collector.ingest import AgentState, EventRow
+from unlinkwatch.collector.ingest import MAX_SEQ, AgentState, EventRow
 from unlinkwatch.errors import UserError
 from unlinkwatch.pathglob import compile_glob, literal_prefix
 from unlinkwatch.pb import events_pb2 as pb
@@ -20,7 +21,7 @@ MAX_QUERY_LIMIT = 100_000
 
 @dataclass
 class BatchResult:
-    new_events: list[pb.DeletionEvent]
+    new_events: Sequence[pb.DeletionEvent]  # the batch's own event list when all are new (no copy)
     duplicates: int
     state: AgentState
     counts: dict[tuple[int, bool], int] = field(default_factory=dict)  # (op, succeeded) -> new events
@@ -28,10 +29,29 @@ class BatchResult:
 
 @dataclass
 class Prepared:
-    """A validated batch with its event rows built (outside the write lock), ready to commit."""
+    """A validated batch with its event rows built (outside the write lock), ready to commit. What can be
+    worked out from the rows alone is worked out here too: the commit holds the write lock and the GIL."""
     batch: pb.EventBatch
     agent_num: int
     rows: list[EventRow]
+    lo: int = 0           # lowest and highest storage id of the rows
+    hi: int = 0
+    counts: dict[tuple[int, bool], int] = field(default_factory=dict)  # (op, succeeded) -> rows
+
+    @classmethod
+    def of(cls, batch: pb.EventBatch, agent_num: int, rows: list[EventRow]) -> Prepared:
+        if not rows:
+            return cls(batch, agent_num, rows)
+        ids = [r[0] for r in rows]
+        return cls(batch, agent_num, rows, min(ids), max(ids), row_counts(rows))
+
+    @property
+    def top_seq(self) -> int:
+        return self.hi & MAX_SEQ
+
+
+def row_counts(rows: Sequence[EventRow]) -> dict[tuple[int, bool], int]:
+    return dict(Counter((r[2], r[3] == 0) for r in rows))
 
 
 CommitOutcome = BatchResult | Exception

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ from unlinkwatch.collector.store import (
     Prepared,
     parse_events,
     query_events,
+    row_counts,
 )
 from unlinkwatch.collector.store_sqlite import new_events_of
 from unlinkwatch.errors import UserError
@@ -136,7 +136,7 @@ class PostgresStore:
 
     def prepare(self, batch: pb.EventBatch, blobs: Sequence[bytes] | None = None) -> Prepared:
         num = self._agent_num(batch.agent)
-        return Prepared(batch, num, event_rows(num, batch.events, self._idents, self._new_ident, blobs))
+        return Prepared.of(batch, num, event_rows(num, batch.events, self._idents, self._new_ident, blobs))
 
     def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
         res = self.commit_prepared([self.prepare(batch)], now_ns)[0]  # rows built outside the lock
@@ -183,26 +183,29 @@ class PostgresStore:
             batch, events, rows = p.batch, p.batch.events, p.rows
             existing: set[int] = set()
             if rows:
-                lo, hi = min(r[0] for r in rows), max(r[0] for r in rows)
-                existing = {i for (i,) in w.execute("SELECT id FROM events WHERE id BETWEEN %s AND %s", (lo, hi))}
-            seen: set[int] = set(existing)
-            fresh = []
-            for r in rows:
-                if r[0] not in seen:
-                    seen.add(r[0])
-                    fresh.append(r)
+                existing = {i for (i,) in w.execute("SELECT id FROM events WHERE id BETWEEN %s AND %s",
+                                                    (p.lo, p.hi))}
+            fresh, counts = rows, p.counts
+            if existing or len({r[0] for r in rows}) != len(rows):
+                seen: set[int] = set(existing)
+                fresh = []
+                for r in rows:
+                    if r[0] not in seen:
+                        seen.add(r[0])
+                        fresh.append(r)
+                counts = row_counts(fresh)
             self._copy(fresh)
             for upd in batch.identity_updates:
                 self._apply_update(upd)
             row = w.execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents WHERE agent = %s FOR UPDATE",
                             (batch.agent,)).fetchone()
-            state = account(AgentState(*row) if row else AgentState(agent=batch.agent), batch, len(fresh), now_ns)
+            state = account(AgentState(*row) if row else AgentState(agent=batch.agent), batch, len(fresh), now_ns,
+                            p.top_seq)
             w.execute(f"UPDATE agents SET {', '.join(c + ' = %s' for c in AGENT_COLS[1:])} WHERE num = %s",
                       (*[getattr(state, c) for c in AGENT_COLS[1:]], p.agent_num))
-            counts = Counter((r[2], r[3] == 0) for r in fresh)
-            new_events = list(events) if len(fresh) == len(events) else new_events_of(events, existing)
+            new_events = events if len(fresh) == len(events) else new_events_of(events, existing)
             out.append(BatchResult(new_events=new_events, duplicates=len(events) - len(fresh), state=state,
-                                   counts=dict(counts)))
+                                   counts=counts))
         w.commit()
         return out
 

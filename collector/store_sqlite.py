@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections import Counter
 from collections.abc import Sequence
 
 from unlinkwatch.collector.ingest import (
@@ -27,6 +26,7 @@ from unlinkwatch.collector.store import (
     Prepared,
     parse_events,
     query_events,
+    row_counts,
 )
 from unlinkwatch.errors import UserError
 from unlinkwatch.pb import events_pb2 as pb
@@ -156,7 +156,7 @@ class SqliteStore:
 
     def prepare(self, batch: pb.EventBatch, blobs: Sequence[bytes] | None = None) -> Prepared:
         num = self._agent_num(batch.agent)
-        return Prepared(batch, num, event_rows(num, batch.events, self._idents, self._new_ident, blobs))
+        return Prepared.of(batch, num, event_rows(num, batch.events, self._idents, self._new_ident, blobs))
 
     def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
         res = self.commit_prepared([self.prepare(batch)], now_ns)[0]  # rows built outside the lock
@@ -198,23 +198,22 @@ class SqliteStore:
         w, batch, rows = self._w, p.batch, p.rows
         events = batch.events
         existing: set[int] = set()
+        counts = p.counts
         if rows:
-            lo, hi = min(r[0] for r in rows), max(r[0] for r in rows)
-            existing = {i for (i,) in w.execute("SELECT id FROM events WHERE id BETWEEN ? AND ?", (lo, hi))}
+            existing = {i for (i,) in w.execute("SELECT id FROM events WHERE id BETWEEN ? AND ?", (p.lo, p.hi))}
             if existing:
                 rows = [r for r in rows if r[0] not in existing]
-        counts = Counter((r[2], r[3] == 0) for r in rows)
+                counts = row_counts(rows)
         before = w.total_changes
         w.executemany(INSERT_EVENTS, rows)
         stored = w.total_changes - before  # repeats inside one batch are ignored too
         for upd in batch.identity_updates:
             self._apply_update(upd)
-        state = account(self._load_state(batch.agent), batch, stored, now_ns)
+        state = account(self._load_state(batch.agent), batch, stored, now_ns, p.top_seq)
         w.execute(f"UPDATE agents SET {', '.join(c + ' = ?' for c in AGENT_COLS[1:])} WHERE num = ?",
                   (*[getattr(state, c) for c in AGENT_COLS[1:]], p.agent_num))
-        new_events = list(events) if stored == len(events) else new_events_of(events, existing)
-        return BatchResult(new_events=new_events, duplicates=len(events) - stored, state=state,
-                           counts=dict(counts))
+        new_events = events if stored == len(events) else new_events_of(events, existing)
+        return BatchResult(new_events=new_events, duplicates=len(events) - stored, state=state, counts=counts)
 
     def _apply_update(self, upd: pb.IdentityUpdate) -> None:
         conds = [(c, v) for c, v in (("pod_uid", upd.pod_uid), ("container_id", upd.container_id)) if v]
