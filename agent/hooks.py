@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unlinkwatch.agent.btf import Btf
-from unlinkwatch.agent.probe import Probe, ProbeConfig, ProbeError
+from unlinkwatch.agent.loader import HeldProbe, Loader
+from unlinkwatch.agent.probe import ProbeConfig, ProbeError, kernel_offsets
 from unlinkwatch.agent.record import Decoder
 from unlinkwatch.agent.ringbuf import RingBuffer
 from unlinkwatch.errors import UserError
@@ -44,7 +45,7 @@ class Candidate:
 
 @dataclass
 class Attached:
-    probe: Probe
+    probe: HeldProbe
     ring: RingBuffer
     candidate: Candidate
     startup_s: float
@@ -60,9 +61,9 @@ def kprobes_available() -> bool:
     return any(Path(d, "kprobe_events").exists() for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
 
 
-def candidates(btf: Btf, forced: str) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
-    """The chain in order of preference (cheapest per call first), and the ones skipped with why."""
-    fns = [f for f in UNLINK_FUNCTIONS if btf.has_func(f)]
+def candidates(fns: list[str], forced: str) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
+    """The chain in order of preference (cheapest per call first), and the ones skipped with why.
+    fns: which of UNLINK_FUNCTIONS the kernel's BTF has, in that order."""
     chain: list[Candidate] = []
     skipped: list[tuple[Candidate, str]] = []
     for mode in ("fentry", "kprobe"):
@@ -110,26 +111,41 @@ def self_test(ring: RingBuffer, decoder: Decoder, timeout_s: float) -> tuple[boo
 
 
 def attach(forced: str, ringbuf_mb: int = 32, selftest_timeout_s: float = 5.0, btf: Btf | None = None) -> Attached:
-    """Attaches the first candidate whose self-test passes; UserError when none does."""
+    """Attaches the first candidate whose self-test passes; UserError when none does. Each candidate is
+    compiled and attached by the loader child (agent/loader.py); this process only holds the fds."""
     t0 = time.monotonic()
-    btf = btf or Btf.load()
-    chain, tried = candidates(btf, forced)
-    pages = max(1, ringbuf_mb * (1 << 20) // os.sysconf("SC_PAGE_SIZE"))
-    pages = 1 << (pages.bit_length() - 1)  # a power of two, as the kernel requires
-    for cand in chain:
-        try:
-            probe = Probe(ProbeConfig(mode=cand.mode, unlink_fn=cand.unlink_fn, ringbuf_pages=pages), btf)
-        except ProbeError as e:
-            log.info("attach mode unavailable", extra={"fields": {"mode": cand.mode, "reason": str(e)}})
-            tried.append((cand, str(e)))
-            continue
-        ring = RingBuffer(probe.ringbuf_fd, probe.ringbuf_size)
-        ok, leftovers = self_test(ring, Decoder("", "", cand.mode), selftest_timeout_s)
-        if ok:
-            return Attached(probe, ring, cand, time.monotonic() - t0, leftovers, tried)
-        ring.close()
-        probe.close()
-        tried.append((cand, "attached, but the self-test deletion was not seen"))
-        log.warning("self-test failed", extra={"fields": {"mode": cand.mode, "hook": cand.hook}})
+    with Loader() as loader:
+        if btf is None:
+            fns, offsets = loader.kernel_facts(UNLINK_FUNCTIONS)  # BTF is read in the child too
+        else:
+            fns, offsets = [f for f in UNLINK_FUNCTIONS if btf.has_func(f)], kernel_offsets(btf)
+        chain, tried = candidates(fns, forced)
+        pages = max(1, ringbuf_mb * (1 << 20) // os.sysconf("SC_PAGE_SIZE"))
+        pages = 1 << (pages.bit_length() - 1)  # a power of two, as the kernel requires
+        for cand in chain:
+            try:
+                probe = loader.load(ProbeConfig(mode=cand.mode, unlink_fn=cand.unlink_fn, ringbuf_pages=pages),
+                                    offsets)
+            except ProbeError as e:
+                log.info("attach mode unavailable", extra={"fields": {"mode": cand.mode, "reason": str(e)}})
+                tried.append((cand, str(e)))
+                continue
+            ring: RingBuffer | None = None
+            try:
+                ring = RingBuffer(probe.ringbuf_fd, probe.ringbuf_size)
+                ok, leftovers = self_test(ring, Decoder("", "", cand.mode), selftest_timeout_s)
+            except BaseException:
+                if ring is not None:
+                    ring.close()
+                probe.close()
+                raise
+            if ok:
+                loader.keep()
+                return Attached(probe, ring, cand, time.monotonic() - t0, leftovers, tried)
+            ring.close()
+            probe.close()
+            loader.drop()
+            tried.append((cand, "attached, but the self-test deletion was not seen"))
+            log.warning("self-test failed", extra={"fields": {"mode": cand.mode, "hook": cand.hook}})
     reasons = "; ".join(f"{c.mode}: {why}" for c, why in tried)
     raise UserError(f"no attach mode works on this kernel ({reasons})")

@@ -1,6 +1,7 @@
 """The only module that imports bcc: compiles agent/bpf/unlink.bpf.c for one attach mode, with every
-struct offset taken from the running kernel's BTF and passed as -D flags, attaches it, and exposes the
-ring buffer's fd and the kernel drop counter."""
+struct offset taken from the running kernel's BTF and passed as -D flags, attaches it, and hands over
+every map, program and attachment fd (handover()). It runs in the short-lived loader child
+(agent/loader.py), so bcc's in-process LLVM never maps into the long-running agent."""
 
 from __future__ import annotations
 
@@ -132,9 +133,10 @@ def render_source(cfg: ProbeConfig, btf: Btf) -> str:
 
 
 class Probe:
-    """A compiled and attached program. close() detaches everything."""
+    """A compiled and attached program. close() detaches everything; handover() gives the fds that keep
+    it loaded and attached to whoever holds them."""
 
-    def __init__(self, cfg: ProbeConfig, btf: Btf) -> None:
+    def __init__(self, cfg: ProbeConfig, offsets: dict[str, int]) -> None:
         if os.geteuid() != 0:
             raise UserError("loading eBPF needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE)")
         ensure_tracefs()
@@ -151,7 +153,7 @@ class Probe:
         self.hook = cfg.unlink_fn if cfg.mode != "tracepoint" else "syscalls:sys_{enter,exit}_unlink*"
         with _captured_stderr() as err:
             try:
-                self._bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(cfg, kernel_offsets(btf)))
+                self._bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(cfg, offsets))
             except Exception as e:  # bcc raises bare Exception for compile and load failures
                 self._bpf = None
                 failure: Exception | None = e
@@ -166,9 +168,7 @@ class Probe:
         except Exception as e:
             self.close()
             raise ProbeError(f"{cfg.mode}: attach failed: {e}") from e
-        self.ringbuf_fd: int = self._bpf["events"].map_fd
         self.ringbuf_size: int = cfg.ringbuf_pages * os.sysconf("SC_PAGE_SIZE")
-        self._lost = self._bpf["lost"]
 
     def _attach(self) -> None:
 
@@ -206,8 +206,40 @@ class Probe:
                              "dcache lookup (" + "; ".join(errors) + ")")
         log.warning("rename-over-target detection unavailable", extra={"fields": {"errors": errors}})
 
-    def kernel_lost(self) -> int:
-        return int(self._lost.sum(self._lost.Key(0)).value)
+    def handover(self) -> tuple[list[str], list[int], list[tuple[str, str]]]:
+        """(names, fds, tracefs events): every map fd (a prog array is emptied when its last fd closes),
+        every program fd and every attachment fd (perf event or BPF link: the attachment lives as long as
+        one of them is open), and the kprobe events bcc made in tracefs, which outlive their fds and must
+        be removed by name (only where the kernel has no kprobe PMU)."""
+        from bcc.libbcc import lib
+
+        b = self._bpf
+        assert b is not None
+        names: list[str] = []
+        fds: list[int] = []
+
+        def put(name: str, fd: int) -> None:
+            if fd >= 0:
+                names.append(name)
+                fds.append(fd)
+
+        lib.bpf_num_tables.restype = ctypes.c_size_t
+        lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
+        lib.bpf_table_name.restype = ctypes.c_char_p
+        lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        for i in range(lib.bpf_num_tables(b.module)):
+            table = lib.bpf_table_name(b.module, i)
+            put("map:" + table.decode(), lib.bpf_table_fd(b.module, table))
+        for fname, fn in b.funcs.items():
+            put("prog:" + fname.decode(), fn.fd)
+        for ev, by_fn in b.kprobe_fds.items():
+            for fname, fd in by_fn.items():
+                put(f"kprobe:{ev.decode()}:{fname.decode()}", fd)
+        for kind, table in (("tracepoint", b.tracepoint_fds), ("raw_tracepoint", b.raw_tracepoint_fds),
+                            ("kfunc", b.kfunc_entry_fds), ("kretfunc", b.kfunc_exit_fds)):
+            for key, fd in table.items():
+                put(f"{kind}:{key.decode()}", fd)
+        return names, fds, _own_probe_events()
 
     def close(self) -> None:
         b = getattr(self, "_bpf", None)
@@ -215,6 +247,23 @@ class Probe:
             with contextlib.suppress(Exception):
                 b.cleanup()
             self._bpf = None
+
+
+def _own_probe_events() -> list[tuple[str, str]]:
+    """(kprobe_events file, event) for each tracefs kprobe event this process made
+    ("kprobes/p_do_unlinkat_bcc_<pid>")."""
+    out = []
+    for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        try:
+            text = Path(d, "kprobe_events").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            event = line.split(" ", 1)[0].partition(":")[2]  # "p:kprobes/name do_unlinkat" -> "kprobes/name"
+            if event.endswith(f"_bcc_{os.getpid()}"):
+                out.append((f"{d}/kprobe_events", event))
+        break
+    return out
 
 
 class _Captured:

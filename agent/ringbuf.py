@@ -1,6 +1,10 @@
 """Consumes a BPF ring buffer map by mmap, the way libbpf does, but hands back every record that is
 ready in one call: no per-record callback and no wake-up per record (the probes submit without
-wake-ups; the agent drains on a short timer)."""
+wake-ups; the agent drains on a short timer).
+
+The data area is mapped once, not twice as libbpf does: the kernel inserts every page of the mapping
+at mmap time, so each mapping of the area counts whole in the agent's RSS. A record that wraps past the
+end is copied in two pieces instead (headers are 8-byte aligned and never wrap)."""
 
 from __future__ import annotations
 
@@ -18,10 +22,11 @@ _U32 = struct.Struct("<I")
 class RingBuffer:
     def __init__(self, map_fd: int, size: int) -> None:
         page = os.sysconf("SC_PAGE_SIZE")
+        self._size = size
         self._mask = size - 1
-        # consumer page (read-write), then producer page + data mapped twice (read-only) for wrap-free reads
+        # consumer page (read-write), then producer page + data (read-only)
         self._cons = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._prod = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._prod = mmap.mmap(map_fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._data = memoryview(self._prod)[page:]
         self._page = page
 
@@ -33,7 +38,7 @@ class RingBuffer:
         cons = _U64.unpack_from(self._cons, 0)[0]
         prod = _U64.unpack_from(self._prod, 0)[0]
         out: list[bytes] = []
-        data, mask, unpack = self._data, self._mask, _U32.unpack_from
+        data, mask, ring, unpack = self._data, self._mask, self._size, _U32.unpack_from
         while cons < prod and len(out) < max_records:
             off = cons & mask
             length = unpack(data, off)[0]
@@ -41,7 +46,14 @@ class RingBuffer:
                 break  # reserved but not yet committed
             size = length & ~(_BUSY | _DISCARD)
             if not length & _DISCARD:
-                out.append(bytes(data[off + _HDR : off + _HDR + size]))
+                start = off + _HDR
+                end = start + size
+                if end <= ring:
+                    out.append(bytes(data[start:end]))
+                elif start >= ring:  # the header filled the area's last 8 bytes: the data starts over
+                    out.append(bytes(data[start - ring : end - ring]))
+                else:  # wraps: the tail of the area, then its head
+                    out.append(bytes(data[start:ring]) + bytes(data[: end - ring]))
             cons += (size + _HDR + 7) & ~7
         _U64.pack_into(self._cons, 0, cons)
         return out

@@ -1,0 +1,106 @@
+"""The few bpf(2) calls the agent makes after start-up, by ctypes: once the loader child has handed over
+the program, map and attachment fds, reading the per-CPU drop counter and naming a map are all the agent
+needs (the ring buffer itself is read by mmap in ringbuf.py). No bcc here."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import struct
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_OBJ_GET_INFO_BY_FD = 15
+
+MAP_TYPE_PERCPU_ARRAY = 6
+MAP_TYPE_PROG_ARRAY = 3
+MAP_TYPE_RINGBUF = 27
+
+
+class _LookupAttr(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
+                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+class _MapInfo(ctypes.Structure):  # the head of struct bpf_map_info, which is all we read
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * 16)]
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    name: str
+
+
+@cache
+def _libc() -> ctypes.CDLL:
+    # the C library already loaded into this process (find_library would run ldconfig or gcc and delete
+    # a temp file: a deletion the agent would report as its own)
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    nr = _SYS_BPF.get(platform.machine())
+    if nr is None:
+        raise OSError(f"bpf(2) syscall number unknown for {platform.machine()}")
+    rc = int(_libc().syscall(ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.byref(attr),
+                             ctypes.c_uint(ctypes.sizeof(attr))))
+    if rc < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf({cmd}): {os.strerror(err)}")
+    return rc
+
+
+def map_info(fd: int) -> MapInfo:
+    info = _MapInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return MapInfo(info.type, info.key_size, info.value_size, info.max_entries,
+                   info.name.decode(errors="replace"))
+
+
+@cache
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds per key: the kernel sizes them by possible, not online, CPUs."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()  # e.g. "0-3" or "0,2-5"
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+def lookup(fd: int, key: bytes, value_size: int) -> bytes:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    _bpf(BPF_MAP_LOOKUP_ELEM, _LookupAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v)))
+    return v.raw
+
+
+class PercpuU64:
+    """One u64 slot of a BPF_PERCPU_ARRAY, summed over CPUs (the kernel drop counter)."""
+
+    def __init__(self, fd: int, index: int = 0) -> None:
+        info = map_info(fd)
+        if info.type != MAP_TYPE_PERCPU_ARRAY or info.value_size != 8 or info.key_size != 4:
+            raise OSError(f"map {info.name!r} is not a per-CPU array of u64 (type {info.type})")
+        self._fd = fd
+        self._key = struct.pack("=I", index)
+        self._n = possible_cpus()
+
+    def sum(self) -> int:
+        raw = lookup(self._fd, self._key, 8 * self._n)
+        return sum(struct.unpack(f"={self._n}Q", raw))
