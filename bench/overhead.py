@@ -37,14 +37,15 @@ def free_port() -> int:
 
 
 def scrape(addr: str, metric: str) -> float | None:
-    """Sum of every sample of one Prometheus metric (all label sets); None when unreachable."""
+    """Sum of every sample of one Prometheus metric (all label sets, or the one given as `name{labels}`);
+    None when unreachable."""
     try:
         with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
             text = r.read().decode()
     except OSError:
         return None
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(metric + "{") or line.startswith(metric + " "))
+               if line.startswith(metric + " ") or ("{" not in metric and line.startswith(metric + "{")))
 
 
 class UnlinkwatchAgent(Tracer):
@@ -358,7 +359,8 @@ def paced_point(pipe: UnlinkwatchPipeline, binary: Path, fsdir: Path, tmp: Path,
     # Diagnostics when something is missing: rows of the run at all (a path whose directory was not
     # resolved lacks the "/" before the name) and the agent's own loss counter.
     any_form = count_rows(pipe.db, prefix, f"{prefix}-".encode()) if stored < n else stored
-    lost = scrape(pipe.metrics, "unlinkwatch_agent_events_lost_total") if stored < n else 0.0
+    lost = {st: scrape(pipe.metrics, f'unlinkwatch_agent_events_lost_total{{stage="{st}"}}')
+            for st in ("kernel", "queue", "transport")} if stored < n else {}
     return {"rate": rate, "n": n, "workers": workers, "achieved_per_s": result.unlinks_per_s if result else None,
             "stored": stored, "seen_by_poll": len(seen), "rows_any_path_form": any_form, "agent_lost": lost,
             "completeness": stored / n,
