@@ -19,6 +19,7 @@ import grpc
 
 from unlinkwatch.agent.metrics import AgentMetrics
 from unlinkwatch.agent.spool import Spool, SpoolFile
+from unlinkwatch.agent.wire import varint
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.tlsconfig import channel
 
@@ -57,18 +58,9 @@ class _Entry:
     sent_at: float = 0.0
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def encode_batch(header: pb.EventBatch, events: list[bytes]) -> bytes:
     """EventBatch bytes from a header and pre-serialized events (field 4, length-delimited): no copies."""
-    return header.SerializeToString() + b"".join(b"\x22" + _varint(len(e)) + e for e in events)
+    return header.SerializeToString() + b"".join([b"\x22" + varint(len(e)) + e for e in events])
 
 
 class Shipper:
