@@ -8,7 +8,14 @@
  *   UW_RINGBUF_PAGES   ring buffer size in pages
  *   UW_MAX_DEPTH       directory components walked before the path is flagged truncated
  *   OFF_*              struct member offsets read from the running kernel's BTF at load time
- * Entry stashes by thread id; exit emits with the return value and always clears the stash. */
+ * Entry stashes in task-local storage; exit emits with the return value and always clears the stash.
+ *
+ * Cost per deletion is what this file optimises for (docs/ARCHITECTURE.md, "Kernel-side cost"):
+ *  - the current task comes from bpf_get_current_task_btf(), so chains of task-owned pointers
+ *    (fs, files, mm, parent, leader) are plain loads the verifier checks against BTF, not helper calls;
+ *  - pointers that do not come from such a chain (a dirfd's file, the dentries of a walk) are read
+ *    with bpf_probe_read_kernel, but one read per dentry and one per mount rather than one per field;
+ *  - the stash between entry and exit is task-local storage: no hash insert and delete per call. */
 #include <uapi/linux/ptrace.h>
 #include "kprobe.h"
 
@@ -45,9 +52,18 @@ struct uw_proc_key {
 
 BPF_RINGBUF_OUTPUT(events, UW_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(lost, __u64, 1);		/* ring buffer full: records dropped in the kernel */
-BPF_HASH(stash, __u32, struct uw_stash, 16384);
+BPF_TASK_STORAGE(stash, struct uw_stash);	/* entry -> exit, per thread; op 0 when empty */
+#if UW_MODE == UW_MODE_TRACEPOINT
+/* renames only (tracepoint mode): the dcache lookup marks its thread here rather than in the stash, as
+ * a task-storage call in the tail-called step takes it past the 6.1 verifier's complexity limit */
+BPF_HASH(rename_replaced, __u32, __u32, 1024);
+#endif
 BPF_PERCPU_ARRAY(scratch, struct uw_scratch, 1);
 BPF_TABLE("lru_hash", struct uw_proc_key, __u64, procs, 8192);	/* process -> the exe file last sent */
+
+/* A plain load from a pointer the verifier knows by BTF type (a chain from bpf_get_current_task_btf()):
+ * compiled to a guarded load, where bpf_probe_read_kernel is a helper call. */
+#define UW_LD(base, off, type) (*(type *)((void *)(base) + (off)))
 
 static __always_inline void *uw_ptr(void *base, long off)
 {
@@ -70,6 +86,30 @@ static __always_inline __u64 uw_u64(void *base, long off)
 	return v;
 }
 
+/* One bpf_probe_read_kernel per dentry and per mount: the fields the walk needs are read as one span.
+ * The spans are computed from the BTF offsets, so any member order works; in the kernels we know they
+ * are 24 bytes each (d_parent and d_name; mnt_parent, mnt_mountpoint and mnt.mnt_root). */
+#define UW_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define UW_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define UW_D_PARENT OFF_DENTRY_D_PARENT
+#define UW_D_LEN (OFF_DENTRY_D_NAME + OFF_QSTR_LEN)
+#define UW_D_NAME (OFF_DENTRY_D_NAME + OFF_QSTR_NAME)
+#define UW_D_LO UW_MIN(UW_D_PARENT, UW_MIN(UW_D_LEN, UW_D_NAME))
+#define UW_D_HI UW_MAX(UW_D_PARENT + 8, UW_MAX(UW_D_LEN + 4, UW_D_NAME + 8))
+#define UW_M_PARENT OFF_MOUNT_MNT_PARENT
+#define UW_M_POINT OFF_MOUNT_MNT_MOUNTPOINT
+#define UW_M_ROOT (OFF_MOUNT_MNT + OFF_VFSMOUNT_MNT_ROOT)
+#define UW_M_LO UW_MIN(UW_M_PARENT, UW_MIN(UW_M_POINT, UW_M_ROOT))
+#define UW_M_HI UW_MAX(UW_M_PARENT + 8, UW_MAX(UW_M_POINT + 8, UW_M_ROOT + 8))
+#define UW_AT(buf, lo, off, type) (*(type *)((char *)(buf) + (off) - (lo)))
+
+struct uw_mnt_span {
+	__u64 w[(UW_M_HI - UW_M_LO + 7) / 8];	/* words: every pointer in it is 8-byte aligned */
+};
+struct uw_d_span {
+	__u64 w[(UW_D_HI - UW_D_LO + 7) / 8];
+};
+
 /* Writes "/c1/c2/.../cn" for (mnt, dentry) into s->walk, ending at UW_PATH_MAX - 1, stopping at the
  * process's root (so a chroot or container sees its own view) and crossing mounts upwards.
  * Returns the start position; the length is UW_PATH_MAX - 1 - pos. */
@@ -78,25 +118,33 @@ static __always_inline __u32 uw_walk(struct uw_scratch *s, void *mnt, void *dent
 {
 	/* the position lives in map memory, so the verifier sees a masked unknown and prunes the loop */
 	s->pos = UW_PATH_MAX - 1;
+	struct uw_mnt_span ms;
+	struct uw_d_span ds;
+	void *m = mnt - OFF_MOUNT_MNT;
+	if (bpf_probe_read_kernel(&ms, sizeof(ms), m + UW_M_LO) < 0)
+		return s->pos;
 
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < UW_MAX_DEPTH; i++) {
-		if (dentry == root_dentry && mnt == root_mnt)
+		if (dentry == root_dentry && m + OFF_MOUNT_MNT == root_mnt)
 			return s->pos;
-		if (dentry == uw_ptr(mnt, OFF_VFSMOUNT_MNT_ROOT)) {
-			void *m = mnt - OFF_MOUNT_MNT;
-			void *parent = uw_ptr(m, OFF_MOUNT_MNT_PARENT);
+		if (dentry == UW_AT(&ms, UW_M_LO, UW_M_ROOT, void *)) {
+			void *parent = UW_AT(&ms, UW_M_LO, UW_M_PARENT, void *);
 			if (parent == m || !parent)
 				return s->pos;	/* top of the mount tree: the root is not above us */
-			dentry = uw_ptr(m, OFF_MOUNT_MNT_MOUNTPOINT);
-			mnt = parent + OFF_MOUNT_MNT;
+			dentry = UW_AT(&ms, UW_M_LO, UW_M_POINT, void *);
+			m = parent;
+			if (bpf_probe_read_kernel(&ms, sizeof(ms), m + UW_M_LO) < 0)
+				return s->pos;
 			continue;
 		}
-		void *up = uw_ptr(dentry, OFF_DENTRY_D_PARENT);
+		if (bpf_probe_read_kernel(&ds, sizeof(ds), dentry + UW_D_LO) < 0)
+			return s->pos;
+		void *up = UW_AT(&ds, UW_D_LO, UW_D_PARENT, void *);
 		if (up == dentry || !up)
 			return s->pos;
-		__u32 len = uw_u32(dentry, OFF_DENTRY_D_NAME + OFF_QSTR_LEN);
-		void *name = uw_ptr(dentry, OFF_DENTRY_D_NAME + OFF_QSTR_NAME);
+		__u32 len = UW_AT(&ds, UW_D_LO, UW_D_LEN, __u32);
+		void *name = UW_AT(&ds, UW_D_LO, UW_D_NAME, void *);
 		__u32 pos = s->pos;
 		if (len > UW_NAME_MAX || len + 1 > pos) {
 			*flags |= UW_F_DIR_TRUNCATED;
@@ -117,8 +165,8 @@ static __always_inline __u32 uw_walk(struct uw_scratch *s, void *mnt, void *dent
 static __always_inline __u32 uw_put_path(struct uw_scratch *s, __u32 at, void *mnt, void *dentry,
 					 void *fs, __u32 *flags)
 {
-	void *root_mnt = uw_ptr(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT);
-	void *root_dentry = uw_ptr(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY);
+	void *root_mnt = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT, void *);
+	void *root_dentry = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *);
 	__u32 pos = uw_walk(s, mnt, dentry, root_mnt, root_dentry, flags);
 	__u32 len = (UW_PATH_MAX - 1) - pos;
 	bpf_probe_read_kernel(&s->data[at & UW_MASK], len & UW_MASK, &s->walk[pos & UW_MASK]);
@@ -135,8 +183,8 @@ static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kin
 	ev->tid = (__u32)pid_tgid;
 	ev->uid = (__u32)uid_gid;
 	ev->gid = uid_gid >> 32;
-	ev->ppid = uw_u32(uw_ptr(task, OFF_TASK_REAL_PARENT), OFF_TASK_TGID);
-	ev->proc_start_ns = uw_u64(uw_ptr(task, OFF_TASK_GROUP_LEADER), OFF_TASK_START_TIME);
+	ev->ppid = UW_LD(UW_LD(task, OFF_TASK_REAL_PARENT, void *), OFF_TASK_TGID, __u32);
+	ev->proc_start_ns = UW_LD(UW_LD(task, OFF_TASK_GROUP_LEADER, void *), OFF_TASK_START_TIME, __u64);
 	ev->op = 0;
 	ev->result = 0;
 	ev->dirfd = 0;
@@ -164,9 +212,9 @@ static __always_inline void uw_send_exe(struct uw_scratch *s, void *task, void *
 {
 	struct uw_proc_key key = {};
 	key.tgid = bpf_get_current_pid_tgid() >> 32;
-	key.start_ns = uw_u64(uw_ptr(task, OFF_TASK_GROUP_LEADER), OFF_TASK_START_TIME);
-	void *mm = uw_ptr(task, OFF_TASK_MM);
-	void *exe = mm ? uw_ptr(mm, OFF_MM_EXE_FILE) : 0;
+	key.start_ns = UW_LD(UW_LD(task, OFF_TASK_GROUP_LEADER, void *), OFF_TASK_START_TIME, __u64);
+	void *mm = UW_LD(task, OFF_TASK_MM, void *);
+	void *exe = mm ? UW_LD(mm, OFF_MM_EXE_FILE, void *) : 0;
 	if (!exe)
 		return;
 	/* keyed by process, valued by exe file: an execve keeps pid and start time but changes the file */
@@ -177,32 +225,46 @@ static __always_inline void uw_send_exe(struct uw_scratch *s, void *task, void *
 	procs.update(&key, &exe_id);
 	uw_header(&s->ev, task, UW_KIND_EXE);
 	__u32 flags = 0;
-	s->ev.raw_len = uw_put_path(s, 0, uw_ptr(exe, OFF_FILE_F_PATH + OFF_PATH_MNT),
-				    uw_ptr(exe, OFF_FILE_F_PATH + OFF_PATH_DENTRY), fs, &flags);
+	s->ev.raw_len = uw_put_path(s, 0, UW_LD(exe, OFF_FILE_F_PATH + OFF_PATH_MNT, void *),
+				    UW_LD(exe, OFF_FILE_F_PATH + OFF_PATH_DENTRY, void *), fs, &flags);
 	s->ev.flags = flags;
 	uw_output(s);
 }
 
+static __always_inline struct uw_stash *uw_stash_get(__u64 create)
+{
+	return stash.task_storage_get(bpf_get_current_task_btf(), 0, create);
+}
+
 static __always_inline int uw_enter(__s32 dirfd, const char *uptr, __u32 op)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct uw_stash st = {};
-	st.ts_ns = bpf_ktime_get_ns();
-	st.uptr = uptr;
-	st.dirfd = dirfd;
-	st.op = op;
-	stash.update(&tid, &st);
+	struct uw_stash *st = uw_stash_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 0;
+	st->ts_ns = bpf_ktime_get_ns();
+	st->uptr = uptr;
+	st->dirfd = dirfd;
+	st->op = op;
+	st->replaced = 0;
 	return 0;
 }
 
 static __always_inline int uw_exit(long ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct uw_stash *st = stash.lookup(&tid);
-	if (!st)
+	struct uw_stash *st = uw_stash_get(0);
+	if (!st || !st->op)
 		return 0;
 	struct uw_stash copy = *st;
-	stash.delete(&tid);
+	st->op = 0;
+#if UW_MODE == UW_MODE_TRACEPOINT
+	if (copy.op == UW_OP_RENAME) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		if (rename_replaced.lookup(&tid)) {
+			copy.replaced = 1;
+			rename_replaced.delete(&tid);
+		}
+	}
+#endif
 	if (copy.op == UW_OP_RENAME && !copy.replaced)
 		return 0;
 
@@ -210,8 +272,8 @@ static __always_inline int uw_exit(long ret)
 	struct uw_scratch *s = scratch.lookup(&zero);
 	if (!s)
 		return 0;
-	void *task = (void *)bpf_get_current_task();
-	void *fs = uw_ptr(task, OFF_TASK_FS);
+	void *task = (void *)bpf_get_current_task_btf();
+	void *fs = UW_LD(task, OFF_TASK_FS, void *);
 	uw_send_exe(s, task, fs);
 
 	struct uw_event *ev = &s->ev;
@@ -236,16 +298,19 @@ static __always_inline int uw_exit(long ret)
 	if (raw_len > 0 && s->data[0] != '/') {
 		void *mnt = 0, *dentry = 0;
 		if (copy.dirfd == UW_AT_FDCWD) {
-			mnt = uw_ptr(fs, OFF_FS_STRUCT_PWD + OFF_PATH_MNT);
-			dentry = uw_ptr(fs, OFF_FS_STRUCT_PWD + OFF_PATH_DENTRY);
+			mnt = UW_LD(fs, OFF_FS_STRUCT_PWD + OFF_PATH_MNT, void *);
+			dentry = UW_LD(fs, OFF_FS_STRUCT_PWD + OFF_PATH_DENTRY, void *);
 		} else if (copy.dirfd >= 0) {
-			void *fdt = uw_ptr(uw_ptr(task, OFF_TASK_FILES), OFF_FILES_STRUCT_FDT);
-			__u32 max_fds = uw_u32(fdt, OFF_FDTABLE_MAX_FDS);
-			if ((__u32)copy.dirfd < max_fds) {
-				void *file = uw_ptr(uw_ptr(fdt, OFF_FDTABLE_FD), (long)copy.dirfd * sizeof(void *));
+			void *fdt = UW_LD(UW_LD(task, OFF_TASK_FILES, void *), OFF_FILES_STRUCT_FDT, void *);
+			if ((__u32)copy.dirfd < UW_LD(fdt, OFF_FDTABLE_MAX_FDS, __u32)) {
+				/* fd is a pointer to pointers, which BTF loads do not follow: probe reads from here */
+				void *fds = UW_LD(fdt, OFF_FDTABLE_FD, void *);
+				void *file = uw_ptr(fds, (long)copy.dirfd * sizeof(void *));
 				if (file) {
-					mnt = uw_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT);
-					dentry = uw_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY);
+					void *fpath[2] = {};
+					bpf_probe_read_kernel(fpath, sizeof(fpath), file + OFF_FILE_F_PATH);
+					mnt = fpath[OFF_PATH_MNT / 8];
+					dentry = fpath[OFF_PATH_DENTRY / 8];
 				}
 			}
 		}
@@ -262,8 +327,7 @@ static __always_inline int uw_exit(long ret)
 /* A rename replaces its target when the target's dentry is positive as the kernel renames. */
 static __always_inline void uw_rename_target(void *new_dentry)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct uw_stash *st = stash.lookup(&tid);
+	struct uw_stash *st = uw_stash_get(0);
 	if (st && st->op == UW_OP_RENAME && new_dentry && uw_ptr(new_dentry, OFF_DENTRY_D_INODE))
 		st->replaced = 1;
 }
@@ -283,7 +347,7 @@ TRACEPOINT_PROBE(cgroup, cgroup_mkdir)
 	struct uw_scratch *s = scratch.lookup(&zero);
 	if (!s)
 		return 0;
-	uw_header(&s->ev, (void *)bpf_get_current_task(), UW_KIND_CGROUP_MKDIR);
+	uw_header(&s->ev, (void *)bpf_get_current_task_btf(), UW_KIND_CGROUP_MKDIR);
 	s->ev.ts_ns = bpf_ktime_get_ns();
 	s->ev.cgroup_id = args->id;
 	unsigned short off = args->data_loc_path & 0xFFFF;
@@ -354,9 +418,8 @@ static __always_inline void *uw_next_child(void *node, void *parent)
 
 static __always_inline void uw_mark_replaced(__u32 tid)
 {
-	struct uw_stash *st = stash.lookup(&tid);
-	if (st && st->op == UW_OP_RENAME)
-		st->replaced = 1;
+	__u32 one = 1;
+	rename_replaced.update(&tid, &one);
 }
 
 /* Enters a mount whose mountpoint is `dentry` in `mnt`, if one is mounted there. */
@@ -513,6 +576,8 @@ static __always_inline int uw_rename_tp(void *ctx, int newdfd, const char *newna
 	if (flags & UW_RENAME_EXCHANGE)
 		return 0;
 	uw_enter(newdfd, newname, UW_OP_RENAME);
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	rename_replaced.delete(&tid);
 	__u32 zero = 0;
 	struct uw_lookup *lk = lookup_state.lookup(&zero);
 	if (!lk)

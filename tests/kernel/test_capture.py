@@ -79,6 +79,33 @@ def test_a_path_relative_to_a_dirfd_uses_that_directory(agent: AgentProcess, wor
     assert ev["path"] == str(work / "d" / "f") and ev["op"] == "unlink"
 
 
+
+def test_a_dirfd_inside_a_mount_is_walked_up_across_the_mount(agent: AgentProcess, work: Path) -> None:
+    mnt = work / "m"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "uwtest", str(mnt)], check=True)
+    try:
+        (mnt / "sub").mkdir()
+        (mnt / "sub" / "f").touch()
+        (mnt / "top").touch()
+        pid = run_deleter(f"fd = os.open({str(mnt / 'sub')!r}, os.O_RDONLY)\nos.unlink('f', dir_fd=fd)\n"
+                          f"fd = os.open({str(mnt)!r}, os.O_RDONLY)\nos.unlink('top', dir_fd=fd)")
+        evs = agent.wait_for(by_pid(pid), count=2)
+        assert sorted(e["path"] for e in evs) == [str(mnt / "sub" / "f"), str(mnt / "top")]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_directory_renamed_between_two_deletions_through_one_dirfd_gives_the_new_path(
+        agent: AgentProcess, work: Path) -> None:
+    (work / "old" / "in").mkdir(parents=True)
+    (work / "old" / "in" / "a").touch()
+    (work / "old" / "in" / "b").touch()
+    pid = run_deleter(f"fd = os.open({str(work / 'old' / 'in')!r}, os.O_RDONLY)\nos.unlink('a', dir_fd=fd)\n"
+                      f"os.rename({str(work / 'old')!r}, {str(work / 'new')!r})\nos.unlink('b', dir_fd=fd)")
+    evs = agent.wait_for(lambda e: e["pid"] == pid and e["op"] == "unlink", count=2)
+    assert sorted(e["path"] for e in evs) == [str(work / "new" / "in" / "b"), str(work / "old" / "in" / "a")]
+
 def test_rmdir_and_unlinkat_removedir_are_rmdir(agent: AgentProcess, work: Path) -> None:
     (work / "e1").mkdir()
     (work / "e2").mkdir()
