@@ -75,16 +75,20 @@ class Loader:
         self._pending: ProbeConfig | None = None
 
     def start(self) -> None:
-        """Starts the child early: its interpreter and bcc import overlap the agent's BTF reading."""
+        """Starts the child (again, if the last one died)."""
         if self._proc is not None and self._proc.poll() is None:
             return
         self._stop_child()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+        try:
+            out: int | None = sys.stderr.fileno()  # never our stdout, which may carry --stdout events
+        except (AttributeError, OSError, ValueError):
+            out = subprocess.DEVNULL
         with theirs:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "unlinkwatch.agent.loader", str(theirs.fileno()), level],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno())
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=out)
         self._sock = ours
 
     def kernel_facts(self, functions: tuple[str, ...]) -> tuple[list[str], dict[str, int]]:
@@ -119,8 +123,10 @@ class Loader:
         if not data:
             rc = self._stop_child()
             raise ProbeError(f"{cfg.mode}: the loader exited (rc={rc}) while compiling")
-        reply = json.loads(data)
-        if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+        reply = {} if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) else json.loads(data)
+        if reply.get("ok") and len(reply["names"]) != len(fds):
+            reply = {}
+        if not reply:
             for fd in fds:
                 os.close(fd)
             self._sock.send(b'{"op": "drop"}')
@@ -226,8 +232,6 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the agent decides
     setup_logging(argv[1] if len(argv) > 1 else "info")
-    with contextlib.suppress(ImportError):
-        import bcc  # noqa: F401  # while the agent reads BTF; a missing bcc is reported by Probe
     sock = socket.socket(fileno=int(argv[0]))
     try:
         _serve(sock)
