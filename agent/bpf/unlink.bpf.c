@@ -54,8 +54,8 @@ BPF_RINGBUF_OUTPUT(events, UW_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(lost, __u64, 1);		/* ring buffer full: records dropped in the kernel */
 BPF_TASK_STORAGE(stash, struct uw_stash);	/* entry -> exit, per thread; op 0 when empty */
 #if UW_MODE == UW_MODE_TRACEPOINT
-/* renames only (tracepoint mode): the dcache lookup marks its thread here rather than in the stash, as
- * a task-storage call in the tail-called step takes it past the 6.1 verifier's complexity limit */
+/* renames only (tracepoint mode): the tail-called dcache lookup marks its thread in a tid-keyed hash, as
+ * it did before the stash moved to task storage, so the step's verifier cost is unchanged */
 BPF_HASH(rename_replaced, __u32, __u32, 1024);
 #endif
 BPF_PERCPU_ARRAY(scratch, struct uw_scratch, 1);
