@@ -62,6 +62,9 @@ OFFSETS = {
 OPTIONAL = {"OFF_FILENAME_UPTR", "OFF_RENAMEDATA_NEW_DENTRY"}  # only the kprobe/fentry modes read them
 
 
+EXIT_SYSCALLS = ("unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2")  # uw_sys_exit's tracepoints
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
     mode: str                     # tracepoint | kprobe | fentry
@@ -183,8 +186,11 @@ class Probe:
             b.attach_kprobe(event=b"vfs_rename", fn_name=b"uw_vfs_rename_entry")
             b.attach_kretprobe(event=b"do_renameat2", fn_name=b"uw_exit_ret")
         elif self.cfg.mode == "tracepoint":
+            for call in EXIT_SYSCALLS:
+                b.attach_tracepoint(tp=f"syscalls:sys_exit_{call}".encode(), fn_name=b"uw_sys_exit")
             self._load_rename_lookup()
-        # tracepoint and fentry programs are attached by bcc as they load (TRACEPOINT_PROBE, KFUNC_PROBE)
+        # the other tracepoint and the fentry programs are attached by bcc as they load (TRACEPOINT_PROBE,
+        # KFUNC_PROBE)
 
     def _load_rename_lookup(self) -> None:
         """The dcache lookup that tells renames over existing targets; without it the mode still runs."""
