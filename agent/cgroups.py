@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import re
@@ -79,7 +78,9 @@ class HandleResolver:
         self._fd = -1
         self._libc: ctypes.CDLL | None = None
         try:
-            self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            # the C library already in the process: find_library would run ldconfig or gcc, which make and
+            # delete a temporary file that the agent would then report as a deletion of its own
+            self._libc = ctypes.CDLL(None, use_errno=True)
             self._fd = os.open(mount.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             self.available = True
         except OSError:
