@@ -104,8 +104,10 @@ def run_e2e(args: argparse.Namespace, binary: Path, report: Report) -> None:
                 point = overhead.paced_point(pipe, binary, fsdir, tmp, rate, int(rate * seconds),
                                              workers=args.e2e_workers)
                 raw.append(point)
-                rows.append([f"{rate:,.0f}", point["achieved_per_s"], point["completeness"], point["p50_ms"],
-                             point["p99_ms"], point["max_ms"]])
+                lost = point.get("agent_lost") or {}
+                rows.append([f"{rate:,.0f}", point["achieved_per_s"], f"{point['stored']:,} / {point['n']:,}",
+                             ", ".join(f"{k} {v:.0f}" for k, v in lost.items() if v) or "0",
+                             point["p50_ms"], point["p99_ms"], point["max_ms"]])
                 print(f"  e2e {rate:,.0f}/s: completeness {point['completeness']:.4f}", file=sys.stderr)
                 achieved = point["achieved_per_s"] or 0.0
                 if point["completeness"] < 1.0 or achieved < 0.9 * rate:
@@ -116,7 +118,8 @@ def run_e2e(args: argparse.Namespace, binary: Path, report: Report) -> None:
     best = f"{max(ok):,.0f}/s" if ok else "none"
     report.add(f"End to end: agent -> collector -> SQLite, paced, {args.e2e_workers} worker(s), {seconds:g} s per "
                f"rate (highest achieved rate with every event stored: {best})",
-               ["target rate/s", "achieved/s", "completeness", "p50 ms", "p99 ms", "max ms"], rows, raw)
+               ["target rate/s", "achieved/s", "stored / deleted", "agent drops", "p50 ms", "p99 ms", "max ms"],
+               rows, raw)
 
 
 def run_startup(args: argparse.Namespace, binary: Path, report: Report) -> None:
