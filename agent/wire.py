@@ -14,24 +14,16 @@ from json.encoder import encode_basestring_ascii as _jstr  # type: ignore[attr-d
 from unlinkwatch.agent.record import Deletion
 from unlinkwatch.eventjson import IDENTITY_NAMES, OP_NAMES
 from unlinkwatch.pb import events_pb2 as pb
+from unlinkwatch.protowire import MIN14 as _MIN14
+from unlinkwatch.protowire import varint
+
+__all__ = ["OP_NAME", "EventEncoder", "JsonLines", "identity_json", "identity_wire", "varint"]
 
 _B = [bytes([i]) for i in range(256)]
-# Minimal varints of 0 .. 2**14-1, and the same 14 bits as two bytes that both carry the continuation bit.
-_MIN14 = [_B[i] if i < 0x80 else bytes(((i & 0x7F) | 0x80, i >> 7)) for i in range(1 << 14)]
+# The same 14 bits as two bytes that both carry the continuation bit (the low part of a longer varint).
 _CONT14 = [bytes(((i & 0x7F) | 0x80, (i >> 7) | 0x80)) for i in range(1 << 14)]
 _CACHE_MAX = 4096
 OP_NAME: dict[int, str] = {0: "unspecified", **{int(k): v for k, v in OP_NAMES.items()}}
-
-
-def varint(n: int) -> bytes:
-    if n < 0x4000:
-        return _MIN14[n]
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _field(tag: int, data: bytes) -> bytes:

@@ -22,6 +22,7 @@ from unlinkwatch.collector.store import MAX_QUERY_LIMIT, BatchResult, Cursor, Ev
 from unlinkwatch.collector.writer import GroupWriter
 from unlinkwatch.eventjson import OP_NAMES
 from unlinkwatch.pb import events_pb2 as pb
+from unlinkwatch.protowire import varint
 from unlinkwatch.tlsconfig import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
@@ -171,18 +172,6 @@ class CollectorService:
         return pb.AgentStatusResponse(agents=[agent_info(st) for st in self._store.agents()])
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_VARINT1 = [bytes([n]) for n in range(0x80)]
-
-
 def query_response(blobs: Sequence[bytes], token: str) -> bytes:
     """The bytes of QueryResponse(events=blobs parsed, next_page_token=token), without any parse."""
     parts: list[bytes] = []
@@ -190,12 +179,12 @@ def query_response(blobs: Sequence[bytes], token: str) -> bytes:
     for b in blobs:
         n = len(b)
         append(b"\x0a")
-        append(_VARINT1[n] if n < 0x80 else _varint(n))
+        append(varint(n))
         append(b)
     if token:
         t = token.encode()
         append(b"\x12")
-        append(_varint(len(t)))
+        append(varint(len(t)))
         append(t)
     return b"".join(parts)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from unlinkwatch.collector.ingest import MAX_SEQ, AgentState, EventRow
+from unlinkwatch.collector.ingest import MAX_SEQ, AgentState, EventRow, IdentKey, event_rows
 from unlinkwatch.errors import UserError
 from unlinkwatch.pathglob import compile_glob, literal_prefix
 from unlinkwatch.pb import events_pb2 as pb
@@ -116,6 +116,32 @@ class Cursor:
         if not sep or not t.isdigit() or not i.isdigit():
             raise ValueError(f"bad page token: {token!r}")
         return cls(int(t), int(i))
+
+
+class BatchCommits:
+    """What both stores share around commit_prepared(): rows built outside the write lock, and a single
+    batch committed as a group of one. A store supplies _agent_num, _idents, _new_ident, commit_prepared."""
+
+    _idents: dict[IdentKey, int]
+
+    def _agent_num(self, agent: str) -> int:
+        raise NotImplementedError
+
+    def _new_ident(self, key: IdentKey) -> int:
+        raise NotImplementedError
+
+    def commit_prepared(self, items: Sequence[Prepared], now_ns: int) -> list[CommitOutcome]:
+        raise NotImplementedError
+
+    def prepare(self, batch: pb.EventBatch, blobs: Sequence[bytes] | None = None) -> Prepared:
+        num = self._agent_num(batch.agent)
+        return Prepared.of(batch, num, event_rows(num, batch.events, self._idents, self._new_ident, blobs))
+
+    def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
+        res = self.commit_prepared([self.prepare(batch)], now_ns)[0]  # rows built outside the lock
+        if isinstance(res, Exception):
+            raise res
+        return res
 
 
 class Store(Protocol):

@@ -21,6 +21,7 @@ from unlinkwatch.collector.ingest import (
     ident_key,
 )
 from unlinkwatch.collector.store import (
+    BatchCommits,
     BatchResult,
     CommitOutcome,
     Cursor,
@@ -65,7 +66,7 @@ COPY_TYPES = ["int8", "int8", "int2", "int4", "bytea", "int4", "int2", "bytea"]
 IDENT_WHERE = " AND ".join(f"{c} = %s" for c in IDENT_COLUMNS)
 
 
-class PostgresStore:
+class PostgresStore(BatchCommits):
     def __init__(self, url: str) -> None:
         self.url = url
         try:
@@ -133,16 +134,6 @@ class PostgresStore:
         self._w.rollback()
         with self._reglock:
             self._load_caches()  # numbers handed out inside the failed transaction no longer exist
-
-    def prepare(self, batch: pb.EventBatch, blobs: Sequence[bytes] | None = None) -> Prepared:
-        num = self._agent_num(batch.agent)
-        return Prepared.of(batch, num, event_rows(num, batch.events, self._idents, self._new_ident, blobs))
-
-    def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
-        res = self.commit_prepared([self.prepare(batch)], now_ns)[0]  # rows built outside the lock
-        if isinstance(res, Exception):
-            raise res
-        return res
 
     def commit_prepared(self, items: Sequence[Prepared], now_ns: int) -> list[CommitOutcome]:
         with self._wlock:

@@ -19,6 +19,7 @@ from unlinkwatch.collector.ingest import (
     seq_of,
 )
 from unlinkwatch.collector.store import (
+    BatchCommits,
     BatchResult,
     CommitOutcome,
     Cursor,
@@ -73,7 +74,7 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class SqliteStore:
+class SqliteStore(BatchCommits):
     def __init__(self, path: str) -> None:
         self.path = path
         try:
@@ -153,16 +154,6 @@ class SqliteStore:
         self._w.execute("ROLLBACK")
         with self._reglock:
             self._load_caches()  # numbers handed out inside the failed transaction no longer exist
-
-    def prepare(self, batch: pb.EventBatch, blobs: Sequence[bytes] | None = None) -> Prepared:
-        num = self._agent_num(batch.agent)
-        return Prepared.of(batch, num, event_rows(num, batch.events, self._idents, self._new_ident, blobs))
-
-    def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
-        res = self.commit_prepared([self.prepare(batch)], now_ns)[0]  # rows built outside the lock
-        if isinstance(res, Exception):
-            raise res
-        return res
 
     def commit_prepared(self, items: Sequence[Prepared], now_ns: int) -> list[CommitOutcome]:
         with self._wlock:
