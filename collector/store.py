@@ -118,6 +118,44 @@ class Cursor:
         return cls(int(t), int(i))
 
 
+AGENT_COLS = ("agent", "node", "attach_mode", "last_seen_ns", "events", "max_seq", "lost_kernel", "lost_queue",
+              "lost_transport", "gaps")
+
+
+class SqlReads:
+    """The read side both stores share. A store supplies _reader() (its connection for this thread, whose
+    execute() returns a cursor), its placeholder PH and _ident_in (its "ident is one of" condition)."""
+
+    PH: str
+
+    def _reader(self) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def _ident_in(nums: list[int]) -> tuple[str, list[object]]:
+        raise NotImplementedError
+
+    def query(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
+        return parse_events(self.query_raw(f, after, limit))
+
+    def query_raw(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[bytes], Cursor | None]:
+        conn = self._reader()
+        return query_events(lambda sql, a: conn.execute(sql, a).fetchall(), self.PH, self._ident_in, f, after, limit)
+
+    def agents(self) -> list[AgentState]:
+        rows = self._reader().execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents ORDER BY node, agent")
+        return [AgentState(*r) for r in rows]
+
+    def alerts_since(self, since_unix_ns: int, limit: int) -> list[pb.Alert]:
+        rows = self._reader().execute(f"SELECT data FROM alerts WHERE time_ns >= {self.PH} "
+                                      f"ORDER BY time_ns, rowid_ LIMIT {self.PH}", (since_unix_ns, limit))
+        return [pb.Alert.FromString(d) for (d,) in rows]
+
+    def count(self) -> int:
+        row = self._reader().execute("SELECT count(*) FROM events").fetchone()
+        return int(row[0]) if row else 0
+
+
 class BatchCommits:
     """What both stores share around commit_prepared(): rows built outside the write lock, and a single
     batch committed as a group of one. A store supplies _agent_num, _idents, _new_ident, commit_prepared."""

@@ -19,14 +19,12 @@ from unlinkwatch.collector.ingest import (
     seq_of,
 )
 from unlinkwatch.collector.store import (
+    AGENT_COLS,
     BatchCommits,
     BatchResult,
     CommitOutcome,
-    Cursor,
-    EventFilter,
     Prepared,
-    parse_events,
-    query_events,
+    SqlReads,
     row_counts,
 )
 from unlinkwatch.errors import UserError
@@ -57,8 +55,6 @@ CREATE TABLE IF NOT EXISTS alerts (rowid_ INTEGER PRIMARY KEY, alert_id INTEGER 
   data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS alerts_time ON alerts (time_ns);
 """
-AGENT_COLS = ("agent", "node", "attach_mode", "last_seen_ns", "events", "max_seq", "lost_kernel", "lost_queue",
-              "lost_transport", "gaps")
 INSERT_EVENTS = (f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
                  f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
 IDENT_WHERE = " AND ".join(f"{c} = ?" for c in IDENT_COLUMNS)
@@ -74,7 +70,13 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class SqliteStore(BatchCommits):
+class SqliteStore(BatchCommits, SqlReads):
+    PH = "?"
+
+    @staticmethod
+    def _ident_in(nums: list[int]) -> tuple[str, list[object]]:
+        return f"ident IN ({', '.join('?' * len(nums))})", list(nums)
+
     def __init__(self, path: str) -> None:
         self.path = path
         try:
@@ -265,25 +267,6 @@ class SqliteStore(BatchCommits):
                 self._readers.append(conn)
         return conn
 
-    def query(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[pb.DeletionEvent], Cursor | None]:
-        return parse_events(self.query_raw(f, after, limit))
-
-    def query_raw(self, f: EventFilter, after: Cursor | None, limit: int) -> tuple[list[bytes], Cursor | None]:
-        conn = self._reader()
-        return query_events(lambda sql, a: conn.execute(sql, a).fetchall(), "?", _ident_in, f, after, limit)
-
-    def agents(self) -> list[AgentState]:
-        rows = self._reader().execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents ORDER BY node, agent")
-        return [AgentState(*r) for r in rows]
-
-    def alerts_since(self, since_unix_ns: int, limit: int) -> list[pb.Alert]:
-        rows = self._reader().execute("SELECT data FROM alerts WHERE time_ns >= ? ORDER BY time_ns, rowid_ LIMIT ?",
-                                      (since_unix_ns, limit))
-        return [pb.Alert.FromString(d) for (d,) in rows]
-
-    def count(self) -> int:
-        return int(self._reader().execute("SELECT count(*) FROM events").fetchone()[0])
-
     def analyze(self) -> None:
         with self._wlock:
             self._w.execute("ANALYZE")
@@ -299,9 +282,6 @@ class SqliteStore(BatchCommits):
                 self._reg.close()
             self._w.close()
 
-
-def _ident_in(nums: list[int]) -> tuple[str, list[object]]:
-    return f"ident IN ({', '.join('?' * len(nums))})", list(nums)
 
 
 def new_events_of(events: Sequence[pb.DeletionEvent], existing_ids: set[int]) -> list[pb.DeletionEvent]:
