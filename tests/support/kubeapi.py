@@ -224,7 +224,8 @@ class _Handler(BaseHTTPRequestHandler):
                         pending = [(r, t, o) for r, t, o in fake.events if r > sent_rv
                                    and (node is None or o["spec"].get("nodeName") == node)]
                     if fake._stopping:
-                        return  # the server went down: the connection just drops
+                        self.close_connection = True  # the server went down: the connection just drops
+                        return
                 for r, t, o in pending:
                     self._chunk({"type": t, "object": o})
                     sent_rv = r

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def test_a_410_gone_makes_the_watcher_list_again_and_notice_deletions_it_missed(
     w = watcher(api.write_kubeconfig(tmp_path / "kc"), timeout=1)
     try:
         assert w.synced.wait(10)
+        assert wait_until(lambda: api.watches_served >= 1)
+        time.sleep(0.2)  # the watch is open and waiting when the API goes away
         api.stop()  # the watcher misses a deletion and a creation while the API is away
         api.pods.pop(("default", "lost"))
         api.rv += 5
