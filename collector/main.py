@@ -9,10 +9,11 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
+from unlinkwatch.collector.commitproc import CommitProcess
 from unlinkwatch.collector.metrics import CollectorMetrics
 from unlinkwatch.collector.retention import Retention
 from unlinkwatch.collector.server import CollectorService, build_server
-from unlinkwatch.collector.store import open_store
+from unlinkwatch.collector.store import DEFAULT_DB, open_store
 from unlinkwatch.errors import UserError
 from unlinkwatch.observability import serve_http
 from unlinkwatch.timeparse import parse_duration_ns
@@ -41,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         engine.start()
         closers.insert(0, engine.close)
-        service = CollectorService(store, engine, metrics)
+        committer = CommitProcess(args.db or DEFAULT_DB)
+        closers.insert(0, committer.close)
+        service = CollectorService(store, engine, metrics, commit=committer.commit_prepared)
         closers.insert(0, service.close)  # after the server stopped: commits what streams had queued
         try:
             server, port, health = build_server(args.listen, service, creds, args.token)

@@ -18,7 +18,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from unlinkwatch.collector.ingest import InvalidBatch, agent_info, event_blobs, validate_batch
 from unlinkwatch.collector.metrics import CollectorMetrics
-from unlinkwatch.collector.store import MAX_QUERY_LIMIT, BatchResult, Cursor, EventFilter, Store
+from unlinkwatch.collector.store import (
+    MAX_QUERY_LIMIT,
+    BatchResult,
+    CommitOutcome,
+    Cursor,
+    EventFilter,
+    Prepared,
+    Store,
+)
 from unlinkwatch.collector.writer import GroupWriter
 from unlinkwatch.eventjson import OP_NAMES
 from unlinkwatch.pb import events_pb2 as pb
@@ -37,7 +45,7 @@ SERVICE = "unlinkwatch.v1.Collector"
 TOKEN_METHODS = {f"/{SERVICE}/Query", f"/{SERVICE}/WatchAlerts", f"/{SERVICE}/AgentStatus"}
 DEFAULT_QUERY_LIMIT = 1000
 EVENTS_PER_RESPONSE = 1000
-INGEST_WINDOW = 8  # batches of one stream read ahead (parsed, rows built, queued to commit) before their ack
+INGEST_WINDOW = 16  # batches of one stream read ahead (parsed, rows built, queued to commit) before their ack
 
 _Pending = tuple[float, pb.EventBatch, "Future[BatchResult]"] | BaseException | None
 
@@ -49,10 +57,12 @@ class AlertEvaluator(Protocol):
 
 
 class CollectorService:
-    def __init__(self, store: Store, alerts: AlertEvaluator, metrics: CollectorMetrics) -> None:
+    def __init__(self, store: Store, alerts: AlertEvaluator, metrics: CollectorMetrics,
+                 commit: Callable[[Sequence[Prepared], int], list[CommitOutcome]] | None = None) -> None:
+        """`commit`: runs the write transactions (a CommitProcess's commit_prepared); the store's own by default."""
         self._store, self._alerts, self._m = store, alerts, metrics
         self._gaps: dict[str, int] = {}
-        self._writer = GroupWriter(store)
+        self._writer = GroupWriter(store, commit=commit)
 
     def close(self) -> None:
         """Commit what the streams have queued; call after the server stopped, before the store closes."""

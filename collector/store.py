@@ -25,6 +25,7 @@ class BatchResult:
     duplicates: int
     state: AgentState
     counts: dict[tuple[int, bool], int] = field(default_factory=dict)  # (op, succeeded) -> new events
+    existing: frozenset[int] = frozenset()  # storage ids of the batch that were stored before (replays)
 
 
 @dataclass
@@ -290,8 +291,9 @@ def parse_events(page: tuple[list[bytes], Cursor | None]) -> tuple[list[pb.Delet
     return [parse(b) for b in blobs], cursor
 
 
-def open_store(url: str | None) -> Store:
-    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db` or `postgresql://...`."""
+def open_store(url: str | None, background: bool = True) -> Store:
+    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db` or `postgresql://...`. `background`: the
+    store's own maintenance thread (SQLite's WAL checkpoints); one process per database runs it."""
     url = url or DEFAULT_DB
     if url.startswith("sqlite://"):
         rest = url[len("sqlite://"):]
@@ -300,7 +302,7 @@ def open_store(url: str | None) -> Store:
         from unlinkwatch.collector.store_sqlite import SqliteStore
 
         # SQLAlchemy's convention: three slashes then a relative path; four slashes for an absolute one.
-        return SqliteStore(rest[1:])
+        return SqliteStore(rest[1:], checkpoints=background)
     if url.startswith(("postgresql://", "postgres://")):
         from unlinkwatch.collector.store_postgres import PostgresStore
 

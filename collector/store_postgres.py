@@ -197,8 +197,8 @@ class PostgresStore(BatchCommits, SqlReads):
             w.execute(f"UPDATE agents SET {', '.join(c + ' = %s' for c in AGENT_COLS[1:])} WHERE num = %s",
                       (*[getattr(state, c) for c in AGENT_COLS[1:]], p.agent_num))
             new_events = events if len(fresh) == len(events) else new_events_of(events, existing)
-            out.append(BatchResult(new_events=new_events, duplicates=len(events) - len(fresh), state=state,
-                                   counts=counts))
+            out.append(BatchResult(new_events=new_events, duplicates=len(rows) - len(fresh), state=state,
+                                   counts=counts, existing=frozenset(existing)))
         w.commit()
         return out
 

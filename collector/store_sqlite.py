@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from unlinkwatch.collector.ingest import (
     IDENT_COLUMNS,
     MAX_AGENT_NUM,
     AgentState,
+    EventRow,
     IdentKey,
     account,
     apply_identity,
@@ -55,13 +57,39 @@ CREATE TABLE IF NOT EXISTS alerts (rowid_ INTEGER PRIMARY KEY, alert_id INTEGER 
   data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS alerts_time ON alerts (time_ns);
 """
-INSERT_EVENTS = (f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
-                 f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
+ROWS_PER_INSERT = 512  # rows per INSERT statement; see insert_rows
+
+
+def _insert_sql(n: int) -> str:
+    one = f"({', '.join('?' * len(EVENT_COLUMNS))})"
+    return f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) VALUES {', '.join([one] * n)}"
+
+
+INSERT_EVENTS = _insert_sql(1)
+INSERT_EVENTS_MANY = _insert_sql(ROWS_PER_INSERT)
+
+
+def insert_rows(conn: sqlite3.Connection, rows: Sequence[EventRow]) -> None:
+    """Insert rows, ROWS_PER_INSERT per statement. One row per statement spends about as long in the
+    sqlite3 module's per-row work as in SQLite, and each statement gives up and takes back the GIL, which
+    the busy stream threads then make it wait for; a statement of 512 rows does both once."""
+    full = len(rows) - len(rows) % ROWS_PER_INSERT
+    if full:
+        chain = itertools.chain.from_iterable
+        conn.executemany(INSERT_EVENTS_MANY,
+                         (tuple(chain(rows[i:i + ROWS_PER_INSERT])) for i in range(0, full, ROWS_PER_INSERT)))
+    if full < len(rows):
+        conn.executemany(INSERT_EVENTS, rows[full:])
+
+
 IDENT_WHERE = " AND ".join(f"{c} = ?" for c in IDENT_COLUMNS)
 
 
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    # 16 KiB pages for a new file (no effect on an existing one): an index insert rewrites whole pages into the
+    # WAL, and with bigger pages a commit touches fewer of them; measured +30% store throughput over 4 KiB.
+    conn.execute("PRAGMA page_size=16384")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes, fast commits
     conn.execute("PRAGMA cache_size=-262144")
@@ -77,7 +105,7 @@ class SqliteStore(BatchCommits, SqlReads):
     def _ident_in(nums: list[int]) -> tuple[str, list[object]]:
         return f"ident IN ({', '.join('?' * len(nums))})", list(nums)
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, checkpoints: bool = True) -> None:
         self.path = path
         try:
             self._w = _connect(path)
@@ -92,8 +120,11 @@ class SqliteStore(BatchCommits, SqlReads):
         self._reg: sqlite3.Connection | None = None
         self._load_caches()
         self._closing = threading.Event()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True)
-        self._checkpointer.start()
+        self._checkpointer: threading.Thread | None = None
+        if checkpoints:
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="sqlite-checkpoint",
+                                                  daemon=True)
+            self._checkpointer.start()
 
     def _checkpoint_loop(self) -> None:
         conn = _connect(self.path)
@@ -198,7 +229,7 @@ class SqliteStore(BatchCommits, SqlReads):
                 rows = [r for r in rows if r[0] not in existing]
                 counts = row_counts(rows)
         before = w.total_changes
-        w.executemany(INSERT_EVENTS, rows)
+        insert_rows(w, rows)
         stored = w.total_changes - before  # repeats inside one batch are ignored too
         for upd in batch.identity_updates:
             self._apply_update(upd)
@@ -206,7 +237,8 @@ class SqliteStore(BatchCommits, SqlReads):
         w.execute(f"UPDATE agents SET {', '.join(c + ' = ?' for c in AGENT_COLS[1:])} WHERE num = ?",
                   (*[getattr(state, c) for c in AGENT_COLS[1:]], p.agent_num))
         new_events = events if stored == len(events) else new_events_of(events, existing)
-        return BatchResult(new_events=new_events, duplicates=len(events) - stored, state=state, counts=counts)
+        return BatchResult(new_events=new_events, duplicates=len(p.rows) - stored, state=state, counts=counts,
+                           existing=frozenset(existing))
 
     def _apply_update(self, upd: pb.IdentityUpdate) -> None:
         conds = [(c, v) for c, v in (("pod_uid", upd.pod_uid), ("container_id", upd.container_id)) if v]
@@ -232,7 +264,7 @@ class SqliteStore(BatchCommits, SqlReads):
             self._begin()
             try:
                 before = self._w.total_changes
-                self._w.executemany(INSERT_EVENTS, rows)
+                insert_rows(self._w, rows)
                 self._w.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -273,7 +305,8 @@ class SqliteStore(BatchCommits, SqlReads):
 
     def close(self) -> None:
         self._closing.set()
-        self._checkpointer.join(timeout=10)
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=10)
         with self._wlock:
             for c in self._readers:
                 c.close()

@@ -12,9 +12,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-from unlinkwatch.collector.store import BatchResult, Prepared, Store
+from unlinkwatch.collector.store import BatchResult, CommitOutcome, Prepared, Store
 
 log = logging.getLogger("unlinkwatch.collector")
 GROUP_EVENTS = 32_768  # events per transaction at most (a batch is never split)
@@ -23,8 +24,9 @@ _Item = tuple[Prepared, "Future[BatchResult]"]
 
 
 class GroupWriter:
-    def __init__(self, store: Store, group_events: int = GROUP_EVENTS) -> None:
-        self._store = store
+    def __init__(self, store: Store, group_events: int = GROUP_EVENTS,
+                 commit: Callable[[Sequence[Prepared], int], list[CommitOutcome]] | None = None) -> None:
+        self._commit_prepared = commit or store.commit_prepared  # or a CommitProcess's
         self._group_events = group_events
         self._q: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -67,7 +69,7 @@ class GroupWriter:
 
     def _commit(self, group: list[_Item]) -> None:
         try:
-            results = self._store.commit_prepared([p for p, _ in group], time.time_ns())
+            results = self._commit_prepared([p for p, _ in group], time.time_ns())
         except BaseException as e:  # the store failed as a whole: every batch of the group fails
             log.exception("ingest commit failed")
             for _, fut in group:

@@ -10,22 +10,30 @@ import pytest
 
 from tests.support.eventgen import T0, batches, events, pod_uid
 from tests.support.postgres import PostgresCluster, postgres_server  # noqa: F401 - session fixture
+from unlinkwatch.collector.commitproc import CommitProcess
 from unlinkwatch.collector.store import Cursor, EventFilter, Store, open_store
 from unlinkwatch.pb import events_pb2 as pb
 
 NOW = T0 + 10**15
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "sqlite, commits in a child", "postgres, commits in a child"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path}/events.db")
+    """The store; in the "child" cases its write transactions run in a CommitProcess, as in the collector."""
+    if request.param.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path}/events.db"
     else:
         cluster: PostgresCluster = request.getfixturevalue("postgres_server")
-        s = open_store(cluster.new_database())
+        url = cluster.new_database()
+    s = open_store(url)
+    child = CommitProcess(url) if "child" in request.param else None
+    if child is not None:
+        s.commit_prepared = child.commit_prepared  # type: ignore[method-assign]  # commit_batch uses it too
     try:
         yield s
     finally:
+        if child is not None:
+            child.close()
         s.close()
 
 
