@@ -101,8 +101,13 @@ def run_e2e(args: argparse.Namespace, binary: Path, report: Report) -> None:
             return
         try:
             for rate in args.rates:
-                point = overhead.paced_point(pipe, binary, fsdir, tmp, rate, int(rate * seconds),
-                                             workers=args.e2e_workers)
+                try:
+                    point = overhead.paced_point(pipe, binary, fsdir, tmp, rate, int(rate * seconds),
+                                                 workers=args.e2e_workers)
+                except workload.WorkloadError as e:
+                    rows.append([f"{rate:,.0f}", f"workload failed: {e}", "", "", "", "", ""])
+                    print(f"  e2e {rate:,.0f}/s: workload failed: {e}", file=sys.stderr)
+                    break
                 raw.append(point)
                 lost = point.get("agent_lost") or {}
                 rows.append([f"{rate:,.0f}", point["achieved_per_s"], f"{point['stored']:,} / {point['n']:,}",

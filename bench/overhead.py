@@ -329,8 +329,15 @@ def paced_point(pipe: UnlinkwatchPipeline, binary: Path, fsdir: Path, tmp: Path,
     prefix = workload.new_prefix()
     ts_base = tmp / f"ts-{prefix}"
     box: dict[str, workload.WorkloadResult] = {}
-    runner = threading.Thread(target=lambda: box.update(
-        r=workload.run(binary, n, fsdir, workers=workers, rate=rate, prefix=prefix, timestamps=ts_base)))
+    failed: list[workload.WorkloadError] = []
+
+    def deleter() -> None:
+        try:
+            box["r"] = workload.run(binary, n, fsdir, workers=workers, rate=rate, prefix=prefix, timestamps=ts_base)
+        except workload.WorkloadError as e:
+            failed.append(e)
+
+    runner = threading.Thread(target=deleter)
     runner.start()
     seen: dict[str, int] = {}
     needle = f"/{prefix}-".encode()
@@ -351,6 +358,8 @@ def paced_point(pipe: UnlinkwatchPipeline, binary: Path, fsdir: Path, tmp: Path,
     finally:
         conn.close()
         runner.join()
+    if failed:
+        raise failed[0]
     stamps = workload.read_timestamps(ts_base, workers)
     lat_ms = [(seen[k] - stamps[k]) / 1e6 for k in seen if k in stamps]
     result = box.get("r")

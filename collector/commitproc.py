@@ -8,6 +8,9 @@ pickled over a pipe), the child runs the store's commit_prepared on its own conn
 per batch, the accounting result or the exception. Acks still follow the commit: the parent resolves a
 batch only once the child has answered for the transaction that holds it.
 
+SQLite gets one child (one writer at a time); PostgreSQL gets two, so one group copies while the other
+commits (its accounting locks the agents' rows in name order, so the two never deadlock).
+
 If the child dies, the group in flight fails (its streams end with an error, their agents resend and the
 store deduplicates) and the next group starts a new child. The child exits when its input closes, which
 includes the parent dying."""

@@ -42,9 +42,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         engine.start()
         closers.insert(0, engine.close)
-        committer = CommitProcess(args.db or DEFAULT_DB)
-        closers.insert(0, committer.close)
-        service = CollectorService(store, engine, metrics, commit=committer.commit_prepared)
+        url = args.db or DEFAULT_DB
+        committers = [CommitProcess(url) for _ in range(1 if url.startswith("sqlite") else 2)]
+        closers[:0] = [c.close for c in committers]
+        service = CollectorService(store, engine, metrics, commits=[c.commit_prepared for c in committers])
         closers.insert(0, service.close)  # after the server stopped: commits what streams had queued
         try:
             server, port, health = build_server(args.listen, service, creds, args.token)

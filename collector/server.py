@@ -21,13 +21,11 @@ from unlinkwatch.collector.metrics import CollectorMetrics
 from unlinkwatch.collector.store import (
     MAX_QUERY_LIMIT,
     BatchResult,
-    CommitOutcome,
     Cursor,
     EventFilter,
-    Prepared,
     Store,
 )
-from unlinkwatch.collector.writer import GroupWriter
+from unlinkwatch.collector.writer import CommitFn, GroupWriter
 from unlinkwatch.eventjson import OP_NAMES
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.protowire import varint
@@ -58,11 +56,11 @@ class AlertEvaluator(Protocol):
 
 class CollectorService:
     def __init__(self, store: Store, alerts: AlertEvaluator, metrics: CollectorMetrics,
-                 commit: Callable[[Sequence[Prepared], int], list[CommitOutcome]] | None = None) -> None:
-        """`commit`: runs the write transactions (a CommitProcess's commit_prepared); the store's own by default."""
+                 commits: Sequence[CommitFn] = ()) -> None:
+        """`commits`: what runs the write transactions (CommitProcess children); the store itself by default."""
         self._store, self._alerts, self._m = store, alerts, metrics
         self._gaps: dict[str, int] = {}
-        self._writer = GroupWriter(store, commit=commit)
+        self._writer = GroupWriter(store, commits=commits)
 
     def close(self) -> None:
         """Commit what the streams have queued; call after the server stopped, before the store closes."""

@@ -169,11 +169,12 @@ class PostgresStore(BatchCommits, SqlReads):
 
     def _commit(self, items: Sequence[Prepared], now_ns: int) -> list[CommitOutcome]:
         """The batches in order in one transaction, each as if alone (its dedup check sees the rows of the
-        batches before it), then one commit."""
+        batches before it), then one commit. Rows are copied first; the agents' rows are locked after, all
+        at once in name order, so two groups in flight (two writers) never wait on each other in a cycle."""
         w = self._w
-        out: list[CommitOutcome] = []
+        copied: list[tuple[Prepared, int, dict[tuple[int, bool], int], set[int]]] = []
         for p in items:
-            batch, events, rows = p.batch, p.batch.events, p.rows
+            rows = p.rows
             existing: set[int] = set()
             if rows:
                 existing = {i for (i,) in w.execute("SELECT id FROM events WHERE id BETWEEN %s AND %s",
@@ -188,17 +189,23 @@ class PostgresStore(BatchCommits, SqlReads):
                         fresh.append(r)
                 counts = row_counts(fresh)
             self._copy(fresh)
-            for upd in batch.identity_updates:
+            for upd in p.batch.identity_updates:
                 self._apply_update(upd)
-            row = w.execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents WHERE agent = %s FOR UPDATE",
-                            (batch.agent,)).fetchone()
-            state = account(AgentState(*row) if row else AgentState(agent=batch.agent), batch, len(fresh), now_ns,
-                            p.top_seq)
-            w.execute(f"UPDATE agents SET {', '.join(c + ' = %s' for c in AGENT_COLS[1:])} WHERE num = %s",
-                      (*[getattr(state, c) for c in AGENT_COLS[1:]], p.agent_num))
-            new_events = events if len(fresh) == len(events) else new_events_of(events, existing)
-            out.append(BatchResult(new_events=new_events, duplicates=len(rows) - len(fresh), state=state,
+            copied.append((p, len(fresh), counts, existing))
+        names = sorted({p.batch.agent for p in items})
+        states = {r[0]: AgentState(*r) for r in w.execute(
+            f"SELECT {', '.join(AGENT_COLS)} FROM agents WHERE agent = ANY(%s) ORDER BY agent FOR UPDATE", (names,))}
+        out: list[CommitOutcome] = []
+        for p, stored, counts, existing in copied:
+            batch, events = p.batch, p.batch.events
+            state = account(states.get(batch.agent) or AgentState(agent=batch.agent), batch, stored, now_ns, p.top_seq)
+            states[batch.agent] = state
+            new_events = events if stored == len(events) else new_events_of(events, existing)
+            out.append(BatchResult(new_events=new_events, duplicates=len(p.rows) - stored, state=state,
                                    counts=counts, existing=frozenset(existing)))
+        for name, st in states.items():
+            w.execute(f"UPDATE agents SET {', '.join(c + ' = %s' for c in AGENT_COLS[1:])} WHERE agent = %s",
+                      (*[getattr(st, c) for c in AGENT_COLS[1:]], name))
         w.commit()
         return out
 

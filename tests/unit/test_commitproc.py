@@ -10,9 +10,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.eventgen import batches
+from tests.support.postgres import PostgresCluster, postgres_server  # noqa: F401 - session fixture
 from unlinkwatch.collector.commitproc import CommitProcess
 from unlinkwatch.collector.store import BatchResult, Prepared, open_store
+from unlinkwatch.collector.writer import GroupWriter
 
 NOW = 1_800_000_000_000_000_000
 
@@ -64,3 +68,28 @@ def test_closing_the_commit_process_ends_the_child(tmp_path: Path) -> None:
     assert proc is not None
     child.close()
     assert proc.poll() == 0
+
+
+def test_two_groups_in_flight_on_postgresql_store_every_event_once_and_account_each_agent_exactly(
+        request: pytest.FixtureRequest) -> None:
+    cluster: PostgresCluster = request.getfixturevalue("postgres_server")
+    url = cluster.new_database()
+    store = open_store(url)
+    children = [CommitProcess(url), CommitProcess(url)]
+    writer = GroupWriter(store, group_events=300, commits=[c.commit_prepared for c in children])
+    try:
+        agents = [f"node-{k}:1" for k in range(3)]
+        per_agent = [list(batches(a, 2000, 100)) for a in agents]
+        sent = [b for round_ in zip(*per_agent, strict=True) for b in round_]  # agents interleaved
+        sent += per_agent[1][5:8]  # an agent resending batches: duplicates, possibly while the first is in flight
+        futures = [writer.submit(store.prepare(b)) for b in sent]
+        results = [f.result(60) for f in futures]
+        assert sum(len(r.new_events) for r in results) == 6000
+        assert sum(r.duplicates for r in results) == 300
+        assert store.count() == 6000
+        assert {(a.agent, a.events, a.max_seq, a.gaps) for a in store.agents()} == {(a, 2000, 2000, 0) for a in agents}
+    finally:
+        writer.close()
+        for c in children:
+            c.close()
+        store.close()
