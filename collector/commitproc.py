@@ -102,6 +102,8 @@ class CommitProcess:
     def commit_prepared(self, items: Sequence[Prepared], now_ns: int) -> list[CommitOutcome]:
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
+                if self._proc is not None:
+                    log.warning("the commit process ended (exit code %s); starting a new one", self._proc.returncode)
                 self._start()
             proc = self._proc
             assert proc is not None and proc.stdin is not None and proc.stdout is not None
@@ -115,6 +117,7 @@ class CommitProcess:
                 with contextlib.suppress(Exception):
                     proc.kill()
                     proc.wait(5)
+                log.warning("the commit process ended (exit code %s) during a commit; its batches are not acked", code)
                 raise RuntimeError(f"the commit process ended (exit code {code}); this group was not acked") \
                     from None
         if isinstance(answers, tuple):  # the group failed as a whole
