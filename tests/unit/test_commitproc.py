@@ -70,12 +70,17 @@ def test_closing_the_commit_process_ends_the_child(tmp_path: Path) -> None:
     assert proc.poll() == 0
 
 
-def test_two_groups_in_flight_on_postgresql_store_every_event_once_and_account_each_agent_exactly(
-        request: pytest.FixtureRequest) -> None:
-    cluster: PostgresCluster = request.getfixturevalue("postgres_server")
-    url = cluster.new_database()
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_groups_in_flight_as_the_collector_runs_them_store_every_event_once_and_account_each_agent_exactly(
+        request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
+    """As the collector: SQLite one child, PostgreSQL two, one writer thread each."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/events.db"
+    else:
+        cluster: PostgresCluster = request.getfixturevalue("postgres_server")
+        url = cluster.new_database()
     store = open_store(url)
-    children = [CommitProcess(url), CommitProcess(url)]
+    children = [CommitProcess(url) for _ in range(1 if backend == "sqlite" else 2)]
     writer = GroupWriter(store, group_events=300, commits=[c.commit_prepared for c in children])
     try:
         agents = [f"node-{k}:1" for k in range(3)]
