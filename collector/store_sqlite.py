@@ -311,10 +311,10 @@ class SqliteStore(BatchCommits, SqlReads):
             for c in self._readers:
                 c.close()
             self._readers.clear()
-            if self._reg is not None:
-                self._reg.close()
+            with self._reglock:  # not while a stream thread registers an identity on it (sqlite3 would crash)
+                if self._reg is not None:
+                    self._reg.close()
             self._w.close()
-
 
 
 def new_events_of(events: Sequence[pb.DeletionEvent], existing_ids: set[int]) -> list[pb.DeletionEvent]:

@@ -3,6 +3,9 @@ filters, paging, retention and alert history."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,3 +230,28 @@ def test_events_are_stored_as_the_bytes_they_arrived_in(store: Store) -> None:
     got = store.query(EventFilter(), None, 10)[0][0]
     got.DiscardUnknownFields()
     assert got == full_event(1)
+
+
+def test_closing_the_sqlite_store_while_a_stream_thread_registers_an_identity_waits_for_it(tmp_path: Path) -> None:
+    s = open_store(f"sqlite:///{tmp_path}/events.db")
+    blocker = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the registration waits for this write lock
+    outcome: list[object] = []
+
+    def prepare() -> None:
+        try:
+            outcome.append(s.prepare(batch(events("node-a:1", 1, 10))))
+        except Exception as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=prepare)
+    t.start()
+    time.sleep(0.3)
+    closer = threading.Thread(target=s.close)
+    closer.start()
+    time.sleep(0.3)
+    blocker.execute("ROLLBACK")
+    t.join(30)
+    closer.join(30)
+    blocker.close()
+    assert not t.is_alive() and not closer.is_alive() and len(outcome) == 1  # and the process is still alive
