@@ -15,6 +15,7 @@ from tests.support.eventgen import T0, batches, events, pod_uid
 from tests.support.postgres import PostgresCluster, postgres_server  # noqa: F401 - session fixture
 from unlinkwatch.collector.commitproc import CommitProcess
 from unlinkwatch.collector.store import Cursor, EventFilter, Store, open_store
+from unlinkwatch.collector.store_sqlite import SqliteStore
 from unlinkwatch.pb import events_pb2 as pb
 
 NOW = T0 + 10**15
@@ -255,3 +256,19 @@ def test_closing_the_sqlite_store_while_a_stream_thread_registers_an_identity_wa
     closer.join(30)
     blocker.close()
     assert not t.is_alive() and not closer.is_alive() and len(outcome) == 1  # and the process is still alive
+
+
+def test_the_sqlite_wal_stays_bounded_under_constant_ingest(tmp_path: Path) -> None:
+    """PASSIVE checkpoints alone never catch up with a writer that never pauses, and the WAL grew without
+    bound; past the limit a RESTART checkpoint lets the next commit start the WAL over."""
+    db = tmp_path / "events.db"
+    s = SqliteStore(str(db), checkpoint_every_s=0.05, wal_restart_bytes=2 << 20)
+    try:
+        largest = 0
+        for b in batches("node-a:1", 60_000, 1500):
+            s.commit_batch(b, NOW)
+            largest = max(largest, (tmp_path / "events.db-wal").stat().st_size)
+        assert s.count() == 60_000
+        assert largest < 24 << 20, f"WAL reached {largest >> 20} MiB"
+    finally:
+        s.close()
