@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.peers import cpu_seconds
 from tests.support.collector import free_port, start_subprocess
 from tests.support.eventgen import batches
 from unlinkwatch.collector.store import open_store
@@ -37,8 +38,17 @@ def store_alone(db: str, n: int) -> tuple[float, float]:
         store.close()
 
 
-def through_grpc(db: str, n: int, streams: int) -> float:
-    """K agents (streams) each send n/K events as 4096-event batches, pre-serialized, acks awaited."""
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def through_grpc(db: str, n: int, streams: int) -> tuple[float, dict[str, float]]:
+    """K agents (streams) each send n/K events as 4096-event batches, pre-serialized, acks awaited.
+    Returns events/s and the CPU microseconds per event of the collector, its commit processes and this
+    load client during the run (all on the same machine)."""
     from unlinkwatch.pb import events_pb2 as pb
 
     per = n // streams
@@ -56,14 +66,20 @@ def through_grpc(db: str, n: int, streams: int) -> float:
 
     try:
         threads = [threading.Thread(target=agent, args=(k,)) for k in range(streams)]
+        kids = _children(proc.pid)
+        before = (cpu_seconds(proc.pid), sum(cpu_seconds(k) for k in kids), time.process_time())
         t = time.perf_counter()
         for th in threads:
             th.start()
         for th in threads:
             th.join()
         dt = time.perf_counter() - t
+        after = (cpu_seconds(proc.pid), sum(cpu_seconds(k) for k in kids), time.process_time())
         assert sum(acked) == per * streams, f"stored {sum(acked)} of {per * streams}"
-        return per * streams / dt
+        total = per * streams
+        split = {name: (a - b) / total * 1e6 for name, a, b in zip(("collector", "commit", "client"), after, before,
+                                                                    strict=True)}
+        return total / dt, split
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -94,9 +110,10 @@ def main() -> None:
                 alone, per_cpu = store_alone(new_db(), args.events)
                 print(f"ingest {name:8s} store alone      {alone:10,.0f} events/s  ({args.events:,} events; "
                       f"{per_cpu:,.0f} per CPU-second of the collector process)")
-                rpc = through_grpc(new_db(), args.events, args.streams)
+                rpc, cpu = through_grpc(new_db(), args.events, args.streams)
                 print(f"ingest {name:8s} gRPC Ingest x{args.streams}    {rpc:10,.0f} events/s  "
-                      f"({args.events:,} events, collector process, acks awaited)")
+                      f"({args.events:,} events, collector process, acks awaited; CPU us/event: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()) + ")")
             finally:
                 stop()
 
