@@ -159,14 +159,14 @@ class SqlReads:
 
 class BatchCommits:
     """What both stores share around commit_prepared(): rows built outside the write lock, and a single
-    batch committed as a group of one. A store supplies _agent_num, _idents, _new_ident, commit_prepared."""
+    batch committed as a group of one. A store supplies _agent_num, _idents, _new_idents, commit_prepared."""
 
     _idents: dict[IdentKey, int]
 
     def _agent_num(self, agent: str) -> int:
         raise NotImplementedError
 
-    def _new_ident(self, key: IdentKey) -> int:
+    def _new_idents(self, keys: list[IdentKey]) -> dict[IdentKey, int]:
         raise NotImplementedError
 
     def commit_prepared(self, items: Sequence[Prepared], now_ns: int) -> list[CommitOutcome]:
@@ -174,7 +174,7 @@ class BatchCommits:
 
     def prepare(self, batch: pb.EventBatch, blobs: Sequence[bytes] | None = None) -> Prepared:
         num = self._agent_num(batch.agent)
-        return Prepared.of(batch, num, event_rows(num, batch.events, self._idents, self._new_ident, blobs))
+        return Prepared.of(batch, num, event_rows(num, batch.events, self._idents, self._new_idents, blobs))
 
     def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
         res = self.commit_prepared([self.prepare(batch)], now_ns)[0]  # rows built outside the lock

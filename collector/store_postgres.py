@@ -113,9 +113,10 @@ class PostgresStore(BatchCommits, SqlReads):
                 self._agent_nums[agent] = num
         return num
 
-    def _new_ident(self, key: IdentKey) -> int:
+    def _new_idents(self, keys: list[IdentKey]) -> dict[IdentKey, int]:
         with self._reglock:
-            return self._insert_ident(self._registry(), key, cache=True)
+            reg = self._registry()
+            return {k: self._insert_ident(reg, k, cache=True) for k in keys}
 
     def _insert_ident(self, conn: psycopg.Connection[Any], key: IdentKey, cache: bool) -> int:
         conn.execute(f"INSERT INTO idents ({', '.join(IDENT_COLUMNS)}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
@@ -230,7 +231,7 @@ class PostgresStore(BatchCommits, SqlReads):
                                          changed)
 
     def bulk_insert(self, agent: str, events: Sequence[pb.DeletionEvent]) -> int:
-        rows = event_rows(self._agent_num(agent), events, self._idents, self._new_ident)
+        rows = event_rows(self._agent_num(agent), events, self._idents, self._new_idents)
         with self._wlock:
             try:
                 self._copy(rows)

@@ -173,13 +173,22 @@ class SqliteStore(BatchCommits, SqlReads):
                 self._agent_nums[agent] = num
         return num
 
-    def _new_ident(self, key: IdentKey) -> int:
+    def _new_idents(self, keys: list[IdentKey]) -> dict[IdentKey, int]:
+        """One write transaction for all of a batch's new identities: each transaction waits for the write
+        lock, which the commit process holds for most of the time under load."""
         with self._reglock:
             reg = self._registry()
-            reg.execute(f"INSERT OR IGNORE INTO idents ({', '.join(IDENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)", key)
-            num = int(reg.execute(f"SELECT num FROM idents WHERE {IDENT_WHERE}", key).fetchone()[0])
-            self._idents[key] = num
-            return num
+            reg.execute("BEGIN IMMEDIATE")
+            try:
+                reg.executemany(f"INSERT OR IGNORE INTO idents ({', '.join(IDENT_COLUMNS)}) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?)", keys)
+                reg.execute("COMMIT")
+            except BaseException:
+                reg.execute("ROLLBACK")
+                raise
+            out = {k: int(reg.execute(f"SELECT num FROM idents WHERE {IDENT_WHERE}", k).fetchone()[0]) for k in keys}
+            self._idents.update(out)
+            return out
 
     def _ident_in_tx(self, key: IdentKey) -> int:
         num = self._idents.get(key)
@@ -272,7 +281,7 @@ class SqliteStore(BatchCommits, SqlReads):
         self._w.executemany("UPDATE events SET ident = ?, identity = ?, data = ? WHERE id = ?", changed)
 
     def bulk_insert(self, agent: str, events: Sequence[pb.DeletionEvent]) -> int:
-        rows = event_rows(self._agent_num(agent), events, self._idents, self._new_ident)
+        rows = event_rows(self._agent_num(agent), events, self._idents, self._new_idents)
         with self._wlock:
             self._begin()
             try:
