@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -151,6 +152,9 @@ def _result(p: Prepared, answer: tuple[Any, ...]) -> CommitOutcome:
 
 
 def main(argv: Sequence[str]) -> int:
+    # Ctrl-C in a terminal reaches the whole process group: the parent stops the collector and then closes
+    # our input, and until then we still commit what it sends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but answers on the pipe
     store = open_store(argv[0], background=False)
