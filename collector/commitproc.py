@@ -88,14 +88,15 @@ class CommitProcess:
         self._start()
 
     def _start(self) -> None:
-        proc = subprocess.Popen([sys.executable, "-m", "unlinkwatch.collector.commitproc", self._url],
+        proc = subprocess.Popen([sys.executable, "-m", "unlinkwatch.collector.commitproc"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-        assert proc.stdout is not None
+        assert proc.stdin is not None and proc.stdout is not None
         try:
+            _send(proc.stdin, self._url)  # over the pipe, not argv: a PostgreSQL URL may hold a password
             if _recv(proc.stdout) != READY:
                 raise EOFError
-        except EOFError:
+        except (EOFError, OSError):
             code = proc.wait(10)
             raise RuntimeError(f"the commit process did not start (exit code {code})") from None
         self._proc = proc
@@ -151,13 +152,17 @@ def _result(p: Prepared, answer: tuple[Any, ...]) -> CommitOutcome:
                        existing=existing)
 
 
-def main(argv: Sequence[str]) -> int:
+def main() -> int:
     # Ctrl-C in a terminal reaches the whole process group: the parent stops the collector and then closes
     # our input, and until then we still commit what it sends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but answers on the pipe
-    store = open_store(argv[0], background=False)
+    try:
+        url = _recv(inp)
+    except EOFError:
+        return 1
+    store = open_store(url, background=False)
     try:
         _send(out, READY)
         while True:
@@ -177,4 +182,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())
