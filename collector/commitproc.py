@@ -31,8 +31,7 @@ from dataclasses import astuple
 from typing import IO, Any
 
 from unlinkwatch.collector.ingest import AgentState
-from unlinkwatch.collector.store import BatchResult, CommitOutcome, Prepared, open_store
-from unlinkwatch.collector.store_sqlite import new_events_of
+from unlinkwatch.collector.store import BatchResult, CommitOutcome, Prepared, new_events_of, open_store
 from unlinkwatch.pb import events_pb2 as pb
 
 log = logging.getLogger("unlinkwatch.collector")
@@ -147,7 +146,7 @@ def _result(p: Prepared, answer: tuple[Any, ...]) -> CommitOutcome:
         return err
     _, duplicates, state, counts, existing = answer
     events = p.batch.events
-    new_events = events if not duplicates else new_events_of(events, set(existing))
+    new_events = new_events_of(events, len(events) - duplicates, existing)
     return BatchResult(new_events=new_events, duplicates=duplicates, state=AgentState(*state), counts=counts,
                        existing=existing)
 

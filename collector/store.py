@@ -6,11 +6,11 @@ Query order: oldest first by (time, storage id), which reads naturally for "what
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from unlinkwatch.collector.ingest import MAX_SEQ, AgentState, EventRow, IdentKey, event_rows
+from unlinkwatch.collector.ingest import MAX_SEQ, AgentState, EventRow, IdentKey, event_rows, seq_of
 from unlinkwatch.errors import UserError
 from unlinkwatch.pathglob import compile_glob, literal_prefix
 from unlinkwatch.pb import events_pb2 as pb
@@ -49,6 +49,21 @@ class Prepared:
     @property
     def top_seq(self) -> int:
         return self.hi & MAX_SEQ
+
+
+def new_events_of(events: Sequence[pb.DeletionEvent], stored: int,
+                  existing_ids: Set[int]) -> Sequence[pb.DeletionEvent]:
+    """The events of a batch that were new: not stored before and not a repeat inside the batch. When all
+    `stored` were (the usual case), the batch's own list, not a copy."""
+    if stored == len(events):
+        return events
+    skip = {seq_of(i) for i in existing_ids}
+    out = []
+    for ev in events:
+        if ev.seq not in skip:
+            skip.add(ev.seq)
+            out.append(ev)
+    return out
 
 
 def row_counts(rows: Sequence[EventRow]) -> dict[tuple[int, bool], int]:

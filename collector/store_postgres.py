@@ -27,9 +27,9 @@ from unlinkwatch.collector.store import (
     CommitOutcome,
     Prepared,
     SqlReads,
+    new_events_of,
     row_counts,
 )
-from unlinkwatch.collector.store_sqlite import new_events_of
 from unlinkwatch.errors import UserError
 from unlinkwatch.pb import events_pb2 as pb
 
@@ -201,7 +201,7 @@ class PostgresStore(BatchCommits, SqlReads):
             batch, events = p.batch, p.batch.events
             state = account(states.get(batch.agent) or AgentState(agent=batch.agent), batch, stored, now_ns, p.top_seq)
             states[batch.agent] = state
-            new_events = events if stored == len(events) else new_events_of(events, existing)
+            new_events = new_events_of(events, stored, existing)
             out.append(BatchResult(new_events=new_events, duplicates=len(p.rows) - stored, state=state,
                                    counts=counts, existing=frozenset(existing)))
         for name, st in states.items():

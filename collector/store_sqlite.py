@@ -18,7 +18,6 @@ from unlinkwatch.collector.ingest import (
     apply_identity,
     event_rows,
     ident_key,
-    seq_of,
 )
 from unlinkwatch.collector.store import (
     AGENT_COLS,
@@ -27,6 +26,7 @@ from unlinkwatch.collector.store import (
     CommitOutcome,
     Prepared,
     SqlReads,
+    new_events_of,
     row_counts,
 )
 from unlinkwatch.errors import UserError
@@ -85,6 +85,9 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[EventRow]) -> None:
 
 
 IDENT_WHERE = " AND ".join(f"{c} = ?" for c in IDENT_COLUMNS)
+INSERT_IDENT = (f"INSERT OR IGNORE INTO idents ({', '.join(IDENT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(IDENT_COLUMNS))})")
+SELECT_IDENT = f"SELECT num FROM idents WHERE {IDENT_WHERE}"
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -180,22 +183,20 @@ class SqliteStore(BatchCommits, SqlReads):
             reg = self._registry()
             reg.execute("BEGIN IMMEDIATE")
             try:
-                reg.executemany(f"INSERT OR IGNORE INTO idents ({', '.join(IDENT_COLUMNS)}) "
-                                "VALUES (?, ?, ?, ?, ?, ?, ?)", keys)
+                reg.executemany(INSERT_IDENT, keys)
                 reg.execute("COMMIT")
             except BaseException:
                 reg.execute("ROLLBACK")
                 raise
-            out = {k: int(reg.execute(f"SELECT num FROM idents WHERE {IDENT_WHERE}", k).fetchone()[0]) for k in keys}
+            out = {k: int(reg.execute(SELECT_IDENT, k).fetchone()[0]) for k in keys}
             self._idents.update(out)
             return out
 
     def _ident_in_tx(self, key: IdentKey) -> int:
         num = self._idents.get(key)
         if num is None:
-            self._w.execute(f"INSERT OR IGNORE INTO idents ({', '.join(IDENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            key)
-            num = int(self._w.execute(f"SELECT num FROM idents WHERE {IDENT_WHERE}", key).fetchone()[0])
+            self._w.execute(INSERT_IDENT, key)
+            num = int(self._w.execute(SELECT_IDENT, key).fetchone()[0])
         return num
 
     def _load_state(self, agent: str) -> AgentState:
@@ -258,7 +259,7 @@ class SqliteStore(BatchCommits, SqlReads):
         state = account(self._load_state(batch.agent), batch, stored, now_ns, p.top_seq)
         w.execute(f"UPDATE agents SET {', '.join(c + ' = ?' for c in AGENT_COLS[1:])} WHERE num = ?",
                   (*[getattr(state, c) for c in AGENT_COLS[1:]], p.agent_num))
-        new_events = events if stored == len(events) else new_events_of(events, existing)
+        new_events = new_events_of(events, stored, existing)
         return BatchResult(new_events=new_events, duplicates=len(p.rows) - stored, state=state, counts=counts,
                            existing=frozenset(existing))
 
@@ -337,14 +338,3 @@ class SqliteStore(BatchCommits, SqlReads):
                 if self._reg is not None:
                     self._reg.close()
             self._w.close()
-
-
-def new_events_of(events: Sequence[pb.DeletionEvent], existing_ids: set[int]) -> list[pb.DeletionEvent]:
-    """The events of a batch that were new: not stored before and not a repeat inside the batch."""
-    skip = {seq_of(i) for i in existing_ids}
-    out = []
-    for ev in events:
-        if ev.seq not in skip:
-            skip.add(ev.seq)
-            out.append(ev)
-    return out
