@@ -173,8 +173,9 @@ class AlertEngine:
                 log.exception("alert rules watcher error")
 
     # --- evaluation and folding ----------------------------------------------------------------------
-    def evaluate(self, events: Sequence[pb.DeletionEvent]) -> None:
-        """Match new events; never blocks on sinks (they have their own queues and threads)."""
+    def evaluate(self, events: Sequence[pb.DeletionEvent], paths: Sequence[bytes] | None = None) -> None:
+        """Match new events (`paths`: theirs, when the caller has them); never blocks on sinks (they have
+        their own queues and threads)."""
         rules = self._rules
         if not rules.rules:
             return
@@ -182,11 +183,9 @@ class AlertEngine:
         now = time.monotonic()
         opened: list[_Group] = []
         closed: list[_Group] = []
+        hits = rules.matching_batch(events, paths)
         with self._lock:
-            for ev in events:
-                matched = rules.matching(ev)
-                if not matched:
-                    continue
+            for ev, matched in hits:
                 actor = fold_key(ev)
                 for rule in matched:
                     key = (rule.name, actor)

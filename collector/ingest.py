@@ -50,16 +50,10 @@ class AgentState:
         return self.events / denom if denom else 1.0
 
 
-def validate_batch(batch: pb.EventBatch) -> None:
+def validate_header(batch: pb.EventBatch) -> None:
+    """What a batch must carry besides its events (those are checked as their rows are built: event_rows)."""
     if not batch.agent:
         raise InvalidBatch("batch without agent id")
-    for ev in batch.events:
-        if ev.agent and ev.agent != batch.agent:
-            raise InvalidBatch(f"event of agent {ev.agent!r} in a batch of {batch.agent!r}")
-        if not 0 < ev.seq <= MAX_SEQ:
-            raise InvalidBatch(f"event sequence number out of range: {ev.seq}")
-        if ev.time_unix_ns > MAX_INT64:
-            raise InvalidBatch(f"event time out of range: {ev.time_unix_ns}")
 
 
 def ident_key(ev: pb.DeletionEvent) -> IdentKey:
@@ -69,8 +63,10 @@ def ident_key(ev: pb.DeletionEvent) -> IdentKey:
 
 def event_rows(agent_num: int, events: Sequence[pb.DeletionEvent], idents: dict[IdentKey, int],
                new_idents: Callable[[list[IdentKey]], dict[IdentKey, int]],
-               blobs: Sequence[bytes] | None = None) -> list[EventRow]:
+               blobs: Sequence[bytes] | None = None, agent: str = "") -> list[EventRow]:
     """Rows in EVENT_COLUMNS order; the hot path of ingest, so attribute reads are kept to the minimum.
+    Each event is checked on the way (InvalidBatch: a sequence number or time out of range, or `agent`
+    given and the event names another): one pass over the events instead of two.
     Identities not numbered yet are registered together, once per batch (`new_idents`: one transaction).
     `blobs`: each event's bytes as received (event_blobs), stored as they are instead of re-serialized."""
     base = agent_num << SEQ_BITS
@@ -81,6 +77,15 @@ def event_rows(agent_num: int, events: Sequence[pb.DeletionEvent], idents: dict[
     if blobs is None or len(blobs) != len(events):
         blobs = [ev.SerializeToString() for ev in events]
     for ev, data in zip(events, blobs, strict=True):
+        seq = ev.seq
+        t = ev.time_unix_ns
+        if not 0 < seq <= MAX_SEQ:
+            raise InvalidBatch(f"event sequence number out of range: {seq}")
+        if t > MAX_INT64:
+            raise InvalidBatch(f"event time out of range: {t}")
+        a = ev.agent
+        if a and agent and a != agent:
+            raise InvalidBatch(f"event of agent {a!r} in a batch of {agent!r}")
         pod = ev.pod
         c = ev.container
         key = (ev.node, pod.uid, pod.namespace, pod.name, pod.workload, c.name, c.id)
@@ -88,7 +93,7 @@ def event_rows(agent_num: int, events: Sequence[pb.DeletionEvent], idents: dict[
         if num is None:
             missing.append((len(rows), key))
             num = 0
-        append((base | ev.seq, ev.time_unix_ns, ev.op, ev.result, ev.path, num, ev.identity, data))
+        append((base | seq, t, ev.op, ev.result, ev.path, num, ev.identity, data))
     if missing:
         nums = new_idents(list(dict.fromkeys(k for _, k in missing)))
         for i, key in missing:

@@ -6,7 +6,7 @@ Pure: no threads, no I/O beyond reading the file. docs/RULES.md describes the fo
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -96,6 +96,22 @@ class RuleSet:
             ks = sorted(set(ks))
         rules, known = self.rules, self._path_known
         return [rules[k] for k in ks if rules[k].matches(ev, known[k])]
+
+    def matching_batch(self, events: Sequence[pb.DeletionEvent],
+                       paths: Sequence[bytes] | None = None) -> list[tuple[pb.DeletionEvent, list[Rule]]]:
+        """(event, the rules it triggers) for each event of a batch that triggers any, in order; `paths`:
+        the events' paths, when the caller has them already. Most events trigger nothing, so the GlobSet
+        first picks the few whose path some rule may match, for a fraction of matching()'s cost per event."""
+        if paths is None:
+            paths = [ev.path for ev in events]
+        picked: Iterable[int] = range(len(events)) if self._anypath else self._globset.candidates(paths)
+        out = []
+        for i in picked:
+            ev = events[i]
+            rules = self.matching(ev)
+            if rules:
+                out.append((ev, rules))
+        return out
 
 
 class _Loader:

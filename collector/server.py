@@ -16,13 +16,14 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from unlinkwatch.collector.ingest import InvalidBatch, agent_info, event_blobs, validate_batch
+from unlinkwatch.collector.ingest import InvalidBatch, agent_info, event_blobs
 from unlinkwatch.collector.metrics import CollectorMetrics
 from unlinkwatch.collector.store import (
     MAX_QUERY_LIMIT,
     BatchResult,
     Cursor,
     EventFilter,
+    Prepared,
     Store,
 )
 from unlinkwatch.collector.writer import CommitFn, GroupWriter
@@ -45,11 +46,11 @@ DEFAULT_QUERY_LIMIT = 1000
 EVENTS_PER_RESPONSE = 1000
 INGEST_WINDOW = 16  # batches of one stream read ahead (parsed, rows built, queued to commit) before their ack
 
-_Pending = tuple[float, pb.EventBatch, "Future[BatchResult]"] | BaseException | None
+_Pending = tuple[float, Prepared, "Future[BatchResult]"] | BaseException | None
 
 
 class AlertEvaluator(Protocol):
-    def evaluate(self, events: Sequence[pb.DeletionEvent]) -> None: ...
+    def evaluate(self, events: Sequence[pb.DeletionEvent], paths: Sequence[bytes] | None = None) -> None: ...
 
     def watch(self, since_unix_ns: int, follow: bool, is_active: Callable[[], bool]) -> Iterator[pb.Alert]: ...
 
@@ -84,15 +85,16 @@ class CollectorService:
                 if isinstance(item, BaseException):
                     self._reject(item, context)
                     raise item
-                t0, batch, fut = item
+                t0, prepared, fut = item
+                batch = prepared.batch
                 try:
                     res = fut.result()
                 except (InvalidBatch, OverflowError) as e:
                     self._reject(e, context, batch.agent)
                     raise
                 self._account(res.state.agent, res.state.node, res)
-                if res.new_events:
-                    self._alerts.evaluate(res.new_events)
+                if res.new_events:  # all new (the usual case): the rows' paths are the events' paths
+                    self._alerts.evaluate(res.new_events, None if res.duplicates else prepared.paths())
                 self._m.ingest_latency.observe(time.perf_counter() - t0)
                 yield pb.Ack(batch_id=batch.batch_id, stored=len(batch.events) - res.duplicates,
                              duplicates=res.duplicates)
@@ -124,13 +126,12 @@ class CollectorService:
                 else:
                     batch, blobs = req, None
                 try:
-                    validate_batch(batch)
                     prepared = self._store.prepare(batch, blobs)
                 except (InvalidBatch, OverflowError) as e:
                     log.warning("rejected batch", extra={"fields": {"agent": batch.agent, "error": str(e)}})
                     put(e)
                     return
-                if not put((t0, batch, self._writer.submit(prepared))):
+                if not put((t0, prepared, self._writer.submit(prepared))):
                     return
         except BaseException as e:  # a bad message, a broken stream, or the RPC ended under us
             put(e)

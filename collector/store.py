@@ -10,7 +10,15 @@ from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from unlinkwatch.collector.ingest import MAX_SEQ, AgentState, EventRow, IdentKey, event_rows, seq_of
+from unlinkwatch.collector.ingest import (
+    MAX_SEQ,
+    AgentState,
+    EventRow,
+    IdentKey,
+    event_rows,
+    seq_of,
+    validate_header,
+)
 from unlinkwatch.errors import UserError
 from unlinkwatch.pathglob import compile_glob, literal_prefix
 from unlinkwatch.pb import events_pb2 as pb
@@ -45,6 +53,9 @@ class Prepared:
             return cls(batch, agent_num, rows)
         ids = [r[0] for r in rows]
         return cls(batch, agent_num, rows, min(ids), max(ids), row_counts(rows))
+
+    def paths(self) -> list[bytes]:
+        return [r[4] for r in self.rows]
 
     @property
     def top_seq(self) -> int:
@@ -188,8 +199,11 @@ class BatchCommits:
         raise NotImplementedError
 
     def prepare(self, batch: pb.EventBatch, blobs: Sequence[bytes] | None = None) -> Prepared:
+        """Raises InvalidBatch for a batch that breaks the protocol (nothing of it is stored)."""
+        validate_header(batch)
         num = self._agent_num(batch.agent)
-        return Prepared.of(batch, num, event_rows(num, batch.events, self._idents, self._new_idents, blobs))
+        return Prepared.of(batch, num, event_rows(num, batch.events, self._idents, self._new_idents, blobs,
+                                                  batch.agent))
 
     def commit_batch(self, batch: pb.EventBatch, now_ns: int) -> BatchResult:
         res = self.commit_prepared([self.prepare(batch)], now_ns)[0]  # rows built outside the lock

@@ -231,7 +231,7 @@ class PostgresStore(BatchCommits, SqlReads):
                                          changed)
 
     def bulk_insert(self, agent: str, events: Sequence[pb.DeletionEvent]) -> int:
-        rows = event_rows(self._agent_num(agent), events, self._idents, self._new_idents)
+        rows = event_rows(self._agent_num(agent), events, self._idents, self._new_idents, agent=agent)
         with self._wlock:
             try:
                 self._copy(rows)

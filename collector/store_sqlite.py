@@ -282,7 +282,7 @@ class SqliteStore(BatchCommits, SqlReads):
         self._w.executemany("UPDATE events SET ident = ?, identity = ?, data = ? WHERE id = ?", changed)
 
     def bulk_insert(self, agent: str, events: Sequence[pb.DeletionEvent]) -> int:
-        rows = event_rows(self._agent_num(agent), events, self._idents, self._new_idents)
+        rows = event_rows(self._agent_num(agent), events, self._idents, self._new_idents, agent=agent)
         with self._wlock:
             self._begin()
             try:

@@ -30,7 +30,8 @@ class RecordingAlerts:
         self.evaluated: list[pb.DeletionEvent] = []
         self._lock = threading.Lock()
 
-    def evaluate(self, events: Sequence[pb.DeletionEvent]) -> None:
+    def evaluate(self, events: Sequence[pb.DeletionEvent], paths: Sequence[bytes] | None = None) -> None:
+        assert paths is None or paths == [ev.path for ev in events]
         with self._lock:
             self.evaluated.extend(events)
 

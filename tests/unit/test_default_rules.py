@@ -56,3 +56,14 @@ def test_the_configmap_ships_the_same_default_pack() -> None:
     assert doc["kind"] == "ConfigMap"
     assert doc["metadata"] == {**doc["metadata"], "name": "unlinkwatch-rules", "namespace": "unlinkwatch"}
     assert doc["data"]["rules.yaml"] == default_rules_text()
+
+
+def test_matching_a_whole_batch_finds_what_matching_each_event_finds(pack: RuleSet) -> None:
+    evs = [fixture_event(c) for c in CASES] * 3
+    evs += [fixture_event({"path": f"/var/lib/app{i % 7}/cache/f{i}.tmp"}) for i in range(200)]
+    expected = [(id(ev), [r.name for r in pack.matching(ev)]) for ev in evs]
+    expected = [(i, names) for i, names in expected if names]
+    assert expected, "the fixtures trigger rules"
+    for paths in (None, [ev.path for ev in evs]):
+        got = pack.matching_batch(evs, paths)
+        assert [(id(ev), [r.name for r in rules]) for ev, rules in got] == expected

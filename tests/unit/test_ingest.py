@@ -13,8 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.certs import make_pki
 from tests.support.collector import InProcessCollector, start_inprocess
 from tests.support.eventgen import batches, events
-from unlinkwatch.collector.ingest import AgentState, InvalidBatch, account, event_blobs, validate_batch
+from unlinkwatch.collector.ingest import AgentState, InvalidBatch, account, event_blobs
 from unlinkwatch.collector.server import query_response
+from unlinkwatch.collector.store import open_store
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.pb import events_pb2_grpc as pbg
 from unlinkwatch.tlsconfig import channel, server_credentials
@@ -40,14 +41,19 @@ def send(addr: str, payloads: list[bytes], ch: grpc.Channel | None = None) -> li
             ch.close()
 
 
-def test_a_batch_without_agent_or_with_a_foreign_or_zero_seq_is_invalid() -> None:
+def test_a_batch_without_agent_or_with_a_foreign_or_zero_seq_or_a_too_late_time_is_invalid(tmp_path: Path) -> None:
     good = next(batches("n:1", 3, 3))
-    validate_batch(good)
-    for bad in (pb.EventBatch(events=good.events),
-                pb.EventBatch(agent="n:2", events=good.events),
-                pb.EventBatch(agent="n:1", events=[pb.DeletionEvent(agent="n:1", seq=0)])):
-        with pytest.raises(InvalidBatch):
-            validate_batch(bad)
+    store = open_store(f"sqlite:///{tmp_path}/v.db")
+    try:
+        assert len(store.prepare(good).rows) == 3
+        for bad in (pb.EventBatch(events=good.events),
+                    pb.EventBatch(agent="n:2", events=good.events),
+                    pb.EventBatch(agent="n:1", events=[pb.DeletionEvent(agent="n:1", seq=0)]),
+                    pb.EventBatch(agent="n:1", events=[pb.DeletionEvent(seq=1, time_unix_ns=1 << 63)])):
+            with pytest.raises(InvalidBatch):
+                store.prepare(bad)
+    finally:
+        store.close()
 
 
 def test_gaps_count_only_missing_sequence_numbers_the_agent_did_not_report_lost() -> None:

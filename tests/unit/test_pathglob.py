@@ -117,3 +117,19 @@ def test_a_globset_finds_exactly_the_globs_a_regex_per_glob_finds() -> None:
     for path in paths:
         expected = {i for i, g in enumerate(GLOBS) if match(g, path)}
         assert set(gs.tags(path)) == expected, path
+
+
+def test_globset_candidates_include_every_path_a_glob_matches_and_few_others() -> None:
+    rng = random.Random(8)
+    paths = [path for _, path, _ in CASES]
+    for _ in range(5000):
+        segs = [rng.choice(SEGMENTS) for _ in range(rng.randint(0, 6))]
+        paths.append((b"/" if rng.random() < 0.9 else b"") + b"/".join(segs))
+    for globs in (GLOBS, GLOBS[:5], ["**/.ssh/**", "**/.bash_history"], ["/etc/**"], ["**/*"]):
+        gs = GlobSet((g, i) for i, g in enumerate(globs))
+        cand = gs.candidates(paths)
+        assert cand == sorted(set(cand))
+        tagged = [i for i, p in enumerate(paths) if gs.tags(p)]
+        assert set(tagged) <= set(cand), globs
+        if "**/*" not in globs:
+            assert len(cand) - len(tagged) <= len(paths) // 10, globs  # a gate, not a pass-all

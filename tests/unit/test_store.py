@@ -214,9 +214,10 @@ def test_a_group_commit_dedups_across_its_batches_and_accounts_each_in_order(sto
 
 def test_a_failing_batch_of_a_group_fails_alone(store: Store) -> None:
     good = batch(events("node-a:1", 1, 20), batch_id=1)
-    bad = batch([pb.DeletionEvent(agent="node-a:1", seq=21, time_unix_ns=2**64 - 1)], batch_id=2)
+    bad = store.prepare(batch([pb.DeletionEvent(agent="node-a:1", seq=21, time_unix_ns=1)], batch_id=2))
+    bad.rows[0] = (bad.rows[0][0], 2**64 - 1, *bad.rows[0][2:])  # (prepare refuses such a time: InvalidBatch)
     later = batch(events("node-a:1", 22, 5), batch_id=3)
-    r1, r2, r3 = store.commit_prepared([store.prepare(b) for b in (good, bad, later)], NOW)
+    r1, r2, r3 = store.commit_prepared([store.prepare(good), bad, store.prepare(later)], NOW)
     assert isinstance(r2, Exception) and not isinstance(r1, Exception) and not isinstance(r3, Exception)
     assert store.count() == 25 and store.agents()[0].events == 25
 
