@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.peers import cpu_seconds
+from bench.peers import CLK_TCK, cpu_seconds
 from tests.support.collector import free_port, start_subprocess
 from tests.support.eventgen import batches
 from unlinkwatch.collector.store import open_store
@@ -45,10 +45,35 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def through_grpc(db: str, n: int, streams: int) -> tuple[float, dict[str, float]]:
+class ServerCpu:
+    """CPU seconds used by a database server (its postmaster, every child, and the children it reaped)
+    between two snapshots: backends come and go with the collector's connections."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._start = self._snapshot()
+
+    def _snapshot(self) -> tuple[dict[int, float], float]:
+        try:
+            f = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return {}, 0.0
+        own = sum(int(x) for x in f[11:15]) / CLK_TCK  # utime stime cutime cstime
+        return {k: cpu_seconds(k) for k in _children(self.pid)}, own
+
+    def restart(self) -> None:
+        self._start = self._snapshot()
+
+    def used(self) -> float:
+        (kids0, own0), (kids1, own1) = self._start, self._snapshot()
+        return own1 - own0 + sum(c - kids0.get(k, 0.0) for k, c in kids1.items())
+
+
+def through_grpc(db: str, n: int, streams: int, server: ServerCpu | None = None) -> tuple[float, dict[str, float]]:
     """K agents (streams) each send n/K events as 4096-event batches, pre-serialized, acks awaited.
-    Returns events/s and the CPU microseconds per event of the collector, its commit processes and this
-    load client during the run (all on the same machine)."""
+    Returns events/s and the CPU microseconds per event of the collector, its commit processes, this
+    load client and the database server (`server`, when there is one) during the run (all on the same
+    machine)."""
     from unlinkwatch.pb import events_pb2 as pb
 
     per = n // streams
@@ -68,6 +93,8 @@ def through_grpc(db: str, n: int, streams: int) -> tuple[float, dict[str, float]
         threads = [threading.Thread(target=agent, args=(k,)) for k in range(streams)]
         kids = _children(proc.pid)
         before = (cpu_seconds(proc.pid), sum(cpu_seconds(k) for k in kids), time.process_time())
+        if server:
+            server.restart()
         t = time.perf_counter()
         for th in threads:
             th.start()
@@ -79,22 +106,28 @@ def through_grpc(db: str, n: int, streams: int) -> tuple[float, dict[str, float]
         total = per * streams
         split = {name: (a - b) / total * 1e6 for name, a, b in zip(("collector", "commit", "client"), after, before,
                                                                     strict=True)}
+        if server:
+            split["database"] = server.used() / total * 1e6
         return total / dt, split
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
 
 
-def _backends(which: str, tmp: Path) -> list[tuple[str, Callable[[], str], Callable[[], None]]]:
-    out: list[tuple[str, Callable[[], str], Callable[[], None]]] = []
+Backend = tuple[str, Callable[[], str], Callable[[], None], Callable[[], "ServerCpu | None"]]
+
+
+def _backends(which: str, tmp: Path) -> list[Backend]:
+    """(name, new database URL, stop, CPU meter of the database server) per backend."""
+    out: list[Backend] = []
     if which in ("sqlite", "both"):
         counter = iter(range(1000))
-        out.append(("sqlite", lambda: f"sqlite:///{tmp}/bench-{next(counter)}.db", lambda: None))
+        out.append(("sqlite", lambda: f"sqlite:///{tmp}/bench-{next(counter)}.db", lambda: None, lambda: None))
     if which in ("postgres", "both"):
         from tests.support.postgres import PostgresCluster
 
         cluster = PostgresCluster(fsync=True)
-        out.append(("postgres", cluster.new_database, cluster.stop))
+        out.append(("postgres", cluster.new_database, cluster.stop, lambda: ServerCpu(cluster.postmaster_pid())))
     return out
 
 
@@ -105,12 +138,12 @@ def main() -> None:
     p.add_argument("--streams", type=int, default=2, help="concurrent agents for the gRPC measurement")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="uw-bench-") as d:
-        for name, new_db, stop in _backends(args.backend, Path(d)):
+        for name, new_db, stop, server in _backends(args.backend, Path(d)):
             try:
                 alone, per_cpu = store_alone(new_db(), args.events)
                 print(f"ingest {name:8s} store alone      {alone:10,.0f} events/s  ({args.events:,} events; "
                       f"{per_cpu:,.0f} per CPU-second of the collector process)")
-                rpc, cpu = through_grpc(new_db(), args.events, args.streams)
+                rpc, cpu = through_grpc(new_db(), args.events, args.streams, server())
                 print(f"ingest {name:8s} gRPC Ingest x{args.streams}    {rpc:10,.0f} events/s  "
                       f"({args.events:,} events, collector process, acks awaited; CPU us/event: "
                       + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()) + ")")

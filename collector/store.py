@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Protocol
 
 from unlinkwatch.collector.ingest import (
@@ -24,6 +25,7 @@ from unlinkwatch.pathglob import compile_glob, literal_prefix
 from unlinkwatch.pb import events_pb2 as pb
 
 DEFAULT_DB = "sqlite:///unlinkwatch.db"
+_ID, _PATH, _OP_RESULT = itemgetter(0), itemgetter(4), itemgetter(2, 3)  # EVENT_COLUMNS positions
 MAX_QUERY_LIMIT = 100_000
 
 
@@ -51,11 +53,11 @@ class Prepared:
     def of(cls, batch: pb.EventBatch, agent_num: int, rows: list[EventRow]) -> Prepared:
         if not rows:
             return cls(batch, agent_num, rows)
-        ids = [r[0] for r in rows]
+        ids = list(map(_ID, rows))
         return cls(batch, agent_num, rows, min(ids), max(ids), row_counts(rows))
 
     def paths(self) -> list[bytes]:
-        return [r[4] for r in self.rows]
+        return list(map(_PATH, self.rows))
 
     @property
     def top_seq(self) -> int:
@@ -78,7 +80,11 @@ def new_events_of(events: Sequence[pb.DeletionEvent], stored: int,
 
 
 def row_counts(rows: Sequence[EventRow]) -> dict[tuple[int, bool], int]:
-    return dict(Counter((r[2], r[3] == 0) for r in rows))
+    out: dict[tuple[int, bool], int] = {}
+    for (op, result), n in Counter(map(_OP_RESULT, rows)).items():  # counted in C, then folded by success
+        key = (op, result == 0)
+        out[key] = out.get(key, 0) + n
+    return out
 
 
 CommitOutcome = BatchResult | Exception

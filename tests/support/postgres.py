@@ -37,6 +37,9 @@ class PostgresCluster:
         run = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         subprocess.run([*run, *map(str, cmd)], check=True, capture_output=True, cwd="/")
 
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def new_database(self) -> str:
         """A fresh empty database on the cluster; returns its URL."""
         import psycopg
