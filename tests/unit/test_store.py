@@ -14,6 +14,7 @@ import pytest
 from tests.support.eventgen import T0, batches, events, pod_uid
 from tests.support.postgres import PostgresCluster, postgres_server  # noqa: F401 - session fixture
 from unlinkwatch.collector.commitproc import CommitProcess
+from unlinkwatch.collector.ingest import ident_key
 from unlinkwatch.collector.store import Cursor, EventFilter, Store, open_store
 from unlinkwatch.collector.store_sqlite import SqliteStore
 from unlinkwatch.pb import events_pb2 as pb
@@ -273,3 +274,26 @@ def test_the_sqlite_wal_stays_bounded_under_constant_ingest(tmp_path: Path) -> N
         assert largest < 24 << 20, f"WAL reached {largest >> 20} MiB"
     finally:
         s.close()
+
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_batch_of_many_new_pods_numbers_each_identity_once_and_a_second_store_agrees(
+        backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/events.db"
+    else:
+        url = request.getfixturevalue("postgres_server").new_database()
+    evs = events("node-a:1", 1, 600, pods=500)
+    first, second = open_store(url), open_store(url)
+    try:
+        first.commit_batch(batch(evs), NOW)
+        nums = [r[5] for r in first.prepare(batch(evs)).rows]
+        assert len(set(nums)) == len({ident_key(e) for e in evs}) > 300
+        assert [r[5] for r in second.prepare(batch(evs)).rows] == nums  # registered by the first: same numbers
+        for uid in {e.pod.uid for e in evs[::97] if e.pod.uid}:
+            got, _ = first.query(EventFilter(pod_uid=uid), None, 1000)
+            assert sorted(e.seq for e in got) == sorted(e.seq for e in evs if e.pod.uid == uid)
+    finally:
+        second.close()
+        first.close()
