@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from unlinkwatch.collector.budget import DEFAULT_INFLIGHT_BYTES, ByteBudget, StreamHold
 from unlinkwatch.collector.ingest import InvalidBatch, agent_info, event_blobs
 from unlinkwatch.collector.metrics import CollectorMetrics
 from unlinkwatch.collector.store import (
@@ -46,7 +47,7 @@ DEFAULT_QUERY_LIMIT = 1000
 EVENTS_PER_RESPONSE = 1000
 INGEST_WINDOW = 16  # batches of one stream read ahead (parsed, rows built, queued to commit) before their ack
 
-_Pending = tuple[float, Prepared, "Future[BatchResult]"] | BaseException | None
+_Pending = tuple[float, Prepared, "Future[BatchResult]", int] | BaseException | None
 
 
 class AlertEvaluator(Protocol):
@@ -57,9 +58,11 @@ class AlertEvaluator(Protocol):
 
 class CollectorService:
     def __init__(self, store: Store, alerts: AlertEvaluator, metrics: CollectorMetrics,
-                 commits: Sequence[CommitFn] = ()) -> None:
-        """`commits`: what runs the write transactions (CommitProcess children); the store itself by default."""
+                 commits: Sequence[CommitFn] = (), inflight_bytes: int = DEFAULT_INFLIGHT_BYTES) -> None:
+        """`commits`: what runs the write transactions (CommitProcess children); the store itself by default.
+        `inflight_bytes`: how much received batch data all streams together may hold before their acks."""
         self._store, self._alerts, self._m = store, alerts, metrics
+        self.budget = ByteBudget(inflight_bytes)
         self._gaps: dict[str, int] = {}
         self._writer = GroupWriter(store, commits=commits)
 
@@ -71,21 +74,28 @@ class CollectorService:
                context: grpc.ServicerContext) -> Iterator[pb.Ack]:
         """A reader thread parses, validates and builds rows for up to INGEST_WINDOW batches ahead and queues
         them to the group writer; this thread acks each batch in order once its transaction has committed,
-        then hands its new events to the alert rules."""
+        then hands its new events to the alert rules. Batches read ahead also count against the budget all
+        streams share (collector/budget.py)."""
         pending: queue.Queue[_Pending] = queue.Queue(INGEST_WINDOW)
         done = threading.Event()
-        reader = threading.Thread(target=self._read_stream, args=(request_iterator, pending, done, context),
+        hold = StreamHold(self.budget)
+        reader = threading.Thread(target=self._read_stream, args=(request_iterator, pending, done, context, hold),
                                   name="ingest-reader", daemon=True)
         reader.start()
         try:
             while True:
-                item = pending.get()
+                try:
+                    item = pending.get(timeout=0.5)
+                except queue.Empty:
+                    if context.is_active():
+                        continue
+                    return  # the agent went away and the reader stopped without a word
                 if item is None:
                     return
                 if isinstance(item, BaseException):
                     self._reject(item, context)
                     raise item
-                t0, prepared, fut = item
+                t0, prepared, fut, size = item
                 batch = prepared.batch
                 try:
                     res = fut.result()
@@ -96,10 +106,12 @@ class CollectorService:
                 if res.new_events:  # all new (the usual case): the rows' paths are the events' paths
                     self._alerts.evaluate(res.new_events, None if res.duplicates else prepared.paths())
                 self._m.ingest_latency.observe(time.perf_counter() - t0)
+                hold.give_back(size)
                 yield pb.Ack(batch_id=batch.batch_id, stored=len(batch.events) - res.duplicates,
                              duplicates=res.duplicates)
         finally:
             done.set()
+            hold.close()
 
     def _reject(self, e: BaseException, context: grpc.ServicerContext, agent: str = "") -> None:
         if isinstance(e, (InvalidBatch, OverflowError, DecodeError)):
@@ -107,7 +119,7 @@ class CollectorService:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {e}")
 
     def _read_stream(self, requests: Iterator[bytes | pb.EventBatch], pending: queue.Queue[_Pending],
-                     done: threading.Event, context: grpc.ServicerContext) -> None:
+                     done: threading.Event, context: grpc.ServicerContext, hold: StreamHold) -> None:
         def put(item: _Pending) -> bool:
             while True:
                 try:
@@ -120,6 +132,9 @@ class CollectorService:
         try:
             for req in requests:
                 t0 = time.perf_counter()
+                size = len(req) if isinstance(req, bytes) else req.ByteSize()
+                if not hold.take(size, lambda: done.is_set() or not context.is_active()):
+                    return
                 if isinstance(req, bytes):
                     batch = pb.EventBatch.FromString(req)
                     blobs = event_blobs(req)
@@ -131,7 +146,7 @@ class CollectorService:
                     log.warning("rejected batch", extra={"fields": {"agent": batch.agent, "error": str(e)}})
                     put(e)
                     return
-                if not put((t0, prepared, self._writer.submit(prepared))):
+                if not put((t0, prepared, self._writer.submit(prepared), size)):
                     return
         except BaseException as e:  # a bad message, a broken stream, or the RPC ended under us
             put(e)

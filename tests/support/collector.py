@@ -46,6 +46,7 @@ class InProcessCollector:
     port: int
     alerts: RecordingAlerts
     metrics: CollectorMetrics
+    service: CollectorService
     addr: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -58,12 +59,13 @@ class InProcessCollector:
 
 
 def start_inprocess(db: str | Store, token: str | None = None, creds: grpc.ServerCredentials | None = None,
-                    port: int = 0) -> InProcessCollector:
+                    port: int = 0, inflight_bytes: int | None = None) -> InProcessCollector:
     store = open_store(db) if isinstance(db, str) else db
     metrics, alerts = CollectorMetrics(), RecordingAlerts()
-    server, bound, _ = build_server(f"127.0.0.1:{port}", CollectorService(store, alerts, metrics), creds, token)
+    service = CollectorService(store, alerts, metrics, **({"inflight_bytes": inflight_bytes} if inflight_bytes else {}))
+    server, bound, _ = build_server(f"127.0.0.1:{port}", service, creds, token)
     server.start()
-    return InProcessCollector(store, server, bound, alerts, metrics)
+    return InProcessCollector(store, server, bound, alerts, metrics, service)
 
 
 def free_port() -> int:

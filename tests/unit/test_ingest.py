@@ -3,6 +3,8 @@ bearer tokens and mutual TLS."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +180,35 @@ def test_query_response_bytes_parse_as_the_message_they_stand_for() -> None:
         assert pb.QueryResponse.FromString(query_response(blobs, token)) == pb.QueryResponse(
             events=evs, next_page_token=token)
     assert query_response([], "") == b""
+
+
+def test_streams_share_the_inflight_byte_budget_and_all_their_batches_are_stored(tmp_path: Path) -> None:
+    payloads = {k: [b.SerializeToString() for b in batches(f"n:{k}", 2000, 100)] for k in range(4)}
+    size = max(len(p) for ps in payloads.values() for p in ps)
+    c = start_inprocess(f"sqlite:///{tmp_path}/c.db", inflight_bytes=3 * size)  # 3 batches for 4 streams
+    try:
+        acks: dict[int, list[pb.Ack]] = {}
+        threads = [threading.Thread(target=lambda k=k: acks.__setitem__(k, send(c.addr, payloads[k])))
+                   for k in payloads]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert {k: sum(a.stored for a in v) for k, v in acks.items()} == {k: 2000 for k in payloads}
+        assert c.store.count() == 8000
+        assert size < c.service.budget.peak <= 3 * size  # it was used, and never beyond
+        assert c.service.budget.used == 0
+    finally:
+        c.close()
+
+
+def test_a_stream_that_ends_early_gives_its_share_of_the_budget_back(collector: InProcessCollector) -> None:
+    bs = [b.SerializeToString() for b in batches("n:1", 1000, 100)]
+    bs.insert(5, b"\xff\xff\xff\xff garbage")
+    with pytest.raises(grpc.RpcError):
+        send(collector.addr, bs)
+    deadline = time.monotonic() + 10
+    while collector.service.budget.used and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert collector.service.budget.used == 0
+    assert send(collector.addr, bs[6:])[-1].stored == 100
