@@ -84,10 +84,11 @@ class RuleSet:
         self._anypath = tuple(k for k, r in enumerate(rules) if r.match.paths is None)
         self._path_known = tuple(r.match.paths is not None for r in rules)
 
-    def matching(self, ev: pb.DeletionEvent) -> list[Rule]:
-        """The rules this event triggers, in file order. A GlobSet finds the rules whose paths match in about
-        one regex call instead of one per rule: path matching is the main cost of evaluation."""
-        ks = self._globset.tags(ev.path)
+    def matching(self, ev: pb.DeletionEvent, path: bytes | None = None) -> list[Rule]:
+        """The rules this event triggers, in file order (`path`: the event's, when the caller has it). A
+        GlobSet finds the rules whose paths match in about one regex call instead of one per rule: path
+        matching is the main cost of evaluation."""
+        ks = self._globset.tags(ev.path if path is None else path)
         if self._anypath:
             ks = ks + list(self._anypath)
         if not ks:
@@ -108,7 +109,7 @@ class RuleSet:
         out = []
         for i in picked:
             ev = events[i]
-            rules = self.matching(ev)
+            rules = self.matching(ev, paths[i])
             if rules:
                 out.append((ev, rules))
         return out
