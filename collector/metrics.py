@@ -20,6 +20,8 @@ class CollectorMetrics:
                                      ["sink"], registry=r)
         self.ingest_latency = Histogram("unlinkwatch_ingest_latency_seconds", "Batch receive to commit",
                                         registry=r)
+        self.ingest_inflight = Gauge("unlinkwatch_ingest_inflight_bytes",
+                                     "Received batch bytes held until acked, all streams (bounded)", registry=r)
         self.query_latency = Histogram("unlinkwatch_query_latency_seconds", "Query time", registry=r)
         self.rules_loaded = Gauge("unlinkwatch_rules_loaded", "Rules in force", registry=r)
         self.rules_reload_failures = Counter("unlinkwatch_rules_reload_failures", "Rejected rule reloads",

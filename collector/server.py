@@ -63,6 +63,7 @@ class CollectorService:
         `inflight_bytes`: how much received batch data all streams together may hold before their acks."""
         self._store, self._alerts, self._m = store, alerts, metrics
         self.budget = ByteBudget(inflight_bytes)
+        metrics.ingest_inflight.set_function(lambda: self.budget.used)
         self._gaps: dict[str, int] = {}
         self._writer = GroupWriter(store, commits=commits)
 

@@ -186,7 +186,7 @@ class GlobSet:
 
     def candidates(self, paths: Sequence[bytes]) -> list[int]:
         """The indexes of the paths that some glob may match, in order: every path with a tag is among them,
-        and a path without is seldom. Costs a C-level regex call per path (instead of tags()' Python), and
+        and few without one are. Costs a C-level regex call per path (instead of tags()' Python), and
         floating globs are ruled out for a whole batch with one search over its paths joined by NUL, a byte
         no path contains."""
         if self._every:

@@ -198,6 +198,7 @@ def test_streams_share_the_inflight_byte_budget_and_all_their_batches_are_stored
         assert c.store.count() == 8000
         assert size < c.service.budget.peak <= 3 * size  # it was used, and never beyond
         assert c.service.budget.used == 0
+        assert c.metrics.registry.get_sample_value("unlinkwatch_ingest_inflight_bytes") == 0
     finally:
         c.close()
 
