@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.peers import CLK_TCK, cpu_seconds
+from bench.peers import CLK_TCK, children, cpu_seconds
 from tests.support.collector import free_port, start_subprocess
 from tests.support.eventgen import batches
 from unlinkwatch.collector.store import open_store
@@ -38,13 +38,6 @@ def store_alone(db: str, n: int) -> tuple[float, float]:
         store.close()
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 class ServerCpu:
     """CPU seconds used by a database server (its postmaster, every child, and the children it reaped)
     between two snapshots: backends come and go with the collector's connections."""
@@ -59,7 +52,7 @@ class ServerCpu:
         except OSError:
             return {}, 0.0
         own = sum(int(x) for x in f[11:15]) / CLK_TCK  # utime stime cutime cstime
-        return {k: cpu_seconds(k) for k in _children(self.pid)}, own
+        return {k: cpu_seconds(k) for k in children(self.pid)}, own
 
     def restart(self) -> None:
         self._start = self._snapshot()
@@ -91,7 +84,7 @@ def through_grpc(db: str, n: int, streams: int, server: ServerCpu | None = None)
 
     try:
         threads = [threading.Thread(target=agent, args=(k,)) for k in range(streams)]
-        kids = _children(proc.pid)
+        kids = children(proc.pid)
         before = (cpu_seconds(proc.pid), sum(cpu_seconds(k) for k in kids), time.process_time())
         if server:
             server.restart()

@@ -135,7 +135,7 @@ class UnlinkwatchPipeline(UnlinkwatchAgent):
 
     def parts(self) -> dict[str, list[int]]:
         collector, agent = self.procs[:2]
-        return {"agent": [agent.pid], "collector": [collector.pid]}
+        return {"agent": [agent.pid], "collector": [collector.pid], "its commit process": peers.children(collector.pid)}
 
 
 def _connects(addr: str) -> bool:

@@ -38,6 +38,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of pid, whichever of its threads started them."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in task.read_text().split()]
+    return out
+
+
 def status_kib(pid: int, key: str) -> int:
     """A `Vm*` line of /proc/<pid>/status in KiB (0 when the process is gone)."""
     try:
@@ -100,7 +109,8 @@ class Tracer:
         self.stderr_lines = []
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
+        """Its processes and their children (the collector's commit process is the collector's cost)."""
+        return [pid for p in self.procs for pid in (p.pid, *children(p.pid))]
 
     def count_events(self, prefix: str) -> int | None:
         """Events seen for files whose names start with prefix (None: not countable in this mode)."""

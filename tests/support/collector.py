@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from unlinkwatch.collector.budget import DEFAULT_INFLIGHT_BYTES
 from unlinkwatch.collector.metrics import CollectorMetrics
 from unlinkwatch.collector.server import CollectorService, build_server
 from unlinkwatch.collector.store import Store, open_store
@@ -62,7 +63,7 @@ def start_inprocess(db: str | Store, token: str | None = None, creds: grpc.Serve
                     port: int = 0, inflight_bytes: int | None = None) -> InProcessCollector:
     store = open_store(db) if isinstance(db, str) else db
     metrics, alerts = CollectorMetrics(), RecordingAlerts()
-    service = CollectorService(store, alerts, metrics, **({"inflight_bytes": inflight_bytes} if inflight_bytes else {}))
+    service = CollectorService(store, alerts, metrics, inflight_bytes=inflight_bytes or DEFAULT_INFLIGHT_BYTES)
     server, bound, _ = build_server(f"127.0.0.1:{port}", service, creds, token)
     server.start()
     return InProcessCollector(store, server, bound, alerts, metrics, service)
