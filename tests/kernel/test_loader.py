@@ -77,7 +77,7 @@ def test_the_agent_keeps_only_fds_and_stopping_it_unloads_everything() -> None:
         held = _prog_ids(pid)
         assert held and all(_prog_exists(i) for i in held)
     finally:
-        assert agent.stop() == 0
+        assert agent.stop() == 0, "\n".join(agent.log[-20:])
     deadline = time.monotonic() + 10
     while any(_prog_exists(i) for i in held) and time.monotonic() < deadline:
         time.sleep(0.1)
