@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.peers import CLK_TCK, children, cpu_seconds
+from bench.peers import children, cpu_seconds
 from tests.support.collector import free_port, start_subprocess
 from tests.support.eventgen import batches
 from unlinkwatch.collector.store import open_store
@@ -47,12 +47,7 @@ class ServerCpu:
         self._start = self._snapshot()
 
     def _snapshot(self) -> tuple[dict[int, float], float]:
-        try:
-            f = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return {}, 0.0
-        own = sum(int(x) for x in f[11:15]) / CLK_TCK  # utime stime cutime cstime
-        return {k: cpu_seconds(k) for k in children(self.pid)}, own
+        return {k: cpu_seconds(k) for k in children(self.pid)}, cpu_seconds(self.pid, reaped=True)
 
     def restart(self) -> None:
         self._start = self._snapshot()

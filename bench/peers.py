@@ -28,14 +28,15 @@ class Unavailable(RuntimeError):
     """This configuration cannot run here; the message says why."""
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat; with `reaped`, plus those of
+    the children it has waited for."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
     fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return sum(int(x) for x in fields[11:15 if reaped else 13]) / CLK_TCK
 
 
 def children(pid: int) -> list[int]:

@@ -121,20 +121,23 @@ class CollectorService:
 
     def _read_stream(self, requests: Iterator[bytes | pb.EventBatch], pending: queue.Queue[_Pending],
                      done: threading.Event, context: grpc.ServicerContext, hold: StreamHold) -> None:
+        def gone() -> bool:  # the ack loop ended, or the agent went away
+            return done.is_set() or not context.is_active()
+
         def put(item: _Pending) -> bool:
             while True:
                 try:
                     pending.put(item, timeout=0.2)
                     return True
                 except queue.Full:
-                    if done.is_set() or not context.is_active():
+                    if gone():
                         return False
 
         try:
             for req in requests:
                 t0 = time.perf_counter()
                 size = len(req) if isinstance(req, bytes) else req.ByteSize()
-                if not hold.take(size, lambda: done.is_set() or not context.is_active()):
+                if not hold.take(size, gone):
                     return
                 if isinstance(req, bytes):
                     batch = pb.EventBatch.FromString(req)

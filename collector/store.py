@@ -191,9 +191,22 @@ class SqlReads:
 
 class BatchCommits:
     """What both stores share around commit_prepared(): rows built outside the write lock, and a single
-    batch committed as a group of one. A store supplies _agent_num, _idents, _new_idents, commit_prepared."""
+    batch committed as a group of one. A store supplies _agent_num, _idents, _new_idents, commit_prepared, and
+    for late joins its write connection _w and the SQL of INSERT_IDENT and SELECT_IDENT."""
 
     _idents: dict[IdentKey, int]
+    _w: Any              # the write connection: execute(sql, params) returns a cursor
+    INSERT_IDENT: str    # one identity (IDENT_COLUMNS), nothing when it is there already
+    SELECT_IDENT: str    # its number
+
+    def _ident_in_tx(self, key: IdentKey) -> int:
+        """The identity's number, registered inside the write transaction (late joins) and not cached: the
+        transaction may still roll back."""
+        num = self._idents.get(key)
+        if num is None:
+            self._w.execute(self.INSERT_IDENT, key)
+            num = int(self._w.execute(self.SELECT_IDENT, key).fetchone()[0])
+        return num
 
     def _agent_num(self, agent: str) -> int:
         raise NotImplementedError

@@ -59,8 +59,10 @@ CREATE INDEX IF NOT EXISTS alerts_time ON alerts (time_ns);
 """
 COPY_EVENTS = f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 COPY_TYPES = ["int8", "int8", "int2", "int4", "bytea", "int4", "int2", "bytea"]
-IDENT_WHERE = " AND ".join(f"{c} = %s" for c in IDENT_COLUMNS)
 _IDENT_LIST = ", ".join(IDENT_COLUMNS)
+INSERT_IDENT = (f"INSERT INTO idents ({_IDENT_LIST}) VALUES ({', '.join(['%s'] * len(IDENT_COLUMNS))}) "
+                "ON CONFLICT DO NOTHING")
+SELECT_IDENT = f"SELECT num FROM idents WHERE {' AND '.join(f'{c} = %s' for c in IDENT_COLUMNS)}"
 _UNNEST = f"unnest({', '.join(['%s::text[]'] * len(IDENT_COLUMNS))}) AS k({_IDENT_LIST})"
 INSERT_IDENTS = f"INSERT INTO idents ({_IDENT_LIST}) SELECT * FROM {_UNNEST} ON CONFLICT DO NOTHING"
 SELECT_IDENTS = (f"SELECT i.num, {', '.join('i.' + c for c in IDENT_COLUMNS)} "
@@ -69,6 +71,8 @@ SELECT_IDENTS = (f"SELECT i.num, {', '.join('i.' + c for c in IDENT_COLUMNS)} "
 
 class PostgresStore(BatchCommits, SqlReads):
     PH = "%s"
+    INSERT_IDENT, SELECT_IDENT = INSERT_IDENT, SELECT_IDENT
+    _w: psycopg.Connection[Any]
 
     @staticmethod
     def _ident_in(nums: list[int]) -> tuple[str, list[object]]:
@@ -129,18 +133,6 @@ class PostgresStore(BatchCommits, SqlReads):
                 found = {tuple(r[1:]): int(r[0]) for r in reg.execute(SELECT_IDENTS, cols)}
             self._idents.update(found)
         return {k: found[k] for k in keys}
-
-    def _ident_in_tx(self, key: IdentKey) -> int:
-        """The identity's number, registered inside the write transaction (late joins) and not cached: the
-        transaction may still roll back."""
-        num = self._idents.get(key)
-        if num is None:
-            self._w.execute(f"INSERT INTO idents ({_IDENT_LIST}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                            "ON CONFLICT DO NOTHING", key)
-            row = self._w.execute(f"SELECT num FROM idents WHERE {IDENT_WHERE}", key).fetchone()
-            assert row is not None
-            num = int(row[0])
-        return num
 
     def _copy(self, rows: Sequence[EventRow]) -> None:
         with self._w.cursor().copy(COPY_EVENTS) as cp:

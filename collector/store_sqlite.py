@@ -106,6 +106,8 @@ def _connect(path: str) -> sqlite3.Connection:
 
 class SqliteStore(BatchCommits, SqlReads):
     PH = "?"
+    INSERT_IDENT, SELECT_IDENT = INSERT_IDENT, SELECT_IDENT
+    _w: sqlite3.Connection
 
     @staticmethod
     def _ident_in(nums: list[int]) -> tuple[str, list[object]]:
@@ -191,13 +193,6 @@ class SqliteStore(BatchCommits, SqlReads):
             out = {k: int(reg.execute(SELECT_IDENT, k).fetchone()[0]) for k in keys}
             self._idents.update(out)
             return out
-
-    def _ident_in_tx(self, key: IdentKey) -> int:
-        num = self._idents.get(key)
-        if num is None:
-            self._w.execute(INSERT_IDENT, key)
-            num = int(self._w.execute(SELECT_IDENT, key).fetchone()[0])
-        return num
 
     def _load_state(self, agent: str) -> AgentState:
         row = self._w.execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents WHERE agent = ?", (agent,)).fetchone()
