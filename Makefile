@@ -14,7 +14,7 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
+	$(PY) scripts/typecheck.py
 
 proto: setup
 	@bash scripts/gen-proto.sh

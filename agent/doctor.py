@@ -9,10 +9,11 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from unlinkwatch.agent import hooks
-from unlinkwatch.agent.btf import VMLINUX_BTF, Btf, BtfError
-from unlinkwatch.agent.probe import ensure_tracefs, header_tree
 from unlinkwatch.errors import UserError
+
+from .probe import attach as probe
+from .probe.btf import VMLINUX_BTF, Btf, BtfError
+from .probe.program import ensure_tracefs, header_tree
 
 
 def _check(fn: Any) -> tuple[bool, str]:
@@ -39,10 +40,10 @@ def gather(attach: str) -> dict[str, Any]:
         return "mounted"
 
     put("tracefs", *_check(tracefs))
-    put("kprobes", hooks.kprobes_available(),
-        "kprobe_events present" if hooks.kprobes_available() else "CONFIG_KPROBE_EVENTS not set")
+    put("kprobes", probe.kprobes_available(),
+        "kprobe_events present" if probe.kprobes_available() else "CONFIG_KPROBE_EVENTS not set")
     if btf is not None:
-        fns = [f for f in hooks.UNLINK_FUNCTIONS if btf.has_func(f)]
+        fns = [f for f in probe.UNLINK_FUNCTIONS if btf.has_func(f)]
         put("unlink_function", bool(fns), ", ".join(fns) or "neither do_unlinkat nor filename_unlinkat")
     put("syscall_tracepoints", Path("/sys/kernel/tracing/events/syscalls/sys_enter_unlinkat").exists(),
         "syscalls:sys_enter_unlinkat")
@@ -51,7 +52,7 @@ def gather(attach: str) -> dict[str, Any]:
         report["agent_can_run"] = False
         return report
     try:
-        att = hooks.attach(attach, btf=btf)
+        att = probe.attach(attach, btf=btf)
     except UserError as e:
         put("self_test", False, str(e))
         report["agent_can_run"] = False
@@ -67,7 +68,7 @@ def gather(attach: str) -> dict[str, Any]:
         put("ring_buffer", True, f"{att.probe.ringbuf_size >> 20} MiB, BPF_MAP_TYPE_RINGBUF")
         put("self_test", True, f"synthetic unlink seen end to end in {att.startup_s:.2f} s (compile+attach+test)")
         report.update(mode=cand.mode, hook=cand.hook, startup_s=round(att.startup_s, 3),
-                      misses=hooks.MISSES[cand.mode], agent_can_run=True)
+                      misses=probe.MISSES[cand.mode], agent_can_run=True)
     finally:
         att.close()
     return report

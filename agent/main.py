@@ -1,4 +1,4 @@
-"""`unlinkwatch agent`: wires the stages probe -> decode -> identify -> ship (and/or --stdout)."""
+"""`unlinkwatch agent`: wires the stages probe -> decode -> identity -> ship (and/or --stdout)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from unlinkwatch.agent import hooks
-from unlinkwatch.agent.identity import IdentityConfig, IdentityResolver
-from unlinkwatch.agent.metrics import AgentMetrics
-from unlinkwatch.agent.record import CgroupMkdir, Decoder, Deletion
-from unlinkwatch.agent.wire import OP_NAME, EventEncoder, JsonLines
+from unlinkwatch.codec import EventWriter
 from unlinkwatch.errors import UserError
 from unlinkwatch.pb import events_pb2 as pb
+
+from .decode import CgroupMkdir, Decoder, Deletion
+from .identity import IdentityConfig, IdentityResolver
+from .metrics import AgentMetrics
+from .probe import attach as probe
+from .ship.encode import OP_NAME, IdentityCodes, JsonLines
 
 log = logging.getLogger("unlinkwatch.agent")
 
@@ -43,7 +45,7 @@ class Outputs:
 
 class Pipeline:
     """One pass of the loop: records -> deletions with identity and sequence numbers -> outputs, encoded
-    straight to JSON lines and protobuf bytes (agent/wire.py)."""
+    straight to JSON lines and protobuf bytes (ship/encode.py, unlinkwatch/codec.py)."""
 
     def __init__(self, decoder: Decoder, identity: IdentityResolver, metrics: AgentMetrics, out: Outputs) -> None:
         self.decoder = decoder
@@ -51,13 +53,14 @@ class Pipeline:
         self.metrics = metrics
         self.out = out
         self.seq = 0
-        self._own_pid = os.getpid()
         self._json = JsonLines(decoder.node, decoder.agent_id, decoder.attach_mode)
-        self._wire = EventEncoder(decoder.node, decoder.agent_id, decoder.attach_mode)
+        self._wire = EventWriter(decoder.node, decoder.agent_id, decoder.attach_mode)
+        self._codes = IdentityCodes()
 
     def process(self, records: list[bytes]) -> int:
         self.decoder.tick()
         split, identify = self.decoder.split, self.identity.identify
+        codes_of, make_codes = self._codes.get, self._codes.make
         line = self._json.line if self.out.stdout is not None else None
         encode = self._wire.encode if self.out.submit is not None else None
         lines: list[str] = []
@@ -72,14 +75,13 @@ class Pipeline:
                 self.identity.on_cgroup_mkdir(d.cgroup_id, d.path)
                 continue
             assert type(d) is Deletion
-            if d.pid == self._own_pid and b"/unlinkwatch-selftest-" in d.path:
-                continue  # our own start-up self-test
             ident = identify(d.cgroup_id)
+            codes = codes_of(ident) or make_codes(ident)
             seq += 1
             if line is not None:
-                lines.append(line(d, ident.json, seq))
+                lines.append(line(d, codes[1], seq))
             if encode is not None:
-                wire.append(encode(d, ident.wire, seq))
+                wire.append(encode(d, codes[0], seq))
             key = (d.op, d.result == 0)
             counts[key] = counts.get(key, 0) + 1
         self.seq = seq
@@ -98,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
     node = node_name(args.node_name)
     agent_id = args.agent_id or f"{node}:{secrets.token_hex(6)}"
     if args.ebpf:
-        from unlinkwatch.agent.btf import Btf
-        from unlinkwatch.agent.probe import ProbeConfig, render_source
+        from .probe.btf import Btf
+        from .probe.program import ProbeConfig, render_source
 
         mode = "tracepoint" if args.attach == "auto" else args.attach
         print(render_source(ProbeConfig(mode=mode), Btf.load()))
@@ -112,13 +114,20 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    attached = hooks.attach(args.attach, ringbuf_mb=args.ringbuf_mb)
+    attached = probe.attach(args.attach, ringbuf_mb=args.ringbuf_mb)
     cand = attached.candidate
     metrics.attach_mode.labels(cand.mode, cand.hook).set(1)
     metrics.startup_seconds.set(attached.startup_s)
+    heartbeat = [time.monotonic()]  # the metrics endpoint is up before "attached" is logged
+    http = None
+    if args.metrics_addr:
+        from unlinkwatch.observability import serve_http
+
+        http = serve_http(args.metrics_addr, metrics.registry,
+                          ready=lambda: time.monotonic() - heartbeat[0] < HEALTHY_WITHIN_S)
     log.info("attached", extra={"fields": {"mode": cand.mode, "hook": cand.hook, "agent": agent_id, "node": node,
                                            "startup_s": round(attached.startup_s, 3),
-                                           "misses": hooks.MISSES[cand.mode],
+                                           "misses": probe.MISSES[cand.mode],
                                            "degraded": attached.probe.degraded}})
 
     identity = IdentityResolver(IdentityConfig(node=node, kube=args.kube, kubeconfig=args.kubeconfig), metrics,
@@ -127,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
     shipper: Any = None
     if args.collector:
-        from unlinkwatch.agent.ship import Shipper, ShipperConfig
+        from .ship.shipper import Shipper, ShipperConfig
 
         shipper = Shipper(ShipperConfig(
             collector=args.collector, agent_id=agent_id, node=node, attach_mode=cand.mode,
@@ -139,13 +148,6 @@ def run(args: argparse.Namespace) -> int:
                   set_kernel_lost=shipper.set_kernel_lost if shipper else None)
     pipeline = Pipeline(Decoder(node, agent_id, cand.mode), identity, metrics, out)
 
-    heartbeat = [time.monotonic()]
-    http = None
-    if args.metrics_addr:
-        from unlinkwatch.observability import serve_http
-
-        http = serve_http(args.metrics_addr, metrics.registry,
-                          ready=lambda: time.monotonic() - heartbeat[0] < HEALTHY_WITHIN_S)
     try:
         _loop(attached, pipeline, metrics, out, stop, heartbeat)
     finally:
@@ -158,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loop(attached: hooks.Attached, pipeline: Pipeline, metrics: AgentMetrics, out: Outputs,
+def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, out: Outputs,
           stop: threading.Event, heartbeat: list[float]) -> None:
     pipeline.process(attached.leftovers)
     lost_seen = 0

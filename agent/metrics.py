@@ -26,5 +26,7 @@ class AgentMetrics:
         self.connected = Gauge("unlinkwatch_agent_collector_connected", "1 while the stream is up", registry=r)
         self.ship_latency = Histogram("unlinkwatch_agent_ack_latency_seconds", "Batch send to ack",
                                       registry=r)
+        self.pods_known = Gauge("unlinkwatch_agent_pods_known",
+                                "Live pods of this node known from the Kubernetes API", registry=r)
         self.startup_seconds = Gauge("unlinkwatch_agent_startup_seconds",
                                      "Compile + attach + self-test time", registry=r)

@@ -9,7 +9,8 @@ import tracemalloc
 import uuid
 
 from unlinkwatch.agent.identity import IdentityConfig, IdentityResolver
-from unlinkwatch.agent.kube import ContainerInfo, PodInfo
+from unlinkwatch.agent.identity.kube import ContainerInfo, PodInfo
+
 from unlinkwatch.pb import events_pb2 as pb
 
 EVENTS = 200_000

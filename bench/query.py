@@ -21,10 +21,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+from unlinkwatch.collector.ingest.batch import bulk_load
+from unlinkwatch.collector.query import EventFilter, query
+from unlinkwatch.collector.store import Store, open_store
 
 from tests.support.collector import start_inprocess
 from tests.support.eventgen import T0, make_event, pod_uid
-from unlinkwatch.collector.store import EventFilter, Store, open_store
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.pb import events_pb2_grpc as pbg
 
@@ -61,7 +63,7 @@ def load(store: Store, n: int, pods: int) -> float:
     t = time.perf_counter()
     done = 0
     for agent, evs in generate(n, pods):
-        store.bulk_insert(agent, evs)
+        bulk_load(store, agent, evs)
         done += len(evs)
         if done % 1_000_000 < len(evs):
             print(f"  loaded {done:,} ({done / (time.perf_counter() - t):,.0f}/s)", flush=True)
@@ -103,13 +105,13 @@ def bench(name: str, db: str, n: int, pods: int, queries: int) -> None:
             return EventFilter(namespace=f"ns{p % 50}", pod=f"web-{p}")
 
         def first(p: int) -> int:
-            return len(store.query(by_uid(p), None, 1000)[0])
+            return len(query(store, by_uid(p), None, 1000)[0])
 
         s, avg = measure(first, pods, queries)  # the same pods as every pass below: they then find it warm
         print(f"query {name:8s} store pod-uid 1st  {percentiles(s)}  ({avg} rows/query; caches cold)")
         for label, make in (("pod-uid", by_uid), ("namespace+pod", by_name)):
             def run(p: int, make: Callable[[int], EventFilter] = make) -> int:
-                return len(store.query(make(p), None, 1000)[0])
+                return len(query(store, make(p), None, 1000)[0])
 
             s, avg = measure(run, pods, queries)
             print(f"query {name:8s} store {label:14s} {percentiles(s)}  ({avg} rows/query)")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from unlinkwatch.collector.alerts import AlertEngine
 from unlinkwatch.collector.metrics import CollectorMetrics
 from unlinkwatch.collector.rules import RuleSet, load_default_rules
+
 from unlinkwatch.pb import events_pb2 as pb
 
 N = 50_000

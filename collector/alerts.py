@@ -18,13 +18,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from unlinkwatch.collector.metrics import CollectorMetrics
-from unlinkwatch.collector.rules import RulesError, RuleSet, load_default_rules, load_rules
-from unlinkwatch.collector.sinks import AlertSink, Delivery
-from unlinkwatch.eventjson import event_to_dict, rfc3339_ns, text
+from unlinkwatch.eventjson import text
 from unlinkwatch.pb import events_pb2 as pb
+
+from .metrics import CollectorMetrics
+from .rules import RulesError, RuleSet, load_default_rules, load_rules
+from .sinks import AlertSink, Delivery
 
 log = logging.getLogger("unlinkwatch.alerts")
 
@@ -38,20 +39,6 @@ class AlertStore(Protocol):
         ...
 
     def alerts_since(self, since_unix_ns: int, limit: int) -> list[pb.Alert]: ...
-
-
-def alert_to_dict(a: pb.Alert) -> dict[str, Any]:
-    """The alert's JSON object (CONTRACT.md): log lines, webhook bodies, `unlinkwatch alerts --output json`."""
-    return {
-        "id": a.id,
-        "time": rfc3339_ns(a.time_unix_ns),
-        "rule": a.rule,
-        "severity": a.severity,
-        "description": a.description,
-        "count": a.count,
-        "sample_paths": [text(p) for p in a.sample_paths],
-        "event": event_to_dict(a.event),
-    }
 
 
 def fold_key(ev: pb.DeletionEvent) -> tuple[str, ...]:

@@ -9,15 +9,16 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from unlinkwatch.collector.commitproc import CommitProcess
-from unlinkwatch.collector.metrics import CollectorMetrics
-from unlinkwatch.collector.retention import Retention
-from unlinkwatch.collector.server import CollectorService, build_server
-from unlinkwatch.collector.store import DEFAULT_DB, open_store
 from unlinkwatch.errors import UserError
 from unlinkwatch.observability import serve_http
 from unlinkwatch.timeparse import parse_duration_ns
 from unlinkwatch.tlsconfig import server_credentials
+
+from .ingest.commitproc import CommitProcess
+from .metrics import CollectorMetrics
+from .retention import Retention
+from .server import CollectorService, build_server
+from .store import DEFAULT_DB, open_store
 
 log = logging.getLogger("unlinkwatch.collector")
 
@@ -31,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--retention: {e}") from None
     creds = server_credentials(args.tls_cert, args.tls_key, args.tls_ca)
     # Imported here: the alert engine is its own stage and module, and `--help` should not load it.
-    from unlinkwatch.collector.alerts import AlertEngine
-    from unlinkwatch.collector.sinks import build_sinks
+    from .alerts import AlertEngine
+    from .sinks import build_sinks
 
     metrics = CollectorMetrics()
     store = open_store(args.db)

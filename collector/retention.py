@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from unlinkwatch.collector.store import Store
+from .store import Store
 
 log = logging.getLogger("unlinkwatch.collector.retention")
 

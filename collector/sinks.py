@@ -17,9 +17,10 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from unlinkwatch.collector.metrics import CollectorMetrics
-from unlinkwatch.eventjson import rfc3339_ns, text
+from unlinkwatch.eventjson import alert_to_dict, rfc3339_ns, text
 from unlinkwatch.pb import events_pb2 as pb
+
+from .metrics import CollectorMetrics
 
 log = logging.getLogger("unlinkwatch.alerts")
 
@@ -43,12 +44,6 @@ class DeliveryError(Exception):
     pass
 
 
-def _alert_dict(a: pb.Alert) -> dict[str, Any]:
-    from unlinkwatch.collector.alerts import alert_to_dict  # alerts imports this module; the JSON lives there
-
-    return alert_to_dict(a)
-
-
 class LogSink:
     """One JSON line per alert on the collector log: {"msg": "alert RULE", "alert": {...}}."""
 
@@ -56,7 +51,7 @@ class LogSink:
 
     def deliver(self, alerts: Sequence[pb.Alert]) -> None:
         for a in alerts:
-            log.warning("alert %s", a.rule, extra={"fields": {"alert": _alert_dict(a)}})
+            log.warning("alert %s", a.rule, extra={"fields": {"alert": alert_to_dict(a)}})
 
     def close(self) -> None:
         pass
@@ -112,7 +107,7 @@ class WebhookSink(_HttpSink):
 
     def deliver(self, alerts: Sequence[pb.Alert]) -> None:
         for a in alerts:
-            self.post(_alert_dict(a))
+            self.post(alert_to_dict(a))
 
 
 def alertmanager_payload(a: pb.Alert) -> dict[str, Any]:

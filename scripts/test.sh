@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 fail=0
 echo "== ruff";  ruff check . || fail=1
-echo "== mypy";  mypy || fail=1
+echo "== mypy";  python scripts/typecheck.py || fail=1
 echo "== generated protobuf code"; bash scripts/gen-proto.sh --check || fail=1
 echo "== pytest (all tiers)"
 python -m pytest "$@"

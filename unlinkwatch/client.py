@@ -12,7 +12,7 @@ from typing import Any, TextIO, TypeVar
 import grpc
 
 from unlinkwatch.errors import UserError
-from unlinkwatch.eventjson import event_to_dict, rfc3339_ns, text
+from unlinkwatch.eventjson import alert_to_dict, event_to_dict, rfc3339_ns, text
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.pb import events_pb2_grpc as pbg
 from unlinkwatch.timeparse import parse_time_ns
@@ -116,12 +116,6 @@ def run_query(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
-def alert_dict(a: pb.Alert) -> dict[str, Any]:
-    from unlinkwatch.collector.alerts import alert_to_dict  # the one place the alert JSON shape is made
-
-    return alert_to_dict(a)
-
-
 def run_alerts(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     since = _time_arg(args.since, "--since")
@@ -135,7 +129,7 @@ def run_alerts(args: argparse.Namespace, out: TextIO | None = None) -> int:
                                 timeout=None if args.follow else 60)
         for a in _guarded(args.collector, call):
             if args.output == "json":
-                out.write(json.dumps(alert_dict(a)) + "\n")
+                out.write(json.dumps(alert_to_dict(a)) + "\n")
             else:
                 path = text(a.sample_paths[0]) if a.sample_paths else text(a.event.path)
                 cells = (rfc3339_ns(a.time_unix_ns), a.rule, a.severity, str(a.count))

@@ -54,7 +54,7 @@ class PretendPod:
     """A kubelet-style cgroup (cgroupfs driver, Burstable QoS) with a busybox chroot running in it."""
 
     def __init__(self, workdir: Path) -> None:
-        from unlinkwatch.agent.cgroups import find_cgroup2
+        from unlinkwatch.agent.identity.cgroups import find_cgroup2
 
         mount = find_cgroup2()
         if mount is None:

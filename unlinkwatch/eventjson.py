@@ -1,4 +1,4 @@
-"""DeletionEvent <-> the JSON object of CONTRACT.md (agent --stdout, query --output json, alerts)."""
+"""DeletionEvent <-> the JSON object of CONTRACT.md (agent --stdout, query --output json), and an alert's JSON."""
 
 from __future__ import annotations
 
@@ -119,3 +119,17 @@ def dict_to_event(d: dict[str, Any]) -> pb.DeletionEvent:
     for k, v in (d.get("pod_labels") or {}).items():
         ev.pod.labels[k] = v
     return ev
+
+
+def alert_to_dict(a: pb.Alert) -> dict[str, Any]:
+    """The alert's JSON object (CONTRACT.md): log lines, webhook bodies, `unlinkwatch alerts --output json`."""
+    return {
+        "id": a.id,
+        "time": rfc3339_ns(a.time_unix_ns),
+        "rule": a.rule,
+        "severity": a.severity,
+        "description": a.description,
+        "count": a.count,
+        "sample_paths": [text(p) for p in a.sample_paths],
+        "event": event_to_dict(a.event),
+    }

@@ -1,6 +1,7 @@
+/* The kernel-to-user record of unlinkwatch in every attach mode (tracepoint, kprobe, fentry): the one definition. */
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The kernel-to-user record of unlinkwatch: the one definition. Both unlink.bpf.c and the
- * user-space decoder (agent/record.py, checked against this file by a test) follow it. */
+/* The file name is the design card's. unlink.bpf.c writes these records; the decoder (agent/decode.py) reads
+ * this file's struct, enums and #defines at start-up, and a test checks its layout with the C compiler. */
 #ifndef UNLINKWATCH_KPROBE_H
 #define UNLINKWATCH_KPROBE_H
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.support.alertmanager import get_json, wait_for
-from tests.support.alertrules import rm_rf, write_rules
 from unlinkwatch.collector.alerts import AlertEngine
 from unlinkwatch.collector.metrics import CollectorMetrics
 from unlinkwatch.collector.sinks import build_sinks
+
+from tests.support.alertmanager import get_json, wait_for
+from tests.support.alertrules import rm_rf, write_rules
 
 
 def ours(url: str) -> list[dict[str, Any]]:

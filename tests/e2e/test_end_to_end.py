@@ -31,12 +31,20 @@ class Stack:
     addr: str
     agent: AgentProcess
     work: Path
+    pods_added: int = 0
 
     def query(self, *args: str) -> list[dict[str, Any]]:
         p = subprocess.run([sys.executable, "-m", "unlinkwatch.cli", "query", "--collector", self.addr,
                             "--output", "json", *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert p.returncode == 0, p.stderr
         return [json.loads(line) for line in p.stdout.splitlines()]
+
+    def add_deployment_pod(self, pod_uid: str, container_id: str, namespace: str = "prod") -> str:
+        """Adds the pod to the API server and waits until the agent's pod watch has it."""
+        name = deployment_pod(self.api, pod_uid, container_id, namespace)
+        self.pods_added += 1
+        self.agent.wait_metric("unlinkwatch_agent_pods_known", self.pods_added)
+        return name
 
     def wait_query(self, count: int, *args: str, timeout: float = 30.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -61,10 +69,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     port = free_port()
     collector = start_subprocess(f"sqlite:///{work / 'events.db'}", port, log_path=work / "collector.log")
     agent = AgentProcess("--collector", f"127.0.0.1:{port}", "--node-name", "node-a", "--kube", "auto",
-                         "--kubeconfig", str(api.write_kubeconfig(work / "kubeconfig")))
+                         "--kubeconfig", str(api.write_kubeconfig(work / "kubeconfig")), metrics_port=free_port())
     try:
         agent.wait_attached()
-        time.sleep(3.0)  # the agent's first pod list (identity otherwise arrives as a late join)
         yield Stack(api, f"127.0.0.1:{port}", agent, work)
     finally:
         agent.stop()
@@ -84,8 +91,7 @@ def deployment_pod(api: FakeKubeAPI, pod_uid: str, container_id: str, namespace:
 
 def test_a_container_deletion_is_stored_with_its_pod_container_and_workload(stack: Stack) -> None:
     c = RuncContainer(stack.work)
-    name = deployment_pod(stack.api, c.pod_uid, c.container_id)
-    time.sleep(1.5)  # the watch delivers the pod
+    name = stack.add_deployment_pod(c.pod_uid, c.container_id)
     res = c.run(["sh", "-c", "touch /etc/motd /tmp/rel && rm /etc/motd && cd /tmp && rm rel"])
     assert res.exit_code == 0, res.stderr
     every = stack.wait_query(4, "--namespace", "prod", "--pod", name)
@@ -108,8 +114,7 @@ def test_a_container_deletion_is_stored_with_its_pod_container_and_workload(stac
 
 def test_a_container_that_exits_at_once_is_still_attributed(stack: Stack) -> None:
     c = RuncContainer(stack.work)
-    name = deployment_pod(stack.api, c.pod_uid, c.container_id)
-    time.sleep(1.0)
+    name = stack.add_deployment_pod(c.pod_uid, c.container_id)
     # the container is gone and its cgroup removed right after its one deletion
     res = c.run(["sh", "-c", "echo x > /etc/hostname; exec rm /etc/hostname"])
     assert res.exit_code == 0, res.stderr
@@ -124,7 +129,7 @@ def test_a_pod_the_api_learns_of_late_is_joined_to_its_stored_events(stack: Stac
     rows = stack.wait_query(1, "--pod-uid", c.pod_uid, "--path", "/tmp/early")
     assert len(rows) == 1 and rows[0]["identity"] == "unknown" and rows[0]["container_id"] == c.container_id
     time.sleep(3.0)
-    name = deployment_pod(stack.api, c.pod_uid, c.container_id, namespace="late")
+    name = stack.add_deployment_pod(c.pod_uid, c.container_id, namespace="late")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         rows = stack.query("--pod-uid", c.pod_uid, "--path", "/tmp/early")

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from unlinkwatch.agent.identity import IdentityConfig, IdentityResolver
+from unlinkwatch.agent.identity.cgroups import HandleResolver, find_cgroup2, own_cgroup_path
 
 from tests.support.kubeapi import FakeKubeAPI, make_pod, wait_until
 from tests.support.runc import CgroupMkdirTrace, HandMadeCgroup, RuncContainer, kubelet_systemd_path, missing
-from unlinkwatch.agent.cgroups import HandleResolver, find_cgroup2, own_cgroup_path
-from unlinkwatch.agent.identity import IdentityConfig, IdentityResolver
 from unlinkwatch.pb import events_pb2 as pb
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from unlinkwatch.agent.metrics import AgentMetrics
+from unlinkwatch.agent.ship.shipper import Shipper, ShipperConfig
 
 from tests.support.certs import make_pki
 from tests.support.collector import ROOT, free_port, start_inprocess, start_subprocess
 from tests.support.eventgen import batches, pod_uid
 from tests.support.postgres import PostgresCluster, postgres_server  # noqa: F401 - session fixture
-from unlinkwatch.agent.metrics import AgentMetrics
-from unlinkwatch.agent.ship import Shipper, ShipperConfig
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.pb import events_pb2_grpc as pbg
 from unlinkwatch.tlsconfig import server_credentials

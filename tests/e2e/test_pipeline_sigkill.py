@@ -8,12 +8,13 @@ import threading
 import time
 from pathlib import Path
 
+from unlinkwatch.agent.metrics import AgentMetrics
+from unlinkwatch.agent.ship.shipper import Shipper, ShipperConfig
+from unlinkwatch.collector.store import open_store
+
 from tests.support.collector import free_port, start_subprocess
 from tests.support.eventgen import events
 from tests.support.postgres import PostgresCluster, postgres_server  # noqa: F401 - session fixture
-from unlinkwatch.agent.metrics import AgentMetrics
-from unlinkwatch.agent.ship import Shipper, ShipperConfig
-from unlinkwatch.collector.store import open_store
 
 N = 20_000
 

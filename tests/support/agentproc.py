@@ -91,6 +91,17 @@ class AgentProcess:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def wait_metric(self, name: str, at_least: float, timeout: float = 30.0) -> float:
+        """Polls /metrics until `name` (summed over its labels) reaches `at_least`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.metric(name)
+            if value >= at_least:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} stayed at {value} (< {at_least}) for {timeout:.0f} s")
+            time.sleep(0.1)
+
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, then SIGKILL after `timeout` (noted in self.log). Stopping takes about a second, under
         the 6.1 kernel lab's emulated CPUs too, where detaching kprobes waits for RCU grace periods; once in

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from unlinkwatch.collector.budget import DEFAULT_INFLIGHT_BYTES
+from unlinkwatch.collector.ingest.budget import DEFAULT_INFLIGHT_BYTES
 from unlinkwatch.collector.metrics import CollectorMetrics
 from unlinkwatch.collector.server import CollectorService, build_server
 from unlinkwatch.collector.store import Store, open_store
+
 from unlinkwatch.pb import events_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]

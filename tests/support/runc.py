@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from unlinkwatch.agent.cgroups import find_cgroup2
+from unlinkwatch.agent.identity.cgroups import find_cgroup2
 
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "rm", "sleep", "cat", "echo", "touch", "mkdir", "ls", "true", "rmdir")

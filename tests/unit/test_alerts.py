@@ -11,11 +11,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-
-from tests.support.alertrules import T0, deletion, rm_rf, write_rules
-from unlinkwatch.collector.alerts import AlertEngine, alert_to_dict
+from unlinkwatch.collector.alerts import AlertEngine
 from unlinkwatch.collector.metrics import CollectorMetrics
 from unlinkwatch.collector.sinks import LogSink
+
+from tests.support.alertrules import T0, deletion, rm_rf, write_rules
+from unlinkwatch.eventjson import alert_to_dict
 from unlinkwatch.logs import JsonFormatter
 from unlinkwatch.pb import events_pb2 as pb
 

@@ -8,11 +8,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.support.alertmanager import Receiver, wait_for
-from tests.support.alertrules import deletion, rm_rf, write_rules
-from unlinkwatch.collector.alerts import AlertEngine, alert_to_dict
+from unlinkwatch.collector.alerts import AlertEngine
 from unlinkwatch.collector.metrics import CollectorMetrics
 from unlinkwatch.collector.sinks import AlertmanagerSink, AlertSink, LogSink, WebhookSink, build_sinks
+
+from tests.support.alertmanager import Receiver, wait_for
+from tests.support.alertrules import deletion, rm_rf, write_rules
+from unlinkwatch.eventjson import alert_to_dict
 from unlinkwatch.pb import events_pb2 as pb
 
 

@@ -6,8 +6,7 @@ import struct
 from pathlib import Path
 
 import pytest
-
-from unlinkwatch.agent.btf import KIND_FUNC, KIND_INT, KIND_PTR, KIND_STRUCT, KIND_UNION, Btf, BtfError
+from unlinkwatch.agent.probe.btf import KIND_FUNC, KIND_INT, KIND_PTR, KIND_STRUCT, KIND_UNION, Btf, BtfError
 
 
 def _blob() -> bytes:
@@ -67,7 +66,7 @@ def test_garbage_is_not_btf() -> None:
 
 @pytest.mark.skipif(not Path("/sys/kernel/btf/vmlinux").exists(), reason="this kernel exposes no BTF")
 def test_the_running_kernel_has_every_offset_the_probes_read() -> None:
-    from unlinkwatch.agent.probe import kernel_offsets
+    from unlinkwatch.agent.probe.program import kernel_offsets
 
     offsets = kernel_offsets(Btf.load())
     assert offsets["OFF_QSTR_LEN"] == 4 and offsets["OFF_PATH_DENTRY"] == 8

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from unlinkwatch.collector.budget import ByteBudget, StreamHold
+from unlinkwatch.collector.ingest.budget import ByteBudget, StreamHold
 
 
 def test_a_take_that_does_not_fit_waits_for_a_release_and_one_larger_than_all_passes_alone() -> None:

@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from unlinkwatch.agent.cgroups import Cgroup2Mount, CgroupPaths, join_root, parse_mountinfo, scan
+from unlinkwatch.agent.identity.cgroups import Cgroup2Mount, CgroupPaths, join_root, parse_mountinfo, scan
 
 PURE_V2 = """\
 22 1 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from unlinkwatch.collector.ingest.batch import commit_batch
+from unlinkwatch.collector.query import EventFilter, query
 
 from tests.support.collector import InProcessCollector, free_port, start_inprocess
 from tests.support.eventgen import batches, pod_uid
 from unlinkwatch.cli import main
-from unlinkwatch.collector.store import EventFilter
 from unlinkwatch.eventjson import event_to_dict
 
 TOKEN = "t0ken"
@@ -21,7 +22,7 @@ TOKEN = "t0ken"
 def collector(tmp_path: Path) -> Iterator[InProcessCollector]:
     c = start_inprocess(f"sqlite:///{tmp_path}/c.db", token=TOKEN)
     for b in batches("node-q:1", 2000, 500, pods=10):
-        c.store.commit_batch(b, 1)
+        commit_batch(c.store, b, 1)
     yield c
     c.close()
 
@@ -36,7 +37,7 @@ def test_query_json_lines_are_the_contract_json_of_the_matching_events(
         collector: InProcessCollector, capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(capsys, "query", "--collector", collector.addr, "--token", TOKEN, "--pod-uid", pod_uid(3),
                      "--path", "/var/lib/app3/**", "--since", "2000-01-01T00:00:00Z", "--output", "json")
-    want = collector.store.query(EventFilter(pod_uid=pod_uid(3), path_glob="/var/lib/app3/**"), None, 5000)[0]
+    want = query(collector.store, EventFilter(pod_uid=pod_uid(3), path_glob="/var/lib/app3/**"), None, 5000)[0]
     assert rc == 0 and want
     assert [json.loads(line) for line in out.splitlines()] == [event_to_dict(e) for e in want]
 

@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
+from unlinkwatch.collector.ingest.batch import prepare
+from unlinkwatch.collector.ingest.commitproc import CommitProcess
+from unlinkwatch.collector.ingest.writer import GroupWriter
+from unlinkwatch.collector.store import open_store
+from unlinkwatch.collector.store.model import BatchResult, Prepared
 
 from tests.support.eventgen import batches
 from tests.support.postgres import PostgresCluster, postgres_server  # noqa: F401 - session fixture
-from unlinkwatch.collector.commitproc import CommitProcess
-from unlinkwatch.collector.store import BatchResult, Prepared, open_store
-from unlinkwatch.collector.writer import GroupWriter
 
 NOW = 1_800_000_000_000_000_000
 
@@ -28,7 +30,7 @@ def test_a_commit_process_killed_mid_group_fails_that_group_and_the_next_group_s
     child = CommitProcess(url)
     blocker = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
     try:
-        p1, p2, p3 = (store.prepare(b) for b in batches("node-a:1", 300, 100))  # registers identities now
+        p1, p2, p3 = (prepare(store, b) for b in batches("node-a:1", 300, 100))  # registers identities now
         first = child.commit_prepared([p1], NOW)[0]
         assert isinstance(first, BatchResult) and first.duplicates == 0 and len(first.new_events) == 100
         proc = child._proc
@@ -87,7 +89,7 @@ def test_groups_in_flight_as_the_collector_runs_them_store_every_event_once_and_
         per_agent = [list(batches(a, 2000, 100)) for a in agents]
         sent = [b for round_ in zip(*per_agent, strict=True) for b in round_]  # agents interleaved
         sent += per_agent[1][5:8]  # an agent resending batches: duplicates, possibly while the first is in flight
-        futures = [writer.submit(store.prepare(b)) for b in sent]
+        futures = [writer.submit(prepare(store, b)) for b in sent]
         results = [f.result(60) for f in futures]
         assert sum(len(r.new_events) for r in results) == 6000
         assert sum(r.duplicates for r in results) == 300

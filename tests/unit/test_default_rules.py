@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from unlinkwatch.collector.rules import RuleSet, default_rules_text, load_default_rules
+
 from unlinkwatch.eventjson import OP_BY_NAME
 from unlinkwatch.pb import events_pb2 as pb
 

@@ -7,9 +7,10 @@ import tracemalloc
 import uuid
 from pathlib import Path
 
-from tests.support.kubeapi import make_pod
 from unlinkwatch.agent.identity import IdentityConfig, IdentityResolver
-from unlinkwatch.agent.kube import pod_info
+from unlinkwatch.agent.identity.kube import pod_info
+
+from tests.support.kubeapi import make_pod
 from unlinkwatch.pb import events_pb2 as pb
 
 PODS, CONTAINERS_PER_POD = 500, 4

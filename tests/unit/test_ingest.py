@@ -11,13 +11,13 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from unlinkwatch.collector.ingest.batch import InvalidBatch, prepare
+from unlinkwatch.collector.store import open_store
+from unlinkwatch.collector.store.model import AgentState, account
 
 from tests.support.certs import make_pki
 from tests.support.collector import InProcessCollector, start_inprocess
 from tests.support.eventgen import batches, events
-from unlinkwatch.collector.ingest import AgentState, InvalidBatch, account, event_blobs
-from unlinkwatch.collector.server import query_response
-from unlinkwatch.collector.store import open_store
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.pb import events_pb2_grpc as pbg
 from unlinkwatch.tlsconfig import channel, server_credentials
@@ -47,13 +47,13 @@ def test_a_batch_without_agent_or_with_a_foreign_or_zero_seq_or_a_too_late_time_
     good = next(batches("n:1", 3, 3))
     store = open_store(f"sqlite:///{tmp_path}/v.db")
     try:
-        assert len(store.prepare(good).rows) == 3
+        assert len(prepare(store, good).rows) == 3
         for bad in (pb.EventBatch(events=good.events),
                     pb.EventBatch(agent="n:2", events=good.events),
                     pb.EventBatch(agent="n:1", events=[pb.DeletionEvent(agent="n:1", seq=0)]),
                     pb.EventBatch(agent="n:1", events=[pb.DeletionEvent(seq=1, time_unix_ns=1 << 63)])):
             with pytest.raises(InvalidBatch):
-                store.prepare(bad)
+                prepare(store, bad)
     finally:
         store.close()
 
@@ -150,18 +150,6 @@ def test_gaps_reach_the_metric_and_agent_status(collector: InProcessCollector) -
     assert (a.events, a.sequence_gaps, a.lost.kernel, a.lost.queue) == (2, 3, 7, 1)
 
 
-def test_event_blobs_are_the_events_bytes_sliced_out_of_the_batch() -> None:
-    b = next(batches("n:1", 300, 300))
-    b.lost.kernel = 3
-    b.identity_updates.add(pod_uid="u", pod=pb.Pod(name="p"))
-    b.events[5].path = b"/" + b"x" * 70_000  # a length that needs a 3-byte varint
-    raw = b.SerializeToString() + b"\xa8\x06\x07"  # plus a field this version does not know
-    assert event_blobs(raw) == [e.SerializeToString() for e in b.events]
-    assert event_blobs(b"") == []
-    for bad in (raw[:-1], b"\x22\x05abc", b"\x0b"):  # cut short, overlong length, a group wire type
-        assert event_blobs(bad) is None
-
-
 def test_many_batches_in_flight_on_one_stream_are_acked_in_order_exactly_once(
         collector: InProcessCollector) -> None:
     bs = [b.SerializeToString() for b in batches("n:1", 20_000, 500)]
@@ -170,16 +158,6 @@ def test_many_batches_in_flight_on_one_stream_are_acked_in_order_exactly_once(
     assert [a.stored for a in acks] == [500] * 40 + [0] * 5
     assert collector.store.count() == 20_000
     assert sorted(e.seq for e in collector.alerts.evaluated) == list(range(1, 20_001))
-
-
-def test_query_response_bytes_parse_as_the_message_they_stand_for() -> None:
-    evs = events("n:1", 1, 3)
-    evs[1].path = b"/" + b"y" * 300
-    blobs = [e.SerializeToString() for e in evs]
-    for token in ("", "1700000000:42"):
-        assert pb.QueryResponse.FromString(query_response(blobs, token)) == pb.QueryResponse(
-            events=evs, next_page_token=token)
-    assert query_response([], "") == b""
 
 
 def test_streams_share_the_inflight_byte_budget_and_all_their_batches_are_stored(tmp_path: Path) -> None:
@@ -196,8 +174,8 @@ def test_streams_share_the_inflight_byte_budget_and_all_their_batches_are_stored
             t.join(60)
         assert {k: sum(a.stored for a in v) for k, v in acks.items()} == {k: 2000 for k in payloads}
         assert c.store.count() == 8000
-        assert size < c.service.budget.peak <= 3 * size  # it was used, and never beyond
-        assert c.service.budget.used == 0
+        assert size < c.service.ingest.budget.peak <= 3 * size  # it was used, and never beyond
+        assert c.service.ingest.budget.used == 0
         assert c.metrics.registry.get_sample_value("unlinkwatch_ingest_inflight_bytes") == 0
     finally:
         c.close()
@@ -209,7 +187,7 @@ def test_a_stream_that_ends_early_gives_its_share_of_the_budget_back(collector: 
     with pytest.raises(grpc.RpcError):
         send(collector.addr, bs)
     deadline = time.monotonic() + 10
-    while collector.service.budget.used and time.monotonic() < deadline:
+    while collector.service.ingest.budget.used and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert collector.service.budget.used == 0
+    assert collector.service.ingest.budget.used == 0
     assert send(collector.addr, bs[6:])[-1].stored == 100

@@ -8,10 +8,10 @@ from typing import Any
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
+from unlinkwatch.agent.identity.kube import PodIndex, PodWatcher, api_client, make_fetch
+from unlinkwatch.agent.identity.owners import OwnerResolver
 
 from tests.support.kubeapi import FakeKubeAPI, make_job, make_pod, make_replicaset, owner_ref, wait_until
-from unlinkwatch.agent.kube import PodIndex, PodWatcher, api_client, make_fetch
-from unlinkwatch.agent.owners import OwnerResolver
 
 K8S_VERSION = "1.30.0"
 

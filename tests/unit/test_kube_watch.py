@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from unlinkwatch.agent.identity.kube import PodIndex, PodWatcher
 
 from tests.support.kubeapi import FakeKubeAPI, make_pod, wait_until
-from unlinkwatch.agent.kube import PodIndex, PodWatcher
 
 CID = "c" * 64
 NODE = "node-a"

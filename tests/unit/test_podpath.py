@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from unlinkwatch.agent.podpath import PodPath, is_kube_path, parse, parse_container
+from unlinkwatch.agent.identity.podpath import PodPath, is_kube_path, parse, parse_container
 
 UID = "3f2a1c9e-7b4d-4e8f-9a1b-2c3d4e5f6a7b"
 UID_ = UID.replace("-", "_")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
+from unlinkwatch.agent.decode import HEADER, HEADER_FIELDS, CgroupMkdir, Decoder, join, normalize
 
 from tests.conftest import ROOT
-from unlinkwatch.agent.record import HEADER, HEADER_FIELDS, CgroupMkdir, Decoder, join, normalize
+from tests.support.events import decode
 from unlinkwatch.pb import events_pb2 as pb
 
 HEADER_H = ROOT / "agent" / "bpf" / "kprobe.h"
@@ -34,7 +34,6 @@ def _c_layout(tmp_path: Path) -> dict[str, tuple[int, int]]:
     return {name: (int(off), int(size)) for name, off, size in (line.split() for line in out.splitlines())}
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to compile the header")
 def test_the_decoder_layout_matches_the_c_header_field_by_field(tmp_path: Path) -> None:
     layout = _c_layout(tmp_path)
     offset = 0
@@ -88,8 +87,8 @@ def _record(kind: int, raw: bytes, directory: bytes = b"", **kw: int) -> bytes:
 
 def test_a_deletion_record_decodes_to_an_event_with_its_exe_from_an_earlier_record() -> None:
     d = Decoder("node-a", "node-a:1", "tracepoint")
-    assert d.decode(_record(3, b"/usr/bin/rm")) is None
-    ev = d.decode(_record(1, b"x", b"/home/u"))
+    assert decode(d, _record(3, b"/usr/bin/rm")) is None
+    ev = decode(d, _record(1, b"x", b"/home/u"))
     assert isinstance(ev, pb.DeletionEvent)
     assert ev.path == b"/home/u/x" and ev.raw_path == b"x" and ev.result == -2 and ev.op == pb.OP_UNLINK
     assert ev.process.exe == b"/usr/bin/rm" and ev.process.comm == b"rm" and ev.process.tid == 11
@@ -98,10 +97,10 @@ def test_a_deletion_record_decodes_to_an_event_with_its_exe_from_an_earlier_reco
 
 
 def test_truncation_flags_survive_decoding() -> None:
-    ev = Decoder("n", "a", "kprobe").decode(_record(1, b"p", b"/d", flags=2))
+    ev = decode(Decoder("n", "a", "kprobe"), _record(1, b"p", b"/d", flags=2))
     assert isinstance(ev, pb.DeletionEvent) and ev.flags & pb.EVENT_FLAG_PATH_TRUNCATED
 
 
 def test_a_cgroup_mkdir_record_gives_id_and_path() -> None:
-    item = Decoder("n", "a", "kprobe").decode(_record(2, b"/kubepods/pod1/abc", cgroup_id=4242))
+    item = decode(Decoder("n", "a", "kprobe"), _record(2, b"/kubepods/pod1/abc", cgroup_id=4242))
     assert item == CgroupMkdir(4242, "/kubepods/pod1/abc")

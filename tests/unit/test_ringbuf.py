@@ -10,8 +10,7 @@ import struct
 from collections.abc import Iterator
 
 import pytest
-
-from unlinkwatch.agent.ringbuf import RingBuffer
+from unlinkwatch.agent.probe.ringbuf import RingBuffer
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SIZE = 4 * PAGE

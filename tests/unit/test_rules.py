@@ -5,8 +5,8 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
 from unlinkwatch.collector.rules import RulesError, RuleSet, load_rules, parse_rules
+
 from unlinkwatch.errors import UserError
 from unlinkwatch.pb import events_pb2 as pb
 

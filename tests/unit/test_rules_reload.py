@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from tests.support.alertrules import deletion, write_rules
 from unlinkwatch.collector.alerts import AlertEngine
 from unlinkwatch.collector.metrics import CollectorMetrics
+
+from tests.support.alertrules import deletion, write_rules
 from unlinkwatch.errors import UserError
 
 TMP_RULE = "rules:\n  - {name: tmp-deleted, severity: low, match: {paths: ['/tmp/**']}}\n"

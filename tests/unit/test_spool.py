@@ -6,11 +6,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from unlinkwatch.agent.metrics import AgentMetrics
+from unlinkwatch.agent.ship.shipper import Shipper, ShipperConfig
+from unlinkwatch.collector.query import EventFilter, query
+
 from tests.support.collector import free_port, start_inprocess
 from tests.support.eventgen import events
-from unlinkwatch.agent.metrics import AgentMetrics
-from unlinkwatch.agent.ship import Shipper, ShipperConfig
-from unlinkwatch.collector.store import EventFilter
 from unlinkwatch.pb import events_pb2 as pb
 
 
@@ -46,7 +47,7 @@ def test_events_and_identity_updates_arrive_batched(tmp_path: Path) -> None:
         submit_all(s, evs)
         s.submit([], [pb.IdentityUpdate(pod_uid="uid-late", pod=pb.Pod(name="p", namespace="ns"))])
         wait_for(lambda: c.store.count() == 1000 and s.backlog() == 0)
-        [late] = c.store.query(EventFilter(namespace="ns", pod="p"), None, 10)[0]
+        [late] = query(c.store, EventFilter(namespace="ns", pod="p"), None, 10)[0]
         assert late.seq == 1 and late.identity == pb.IDENTITY_STATE_LATE
     finally:
         s.close()
@@ -101,7 +102,7 @@ def test_a_full_spool_drops_the_oldest_batches_and_counts_them_exactly(tmp_path:
         assert sum(int(p.name.split("-")[2].split(".")[0]) for p in spool.iterdir()) == 5000 - lost
         c = start_inprocess(f"sqlite:///{tmp_path}/c.db", port=port)
         wait_for(lambda: s.backlog() == 0 and c.store.count() == 5000 - lost)
-        stored = [e.seq for e in c.store.query(EventFilter(), None, 10_000)[0]]
+        stored = [e.seq for e in query(c.store, EventFilter(), None, 10_000)[0]]
         assert stored == list(range(lost + 1, 5001))   # exactly the oldest were dropped
         wait_for(lambda: c.store.agents()[0].lost_queue == lost)
         [a] = c.store.agents()

@@ -10,13 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from unlinkwatch.collector.ingest.batch import commit_batch, prepare
+from unlinkwatch.collector.ingest.commitproc import CommitProcess
+from unlinkwatch.collector.query import Cursor, EventFilter, query, read_events
+from unlinkwatch.collector.store import Store, open_store
+from unlinkwatch.collector.store.model import ident_key
+from unlinkwatch.collector.store.sqlite import SqliteStore
 
 from tests.support.eventgen import T0, batches, events, pod_uid
 from tests.support.postgres import PostgresCluster, postgres_server  # noqa: F401 - session fixture
-from unlinkwatch.collector.commitproc import CommitProcess
-from unlinkwatch.collector.ingest import ident_key
-from unlinkwatch.collector.store import Cursor, EventFilter, Store, open_store
-from unlinkwatch.collector.store_sqlite import SqliteStore
 from unlinkwatch.pb import events_pb2 as pb
 
 NOW = T0 + 10**15
@@ -64,38 +66,38 @@ def batch(evs: list[pb.DeletionEvent], agent: str = "node-a:1", batch_id: int = 
 
 def test_every_field_survives_the_round_trip_including_non_utf8_bytes(store: Store) -> None:
     ev = full_event(1)
-    store.commit_batch(batch([ev]), NOW)
-    got, cursor = store.query(EventFilter(), None, 10)
+    commit_batch(store, batch([ev]), NOW)
+    got, cursor = query(store, EventFilter(), None, 10)
     assert got == [ev] and cursor is None
 
 
 def test_a_replayed_batch_is_stored_once_and_reported_as_duplicates(store: Store) -> None:
     b = next(batches("node-a:1", 500, 500))
-    first = store.commit_batch(b, NOW)
-    again = store.commit_batch(b, NOW)
+    first = commit_batch(store, b, NOW)
+    again = commit_batch(store, b, NOW)
     assert (len(first.new_events), first.duplicates) == (500, 0)
     assert (len(again.new_events), again.duplicates) == (0, 500)
     overlap = batch(events("node-a:1", 451, 100), batch_id=2)
-    third = store.commit_batch(overlap, NOW)
+    third = commit_batch(store, overlap, NOW)
     assert [e.seq for e in third.new_events] == list(range(501, 551)) and third.duplicates == 50
     assert store.count() == 550
     assert store.agents()[0].events == 550
 
 
 def test_same_sequence_number_under_another_agent_is_a_different_event(store: Store) -> None:
-    store.commit_batch(batch([full_event(1, "node-a:1")]), NOW)
-    store.commit_batch(batch([full_event(1, "node-a:2")], agent="node-a:2"), NOW)
+    commit_batch(store, batch([full_event(1, "node-a:1")]), NOW)
+    commit_batch(store, batch([full_event(1, "node-a:2")], agent="node-a:2"), NOW)
     assert store.count() == 2
 
 
 def test_sequence_gaps_and_reported_losses_are_accounted_per_agent(store: Store) -> None:
     evs = events("node-a:1", 1, 20)
-    store.commit_batch(batch(evs[:5]), NOW)
-    st = store.commit_batch(batch(evs[10:], batch_id=2, lost=pb.LossCounters(kernel=3, queue=2)), NOW).state
+    commit_batch(store, batch(evs[:5]), NOW)
+    st = commit_batch(store, batch(evs[10:], batch_id=2, lost=pb.LossCounters(kernel=3, queue=2)), NOW).state
     # seqs 6..10 never arrived; the agent says 2 were dropped from its queue: 3 are unexplained
     assert (st.events, st.max_seq, st.lost_kernel, st.lost_queue, st.gaps) == (15, 20, 3, 2, 3)
     assert st.coverage == pytest.approx(15 / (15 + 5 + 3))
-    hb = store.commit_batch(pb.EventBatch(agent="node-a:1", batch_id=3, first_seq=21), NOW + 5).state
+    hb = commit_batch(store, pb.EventBatch(agent="node-a:1", batch_id=3, first_seq=21), NOW + 5).state
     assert hb.last_seen_ns == NOW + 5 and hb.gaps == 3
     [a] = store.agents()
     assert (a.agent, a.node, a.events, a.gaps) == ("node-a:1", "node-a", 15, 3)
@@ -111,24 +113,24 @@ def test_identity_update_turns_unknown_events_of_that_pod_late_with_names(store:
     upd = pb.IdentityUpdate(pod_uid=pod_uid(9), container_id="c" * 64,
                             pod=pb.Pod(uid=pod_uid(9), name="late-pod", namespace="ns-late", workload="Job/x"),
                             container=pb.Container(id="c" * 64, name="worker", image="busybox"))
-    store.commit_batch(batch([unknown, other]), NOW)
-    store.commit_batch(batch([], batch_id=2, identity_updates=[upd], first_seq=3), NOW)
-    [late] = store.query(EventFilter(namespace="ns-late", pod="late-pod"), None, 10)[0]
+    commit_batch(store, batch([unknown, other]), NOW)
+    commit_batch(store, batch([], batch_id=2, identity_updates=[upd], first_seq=3), NOW)
+    [late] = query(store, EventFilter(namespace="ns-late", pod="late-pod"), None, 10)[0]
     assert late.identity == pb.IDENTITY_STATE_LATE and late.seq == 1
     assert (late.pod.uid, late.pod.workload, late.container.name, late.container.image) == (
         pod_uid(9), "Job/x", "worker", "busybox")
-    assert [e.seq for e in store.query(EventFilter(pod_uid=pod_uid(9)), None, 10)[0]] == [1]
-    assert store.query(EventFilter(namespace="prod"), None, 10)[0][0].identity == pb.IDENTITY_STATE_RESOLVED
+    assert [e.seq for e in query(store, EventFilter(pod_uid=pod_uid(9)), None, 10)[0]] == [1]
+    assert query(store, EventFilter(namespace="prod"), None, 10)[0][0].identity == pb.IDENTITY_STATE_RESOLVED
 
 
 def seqs(store: Store, f: EventFilter, limit: int = 100_000) -> list[int]:
-    return [e.seq for e in store.query(f, None, limit)[0]]
+    return [e.seq for e in query(store, f, None, limit)[0]]
 
 
 def test_filters_select_exactly_the_matching_events_oldest_first(store: Store) -> None:
     for b in batches("node-a:1", 3000, 1000, pods=20):
-        store.commit_batch(b, NOW)
-    everything = store.query(EventFilter(), None, 100_000)[0]
+        commit_batch(store, b, NOW)
+    everything = query(store, EventFilter(), None, 100_000)[0]
     assert [e.seq for e in everything] == list(range(1, 3001))
 
     def expect(pred: object) -> list[int]:
@@ -153,13 +155,13 @@ def test_filters_select_exactly_the_matching_events_oldest_first(store: Store) -
 
 def test_paging_walks_every_match_once_in_order(store: Store) -> None:
     for b in batches("node-a:1", 1000, 1000, pods=5):
-        store.commit_batch(b, NOW)
+        commit_batch(store, b, NOW)
     f = EventFilter(path_glob="/var/lib/app2/**")
     want = seqs(store, f)
     got: list[int] = []
     cursor: Cursor | None = None
     while True:
-        page, cursor = store.query(f, cursor, 7)
+        page, cursor = query(store, f, cursor, 7)
         got += [e.seq for e in page]
         if cursor is None:
             break
@@ -169,7 +171,7 @@ def test_paging_walks_every_match_once_in_order(store: Store) -> None:
 
 def test_retention_deletes_only_events_older_than_the_cutoff(store: Store) -> None:
     for b in batches("node-a:1", 1000, 250):
-        store.commit_batch(b, NOW)
+        commit_batch(store, b, NOW)
     assert store.delete_before(T0 + 400 * 10**6, chunk=64) == 399
     assert seqs(store, EventFilter())[:2] == [400, 401] and store.count() == 601
 
@@ -192,10 +194,11 @@ def test_a_folded_alert_saved_again_with_its_final_count_is_kept_once(store: Sto
 
 def test_the_retention_pass_keeps_exactly_the_configured_window(store: Store) -> None:
     from unlinkwatch.collector.retention import Retention
+
     from unlinkwatch.timeparse import parse_duration_ns
 
     for b in batches("node-a:1", 600, 300):
-        store.commit_batch(b, NOW)
+        commit_batch(store, b, NOW)
     keep = parse_duration_ns("100ms")   # events are 1 ms apart: seq 500..600 are within 100 ms of the last
     assert Retention(store, keep).run_once(now_ns=T0 + 600 * 10**6) == 499
     assert seqs(store, EventFilter()) == list(range(500, 601))
@@ -205,7 +208,7 @@ def test_a_group_commit_dedups_across_its_batches_and_accounts_each_in_order(sto
     b1 = batch(events("node-a:1", 1, 100), batch_id=1)
     b2 = batch(events("node-a:1", 51, 100), batch_id=2)   # half of it repeats b1, in the same transaction
     b3 = batch(events("node-b:1", 1, 10), agent="node-b:1", batch_id=1)
-    r1, r2, r3 = store.commit_prepared([store.prepare(b) for b in (b1, b2, b3)], NOW)
+    r1, r2, r3 = store.commit_prepared([prepare(store, b) for b in (b1, b2, b3)], NOW)
     assert not isinstance(r1, Exception) and not isinstance(r2, Exception) and not isinstance(r3, Exception)
     assert (len(r1.new_events), r1.duplicates, r1.state.events) == (100, 0, 100)
     assert [e.seq for e in r2.new_events] == list(range(101, 151)) and r2.duplicates == 50
@@ -215,10 +218,10 @@ def test_a_group_commit_dedups_across_its_batches_and_accounts_each_in_order(sto
 
 def test_a_failing_batch_of_a_group_fails_alone(store: Store) -> None:
     good = batch(events("node-a:1", 1, 20), batch_id=1)
-    bad = store.prepare(batch([pb.DeletionEvent(agent="node-a:1", seq=21, time_unix_ns=1)], batch_id=2))
+    bad = prepare(store, batch([pb.DeletionEvent(agent="node-a:1", seq=21, time_unix_ns=1)], batch_id=2))
     bad.rows[0] = (bad.rows[0][0], 2**64 - 1, *bad.rows[0][2:])  # (prepare refuses such a time: InvalidBatch)
     later = batch(events("node-a:1", 22, 5), batch_id=3)
-    r1, r2, r3 = store.commit_prepared([store.prepare(good), bad, store.prepare(later)], NOW)
+    r1, r2, r3 = store.commit_prepared([prepare(store, good), bad, prepare(store, later)], NOW)
     assert isinstance(r2, Exception) and not isinstance(r1, Exception) and not isinstance(r3, Exception)
     assert store.count() == 25 and store.agents()[0].events == 25
 
@@ -226,11 +229,11 @@ def test_a_failing_batch_of_a_group_fails_alone(store: Store) -> None:
 def test_events_are_stored_as_the_bytes_they_arrived_in(store: Store) -> None:
     unknown_field = b"\xa8\x06\x07"  # field 101, varint 7: from a newer agent; kept as it came
     raw = full_event(1).SerializeToString() + unknown_field
-    store.commit_prepared([store.prepare(batch([pb.DeletionEvent.FromString(raw)]), [raw])], NOW)
-    store.commit_batch(batch([full_event(2)], batch_id=2), NOW)  # no bytes given: serialized from the message
-    blobs, _ = store.query_raw(EventFilter(), None, 10)
+    store.commit_prepared([prepare(store, batch([pb.DeletionEvent.FromString(raw)]), [raw])], NOW)
+    commit_batch(store, batch([full_event(2)], batch_id=2), NOW)  # no bytes given: serialized from the message
+    blobs, _ = read_events(store, EventFilter(), None, 10)
     assert blobs[0] == raw and pb.DeletionEvent.FromString(blobs[1]) == full_event(2)  # (map order varies)
-    got = store.query(EventFilter(), None, 10)[0][0]
+    got = query(store, EventFilter(), None, 10)[0][0]
     got.DiscardUnknownFields()
     assert got == full_event(1)
 
@@ -243,7 +246,7 @@ def test_closing_the_sqlite_store_while_a_stream_thread_registers_an_identity_wa
 
     def prepare() -> None:
         try:
-            outcome.append(s.prepare(batch(events("node-a:1", 1, 10))))
+            outcome.append(prepare(s, batch(events("node-a:1", 1, 10))))
         except Exception as e:
             outcome.append(e)
 
@@ -268,7 +271,7 @@ def test_the_sqlite_wal_stays_bounded_under_constant_ingest(tmp_path: Path) -> N
     try:
         largest = 0
         for b in batches("node-a:1", 60_000, 1500):
-            s.commit_batch(b, NOW)
+            commit_batch(s, b, NOW)
             largest = max(largest, (tmp_path / "events.db-wal").stat().st_size)
         assert s.count() == 60_000
         assert largest < 24 << 20, f"WAL reached {largest >> 20} MiB"
@@ -287,12 +290,12 @@ def test_a_batch_of_many_new_pods_numbers_each_identity_once_and_a_second_store_
     evs = events("node-a:1", 1, 600, pods=500)
     first, second = open_store(url), open_store(url)
     try:
-        first.commit_batch(batch(evs), NOW)
-        nums = [r[5] for r in first.prepare(batch(evs)).rows]
+        commit_batch(first, batch(evs), NOW)
+        nums = [r[5] for r in prepare(first, batch(evs)).rows]
         assert len(set(nums)) == len({ident_key(e) for e in evs}) > 300
-        assert [r[5] for r in second.prepare(batch(evs)).rows] == nums  # registered by the first: same numbers
+        assert [r[5] for r in prepare(second, batch(evs)).rows] == nums  # registered by the first: same numbers
         for uid in {e.pod.uid for e in evs[::97] if e.pod.uid}:
-            got, _ = first.query(EventFilter(pod_uid=uid), None, 1000)
+            got, _ = query(first, EventFilter(pod_uid=uid), None, 1000)
             assert sorted(e.seq for e in got) == sorted(e.seq for e in evs if e.pod.uid == uid)
     finally:
         second.close()

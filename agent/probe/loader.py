@@ -1,6 +1,6 @@
 """Compiling with bcc leaves its in-process LLVM (~85 MiB of libLLVM/libclang pages, plus the heap the
 compilation grew) in whatever process did it. So a short-lived child does it: the agent starts
-`python -m unlinkwatch.agent.loader`, asks it for one attach mode at a time over a Unix socketpair, and
+`python -m unlinkwatch.agent.probe.loader`, asks it for one attach mode at a time over a Unix socketpair, and
 receives every map, program and attachment fd of the loaded program with SCM_RIGHTS. The agent runs the
 live self-test on those fds; on success it tells the child to exit without detaching (the attachments
 live as long as the agent's fds), on failure it closes them and the child detaches and removes what it
@@ -20,10 +20,11 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from unlinkwatch.agent.bpfsys import PercpuU64
-from unlinkwatch.agent.btf import BtfError
-from unlinkwatch.agent.probe import ProbeConfig, ProbeError
 from unlinkwatch.errors import UserError
+
+from .bpfsys import PercpuU64
+from .btf import BtfError
+from .program import ProbeConfig, ProbeError
 
 log = logging.getLogger("unlinkwatch.loader")
 
@@ -87,7 +88,7 @@ class Loader:
             out = subprocess.DEVNULL
         with theirs:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "unlinkwatch.agent.loader", str(theirs.fileno()), level],
+                [sys.executable, "-m", "unlinkwatch.agent.probe.loader", str(theirs.fileno()), level],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=out)
         self._sock = ours
 
@@ -179,7 +180,7 @@ class Loader:
 
 
 def _serve(sock: socket.socket) -> None:
-    from unlinkwatch.agent.probe import Probe
+    from .program import Probe
 
     current: Probe | None = None
     try:
@@ -217,8 +218,8 @@ def _serve(sock: socket.socket) -> None:
 
 
 def _kernel_facts(functions: list[str]) -> dict[str, Any]:
-    from unlinkwatch.agent.btf import Btf
-    from unlinkwatch.agent.probe import kernel_offsets
+    from .btf import Btf
+    from .program import kernel_offsets
 
     try:
         btf = Btf.load()

@@ -3,7 +3,7 @@
 Streams parse, validate and build rows in their own threads and hand the result here; a writer takes
 everything queued (up to GROUP_EVENTS events) and commits it as one transaction, so one commit (one WAL
 sync point, one pass over each index page touched) serves several batches. In the collector each writer
-thread hands its groups to a commit process (collector/commitproc.py), so the SQL work runs on its own
+thread hands its groups to a commit process (commitproc.py), so the SQL work runs on its own
 interpreter while the streams parse the next batches. A batch's future resolves only after the
 transaction holding it has committed: acks stay after commit, and each stream acks in order."""
 
@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-from unlinkwatch.collector.store import BatchResult, CommitOutcome, Prepared, Store
+from ..store import Store
+from ..store.model import BatchResult, CommitOutcome, Prepared
 
 log = logging.getLogger("unlinkwatch.collector")
 GROUP_EVENTS = 32_768  # events per transaction at most (a batch is never split)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from unlinkwatch.agent.owners import OwnerResolver
+from .owners import OwnerResolver
 
 log = logging.getLogger("unlinkwatch.agent.kube")
 
@@ -110,6 +110,9 @@ class PodIndex:
         for uid, info in list(self.pods.items()):
             if uid not in fresh and not info.deleted_at:
                 self.delete(uid)
+
+    def live_count(self) -> int:
+        return sum(1 for i in list(self.pods.values()) if not i.deleted_at)
 
     def pod(self, uid: str) -> PodInfo | None:
         return self.pods.get(uid)

@@ -1,7 +1,7 @@
-"""The only module that imports bcc: compiles agent/bpf/unlink.bpf.c for one attach mode, with every
-struct offset taken from the running kernel's BTF and passed as -D flags, attaches it, and hands over
-every map, program and attachment fd (handover()). It runs in the short-lived loader child
-(agent/loader.py), so bcc's in-process LLVM never maps into the long-running agent."""
+"""The BPF program, and the only module that imports bcc: compiles agent/bpf/unlink.bpf.c for one attach
+mode, with every struct offset taken from the running kernel's BTF and passed as -D flags, attaches it, and
+hands over every map, program and attachment fd (handover()). It runs in the short-lived loader child
+(loader.py), so bcc's in-process LLVM never maps into the long-running agent."""
 
 from __future__ import annotations
 
@@ -10,17 +10,19 @@ import ctypes
 import logging
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unlinkwatch.agent.btf import Btf, BtfError
 from unlinkwatch.errors import UserError
+
+from .btf import Btf, BtfError
 
 log = logging.getLogger("unlinkwatch.probe")
 
-BPF_DIR = Path(__file__).resolve().parent / "bpf"
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCE = BPF_DIR / "unlink.bpf.c"
 GENERIC_HEADERS = "/usr/local/share/unlinkwatch/kernel-headers"
 
@@ -127,12 +129,36 @@ def ensure_tracefs() -> None:
                         "mount -t tracefs nodev /sys/kernel/tracing")
 
 
+def hook_label(mode: str, unlink_fn: str) -> str:
+    """What a mode attaches to, as the agent reports it (doctor, logs, the attach-mode metric)."""
+    if mode == "tracepoint":
+        return "syscalls:sys_enter/exit_{unlink,unlinkat,rmdir,rename*}"
+    return unlink_fn
+
+
+_LOCAL_INCLUDE = re.compile(r'^#include "([\w.]+)"$', re.M)
+
+
+def source_text() -> str:
+    """unlink.bpf.c with its own headers inlined: bcc rewrites map calls (`events.ringbuf_output(...)`) only in
+    the text it is given, not in the files that text includes."""
+    seen: set[str] = set()
+
+    def inline(m: re.Match[str]) -> str:
+        name = m[1]
+        if name in seen:
+            return ""
+        seen.add(name)
+        return _LOCAL_INCLUDE.sub(inline, (BPF_DIR / name).read_text())
+
+    return _LOCAL_INCLUDE.sub(inline, SOURCE.read_text())
+
+
 def render_source(cfg: ProbeConfig, btf: Btf) -> str:
-    """The final C as the compiler sees it (for --ebpf)."""
+    """The final C as the compiler sees it (for --ebpf): the -D flags, then source_text()."""
     defines = "\n".join(f"#define {f[2:].replace('=', ' ', 1)}" for f in cflags(cfg, kernel_offsets(btf))
                         if f.startswith("-D"))
-    header = (BPF_DIR / "kprobe.h").read_text()
-    return defines + "\n" + SOURCE.read_text().replace('#include "kprobe.h"', header)
+    return defines + "\n" + source_text()
 
 
 class Probe:
@@ -153,10 +179,10 @@ class Probe:
         self.cfg = cfg
         self.degraded: list[str] = []  # features of this mode the kernel refused
         self.rename_lookup = ""
-        self.hook = cfg.unlink_fn if cfg.mode != "tracepoint" else "syscalls:sys_{enter,exit}_unlink*"
+        self.hook = hook_label(cfg.mode, cfg.unlink_fn)
         with _captured_stderr() as err:
             try:
-                self._bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags(cfg, offsets))
+                self._bpf = BPF(text=source_text().encode(), cflags=cflags(cfg, offsets))
             except Exception as e:  # bcc raises bare Exception for compile and load failures
                 self._bpf = None
                 failure: Exception | None = e

@@ -13,17 +13,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unlinkwatch.agent.btf import Btf
-from unlinkwatch.agent.loader import HeldProbe, Loader
-from unlinkwatch.agent.probe import ProbeConfig, ProbeError, kernel_offsets
-from unlinkwatch.agent.record import Decoder
-from unlinkwatch.agent.ringbuf import RingBuffer
 from unlinkwatch.errors import UserError
-from unlinkwatch.pb import events_pb2 as pb
+
+from ..decode import successful_deletion_by
+from .btf import Btf
+from .loader import HeldProbe, Loader
+from .program import ProbeConfig, ProbeError, hook_label, kernel_offsets
+from .ringbuf import RingBuffer
 
 log = logging.getLogger("unlinkwatch.hooks")
 
 UNLINK_FUNCTIONS = ("do_unlinkat", "filename_unlinkat")
+RMDIR_WAIT_S = 2.0  # the self-test's directory event, once its file's was seen
 # What each mode cannot see, for doctor and the README.
 MISSES = {
     "tracepoint": "io_uring IORING_OP_UNLINKAT/RENAMEAT (no syscall); renames over targets not in the dcache",
@@ -39,8 +40,7 @@ class Candidate:
 
     @property
     def hook(self) -> str:
-        return "syscalls:sys_enter/exit_{unlink,unlinkat,rmdir,rename*}" if self.mode == "tracepoint" \
-            else self.unlink_fn
+        return hook_label(self.mode, self.unlink_fn)
 
 
 @dataclass
@@ -85,34 +85,39 @@ def candidates(fns: list[str], forced: str) -> tuple[list[Candidate], list[tuple
     return chain, skipped
 
 
-def self_test(ring: RingBuffer, decoder: Decoder, timeout_s: float) -> tuple[bool, list[bytes]]:
-    """Deletes a file in a private temp dir and waits for its event. Returns (seen, others' records)."""
+def self_test(ring: RingBuffer, timeout_s: float) -> tuple[bool, list[bytes]]:
+    """Deletes a file and then its private temp dir, and waits for their events. Returns (the file's
+    deletion was seen, others' records). Both of its own deletions are taken out of the ring here, so none of
+    the self-test reaches the agent's output; the directory's is waited for RMDIR_WAIT_S at most."""
     tmp = tempfile.mkdtemp(prefix="unlinkwatch-selftest-")
-    name = f"probe-{secrets.token_hex(8)}"
-    path = os.path.join(tmp, name)
+    path = os.path.join(tmp, f"probe-{secrets.token_hex(8)}")
+    own = {path.encode(), tmp.encode()}
+    pid = os.getpid()
+    seen: set[bytes] = set()
     leftovers: list[bytes] = []
     try:
         Path(path).touch()
         os.unlink(path)
+        os.rmdir(tmp)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            records = ring.drain()
-            for i, rec in enumerate(records):
-                ev = decoder.decode(rec)
-                if isinstance(ev, pb.DeletionEvent) and ev.process.pid == os.getpid() \
-                        and ev.path == path.encode() and ev.result == 0:
-                    leftovers.extend(records[i + 1 :])
-                    return True, leftovers
-                leftovers.append(rec)
+        while time.monotonic() < deadline and seen != own:
+            for rec in ring.drain():
+                raw = successful_deletion_by(rec, pid)
+                if raw in own:
+                    seen.add(raw)
+                    if raw == path.encode():  # the mode works: what is left is the directory's record
+                        deadline = min(deadline, time.monotonic() + RMDIR_WAIT_S)
+                else:
+                    leftovers.append(rec)
             time.sleep(0.01)
-        return False, leftovers
+        return path.encode() in seen, leftovers
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def attach(forced: str, ringbuf_mb: int = 32, selftest_timeout_s: float = 5.0, btf: Btf | None = None) -> Attached:
     """Attaches the first candidate whose self-test passes; UserError when none does. Each candidate is
-    compiled and attached by the loader child (agent/loader.py); this process only holds the fds."""
+    compiled and attached by the loader child (loader.py); this process only holds the fds."""
     t0 = time.monotonic()
     with Loader() as loader:
         if btf is None:
@@ -133,7 +138,7 @@ def attach(forced: str, ringbuf_mb: int = 32, selftest_timeout_s: float = 5.0, b
             ring: RingBuffer | None = None
             try:
                 ring = RingBuffer(probe.ringbuf_fd, probe.ringbuf_size)
-                ok, leftovers = self_test(ring, Decoder("", "", cand.mode), selftest_timeout_s)
+                ok, leftovers = self_test(ring, selftest_timeout_s)
             except BaseException:
                 if ring is not None:
                     ring.close()

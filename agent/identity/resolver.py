@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from unlinkwatch.agent import podpath
-from unlinkwatch.agent.cgroups import ROOT_CGROUP_ID, Cgroup2Mount, CgroupPaths, find_cgroup2
-from unlinkwatch.agent.kube import ContainerInfo, PodIndex, PodInfo, PodWatcher
-from unlinkwatch.agent.metrics import AgentMetrics
-from unlinkwatch.agent.wire import identity_json, identity_wire
 from unlinkwatch.eventjson import IDENTITY_NAMES
 from unlinkwatch.pb import events_pb2 as pb
+
+from ..metrics import AgentMetrics
+from . import podpath
+from .cgroups import ROOT_CGROUP_ID, Cgroup2Mount, CgroupPaths, find_cgroup2
+from .kube import ContainerInfo, PodIndex, PodInfo, PodWatcher
 
 log = logging.getLogger("unlinkwatch.agent.identity")
 
@@ -32,9 +32,11 @@ class IdentityConfig:
     grace_seconds: float = 300.0
 
 
-@dataclass(slots=True)
-class _Cached:
-    """What fill() copies into an event for one cgroup id, and what it was built from."""
+@dataclass(slots=True, eq=False)
+class Identity:
+    """The identity of one cgroup id: the event fields it gives (`template`: cgroup_id, container, pod and
+    identity state of a DeletionEvent) and what it was built from. A rebuilt identity is a new object, so
+    downstream stages may cache what they derive from one by the object itself."""
 
     template: pb.DeletionEvent
     state: int
@@ -42,8 +44,6 @@ class _Cached:
     container_id: str = ""
     pod: PodInfo | None = None  # the index's object at build time: a different one means rebuild
     retry_at: float = 0.0  # for ids with no path yet: when to look again
-    wire: bytes = b""  # the template's identity fields as protobuf bytes (wire.identity_wire)
-    json: str = ""     # ... and as JSON members (wire.identity_json)
 
 
 def _set_pod(msg: pb.Pod, info: PodInfo) -> None:
@@ -73,9 +73,11 @@ class IdentityResolver:
         if cfg.kube == "auto":
             self.watcher = PodWatcher(cfg.node, self.index, cfg.kubeconfig,
                                       watch_timeout_seconds=watch_timeout_seconds)
+        if metrics is not None:
+            metrics.pods_known.set_function(self.index.live_count)
         self.max_cached = max_cached
         self.sweep_seconds = sweep_seconds
-        self._cache: dict[int, _Cached] = {}
+        self._cache: dict[int, Identity] = {}
         self._pending: dict[tuple[str, str], float] = {}  # (pod uid, container id) emitted UNKNOWN -> first time
         self._counts = [0] * 5  # events by IdentityState; flushed to metrics in drain_updates
         self._flushed = [0] * 5
@@ -108,7 +110,7 @@ class IdentityResolver:
         self._cache.pop(cgroup_id, None)
 
     # --- the event path ---------------------------------------------------------------------------
-    def identify(self, cgroup_id: int) -> _Cached:
+    def identify(self, cgroup_id: int) -> Identity:
         """The identity of one event's cgroup (counted as one event); never blocks (no locks, no API calls)."""
         c = self._cache.get(cgroup_id)
         if (c is None or (c.uid and self._pods.get(c.uid) is not c.pod)
@@ -123,17 +125,17 @@ class IdentityResolver:
         """Set container, pod and identity of a DeletionEvent from its cgroup_id."""
         ev.MergeFrom(self.identify(ev.cgroup_id).template)
 
-    def _build(self, cgroup_id: int) -> _Cached:
+    def _build(self, cgroup_id: int) -> Identity:
         t = pb.DeletionEvent()
         if cgroup_id == ROOT_CGROUP_ID:
-            return self._store(cgroup_id, _Cached(_with_state(t, HOST), HOST))
+            return self._store(cgroup_id, Identity(_with_state(t, HOST), HOST))
         path = self.cgroups.lookup(cgroup_id) if cgroup_id else None
         if path is None:  # removed before we learnt its path, or not visible here
-            return self._store(cgroup_id, _Cached(_with_state(t, UNKNOWN), UNKNOWN,
+            return self._store(cgroup_id, Identity(_with_state(t, UNKNOWN), UNKNOWN,
                                                   retry_at=self._clock() + PATH_RETRY_SECONDS))
         pp = podpath.parse(path)
         if pp is None:
-            return self._store(cgroup_id, _Cached(_with_state(t, HOST), HOST))
+            return self._store(cgroup_id, Identity(_with_state(t, HOST), HOST))
         t.pod.uid, t.container.id = pp.pod_uid, pp.container_id
         info = self.index.pods.get(pp.pod_uid)
         cont = info.containers.get(pp.container_id) if info is not None and pp.container_id else None
@@ -148,12 +150,11 @@ class IdentityResolver:
                 _set_container(t.container, cont)
             if cont is not None or not pp.container_id or pp.runtime == "crio-conmon":
                 state = RESOLVED
-        return self._store(cgroup_id, _Cached(_with_state(t, state), state, pp.pod_uid, pp.container_id,
+        return self._store(cgroup_id, Identity(_with_state(t, state), state, pp.pod_uid, pp.container_id,
                                               self.index.pods.get(pp.pod_uid)))
 
-    def _store(self, cgroup_id: int, c: _Cached) -> _Cached:
+    def _store(self, cgroup_id: int, c: Identity) -> Identity:
         c.template.cgroup_id = cgroup_id
-        c.wire, c.json = identity_wire(c.template), identity_json(c.template)
         if len(self._cache) >= self.max_cached:
             self._cache.clear()  # rare: rebuilt lazily, and bounded memory matters more
         self._cache[cgroup_id] = c

@@ -31,9 +31,10 @@ from collections.abc import Sequence
 from dataclasses import astuple
 from typing import IO, Any
 
-from unlinkwatch.collector.ingest import AgentState
-from unlinkwatch.collector.store import BatchResult, CommitOutcome, Prepared, new_events_of, open_store
 from unlinkwatch.pb import events_pb2 as pb
+
+from ..store import open_store
+from ..store.model import AgentState, BatchResult, CommitOutcome, Prepared, new_events_of
 
 log = logging.getLogger("unlinkwatch.collector")
 _LEN = struct.Struct("<Q")
@@ -94,7 +95,7 @@ class CommitProcess:
         self._start()
 
     def _start(self) -> None:
-        proc = subprocess.Popen([sys.executable, "-m", "unlinkwatch.collector.commitproc"],
+        proc = subprocess.Popen([sys.executable, "-m", "unlinkwatch.collector.ingest.commitproc"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
         assert proc.stdin is not None and proc.stdout is not None

@@ -17,11 +17,12 @@ from typing import Any
 
 import grpc
 
-from unlinkwatch.agent.metrics import AgentMetrics
-from unlinkwatch.agent.spool import Spool, SpoolFile
-from unlinkwatch.agent.wire import varint
+from unlinkwatch.codec import batch_bytes
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.tlsconfig import channel
+
+from ..metrics import AgentMetrics
+from .spool import Spool, SpoolFile
 
 log = logging.getLogger("unlinkwatch.agent.ship")
 INGEST = "/unlinkwatch.v1.Collector/Ingest"
@@ -56,11 +57,6 @@ class _Entry:
     file: SpoolFile | None
     own: bool                   # False for batches spooled by an earlier run (another agent id)
     sent_at: float = 0.0
-
-
-def encode_batch(header: pb.EventBatch, events: list[bytes]) -> bytes:
-    """EventBatch bytes from a header and pre-serialized events (field 4, length-delimited): no copies."""
-    return header.SerializeToString() + b"".join([b"\x22" + varint(len(e)) + e for e in events])
 
 
 class Shipper:
@@ -169,7 +165,7 @@ class Shipper:
                 if self._pending or self._updates:
                     self._first_pending_at = time.monotonic()
                 batch_id, self._next_batch = self._next_batch, self._next_batch + 1
-            data = encode_batch(pb.EventBatch(agent=cfg.agent_id, node=cfg.node, batch_id=batch_id,
+            data = batch_bytes(pb.EventBatch(agent=cfg.agent_id, node=cfg.node, batch_id=batch_id,
                                               identity_updates=updates, attach_mode=cfg.attach_mode,
                                               first_seq=first_seq), events)
             self._enqueue(batch_id, len(events), data, spool=bool(events or updates))

@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Reading kernel memory in unlink.bpf.c: plain loads through BTF-typed pointers, probe reads, and the spans
+ * (one read per dentry and per mount) the path walk uses. Offsets are the OFF_* -D flags from BTF. */
+#ifndef UNLINKWATCH_READ_H
+#define UNLINKWATCH_READ_H
+
+/* A plain load from a pointer the verifier knows by BTF type (a chain from bpf_get_current_task_btf()):
+ * compiled to a guarded load, where bpf_probe_read_kernel is a helper call. */
+#define UW_LD(base, off, type) (*(type *)((void *)(base) + (off)))
+
+static __always_inline void *uw_ptr(void *base, long off)
+{
+	void *p = 0;
+	bpf_probe_read_kernel(&p, sizeof(p), base + off);
+	return p;
+}
+
+static __always_inline __u32 uw_u32(void *base, long off)
+{
+	__u32 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), base + off);
+	return v;
+}
+
+static __always_inline __u64 uw_u64(void *base, long off)
+{
+	__u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), base + off);
+	return v;
+}
+
+/* One bpf_probe_read_kernel per dentry and per mount: the fields the walk needs are read as one span.
+ * The spans are computed from the BTF offsets, so any member order works; in the kernels we know they
+ * are 24 bytes each (d_parent and d_name; mnt_parent, mnt_mountpoint and mnt.mnt_root). */
+#define UW_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define UW_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define UW_D_PARENT OFF_DENTRY_D_PARENT
+#define UW_D_LEN (OFF_DENTRY_D_NAME + OFF_QSTR_LEN)
+#define UW_D_NAME (OFF_DENTRY_D_NAME + OFF_QSTR_NAME)
+#define UW_D_LO UW_MIN(UW_D_PARENT, UW_MIN(UW_D_LEN, UW_D_NAME))
+#define UW_D_HI UW_MAX(UW_D_PARENT + 8, UW_MAX(UW_D_LEN + 4, UW_D_NAME + 8))
+#define UW_M_PARENT OFF_MOUNT_MNT_PARENT
+#define UW_M_POINT OFF_MOUNT_MNT_MOUNTPOINT
+#define UW_M_ROOT (OFF_MOUNT_MNT + OFF_VFSMOUNT_MNT_ROOT)
+#define UW_M_LO UW_MIN(UW_M_PARENT, UW_MIN(UW_M_POINT, UW_M_ROOT))
+#define UW_M_HI UW_MAX(UW_M_PARENT + 8, UW_MAX(UW_M_POINT + 8, UW_M_ROOT + 8))
+#define UW_AT(buf, lo, off, type) (*(type *)((char *)(buf) + (off) - (lo)))
+
+struct uw_mnt_span {
+	__u64 w[(UW_M_HI - UW_M_LO + 7) / 8];	/* words: every pointer in it is 8-byte aligned */
+};
+struct uw_d_span {
+	__u64 w[(UW_D_HI - UW_D_LO + 7) / 8];
+};
+
+#endif /* UNLINKWATCH_READ_H */

@@ -1,0 +1,188 @@
+"""The decode stage: the kernel's records (agent/bpf/kprobe.h, struct uw_event) into Deletions. Pure.
+
+The record's layout and its constants are read from kprobe.h itself, the one definition, when this module
+loads; a test compiles the header with the C compiler and checks every offset against what is read here."""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from unlinkwatch.pb import events_pb2 as pb
+
+HEADER_H = Path(__file__).resolve().parent / "bpf" / "kprobe.h"
+_C_TYPES = {"__u64": "Q", "__s64": "q", "__u32": "I", "__s32": "i", "__u16": "H", "__s16": "h", "__u8": "B",
+            "__s8": "b", "char": "s"}
+
+
+@dataclass(frozen=True)
+class RecordLayout:
+    """struct uw_event as `struct` reads it, and the header's named constants (enums and #defines)."""
+
+    header: struct.Struct
+    fields: tuple[str, ...]
+    constants: dict[str, int]
+
+
+def read_layout(text: str, struct_name: str = "uw_event") -> RecordLayout:
+    """The layout of `struct_name` in a header of fixed-width fields (no implicit padding: the C side must
+    keep the record packed by ordering, so the same bytes mean the same thing on both sides)."""
+    body = re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.S)
+    consts: dict[str, int] = {}
+    for name, value, shift in re.findall(r"#define\s+(\w+)\s+\(?\s*(\d+)U?\s*(?:<<\s*(\d+)\s*)?\)?", body):
+        consts[name] = int(value) << int(shift or 0)  # "4096", "(1U << 2)"
+    for block in re.findall(r"enum\s+\w+\s*\{(.*?)\}", body, flags=re.S):
+        for name, value in re.findall(r"(\w+)\s*=\s*(\d+)", block):
+            consts[name] = int(value)
+    m = re.search(r"struct\s+" + struct_name + r"\s*\{(.*?)\};", body, flags=re.S)
+    if m is None:
+        raise ValueError(f"no struct {struct_name} in the header")
+    fmt, fields, offset = "<", [], 0
+    for ctype, name, count in re.findall(r"(\w+)\s+(\w+)\s*(?:\[(\w+)\])?\s*;", m[1]):
+        code = _C_TYPES[ctype]
+        if code == "s":
+            n = int(consts.get(count, count))
+            fmt, size, align = fmt + f"{n}s", n, 1
+        else:
+            size = align = struct.calcsize(code)
+            fmt += code
+        if offset % align:
+            raise ValueError(f"{struct_name}.{name} at offset {offset} is not {align}-byte aligned")
+        fields.append(name)
+        offset += size
+    return RecordLayout(struct.Struct(fmt), tuple(fields), consts)
+
+
+LAYOUT = read_layout(HEADER_H.read_text())
+HEADER, HEADER_FIELDS, C = LAYOUT.header, LAYOUT.fields, LAYOUT.constants
+KIND_DELETION, KIND_CGROUP_MKDIR, KIND_EXE = C["UW_KIND_DELETION"], C["UW_KIND_CGROUP_MKDIR"], C["UW_KIND_EXE"]
+OPS = {C[f"UW_OP_{name}"]: pb.Op.Value(f"OP_{name}") for name in ("UNLINK", "RMDIR", "RENAME")}
+_F = {name: C[f"UW_F_{name}"] for name in ("RAW_TRUNCATED", "DIR_TRUNCATED", "DIR_UNRESOLVED", "RAW_UNREADABLE")}
+_F_MASK = max(_F.values()) * 2 - 1
+_I_KIND, _I_PID, _I_RESULT, _I_RAW_LEN = (HEADER_FIELDS.index(f) for f in ("kind", "pid", "result", "raw_len"))
+
+
+def normalize(path: bytes) -> bytes:
+    """Lexical normalisation of an absolute path: "//", "." and ".." (never above "/")."""
+    if b"/." not in path and b"//" not in path and not (path.endswith(b"/") and len(path) > 1):
+        return path
+    parts: list[bytes] = []
+    for part in path.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if parts:
+                parts.pop()
+        else:
+            parts.append(part)
+    return b"/" + b"/".join(parts)
+
+
+def join(directory: bytes, raw: bytes) -> bytes:
+    """The absolute path of `raw` as the process saw it; `directory` is "" for "/"."""
+    if raw.startswith(b"/"):
+        return normalize(raw)
+    return normalize(directory + b"/" + raw)
+
+
+def successful_deletion_by(rec: bytes, pid: int) -> bytes | None:
+    """The raw path of a record that is a successful deletion by process `pid`, else None (the self-test
+    looks for its own deletions with this, before any Decoder exists)."""
+    h = HEADER.unpack_from(rec, 0)
+    if h[_I_KIND] != KIND_DELETION or h[_I_PID] != pid or h[_I_RESULT] != 0:
+        return None
+    return rec[HEADER.size:HEADER.size + h[_I_RAW_LEN]]
+
+
+class MonotonicToUnix:
+    """bpf_ktime_get_ns() is CLOCK_MONOTONIC; the offset to wall time is re-read every second."""
+
+    def __init__(self) -> None:
+        self._next = 0.0
+        self._offset = 0
+
+    def offset(self) -> int:
+        now = time.monotonic()
+        if now >= self._next:
+            self._offset = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            self._next = now + 1.0
+        return self._offset
+
+
+class Deletion(NamedTuple):
+    """One deletion as the kernel reported it, before identity and sequence number; values as in the proto."""
+
+    time_unix_ns: int
+    op: int
+    path: bytes
+    raw_path: bytes
+    result: int
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    gid: int
+    comm: bytes
+    exe: bytes
+    cgroup_id: int
+    flags: int
+
+
+_NEW = tuple.__new__
+_OUT_FLAGS = [0] * (_F_MASK + 1)
+for _f in range(_F_MASK + 1):
+    if _f & (_F["RAW_TRUNCATED"] | _F["DIR_TRUNCATED"]):
+        _OUT_FLAGS[_f] |= pb.EVENT_FLAG_PATH_TRUNCATED
+    if _f & _F["DIR_UNRESOLVED"]:
+        _OUT_FLAGS[_f] |= pb.EVENT_FLAG_DIR_UNRESOLVED
+
+
+@dataclass(frozen=True)
+class CgroupMkdir:
+    cgroup_id: int
+    path: str
+
+
+class Decoder:
+    """Turns records into Deletions; remembers executables sent once per process by the kernel."""
+
+    def __init__(self, node: str, agent_id: str, attach_mode: str, exe_cache_size: int = 16384) -> None:
+        self.node = node
+        self.agent_id = agent_id
+        self.attach_mode = attach_mode
+        self._exe: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._exe_cache_size = exe_cache_size
+        self._clock = MonotonicToUnix()
+        self._offset = self._clock.offset()
+
+    def tick(self) -> None:
+        """Re-reads the kernel-clock-to-wall-time offset (itself refreshed once a second); once per batch."""
+        self._offset = self._clock.offset()
+
+    def split(self, rec: bytes) -> Deletion | CgroupMkdir | None:
+        """One record -> a Deletion, or a CgroupMkdir, or None for records that only update the decoder.
+        Times use the clock offset of the last tick()."""
+        (ts_ns, cgroup_id, proc_start, kind, op, pid, tid, ppid, uid, gid, result, _dirfd, flags,
+         raw_len, dir_len, comm) = HEADER.unpack_from(rec, 0)
+        end = HEADER.size + raw_len
+        raw = rec[HEADER.size : end]
+        if kind == KIND_DELETION:
+            path = join(rec[end : end + dir_len], raw) if raw else b""
+            nul = comm.find(b"\0")
+            return _NEW(Deletion, (
+                ts_ns + self._offset, OPS.get(op, 0), path, raw, result, pid, tid, ppid, uid, gid,
+                comm if nul < 0 else comm[:nul], self._exe.get((pid, proc_start), b""), cgroup_id,
+                _OUT_FLAGS[flags & _F_MASK]))
+        if kind == KIND_EXE:
+            self._exe[(pid, proc_start)] = raw
+            if len(self._exe) > self._exe_cache_size:
+                self._exe.popitem(last=False)
+            return None
+        if kind == KIND_CGROUP_MKDIR:
+            return CgroupMkdir(cgroup_id, raw.decode("utf-8", "surrogateescape"))
+        return None

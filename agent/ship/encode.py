@@ -1,0 +1,92 @@
+"""The ship stage's encodings of a deletion with its identity and sequence number: DeletionEvent bytes to ship
+(unlinkwatch.codec.EventWriter) and the JSON line of --stdout, both without a protobuf object per event.
+Tests prove each line is byte for byte `json.dumps(eventjson.event_to_dict(event))`."""
+
+from __future__ import annotations
+
+import time
+from json.encoder import encode_basestring_ascii as _jstr  # type: ignore[attr-defined]
+from typing import Protocol
+
+from unlinkwatch.codec import DeletionFields, identity_fields
+from unlinkwatch.eventjson import IDENTITY_NAMES, OP_NAMES
+from unlinkwatch.pb import events_pb2 as pb
+
+_CACHE_MAX = 4096
+_CODES_MAX = 65536
+OP_NAME: dict[int, str] = {0: "unspecified", **{int(k): v for k, v in OP_NAMES.items()}}
+
+
+class HasTemplate(Protocol):
+    """An identity: the DeletionEvent fields it gives (cgroup_id, container, pod, identity)."""
+
+    @property
+    def template(self) -> pb.DeletionEvent: ...
+
+
+class DeletionLine(DeletionFields, Protocol):
+    @property
+    def cgroup_id(self) -> int: ...
+
+
+def text(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def identity_json(template: pb.DeletionEvent) -> str:
+    """The identity part of an event as the JSON members from "container_id" to "identity" (event_to_dict's
+    order)."""
+    c, pod = template.container, template.pod
+    return (f', "container_id": {_jstr(c.id)}, "pod_uid": {_jstr(pod.uid)}, "pod": {_jstr(pod.name)}, '
+            f'"namespace": {_jstr(pod.namespace)}, "container": {_jstr(c.name)}, "image": {_jstr(c.image)}, '
+            f'"workload": {_jstr(pod.workload)}, "identity": "{IDENTITY_NAMES.get(template.identity) or "unknown"}"')
+
+
+class IdentityCodes:
+    """Each identity's encoded fields (protobuf bytes, JSON members), made once per identity object: an
+    identity that changes is a new object, so a stale entry is never served (it is dropped when the table
+    is cleared)."""
+
+    def __init__(self) -> None:
+        self._codes: dict[HasTemplate, tuple[bytes, str]] = {}
+        self.get = self._codes.get
+
+    def make(self, ident: HasTemplate) -> tuple[bytes, str]:
+        t = ident.template
+        codes = (identity_fields(t), identity_json(t))
+        if len(self._codes) >= _CODES_MAX:
+            self._codes.clear()
+        self._codes[ident] = codes
+        return codes
+
+
+class JsonLines:
+    """The JSON line of CONTRACT.md for one agent. `ident` is identity_json() of the event's cgroup."""
+
+    def __init__(self, node: str, agent_id: str, attach_mode: str) -> None:
+        self._node = _jstr(node)
+        self._agent = _jstr(agent_id)
+        self._attach = _jstr(attach_mode)
+        self._secs, self._prefix = -1, ""
+        self._procs: dict[tuple[int, int, int, int, int, bytes, bytes], str] = {}
+
+    def _process(self, d: DeletionLine) -> str:
+        key = (d.pid, d.tid, d.ppid, d.uid, d.gid, d.comm, d.exe)
+        s = self._procs.get(key)
+        if s is None:
+            s = (f', "pid": {d.pid}, "tid": {d.tid}, "ppid": {d.ppid}, "uid": {d.uid}, "gid": {d.gid}, '
+                 f'"comm": {_jstr(text(d.comm))}, "exe": {_jstr(text(d.exe))}')
+            if len(self._procs) >= _CACHE_MAX:
+                self._procs.clear()
+            self._procs[key] = s
+        return s
+
+    def line(self, d: DeletionLine, ident: str, seq: int) -> str:
+        secs, ns = divmod(d.time_unix_ns, 1_000_000_000)
+        if secs != self._secs:
+            self._secs, self._prefix = secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        truncated = "true" if d.flags & pb.EVENT_FLAG_PATH_TRUNCATED else "false"
+        return (f'{{"time": "{self._prefix}.{ns:09d}Z", "node": {self._node}, "op": "{OP_NAME[d.op]}", '
+                f'"path": {_jstr(text(d.path))}, "raw_path": {_jstr(text(d.raw_path))}, "result": {d.result}'
+                f'{self._process(d)}, "cgroup_id": {d.cgroup_id}{ident}, "agent": {self._agent}, "seq": {seq}, '
+                f'"path_truncated": {truncated}, "attach_mode": {self._attach}}}\n')

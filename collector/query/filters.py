@@ -1,0 +1,74 @@
+"""What a query asks for: the filters of `unlinkwatch query` (QueryRequest) and the page cursor.
+
+Query order: oldest first by (time, storage id), which reads naturally for "what did pod X delete since
+10:00"; page tokens carry the last (time, id) returned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from unlinkwatch.pathglob import compile_glob, literal_prefix
+from unlinkwatch.pb import events_pb2 as pb
+
+MAX_QUERY_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    namespace: str = ""
+    pod: str = ""
+    pod_uid: str = ""
+    container: str = ""
+    workload: str = ""
+    node: str = ""
+    path_glob: str = ""
+    since_ns: int = 0
+    until_ns: int = 0   # exclusive; 0 = no bound
+
+    @classmethod
+    def from_request(cls, q: pb.QueryRequest) -> EventFilter:
+        return cls(namespace=q.namespace, pod=q.pod, pod_uid=q.pod_uid, container=q.container,
+                   workload=q.workload, node=q.node, path_glob=q.path_glob, since_ns=q.since_unix_ns,
+                   until_ns=q.until_unix_ns)
+
+    def equalities(self) -> list[tuple[str, str]]:
+        """(column, value) for every exact-match filter that is set."""
+        cols = (("namespace", self.namespace), ("pod", self.pod), ("pod_uid", self.pod_uid),
+                ("container", self.container), ("workload", self.workload), ("node", self.node))
+        return [(c, v) for c, v in cols if v]
+
+    def path_range(self) -> tuple[bytes, bytes | None] | None:
+        """[low, high) byte range of paths sharing the glob's literal prefix (None: no prefilter)."""
+        if not self.path_glob:
+            return None
+        prefix = literal_prefix(self.path_glob)
+        if not prefix:
+            return None
+        return prefix, prefix_upper(prefix)
+
+    def path_matches(self, path: bytes) -> bool:
+        return not self.path_glob or compile_glob(self.path_glob).match(path) is not None
+
+
+def prefix_upper(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with prefix (None: unbounded)."""
+    p = prefix.rstrip(b"\xff")
+    return p[:-1] + bytes([p[-1] + 1]) if p else None
+
+
+@dataclass(frozen=True)
+class Cursor:
+    time_ns: int
+    id: int
+
+    def token(self) -> str:
+        return f"{self.time_ns}:{self.id}"
+
+    @classmethod
+    def parse(cls, token: str) -> Cursor | None:
+        if not token:
+            return None
+        t, sep, i = token.partition(":")
+        if not sep or not t.isdigit() or not i.isdigit():
+            raise ValueError(f"bad page token: {token!r}")
+        return cls(int(t), int(i))

@@ -1,0 +1,64 @@
+"""Reference events for tests: a decoded Deletion as the protobuf library's DeletionEvent (the oracle the
+agent's direct encoders are checked against), one record decoded that way, and random deletions."""
+
+from __future__ import annotations
+
+import random
+
+from unlinkwatch.agent.decode import CgroupMkdir, Decoder, Deletion
+
+from unlinkwatch.pb import events_pb2 as pb
+
+
+def to_event(d: Deletion, node: str = "", agent: str = "", attach_mode: str = "") -> pb.DeletionEvent:
+    return pb.DeletionEvent(
+        time_unix_ns=d.time_unix_ns, node=node, op=d.op, path=d.path, raw_path=d.raw_path,  # type: ignore[arg-type]
+        result=d.result, cgroup_id=d.cgroup_id, agent=agent, attach_mode=attach_mode, flags=d.flags,
+        process=pb.Process(pid=d.pid, tid=d.tid, ppid=d.ppid, uid=d.uid, gid=d.gid, comm=d.comm, exe=d.exe))
+
+
+def decode(decoder: Decoder, rec: bytes) -> pb.DeletionEvent | CgroupMkdir | None:
+    """Decoder.split() of one record, with a DeletionEvent for a deletion."""
+    decoder.tick()
+    item = decoder.split(rec)
+    if isinstance(item, Deletion):
+        return to_event(item, decoder.node, decoder.agent_id, decoder.attach_mode)
+    return item
+
+
+NODE, AGENT, MODE = "node-ä", "node-ä:abc123", "tracepoint"
+
+
+def templates() -> list[pb.DeletionEvent]:
+    """A host, an unknown and a resolved identity."""
+    host = pb.DeletionEvent(cgroup_id=1, identity=pb.IDENTITY_STATE_HOST)
+    unknown = pb.DeletionEvent(cgroup_id=77, identity=pb.IDENTITY_STATE_UNKNOWN)
+    unknown.pod.uid, unknown.container.id = "0f1e-uid", "c" * 64
+    resolved = pb.DeletionEvent(cgroup_id=2**40 + 5, identity=pb.IDENTITY_STATE_RESOLVED)
+    resolved.pod.uid, resolved.pod.name, resolved.pod.namespace = "uid-1", "web-7d4b9c-x2x", "prod"
+    resolved.pod.workload = "Deployment/web"
+    resolved.pod.labels["app"] = "web"
+    resolved.pod.labels["tier"] = 'front "end"'
+    resolved.container.id, resolved.container.name, resolved.container.image = "d" * 64, "app", "reg/app:1"
+    return [host, unknown, resolved]
+
+
+def random_deletion(r: random.Random, cgroup_id: int) -> Deletion:
+    """A deletion with values at the edges of their encodings."""
+    path_len = r.choice([1, 20, 127, 128, 300, 16383, 16384, 20000])
+    path = b"/" + bytes(r.choice(b"abc/.\xff\xc3\xa9 \"\\\n") for _ in range(path_len - 1))
+    return Deletion(
+        time_unix_ns=r.choice([0, 5, 2**28 - 1, 2**28, 2**28 + 1, 1_764_000_000_123_456_789, 2**63 - 1]),
+        op=r.choice([0, 1, 2, 3]), path=path, raw_path=r.choice([b"", path[-10:], b"rel\xfe"]),
+        result=r.choice([0, -2, -13, -2**31, 5]), pid=r.choice([0, 1, 127, 128, 4_194_304]),
+        tid=r.randrange(2**22), ppid=r.randrange(2**22), uid=r.choice([0, 1000, 2**32 - 1]),
+        gid=r.choice([0, 65534]), comm=r.choice([b"", b"rm", b"k\xffz"]), exe=r.choice([b"", b"/usr/bin/rm"]),
+        cgroup_id=cgroup_id, flags=r.choice([0, 1, 2, 3]))
+
+
+def reference_event(d: Deletion, template: pb.DeletionEvent, seq: int) -> pb.DeletionEvent:
+    """What the library builds for d with identity `template` and sequence number seq."""
+    ev = to_event(d, NODE, AGENT, MODE)
+    ev.MergeFrom(template)
+    ev.seq = seq
+    return ev
