@@ -38,13 +38,20 @@ class EventFilter:
         return [(c, v) for c, v in cols if v]
 
     def path_range(self) -> tuple[bytes, bytes | None] | None:
-        """[low, high) byte range of paths sharing the glob's literal prefix (None: no prefilter)."""
+        """[low, high) byte range holding every path the glob can match (None: no prefilter).
+
+        Every match starts with the glob's literal prefix, except the directory itself when a trailing
+        `/**` matches it: `/x/**` matches `/x`, which sorts before `/x/`, so the range then starts at `/x`
+        (it also admits `/x-old` or `/x.bak`, which the exact match drops)."""
         if not self.path_glob:
             return None
         prefix = literal_prefix(self.path_glob)
         if not prefix:
             return None
-        return prefix, prefix_upper(prefix)
+        low = prefix
+        if len(prefix) > 1 and prefix.endswith(b"/") and self.path_matches(prefix[:-1]):
+            low = prefix[:-1]
+        return low, prefix_upper(prefix)
 
     def path_matches(self, path: bytes) -> bool:
         return not self.path_glob or compile_glob(self.path_glob).match(path) is not None

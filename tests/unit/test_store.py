@@ -3,6 +3,7 @@ filters, paging, retention and alert history."""
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
 import time
@@ -17,8 +18,9 @@ from unlinkwatch.collector.store import Store, open_store
 from unlinkwatch.collector.store.model import ident_key
 from unlinkwatch.collector.store.sqlite import SqliteStore
 
-from tests.support.eventgen import T0, batches, events, pod_uid
+from tests.support.eventgen import T0, batches, events, make_event, pod_uid
 from tests.support.postgres import PostgresCluster, postgres_server  # noqa: F401 - session fixture
+from unlinkwatch.pathglob import match
 from unlinkwatch.pb import events_pb2 as pb
 
 NOW = T0 + 10**15
@@ -151,6 +153,37 @@ def test_filters_select_exactly_the_matching_events_oldest_first(store: Store) -
     assert seqs(store, EventFilter(path_glob="/var/lib/app*/cache/file-1?.tmp")) == list(range(10, 20))
     assert seqs(store, EventFilter(path_glob="**/file-7.tmp")) == [7]
     assert seqs(store, EventFilter(pod_uid="nope")) == []
+
+
+GLOB_SHAPES = ["/x/**", "/x/**/y", "**/y", "/x/*", "/x", "/**", "**", "/x/[xy]*/**", "/x/[!x]*", "/x?/**",
+               "/x/\\*/**", "/\\[x]/**", "/\\xff/**", "/caf\\xc3\\xa9/**", "/a b/**", "/x/**/x-old/**",
+               "/x-old/**", "/x0/*/y", "**/.hidden/**", "/x/y/**"]
+SEGMENTS = [b"x", b"x-old", b"x.bak", b"x0", b"y", b"a b", b"\xff", b"caf\xc3\xa9", b"[x]", b"*", b".hidden"]
+
+
+def generated_paths(n: int, seed: int = 7) -> list[bytes]:
+    """Random paths over segments that sort just around "x/" and need escapes, with every parent directory
+    (as `rm -rf` deletes them too)."""
+    rng = random.Random(seed)
+    paths: set[bytes] = set()
+    while len(paths) < n:
+        segs = [rng.choice(SEGMENTS) for _ in range(rng.randint(1, 4))]
+        paths.update(b"/" + b"/".join(segs[:k]) for k in range(1, len(segs) + 1))
+    return sorted(paths)
+
+
+def test_a_path_query_returns_exactly_what_the_glob_matches_for_every_glob_shape(store: Store) -> None:
+    paths = generated_paths(600)
+    evs = [make_event("node-a:1", i + 1) for i in range(len(paths))]
+    for ev, path in zip(evs, paths, strict=True):
+        ev.path = path
+    commit_batch(store, pb.EventBatch(agent="node-a:1", node="node-a", batch_id=1, first_seq=1,
+                                      attach_mode="tracepoint", events=evs), NOW)
+    for glob in GLOB_SHAPES:
+        got = sorted(e.path for e in query(store, EventFilter(path_glob=glob), None, 100_000)[0])
+        assert got == [p for p in paths if match(glob, p)], glob
+    # the issue's case: rm -rf /x reports /x itself, and '/x/**' finds it
+    assert b"/x" in [e.path for e in query(store, EventFilter(path_glob="/x/**"), None, 100_000)[0]]
 
 
 def test_paging_walks_every_match_once_in_order(store: Store) -> None:
