@@ -10,6 +10,40 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.support.alertmanager"]  # the am_url fixture (a real Alertmanager on loopback)
 TIERS = ("unit", "kernel", "vm", "e2e")
+_BEFORE = pytest.StashKey["object"]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.geteuid() == 0 and _whole_suite(session.config):
+        from tests.support.leaks import Snapshot
+
+        session.config.stash[_BEFORE] = Snapshot.take()
+
+
+def _whole_suite(config: pytest.Config) -> bool:
+    """The leak check runs when the whole suite does (`make test`): a subset may share the machine with
+    another run of it."""
+    return not config.args or [Path(a).resolve() for a in config.args] == [ROOT / "tests"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After every fixture is torn down: what the session left on the machine fails it."""
+    before = session.config.stash.get(_BEFORE, None)
+    if before is None:
+        return
+    from tests.support.leaks import leaks
+
+    found = leaks(before)
+    if found:
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line("")
+            tr.write_sep("=", "the suite left these behind (make clean-host removes them)", red=True)
+            for line in found:
+                tr.write_line(f"LEAK {line}")
+            tr.stats.setdefault("leaked", []).extend(found)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,0 +1,32 @@
+#!/usr/bin/python3
+"""`make clean-host`: removes what killed runs of the suite, the benchmarks, the demo or the Dockerfile replay
+left on this machine (unlinkwatch/runstate.py says how it is found). One line per thing removed; idempotent.
+Runs with the system Python and the standard library only, so it works before set-up and with a broken venv."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from unlinkwatch import runstate
+
+
+def main() -> int:
+    dry = "--dry-run" in sys.argv[1:]
+    if os.geteuid() != 0 and not dry:
+        print("clean-host: run it as root (it unmounts, detaches loop devices and deletes audit rules)",
+              file=sys.stderr)
+        return 2
+    lines = runstate.sweep(dry_run=dry)
+    for line in lines:
+        print(f"clean-host: {line}")
+    if not lines:
+        print("clean-host: nothing left behind")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

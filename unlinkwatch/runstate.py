@@ -1,0 +1,250 @@
+"""What a run (the test suite, a benchmark, the demo) makes on the host that cannot die with it.
+
+Processes are tied to their parent (`die_with_parent`, PR_SET_PDEATHSIG): a run killed by SIGKILL takes
+them along. What the kernel keeps after every process has gone (mounts, loop devices, audit rules,
+sysctls) and what sits on disk (data dirs, images, temp dirs) is recorded here *when it is made*, one
+JSON file per thing in STATE_DIR, named after the process that made it. When the run undoes it, the
+record goes too; when the run is killed first, the record stays and `make clean-host`
+(scripts/clean-host.py, `sweep()` here) undoes it once that process is gone.
+
+Nothing here looks for things by a process name: only what was recorded, and (in `sweep`) mounts, loop
+devices and temp dirs under the project's own name prefixes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATE_DIR = Path(os.environ.get("UNLINKWATCH_RUNSTATE_DIR", "/var/tmp/unlinkwatch-runstate"))
+# Temp dirs and images the project names with these prefixes (in /tmp and /var/tmp).
+TEMP_PREFIXES = ("uwbench-", "uw-pg-", "uw-am-", "unlinkwatch-demo-", "unlinkwatch-test-", "uwtest-",
+                 "unlinkwatch-replay-")
+TEMP_ROOTS = (Path("/tmp"), Path("/var/tmp"))
+KINDS = ("pid", "audit-rule", "sysctl", "mount", "loop", "dir", "file")  # the order sweep() undoes them in
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """For Popen(preexec_fn=...): the child gets SIGKILL when the thread that started it ends, so a run
+    killed part-way takes its agents, collectors, servers and tracers with it. Call it after any change of
+    user (Popen does: its preexec_fn runs after user=/group=), which clears the setting."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() == 1:  # the parent died between fork and prctl
+        os._exit(1)
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (tells a pid from its reuse); None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+def alive(pid: int, started: int | None) -> bool:
+    st = start_time(pid)
+    return st is not None and (started is None or st == started)
+
+
+@dataclass
+class Record:
+    """One thing a run made; `done()` when the run has undone it itself."""
+
+    path: Path
+    kind: str
+    fields: dict[str, Any]
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+_counter = iter(range(1, 1 << 62))
+
+
+def record(kind: str, **fields: Any) -> Record:
+    """Writes the record before the thing is made (a kill between the two leaves a record of nothing,
+    which sweep() passes over; the other order could leave a thing with no record)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid()
+    body = {"kind": kind, "owner": pid, "owner_start": start_time(pid), "made": time.time(), **fields}
+    path = STATE_DIR / f"{pid}-{next(_counter)}-{kind}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body))
+    tmp.replace(path)
+    return Record(path, kind, body)
+
+
+@contextlib.contextmanager
+def recorded(kind: str, **fields: Any) -> Iterator[Record]:
+    """record(), and done() when the block ends normally or by an exception (the block undoes the thing)."""
+    rec = record(kind, **fields)
+    try:
+        yield rec
+    finally:
+        rec.done()
+
+
+def temp_dir(prefix: str, parent: Path | None = None) -> tuple[Path, Record]:
+    """A new temp dir (prefix one of TEMP_PREFIXES), recorded; the caller removes it, then `done()`s it."""
+    if not prefix.startswith(TEMP_PREFIXES):
+        raise ValueError(f"temp dir prefix {prefix!r} is not one of the project's ({', '.join(TEMP_PREFIXES)})")
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    return path, record("dir", path=str(path))
+
+
+def records() -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for p in sorted(STATE_DIR.glob("*.json")) if STATE_DIR.is_dir() else []:
+        try:
+            out.append((p, json.loads(p.read_text())))
+        except (OSError, ValueError):
+            p.unlink(missing_ok=True)  # half-written: its thing was not made yet
+    return out
+
+
+def _run(cmd: list[str]) -> bool:
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
+def _mounts() -> list[str]:
+    """Mount points, deepest first."""
+    pts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return sorted({p.replace("\\040", " ") for p in pts}, key=lambda p: -p.count("/"))
+
+
+def _ours(path: str) -> bool:
+    p = Path(path)
+    return any(p.is_relative_to(root) and len(p.relative_to(root).parts) >= 1
+               and p.relative_to(root).parts[0].startswith(TEMP_PREFIXES) for root in TEMP_ROOTS)
+
+
+def _umount(target: str) -> bool:
+    return _run(["umount", target]) or _run(["umount", "-l", target])
+
+
+def _undo(kind: str, f: dict[str, Any]) -> str | None:
+    """Undoes one recorded thing; returns the line to print, None when it was already gone."""
+    if kind == "pid":
+        pid = int(f["pid"])
+        if not alive(pid, f.get("start")):
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return f"killed pid {pid} ({f.get('what', '?')})"
+    if kind == "audit-rule":
+        rule = [str(a) for a in f["delete"]]
+        return f"deleted audit rule: auditctl {' '.join(rule)}" if _run(["auditctl", *rule]) else None
+    if kind == "sysctl":
+        path = Path(f["path"])
+        if path.read_text().strip() == str(f["restore"]):
+            return None
+        path.write_text(str(f["restore"]))
+        return f"restored {path} to {f['restore']}"
+    if kind == "mount":
+        target = str(f["path"])
+        if target not in _mounts():
+            return None
+        return f"unmounted {target}" if _umount(target) else f"could not unmount {target}"
+    if kind == "loop":
+        return _detach_loops(Path(f["image"]))
+    if kind in ("dir", "file"):
+        path = Path(f["path"])
+        if not path.exists() and not path.is_symlink():
+            return None
+        if kind == "dir":
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        return f"removed {path}"
+    return None
+
+
+def _detach_loops(image: Path) -> str | None:
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
+    lines = []
+    for line in out.splitlines():
+        m = re.match(r"(/dev/loop\d+): .*\((.*?)( \(deleted\))?\)$", line)
+        if m and m.group(2) == str(image):
+            dev = m.group(1)
+            for target in _mounts():
+                if _mount_source(target) == dev and _umount(target):
+                    lines.append(f"unmounted {target}")
+            _run(["losetup", "-d", dev])  # a `mount -o loop` device goes by itself once unmounted (autoclear)
+            still = subprocess.run(["losetup", dev], capture_output=True, text=True, check=False).stdout
+            lines.append(f"could not detach {dev} ({image})" if str(image) in still else f"detached {dev} ({image})")
+    image.unlink(missing_ok=True)
+    return "; ".join(lines) or None
+
+
+def _mount_source(target: str) -> str | None:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        if left.split()[4] == target:
+            return right.split()[1]
+    return None
+
+
+def sweep(dry_run: bool = False) -> list[str]:
+    """Undoes what runs that are no longer alive left: first every stale record (kinds in KINDS order),
+    then mounts and loop devices on the project's own temp paths and those temp dirs themselves, unless a
+    live run recorded them. Returns one line per thing removed. Idempotent."""
+    lines: list[str] = []
+    live_paths: set[str] = set()
+    stale: list[tuple[Path, dict[str, Any]]] = []
+    for path, f in records():
+        if alive(int(f["owner"]), f.get("owner_start")):
+            live_paths.update(str(v) for k, v in f.items() if k in ("path", "image"))
+        else:
+            stale.append((path, f))
+    stale.sort(key=lambda pf: KINDS.index(pf[1]["kind"]))
+    for path, f in stale:
+        if dry_run:
+            lines.append(f"would undo {f['kind']}: {json.dumps({k: v for k, v in f.items() if k != 'kind'})}")
+            continue
+        line = _undo(f["kind"], f)
+        if line:
+            lines.append(line)
+        path.unlink(missing_ok=True)
+    if dry_run:
+        return lines
+    for target in _mounts():
+        if _ours(target) and not any(target.startswith(p) for p in live_paths):
+            lines.append(f"unmounted {target}" if _umount(target) else f"could not unmount {target}")
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
+    for line in out.splitlines():
+        m = re.match(r"(/dev/loop\d+): .*\((.*?)( \(deleted\))?\)$", line)
+        if m and _ours(m.group(2)) and m.group(2) not in live_paths and _run(["losetup", "-d", m.group(1)]):
+            lines.append(f"detached {m.group(1)} ({m.group(2)})")
+    for root in TEMP_ROOTS:
+        for p in sorted(root.glob("*")) if root.is_dir() else []:
+            if p.name.startswith(TEMP_PREFIXES) and str(p) not in live_paths and not _mounted_below(p):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                lines.append(f"removed {p}")
+    return lines
+
+
+def _mounted_below(p: Path) -> bool:
+    s = str(p)
+    return any(m == s or m.startswith(s + "/") for m in _mounts())
