@@ -1,7 +1,7 @@
 """`python -m bench`: every benchmark in order, tables on stdout, results in bench/out/ (JSON and Markdown).
 
     python -m bench                 # full run: 200 K unlinks, 5 interleaved rounds, tmpfs and ext4
-    python -m bench --quick         # a couple of minutes: 20 K unlinks, 3 rounds
+    python -m bench --quick         # a few minutes: 20 K unlinks, 3 rounds, small ingest and query stores
     python -m bench --only overhead,e2e --configs tracepoint,bpftrace --fs tmpfs
 """
 
@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
@@ -25,6 +26,11 @@ from typing import Any
 from bench import overhead, peers, stats, workload
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
+GB = 1 << 30
+DATA_DIR = Path("/var/tmp")  # where the steps' images, recordings and stores go
+KEEP_FREE = 20 * GB          # disk left free besides a step's own data
+PG_WAL = 4 * GB              # the bench's PostgreSQL clusters run with max_wal_size=4GB
+QUICK_ARGS = {"ingest": ["--events", "50000"], "query": ["--events", "200000", "--pods", "1000", "--queries", "50"]}
 OTHERS = ("identity", "ingest", "query", "rules")  # bench/<name>.py with main() -> None, written separately
 STEPS = ("overhead", "e2e", "startup", *OTHERS)
 
@@ -76,6 +82,46 @@ def _all_attachments() -> list[dict[str, object]]:
         return []
 
 
+def e2e_files(args: argparse.Namespace) -> int:
+    """Files the end-to-end step's tmpfs holds at once at most (a rate's deletions of one hold)."""
+    return int(max(args.rates) * args.e2e_seconds)
+
+
+def budget(step: str, args: argparse.Namespace) -> tuple[int, int]:
+    """(disk bytes, memory bytes) a step needs at most, from its own sizes."""
+    if step == "overhead":  # the ext4 image, auditd's bounded log, a recording (~1 KB per unlink); tmpfs inodes
+        ext4 = workload.EXT4_IMAGE_MB << 20 if "ext4" in args.fs else 0
+        audit = (peers.AUDIT_LOG_MB * peers.AUDIT_LOG_FILES) << 20
+        return ext4 + audit + args.n * 1024, args.n * workload.INODE_BYTES + 2 * GB
+    if step == "e2e":  # every event stored in SQLite (~1 KB each, WAL included); the tmpfs's files at once
+        return sum(int(r * args.e2e_seconds) for r in args.rates) * 1024, \
+            e2e_files(args) * workload.INODE_BYTES + 2 * GB
+    if step == "ingest":  # SQLite and PostgreSQL, ~1 KB per event each, and PostgreSQL's WAL
+        events = int(QUICK_ARGS["ingest"][1]) if args.quick else 500_000
+        return events * 2048 + PG_WAL, 3 * GB
+    if step == "query":  # 10 M events (quick: 200 K) in SQLite then PostgreSQL, ~1.6 KB per event in all
+        events = int(QUICK_ARGS["query"][1]) if args.quick else 10_000_000
+        return events * 1600 + PG_WAL, 3 * GB
+    return GB // 2, GB  # startup, identity, rules
+
+
+def mem_available() -> int:
+    return next(int(line.split()[1]) << 10 for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemAvailable:"))
+
+
+def short_of(step: str, args: argparse.Namespace) -> str | None:
+    """Why the machine cannot run the step now (one line), or None."""
+    disk, mem = budget(step, args)
+    free, avail = shutil.disk_usage(DATA_DIR).free, mem_available()
+    if free < disk + KEEP_FREE:
+        return (f"step {step} needs {disk / GB:.1f} GB on {DATA_DIR} and {KEEP_FREE // GB} GB kept free, but only "
+                f"{free / GB:.1f} GB is free (try --quick, or free disk)")
+    if avail < mem:
+        return f"step {step} needs {mem / GB:.1f} GB of memory, but only {avail / GB:.1f} GB is available"
+    return None
+
+
 def run_overhead(args: argparse.Namespace, binary: Path, report: Report) -> None:
     only = [c for c in args.configs.split(",") if c] or None
     for fs in [f for f in args.fs.split(",") if f]:
@@ -92,7 +138,7 @@ def run_e2e(args: argparse.Namespace, binary: Path, report: Report) -> None:
     pipe = overhead.UnlinkwatchPipeline()
     rows: list[list[stats.Cell]] = []
     raw: list[dict[str, Any]] = []
-    with workload.tmpfs_mount() as fsdir, overhead.scratch_dir() as tmp:
+    with workload.tmpfs_mount(max_files=e2e_files(args)) as fsdir, overhead.scratch_dir() as tmp:
         try:
             pipe.check()
             pipe.start(tmp, record=True)
@@ -143,7 +189,7 @@ def run_startup(args: argparse.Namespace, binary: Path, report: Report) -> None:
                samples)
 
 
-def run_other(name: str) -> str | None:
+def run_other(name: str, quick: bool = False) -> str | None:
     """Run bench/<name>.py's main() if that module exists; the error text if it failed."""
     try:
         module = importlib.import_module(f"bench.{name}")
@@ -152,7 +198,8 @@ def run_other(name: str) -> str | None:
             return "not present"
         return f"import failed: {e}"
     main: Callable[[], None] = module.main
-    saved, sys.argv = sys.argv, [f"bench.{name}"]  # their own parsers get their defaults, not our flags
+    # their own parsers get their defaults (or their --quick sizes), not our flags
+    saved, sys.argv = sys.argv, [f"bench.{name}", *(QUICK_ARGS.get(name, []) if quick else [])]
     try:
         main()
     except SystemExit as e:
@@ -191,10 +238,16 @@ def _interrupt(_sig: int, _frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # ended like Ctrl-C, with the same cleanup
+        signal.signal(sig, _interrupt)
     if os.geteuid() != 0 and {"overhead", "e2e", "startup"} & set(args.steps):
         print("python -m bench: the overhead, e2e and startup steps need root (mounts, BPF, audit)", file=sys.stderr)
         return 2
+    for step in args.steps:
+        why = short_of(step, args)
+        if why:
+            print(f"python -m bench: {why}", file=sys.stderr)
+            return 2
     binary = workload.build()
     report = Report(args)
     if report.meta["foreign_bpf_tracers_before"]:
@@ -203,7 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     failures: dict[str, str] = {}
     for step in args.steps:
-        print(f"\n### {step}", file=sys.stderr, flush=True)
+        disk, mem = budget(step, args)
+        print(f"\n### {step} (needs at most {disk / GB:.1f} GB of disk, {mem / GB:.1f} GB of memory)",
+              file=sys.stderr, flush=True)
+        why = short_of(step, args)  # the steps before it may have used what it needs
+        if why:
+            failures[step] = why
+            print(f"python -m bench: {why}", file=sys.stderr)
+            continue
         if step == "overhead":
             run_overhead(args, binary, report)
         elif step == "e2e":
@@ -211,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif step == "startup":
             run_startup(args, binary, report)
         else:
-            err = run_other(step)
+            err = run_other(step, args.quick)
             if err:
                 failures[step] = err
                 print(f"bench.{step}: {err}", file=sys.stderr)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from unlinkwatch.collector.store import open_store
 from bench.peers import children, cpu_seconds
 from tests.support.collector import free_port, start_subprocess
 from tests.support.eventgen import batches
+from unlinkwatch import runstate
 
 INGEST = "/unlinkwatch.v1.Collector/Ingest"
 
@@ -126,7 +126,7 @@ def main() -> None:
     p.add_argument("--backend", default="both", choices=["sqlite", "postgres", "both"])
     p.add_argument("--streams", type=int, default=2, help="concurrent agents for the gRPC measurement")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="uw-bench-") as d:
+    with runstate.scratch_dir("uwbench-ingest-") as d:
         for name, new_db, stop, server in _backends(args.backend, Path(d)):
             try:
                 alone, per_cpu = store_alone(new_db(), args.events)

@@ -13,7 +13,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -24,6 +23,7 @@ from typing import Any
 
 from bench import peers, stats, workload
 from bench.peers import Tracer, Unavailable
+from unlinkwatch import runstate
 
 ROOT = Path(__file__).resolve().parent.parent
 UNLINKWATCH = ROOT / ".venv" / "bin" / "unlinkwatch"
@@ -244,11 +244,14 @@ def bpf_run_ns(pids: list[int]) -> float:
 def bpf_stats_enabled() -> Iterator[None]:
     path = Path("/proc/sys/kernel/bpf_stats_enabled")
     before = path.read_text().strip()
-    path.write_text("1")
-    try:
-        yield
-    finally:
-        path.write_text(before)
+    # recorded first: a killed run's value is restored by make clean-host, and a run started after it
+    # (which runs clean-host first) saves the machine's own value, not the killed run's 1
+    with runstate.recorded("sysctl", path=str(path), restore=before):
+        path.write_text("1")
+        try:
+            yield
+        finally:
+            path.write_text(before)
 
 
 def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, record: bool) -> Sample:
@@ -295,7 +298,7 @@ def compare(fs: str, binary: Path, n: int, rounds: int, workers: int, only: list
             ) -> list[ConfigResult]:
     tracers = configurations(only)
     results = {t.name: ConfigResult(t.name, fs) for t in tracers}
-    with workload.FILESYSTEMS[fs]() as fsdir:
+    with workload.FILESYSTEMS[fs](max_files=n) as fsdir:
         missing = usable(tracers, binary, fsdir)
         for name, why in missing.items():
             results[name].unavailable = why
@@ -319,8 +322,8 @@ def table(results: list[ConfigResult], n: int) -> list[list[stats.Cell]]:
 
 @contextlib.contextmanager
 def scratch_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="uwbench-run-", dir="/var/tmp") as tmp:
-        yield Path(tmp)
+    with runstate.scratch_dir("uwbench-run-", Path("/var/tmp")) as tmp:
+        yield tmp
 
 
 def paced_point(pipe: UnlinkwatchPipeline, binary: Path, fsdir: Path, tmp: Path, rate: float, n: int,
@@ -381,7 +384,7 @@ def startup_sample(binary: Path, n: int) -> dict[str, Any]:
     """Exec -> attached, the agent's own start-up figure, RSS idle and after n unlinks (tmpfs)."""
     agent = UnlinkwatchAgent("tracepoint")
     agent.check()
-    with scratch_dir() as tmp, workload.tmpfs_mount() as fsdir:
+    with scratch_dir() as tmp, workload.tmpfs_mount(max_files=n) as fsdir:
         agent.start(tmp, record=False)
         try:
             pid = agent.pids()[0]

@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from unlinkwatch import runstate
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNLINK_TRACEPOINTS = ("sys_enter_unlinkat", "sys_enter_unlink", "sys_enter_rmdir")
 HEADER_TREE = "/usr/local/share/unlinkwatch/kernel-headers"
@@ -74,6 +76,12 @@ def _raise_memlock() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+
+
+def _child_setup() -> None:
+    """Every tracer dies with the bench (a killed run must not leave one attached and recording)."""
+    _raise_memlock()
+    runstate.die_with_parent()
 
 
 def count_lines(path: Path, needle: str, also: str | None = None) -> int:
@@ -140,7 +148,7 @@ class Tracer:
                cwd: Path | None = None) -> subprocess.Popen[bytes]:
         out = stdout.open("wb") if stdout else subprocess.DEVNULL
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                preexec_fn=_raise_memlock, env=env, cwd=cwd)
+                                preexec_fn=_child_setup, env=env, cwd=cwd)
         if stdout and not isinstance(out, int):
             out.close()
         self.procs.append(proc)
@@ -289,6 +297,8 @@ AUDIT_KEY = "uwbench"
 AUDIT_RULE = ["-a", "always,exit", "-F", "arch=b64", "-S", "unlink,unlinkat,rmdir,rename,renameat,renameat2",
               "-k", AUDIT_KEY]
 AUDIT_BACKLOG = 8192  # what Debian's shipped audit.rules sets (-b 8192); the kernel default is 64
+AUDIT_LOG_MB = 512    # auditd's log: rotated at this size ...
+AUDIT_LOG_FILES = 3   # ... into at most this many files (1.5 GB; about 1.1 M unlinks recorded)
 
 
 def audit_status() -> dict[str, int]:
@@ -305,6 +315,7 @@ class Auditd(Tracer):
     """auditd started by hand with a private config and one rule on unlink/unlinkat/rmdir/rename*."""
 
     name = "auditd"
+    stop_signal = signal.SIGTERM
 
     def check(self) -> None:
         if not (shutil.which("auditd") and shutil.which("auditctl")):
@@ -319,12 +330,15 @@ class Auditd(Tracer):
         confdir = self.workdir / "auditconf"
         confdir.mkdir(exist_ok=True)
         conf = confdir / "auditd.conf"
+        # The log is bounded: AUDIT_LOG_FILES files of AUDIT_LOG_MB at most (rotated), and auditd suspends
+        # logging when the disk runs short instead of filling it.
         settings = {"log_file": str(self.log), "write_logs": "yes", "log_format": "ENRICHED",
-                    "flush": "INCREMENTAL_ASYNC", "freq": "50", "max_log_file_action": "IGNORE",
-                    "space_left_action": "IGNORE", "admin_space_left_action": "IGNORE",
-                    "disk_full_action": "IGNORE", "disk_error_action": "IGNORE", "local_events": "yes",
+                    "flush": "INCREMENTAL_ASYNC", "freq": "50", "max_log_file": str(AUDIT_LOG_MB),
+                    "max_log_file_action": "ROTATE", "num_logs": str(AUDIT_LOG_FILES),
+                    "space_left_action": "SUSPEND", "admin_space_left_action": "SUSPEND",
+                    "disk_full_action": "SUSPEND", "disk_error_action": "SUSPEND", "local_events": "yes",
                     "priority_boost": "4", "q_depth": "2000", "plugin_dir": str(self.workdir / "plugins.d"),
-                    "space_left": "2", "admin_space_left": "1"}
+                    "space_left": "2048", "admin_space_left": "1024"}
         (self.workdir / "plugins.d").mkdir(exist_ok=True)
         conf.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
         conf.chmod(0o640)
@@ -334,18 +348,25 @@ class Auditd(Tracer):
         super().start(workdir, record)
         self.log = workdir / "audit.log"
         self.before = audit_status()
-        # it daemonizes (-f would write records to stderr, not its log); its pid comes from the kernel
+        # -n: no fork, so auditd is our child and dies with the bench (-f would log to stderr, not its file).
+        # What outlives every process (the kernel's rule, backlog and enabled flag) is recorded before it is
+        # set, for make clean-host.
         errfile = workdir / "auditd.stderr"
-        with errfile.open("wb") as err:  # a file, not a pipe: the daemon keeps its stderr open
-            proc = subprocess.run(["auditd", "-c", str(self._config())], stdout=subprocess.DEVNULL,
-                                  stderr=err, check=False, preexec_fn=_raise_memlock)
+        self._records = [runstate.record("audit-rule", undo=["-e", str(self.before.get("enabled", 0))]),
+                         runstate.record("audit-rule", undo=["-b", str(self.before.get("backlog_limit", 64))]),
+                         runstate.record("audit-rule", undo=["-d", *AUDIT_RULE[1:]])]
+        with errfile.open("wb") as err:
+            proc = subprocess.Popen(["auditd", "-n", "-c", str(self._config())], stdout=subprocess.DEVNULL,
+                                    stderr=err, stdin=subprocess.DEVNULL, preexec_fn=_child_setup)
+        self.procs.append(proc)
         deadline = time.monotonic() + 20
-        while not audit_status().get("pid"):
-            if proc.returncode != 0 or time.monotonic() > deadline:
+        while audit_status().get("pid") != proc.pid:
+            if proc.poll() is not None or time.monotonic() > deadline:
                 tail = errfile.read_text(errors="replace").strip()[-300:]
+                self.stop()
                 raise Unavailable(f"auditd did not register with the kernel: {tail}")
             time.sleep(0.1)
-        self.daemon_pid = audit_status()["pid"]
+        self.daemon_pid = proc.pid
         self._auditctl("-b", str(AUDIT_BACKLOG))
         self._auditctl(*AUDIT_RULE)
         self._auditctl("-e", "1")
@@ -358,8 +379,10 @@ class Auditd(Tracer):
         subprocess.run(["auditctl", *args], capture_output=True, check=False)
 
     def count_events(self, prefix: str) -> int | None:
-        # one PATH record with nametype=DELETE per removed name (the PARENT record is not counted)
-        return count_lines(self.log, prefix, "nametype=DELETE") if self.log.exists() else 0
+        # one PATH record with nametype=DELETE per removed name (the PARENT record is not counted), in the
+        # log and the files it was rotated into
+        logs = [self.log, *(Path(f"{self.log}.{i}") for i in range(1, AUDIT_LOG_FILES))]
+        return sum(count_lines(p, prefix, "nametype=DELETE") for p in logs if p.exists())
 
     def drops_reported(self) -> int | None:
         return max(0, self.lost_end - self.lost_start)
@@ -367,12 +390,11 @@ class Auditd(Tracer):
     def stop(self) -> None:
         self.lost_end = audit_status().get("lost", 0)
         self._auditctl("-d", *AUDIT_RULE[1:])
-        os.kill(self.daemon_pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while Path(f"/proc/{self.daemon_pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        super().stop()  # SIGTERM, then SIGKILL after 60 s
         self._auditctl("-b", str(self.before.get("backlog_limit", 64)))
         self._auditctl("-e", str(self.before.get("enabled", 0)))
+        for rec in self._records:
+            rec.done()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from unlinkwatch.collector.store import Store, open_store
 
 from tests.support.collector import start_inprocess
 from tests.support.eventgen import T0, make_event, pod_uid
+from unlinkwatch import runstate
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.pb import events_pb2_grpc as pbg
 
@@ -144,7 +144,7 @@ def main() -> None:
         bench("postgres" if args.db.startswith("postgres") else "sqlite", args.db, args.events, args.pods,
               args.queries)
         return
-    with tempfile.TemporaryDirectory(prefix="uw-bench-") as d:
+    with runstate.scratch_dir("uwbench-query-", Path("/var/tmp")) as d:
         if args.backend in ("sqlite", "both"):
             bench("sqlite", f"sqlite:///{Path(d)}/query.db", args.events, args.pods, args.queries)
         if args.backend in ("postgres", "both"):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from unlinkwatch import runstate
 
 SOURCE = Path(__file__).resolve().parent / "unlinkbench.c"
 DEFAULT_CACHE = Path(__file__).resolve().parent / "bin"
@@ -90,37 +90,57 @@ def _run_root(cmd: list[str]) -> None:
         raise WorkloadError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
 
 
+INODE_BYTES = 1024  # memory an empty tmpfs file holds while it exists (inode and dentry), about
+
+
+def tmpfs_inodes(max_files: int) -> int:
+    """The tmpfs inode cap for a step whose workload has at most max_files files at once (and their dirs)."""
+    return max_files + 4096
+
+
 @contextlib.contextmanager
-def tmpfs_mount() -> Iterator[Path]:
-    """A private tmpfs mounted on a fresh temp dir; unmounted and removed afterwards."""
-    mnt = Path(tempfile.mkdtemp(prefix="uwbench-tmpfs-"))
-    # nr_inodes=0: no inode cap (the default, half the RAM pages, ends a 60 s end-to-end hold at 100 K/s,
-    # whose 6 M files exist at once); each empty file costs about 1 KiB of memory while it exists.
-    _run_root(["mount", "-t", "tmpfs", "-o", "size=2g,nr_inodes=0,mode=0755", "uwbench", str(mnt)])
+def tmpfs_mount(max_files: int = 1_000_000) -> Iterator[Path]:
+    """A private tmpfs mounted on a fresh temp dir; unmounted and removed afterwards (recorded for make
+    clean-host, should the run be killed). Its size caps the data and nr_inodes the files: empty files cost
+    memory (INODE_BYTES each) that the size cap does not count, so the cap must match the step."""
+    mnt, rec = runstate.temp_dir("uwbench-tmpfs-")
+    mount = runstate.record("mount", path=str(mnt))
     try:
-        yield mnt
+        _run_root(["mount", "-t", "tmpfs", "-o", f"size=2g,nr_inodes={tmpfs_inodes(max_files)},mode=0755",
+                   "uwbench", str(mnt)])
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        mount.done()
         mnt.rmdir()
+        rec.done()
 
 
 @contextlib.contextmanager
-def ext4_mount(image_dir: Path = Path("/var/tmp")) -> Iterator[Path]:
-    """A real ext4, whatever the host's / is: an image file made with mkfs.ext4, loop-mounted."""
+def ext4_mount(max_files: int = 1_000_000, image_dir: Path = Path("/var/tmp")) -> Iterator[Path]:
+    """A real ext4, whatever the host's / is: an image file made with mkfs.ext4, loop-mounted. The image and
+    its loop device are recorded for make clean-host; the device goes with the unmount (autoclear), and when
+    the unmount fails it is detached by hand, so it never outlives its file."""
     image = image_dir / f"uwbench-{os.getpid()}.ext4"
-    mnt = Path(tempfile.mkdtemp(prefix="uwbench-ext4-"))
+    mnt, rec = runstate.temp_dir("uwbench-ext4-")
+    loop = runstate.record("loop", image=str(image))
     try:
         with image.open("wb") as f:
             f.truncate(EXT4_IMAGE_MB * 1024 * 1024)
-        _run_root(["mkfs.ext4", "-q", "-F", "-N", str(EXT4_INODES), str(image)])
+        _run_root(["mkfs.ext4", "-q", "-F", "-N", str(max(EXT4_INODES, tmpfs_inodes(max_files))), str(image)])
         _run_root(["mount", "-o", "loop", str(image), str(mnt)])
         try:
             yield mnt
         finally:
-            subprocess.run(["umount", str(mnt)], check=False)
+            if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
+                subprocess.run(["umount", "-l", str(mnt)], check=False)
     finally:
-        image.unlink(missing_ok=True)
+        runstate.sweep_loop(image)  # detaches a device the unmount left; removes the image
+        loop.done()
         mnt.rmdir()
+        rec.done()
 
 
 FILESYSTEMS = {"tmpfs": tmpfs_mount, "ext4": ext4_mount}
@@ -129,8 +149,5 @@ FILESYSTEMS = {"tmpfs": tmpfs_mount, "ext4": ext4_mount}
 @contextlib.contextmanager
 def plain_dir(parent: Path | None = None) -> Iterator[Path]:
     """A temp dir on whatever filesystem holds it (used by the smoke test, needs no root)."""
-    path = Path(tempfile.mkdtemp(prefix="uwbench-", dir=parent))
-    try:
+    with runstate.scratch_dir("uwbench-", parent) as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)

@@ -15,6 +15,8 @@ from unlinkwatch import runstate
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--record"]:  # for shell scripts: --record KIND --owner PID key=value ...
+        return _record(sys.argv[2:])
     dry = "--dry-run" in sys.argv[1:]
     if os.geteuid() != 0 and not dry:
         print("clean-host: run it as root (it unmounts, detaches loop devices and deletes audit rules)",
@@ -25,6 +27,21 @@ def main() -> int:
         print(f"clean-host: {line}")
     if not lines:
         print("clean-host: nothing left behind")
+    return 0
+
+
+def _record(args: list[str]) -> int:
+    kind, owner = args[0], 0
+    fields: dict[str, str] = {}
+    rest = args[1:]
+    while rest:
+        if rest[0] == "--owner":
+            owner, rest = int(rest[1]), rest[2:]
+            continue
+        key, _, value = rest[0].partition("=")
+        fields[key] = value
+        rest = rest[1:]
+    print(runstate.record(kind, owner_pid=owner or os.getppid(), **fields).path)
     return 0
 
 

@@ -21,6 +21,19 @@ ROOT=$CACHE/root
 die() { echo "replay: $*" >&2; exit 1; }
 log() { echo "replay: $(date -u +%H:%M:%S) $*"; }
 [ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, chroot, bind mounts)"
+# The cache is deleted from, so it must be ours: an absolute path that is new, empty, or marked as a replay cache.
+MARK=.unlinkwatch-replay-cache
+case $CACHE in /?*) ;; *) die "CACHE_DIR must be an absolute path other than /: $CACHE" ;; esac
+CACHE=$(realpath -m "$CACHE")
+[ "$CACHE" != / ] || die "CACHE_DIR must not be /"
+if [ -e "$CACHE" ] && [ ! -e "$CACHE/$MARK" ] && [ -n "$(ls -A "$CACHE" 2>/dev/null)" ]; then
+  die "$CACHE is not empty and not a replay cache (no $MARK): refusing to delete in it"
+fi
+mkdir -p "$CACHE" && touch "$CACHE/$MARK"
+HERE=$(cd "$(dirname "$0")" && pwd)
+# What a killed run leaves (bind mounts under the root, the root itself) is recorded for make clean-host.
+record() { /usr/bin/python3 "$HERE/clean-host.py" --record "$1" --owner $$ "${@:2}"; }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # Mounts under ROOT, deepest first; never delete ROOT while anything is still mounted in it.
 mounts_under() { awk -v r="$1" '$2 == r || index($2, r "/") == 1 { print $2 }' /proc/self/mounts | sort -r; }
@@ -32,6 +45,10 @@ BG_PIDS=()
 cleanup() {
   [ ${#BG_PIDS[@]} -eq 0 ] || kill "${BG_PIDS[@]}" 2>/dev/null || true
   unmount_all
+  # the root is made anew by every run; only the base (debootstrap) and the logs stay in the cache
+  [ -n "$(mounts_under "$ROOT")" ] || rm -rf --one-file-system "$ROOT"
+  rm -rf "$CACHE/context"
+  [ -z "${ROOT_REC:-}" ] || rm -f "$ROOT_REC"
 }
 trap cleanup EXIT
 
@@ -57,6 +74,7 @@ if [ ! -e "$BASE/.unlinkwatch-base-complete" ]; then
 fi
 [ -z "$(mounts_under "$ROOT")" ] || die "$ROOT still has mounts; unmount them first"
 rm -rf --one-file-system "$ROOT"
+ROOT_REC=$(record dir path="$ROOT")   # clean-host unmounts what is below it, then removes it
 cp -a "$BASE" "$ROOT"
 # The slim image's apt sources (deb822) and a resolver for the build's downloads.
 rm -f "$ROOT/etc/apt/sources.list"
@@ -178,10 +196,11 @@ caps=$(printf ',+%s' "${POD_CAPS[@]}" | tr '[:upper:]' '[:lower:]')
 # In a private mount namespace, also like the pod: a read-only root with a tmpfs /tmp (readOnlyRootFilesystem).
 # Prefixes, not functions, so that a background `"${AS_POD[@]}" cmd &` leaves $! on the command itself.
 mapfile -d '' IMAGE_ENV < <(env_args)
-in_pod_ns=(unshare --mount --propagation private -- /bin/sh -c 'r=$1; shift
+# setpriv --pdeathsig: the pods die with this script, even when it is killed (unshare and sh exec, never fork).
+in_pod_ns=(setpriv --pdeathsig KILL unshare --mount --propagation private -- /bin/sh -c 'r=$1; shift
   mount --rbind "$r" "$r" && mount -o remount,bind,ro "$r" && mount -t tmpfs -o size=256m,mode=1777 tmpfs "$r/tmp" \
     && exec chroot "$r" "$@"' sh "$ROOT" /usr/bin/env -i "${IMAGE_ENV[@]}")
-AS_POD=("${in_pod_ns[@]}" setpriv --bounding-set="-all$caps" --inh-caps=-all --no-new-privs --)
+AS_POD=("${in_pod_ns[@]}" setpriv --pdeathsig KILL --bounding-set="-all$caps" --inh-caps=-all --no-new-privs --)
 as_pod() { "${AS_POD[@]}" "$@"; }
 SMOKE='from bcc import BPF
 b = BPF(text="TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat) { return 0; }")
@@ -205,7 +224,7 @@ log "doctor exit status: $rc"
 # 5. Both pods from the image on loopback, with mutual TLS from scripts/make-certs.sh and the rules
 # ConfigMap's rules.yaml: the collector as uid 65532 with no capabilities, the agent as above. A file
 # deleted on the host must come back from `unlinkwatch query`.
-P_GRPC=50951 P_COLL=9971 P_AGENT=9970
+P_GRPC=$(free_port) P_COLL=$(free_port) P_AGENT=$(free_port)
 certs=/etc/unlinkwatch/replay-certs
 "$CONTEXT/scripts/make-certs.sh" "$ROOT$certs" >/dev/null
 chmod 644 "$ROOT$certs"/*.crt && chown 65532:65532 "$ROOT$certs/collector.key" && chmod 755 "$ROOT$certs"
@@ -213,7 +232,7 @@ mkdir -p "$ROOT/etc/unlinkwatch/rules"
 python3 -c 'import sys, yaml
 cm = [d for d in yaml.safe_load_all(sys.stdin) if d and d["kind"] == "ConfigMap"][0]
 sys.stdout.write(cm["data"]["rules.yaml"])' <"$CONTEXT/deploy/rules-configmap.yaml" >"$ROOT/etc/unlinkwatch/rules/rules.yaml"
-AS_COLLECTOR=("${in_pod_ns[@]}" setpriv --reuid=65532 --regid=65532 --clear-groups --bounding-set=-all
+AS_COLLECTOR=("${in_pod_ns[@]}" setpriv --pdeathsig KILL --reuid=65532 --regid=65532 --clear-groups --bounding-set=-all
   --inh-caps=-all --no-new-privs --)
 tls() { echo --tls-cert "$certs/$1.crt" --tls-key "$certs/$1.key" --tls-ca "$certs/ca.crt"; }
 wait_http() {  # URL SECONDS

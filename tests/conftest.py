@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytest_plugins = ["tests.support.alertmanager"]  # the am_url fixture (a real Alertmanager on loopback)
+# am_url (a real Alertmanager on loopback); postgres_server (one PostgreSQL cluster for the session)
+pytest_plugins = ["tests.support.alertmanager", "tests.support.postgres"]
 TIERS = ("unit", "kernel", "vm", "e2e")
 _BEFORE = pytest.StashKey["object"]()
 

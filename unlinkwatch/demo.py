@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +23,9 @@ from unlinkwatch.errors import UserError
 from unlinkwatch.eventjson import event_to_dict, text
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.pb import events_pb2_grpc as pbg
+from unlinkwatch.runstate import die_with_parent, temp_dir
 
+DEMO_RETENTION = "1h"
 POD_SCRIPT = """
 sleep() { /bin/busybox sleep "$@"; }
 cd /app
@@ -79,7 +80,7 @@ class PretendPod:
         procs = self.cgroup / "cgroup.procs"
         self.proc = subprocess.Popen(
             ["chroot", str(self.root), "/bin/busybox", "sh", "-c", POD_SCRIPT],
-            preexec_fn=lambda: procs.write_text(str(os.getpid())),  # joins the pod cgroup before exec
+            preexec_fn=lambda: _join(procs),  # joins the pod cgroup before exec
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def close(self) -> None:
@@ -147,28 +148,37 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _join(procs: Path) -> None:
+    """In the pod's child before exec: die with the demo, then join the pod's cgroup."""
+    die_with_parent()
+    procs.write_text(str(os.getpid()))
+
+
 def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise UserError("the demo loads eBPF probes and makes a cgroup: run it as root (sudo make demo)")
-    work = Path(tempfile.mkdtemp(prefix="unlinkwatch-demo-"))
+    work, work_rec = temp_dir("unlinkwatch-demo-")  # recorded: make clean-host removes it after a kill
     port = _free_port()
     addr = f"127.0.0.1:{port}"
     db = work / "events.db"
     procs: list[subprocess.Popen[bytes]] = []
     pod: PretendPod | None = None
-    signal.signal(signal.SIGTERM, _interrupt)  # cleaned up like Ctrl-C
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # cleaned up like Ctrl-C (a closed terminal sends SIGHUP)
+        signal.signal(sig, _interrupt)
     try:
         print(f"unlinkwatch demo: starting a collector on {addr} (SQLite: {db}) ...", flush=True)
         clog, alog = work / "collector.log", work / "agent.log"
         with open(clog, "wb") as f:
-            procs.append(subprocess.Popen(_cmd("collector", "--listen", addr, "--db", f"sqlite:///{db}"),
-                                          stdout=f, stderr=subprocess.STDOUT))
+            # the store keeps the last hour: the agent records the whole host, and a demo may run for days
+            procs.append(subprocess.Popen(_cmd("collector", "--listen", addr, "--db", f"sqlite:///{db}",
+                                               "--retention", DEMO_RETENTION),
+                                          stdout=f, stderr=subprocess.STDOUT, preexec_fn=die_with_parent))
         _wait_ready(procs[0], clog, "listening", "collector", 30)
         print("unlinkwatch demo: starting the agent (compile, attach, self-test) ...", flush=True)
         with open(alog, "wb") as f:
             procs.append(subprocess.Popen(_cmd("agent", "--collector", addr, "--kube", "off",
                                                "--node-name", socket.gethostname()),
-                                          stdout=f, stderr=subprocess.STDOUT))
+                                          stdout=f, stderr=subprocess.STDOUT, preexec_fn=die_with_parent))
         attached = _wait_ready(procs[1], alog, '"msg": "attached"', "agent", 120)
         mode = attached.split('"mode": "')[1].split('"')[0]
         start_ns = time.time_ns()
@@ -202,3 +212,4 @@ def run(args: argparse.Namespace) -> int:
                 if p.poll() is None:
                     p.kill()
         shutil.rmtree(work, ignore_errors=True)
+        work_rec.done()

@@ -32,7 +32,7 @@ STATE_DIR = Path(os.environ.get("UNLINKWATCH_RUNSTATE_DIR", "/var/tmp/unlinkwatc
 TEMP_PREFIXES = ("uwbench-", "uw-pg-", "uw-am-", "unlinkwatch-demo-", "unlinkwatch-test-", "uwtest-",
                  "unlinkwatch-replay-")
 TEMP_ROOTS = (Path("/tmp"), Path("/var/tmp"))
-KINDS = ("pid", "audit-rule", "sysctl", "mount", "loop", "dir", "file")  # the order sweep() undoes them in
+KINDS = ("runc", "pid", "audit-rule", "sysctl", "mount", "loop", "dir", "file")  # the order sweep() undoes them in
 _PR_SET_PDEATHSIG = 1
 
 
@@ -57,8 +57,13 @@ def start_time(pid: int) -> int | None:
 
 
 def alive(pid: int, started: int | None) -> bool:
-    st = start_time(pid)
-    return st is not None and (started is None or st == started)
+    """The process runs (a zombie has ended: it holds nothing but its exit status)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0] != "Z" and (started is None or int(fields[19]) == started)
 
 
 @dataclass
@@ -76,13 +81,13 @@ class Record:
 _counter = iter(range(1, 1 << 62))
 
 
-def record(kind: str, **fields: Any) -> Record:
+def record(kind: str, owner_pid: int | None = None, **fields: Any) -> Record:
     """Writes the record before the thing is made (a kill between the two leaves a record of nothing,
     which sweep() passes over; the other order could leave a thing with no record)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}")
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    pid = os.getpid()
+    pid = owner_pid or os.getpid()  # a shell script records through scripts/clean-host.py with its own pid
     body = {"kind": kind, "owner": pid, "owner_start": start_time(pid), "made": time.time(), **fields}
     path = STATE_DIR / f"{pid}-{next(_counter)}-{kind}.json"
     tmp = path.with_suffix(".tmp")
@@ -109,6 +114,17 @@ def temp_dir(prefix: str, parent: Path | None = None) -> tuple[Path, Record]:
 
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     return path, record("dir", path=str(path))
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, parent: Path | None = None) -> Iterator[Path]:
+    """temp_dir() removed (and its record with it) when the block ends."""
+    path, rec = temp_dir(prefix, parent)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        rec.done()
 
 
 def records() -> list[tuple[Path, dict[str, Any]]]:
@@ -143,6 +159,11 @@ def _umount(target: str) -> bool:
 
 def _undo(kind: str, f: dict[str, Any]) -> str | None:
     """Undoes one recorded thing; returns the line to print, None when it was already gone."""
+    if kind == "runc":  # a container outlives a killed `runc run`; delete --force kills it and frees its cgroup
+        cmd = ["runc", "--root", str(f["root"]), "delete", "--force", str(f["name"])]
+        if not Path(f["root"], str(f["name"])).exists():
+            return None
+        return f"deleted runc container {f['name']}" if _run(cmd) else f"could not delete runc container {f['name']}"
     if kind == "pid":
         pid = int(f["pid"])
         if not alive(pid, f.get("start")):
@@ -151,8 +172,8 @@ def _undo(kind: str, f: dict[str, Any]) -> str | None:
             os.kill(pid, signal.SIGKILL)
         return f"killed pid {pid} ({f.get('what', '?')})"
     if kind == "audit-rule":
-        rule = [str(a) for a in f["delete"]]
-        return f"deleted audit rule: auditctl {' '.join(rule)}" if _run(["auditctl", *rule]) else None
+        undo = [str(a) for a in f["undo"]]  # the auditctl arguments that undo it (-d RULE, -e 0, -b 64)
+        return f"auditctl {' '.join(undo)}" if _run(["auditctl", *undo]) else None
     if kind == "sysctl":
         path = Path(f["path"])
         if path.read_text().strip() == str(f["restore"]):
@@ -171,6 +192,11 @@ def _undo(kind: str, f: dict[str, Any]) -> str | None:
         if not path.exists() and not path.is_symlink():
             return None
         if kind == "dir":
+            for target in _mounts():  # deepest first: never delete through a bind mount into the host
+                if target.startswith(str(path) + "/"):
+                    _umount(target)
+            if _mounted_below(path):
+                return f"could not remove {path}: mounts remain below it"
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
@@ -193,6 +219,12 @@ def _detach_loops(image: Path) -> str | None:
             lines.append(f"could not detach {dev} ({image})" if str(image) in still else f"detached {dev} ({image})")
     image.unlink(missing_ok=True)
     return "; ".join(lines) or None
+
+
+def sweep_loop(image: Path) -> None:
+    """Detaches any loop device still backed by image and removes the image (a run's own cleanup)."""
+    _detach_loops(image)
+    image.unlink(missing_ok=True)
 
 
 def _mount_source(target: str) -> str | None:

@@ -16,6 +16,7 @@ from unlinkwatch.errors import UserError
 
 log = logging.getLogger("unlinkwatch.agent.spool")
 _NAME = re.compile(r"(\d{16})-(\d+)-(\d+)\.batch")
+_TMP = re.compile(r"(\d{16})-(\d+)-(\d+)\.tmp")  # put()'s names before the rename; nothing else is removed
 
 
 @dataclass
@@ -34,7 +35,8 @@ class Spool:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             for tmp in self.dir.glob("*.tmp"):
-                tmp.unlink()  # a write cut short by a crash; its batch was never acknowledged nor counted
+                if _TMP.fullmatch(tmp.name):  # a write cut short by a crash; never acknowledged nor counted
+                    tmp.unlink()
         except OSError as e:
             raise UserError(f"--spool: cannot use {directory}: {e.strerror}") from None
         self.bytes = 0

@@ -18,7 +18,7 @@ from unlinkwatch.agent.ship.shipper import Shipper, ShipperConfig
 from tests.support.certs import make_pki
 from tests.support.collector import ROOT, free_port, start_inprocess, start_subprocess
 from tests.support.eventgen import batches, pod_uid
-from tests.support.postgres import PostgresCluster, postgres_server  # noqa: F401 - session fixture
+from tests.support.postgres import PostgresCluster  # postgres_server: the session fixture (conftest)
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.pb import events_pb2_grpc as pbg
 from unlinkwatch.tlsconfig import server_credentials
@@ -43,7 +43,7 @@ def answers(addr: str) -> list[list[bytes]]:
                 for q in QUERIES]
 
 
-def test_sqlite_and_postgres_give_the_same_answers(tmp_path: Path, postgres_server: PostgresCluster) -> None:  # noqa: F811
+def test_sqlite_and_postgres_give_the_same_answers(tmp_path: Path, postgres_server: PostgresCluster) -> None:
     payloads = [b.SerializeToString() for agent in ("node-a:1", "node-b:1")
                 for b in batches(agent, 3000, 700, pods=40)]
     results = []

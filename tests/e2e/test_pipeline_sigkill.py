@@ -14,7 +14,7 @@ from unlinkwatch.collector.store import open_store
 
 from tests.support.collector import free_port, start_subprocess
 from tests.support.eventgen import events
-from tests.support.postgres import PostgresCluster, postgres_server  # noqa: F401 - session fixture
+from tests.support.postgres import PostgresCluster  # postgres_server: the session fixture (conftest)
 
 N = 20_000
 
@@ -70,5 +70,5 @@ def test_sigkilled_sqlite_collector_stores_every_event_exactly_once(tmp_path: Pa
 
 
 def test_sigkilled_postgres_collector_stores_every_event_exactly_once(tmp_path: Path,
-                                                                      postgres_server: PostgresCluster) -> None:  # noqa: F811
+                                                                      postgres_server: PostgresCluster) -> None:
     burst_with_two_kills(tmp_path, postgres_server.new_database())

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import require_root
 from tests.support.agentproc import AgentProcess, by_pid, run_deleter
+from unlinkwatch import runstate
 
 
 def _free_port() -> int:
@@ -84,7 +85,8 @@ def test_a_path_relative_to_a_dirfd_uses_that_directory(agent: AgentProcess, wor
 def test_a_dirfd_inside_a_mount_is_walked_up_across_the_mount(agent: AgentProcess, work: Path) -> None:
     mnt = work / "m"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "uwtest", str(mnt)], check=True)
+    rec = runstate.record("mount", path=str(mnt))  # for make clean-host, should the run be killed
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=1024", "uwtest", str(mnt)], check=True)
     try:
         (mnt / "sub").mkdir()
         (mnt / "sub" / "f").touch()
@@ -95,6 +97,7 @@ def test_a_dirfd_inside_a_mount_is_walked_up_across_the_mount(agent: AgentProces
         assert sorted(e["path"] for e in evs) == [str(mnt / "sub" / "f"), str(mnt / "top")]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+        rec.done()
 
 
 def test_a_directory_renamed_between_two_deletions_through_one_dirfd_gives_the_new_path(
@@ -162,8 +165,9 @@ def root_work() -> Iterator[Path]:
     children per directory, newest first; /tmp on a machine that has run for hours holds thousands of
     cached names newer than a test directory there, which is the documented limit, not what is tested."""
     d = Path(tempfile.mkdtemp(prefix="unlinkwatch-test-", dir="/"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    with runstate.recorded("dir", path=str(d)):
+        yield d
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_a_rename_with_absolute_paths_over_a_target_is_reported(agent: AgentProcess, root_work: Path) -> None:

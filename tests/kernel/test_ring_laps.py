@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tests.conftest import require_root
 from tests.support.agentproc import unlinkwatch_cmd
+from unlinkwatch import runstate
 
 DELETIONS = 400_000  # ~70 MiB of records: four 16 MiB boundaries, nine laps of an 8 MiB ring (10 K steps)
 DELETER = """
@@ -57,15 +58,19 @@ def test_nine_laps_of_an_8_mib_ring_lose_no_record(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    agent = subprocess.Popen([*unlinkwatch_cmd(), "agent", "--stdout", "--kube", "off", "--ringbuf-mb", "8",
-                              "--attach", os.environ.get("UNLINKWATCH_TEST_ATTACH", "auto"),
-                              "--metrics-addr", f"127.0.0.1:{port}"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     work = tmp_path / "laps"
     work.mkdir()
-    # a private tmpfs: the deletions' speed must not depend on the host's disk
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "unlinkwatch-laps", str(work)], check=True)
+    # a private tmpfs: the deletions' speed must not depend on the host's disk (recorded for make clean-host)
+    mount = runstate.record("mount", path=str(work))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=65536", "unlinkwatch-laps", str(work)],
+                   check=True)
+    agent: subprocess.Popen[str] | None = None
     try:
+        agent = subprocess.Popen([*unlinkwatch_cmd(), "agent", "--stdout", "--kube", "off", "--ringbuf-mb", "8",
+                                  "--attach", os.environ.get("UNLINKWATCH_TEST_ATTACH", "auto"),
+                                  "--metrics-addr", f"127.0.0.1:{port}"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=runstate.die_with_parent)
         assert agent.stderr is not None
         for line in agent.stderr:
             if '"attached"' in line:
@@ -73,7 +78,7 @@ def test_nine_laps_of_an_8_mib_ring_lose_no_record(tmp_path: Path) -> None:
         else:
             raise AssertionError(f"agent exited before attaching: {agent.wait()}")
         deadline = time.monotonic() + 10
-        while True:  # the metrics endpoint starts just after the "attached" line
+        while True:  # the metrics endpoint is up before the "attached" line; kept as a guard
             try:
                 _metric(port, "unlinkwatch_agent_events_lost_total")
                 break
@@ -93,7 +98,13 @@ def test_nine_laps_of_an_8_mib_ring_lose_no_record(tmp_path: Path) -> None:
         assert _metric(port, 'unlinkwatch_agent_events_lost_total{stage="kernel"}') == 0
         assert seen >= DELETIONS
     finally:
-        agent.terminate()
-        agent.wait(15)
+        if agent is not None:
+            agent.terminate()
+            try:
+                agent.wait(60)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
         subprocess.run(["umount", str(work)], check=False)
         shutil.rmtree(work, ignore_errors=True)
+        mount.done()

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from unlinkwatch.runstate import die_with_parent
+
 Event = dict[str, Any]
 
 
@@ -35,7 +37,8 @@ class AgentProcess:
         self.log: list[str] = []
         self._cv = threading.Condition()
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env={**os.environ, **(env or {})}, text=True, errors="replace")
+                                     env={**os.environ, **(env or {})}, text=True, errors="replace",
+                                     preexec_fn=die_with_parent)
         self._threads = [threading.Thread(target=self._read_events, daemon=True),
                          threading.Thread(target=self._read_log, daemon=True)]
         for t in self._threads:

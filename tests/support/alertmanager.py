@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from unlinkwatch import runstate
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 CONFIG = """route:
@@ -40,14 +42,19 @@ def available() -> bool:
 @contextmanager
 def alertmanager() -> Iterator[str]:
     """Start Alertmanager (no clustering, temp storage) and yield its base URL once it is ready."""
-    with tempfile.TemporaryDirectory(prefix="uw-am-") as tmp, open(Path(tmp) / "am.log", "wb") as am_log:
+    tmpdir, rec = runstate.temp_dir("uw-am-")
+    tmp = str(tmpdir)
+    with contextlib.ExitStack() as stack:
+        stack.callback(rec.done)
+        stack.callback(shutil.rmtree, tmp, True)
+        am_log = stack.enter_context(open(Path(tmp) / "am.log", "wb"))
         cfg = Path(tmp) / "alertmanager.yml"
         cfg.write_text(CONFIG)
         port = free_port()
         proc = subprocess.Popen(
             [ALERTMANAGER, f"--config.file={cfg}", f"--storage.path={tmp}/data",
              f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-            stdout=subprocess.DEVNULL, stderr=am_log)
+            stdout=subprocess.DEVNULL, stderr=am_log, preexec_fn=runstate.die_with_parent)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 20

@@ -20,6 +20,7 @@ from unlinkwatch.collector.server import CollectorService, build_server
 from unlinkwatch.collector.store import Store, open_store
 
 from unlinkwatch.pb import events_pb2 as pb
+from unlinkwatch.runstate import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,7 +98,7 @@ def start_subprocess(db: str, port: int, *extra: str, log_path: Path | None = No
            "--listen", f"127.0.0.1:{port}", "--db", db, *extra]
     err = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=die_with_parent)
     try:
         wait_serving(f"127.0.0.1:{port}")
     except grpc.RpcError:

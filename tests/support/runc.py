@@ -14,6 +14,9 @@ from pathlib import Path
 
 from unlinkwatch.agent.identity.cgroups import find_cgroup2
 
+from unlinkwatch import runstate
+from unlinkwatch.runstate import die_with_parent
+
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "rm", "sleep", "cat", "echo", "touch", "mkdir", "ls", "true", "rmdir")
 
@@ -99,6 +102,7 @@ class RuncContainer:
         self.state = workdir / "runc-state"
         self.name = f"uw-{self.container_id[:16]}"
         self._proc: subprocess.Popen[str] | None = None
+        self._rec: runstate.Record | None = None
 
     @property
     def cgroup_dir(self) -> str:
@@ -129,19 +133,25 @@ class RuncContainer:
     def run(self, args: list[str], timeout: float = 30.0) -> RuncResult:
         """Run to completion; returns exit code and output; the container is deleted afterwards."""
         self.prepare(args)
+        self._record()
         try:
             p = subprocess.run(self._cmd("run", "--bundle", str(self.bundle), self.name), capture_output=True,
-                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                               text=True, timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
             return RuncResult(p.returncode, p.stdout, p.stderr)
         finally:
             self.delete()
 
+    def _record(self) -> None:
+        """A container can outlive a killed run: recorded for `make clean-host` (unlinkwatch/runstate.py)."""
+        self._rec = runstate.record("runc", root=str(self.state), name=self.name)
+
     def start(self, args: list[str]) -> int:
         """Start in the background; returns the container's init pid (host view) once it runs."""
         self.prepare(args)
+        self._record()
         self._proc = subprocess.Popen(self._cmd("run", "--bundle", str(self.bundle), self.name),
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True)
+                                      text=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             st = subprocess.run(self._cmd("state", self.name), capture_output=True, text=True)
@@ -166,6 +176,8 @@ class RuncContainer:
             self._proc.communicate()
         remove_everywhere(self.cgroup_path)
         shutil.rmtree(self.bundle, ignore_errors=True)
+        if self._rec is not None:
+            self._rec.done()
 
 
 class HandMadeCgroup:
@@ -186,6 +198,7 @@ class HandMadeCgroup:
         procs = os.path.join(self.dir, "cgroup.procs")
 
         def join() -> None:
+            die_with_parent()
             with open(procs, "w") as f:
                 f.write("0")
 

@@ -18,7 +18,7 @@ from unlinkwatch.collector.store import open_store
 from unlinkwatch.collector.store.model import BatchResult, Prepared
 
 from tests.support.eventgen import batches
-from tests.support.postgres import PostgresCluster, postgres_server  # noqa: F401 - session fixture
+from tests.support.postgres import PostgresCluster  # postgres_server: the session fixture (conftest)
 
 NOW = 1_800_000_000_000_000_000
 

@@ -116,3 +116,19 @@ def test_a_child_started_with_die_with_parent_ends_when_its_parent_is_killed() -
     while runstate.start_time(child) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert runstate.start_time(child) is None or Path(f"/proc/{child}/stat").read_text().split(") ")[1][0] == "Z"
+
+
+def test_a_shell_script_records_through_clean_host_and_a_dir_is_removed_only_once_nothing_is_mounted_below(
+        private: Path) -> None:
+    root = private / "replay-root"
+    (root / "proc").mkdir(parents=True)
+    script = ROOT / "scripts" / "clean-host.py"
+    subprocess.run(["bash", "-c", f'/usr/bin/python3 {script} --record dir --owner $$ path={root}'], check=True)
+    assert [f["path"] for _, f in runstate.records()] == [str(root)]
+    if os.geteuid() == 0:  # a bind mount below the dir: unmounted first, never deleted through
+        subprocess.run(["mount", "--bind", str(ROOT / "bench"), str(root / "proc")], check=True)
+    try:
+        assert runstate.sweep() == [f"removed {root}"]
+        assert not root.exists() and (ROOT / "bench" / "__main__.py").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(root / "proc")], capture_output=True)

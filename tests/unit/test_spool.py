@@ -126,3 +126,15 @@ def test_without_a_spool_the_bounded_queue_drops_the_oldest_and_counts_them(tmp_
         c.close()
     finally:
         s.close(timeout=0.5)
+
+
+def test_a_spool_removes_only_the_unfinished_files_it_wrote_itself(tmp_path: Path) -> None:
+    from unlinkwatch.agent.ship.spool import Spool
+
+    d = tmp_path / "spool"
+    d.mkdir()
+    (d / "0000000000000007-3-100.tmp").write_bytes(b"cut short")
+    for name in ("notes.tmp", "backup.tmp", "0000000000000007-3.tmp", "keep.batch"):
+        (d / name).write_text("someone else's")
+    Spool(str(d), 1 << 20)
+    assert sorted(p.name for p in d.iterdir()) == ["0000000000000007-3.tmp", "backup.tmp", "keep.batch", "notes.tmp"]

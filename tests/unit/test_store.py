@@ -19,7 +19,7 @@ from unlinkwatch.collector.store.model import ident_key
 from unlinkwatch.collector.store.sqlite import SqliteStore
 
 from tests.support.eventgen import T0, batches, events, make_event, pod_uid
-from tests.support.postgres import PostgresCluster, postgres_server  # noqa: F401 - session fixture
+from tests.support.postgres import PostgresCluster  # postgres_server: the session fixture (conftest)
 from unlinkwatch.pathglob import match
 from unlinkwatch.pb import events_pb2 as pb
 

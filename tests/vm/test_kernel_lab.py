@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, require_root
+from unlinkwatch.runstate import die_with_parent
 
 RUNNER = ROOT / "tests" / "vmlab" / "run-in-vm.sh"
 
@@ -27,6 +28,10 @@ def _lab_missing() -> str | None:
     return None
 
 
+VM_TIMEOUT_S = 900  # the VM's own limit (run-in-vm.sh); the waits below are longer, so the VM ends first
+
+
+@pytest.mark.timeout(VM_TIMEOUT_S + 200)
 @pytest.mark.parametrize("mode", ["kprobe", "fentry", "tracepoint"])
 def test_the_kernel_tier_passes_under_the_6_1_kernel(mode: str) -> None:
     require_root()
@@ -36,8 +41,10 @@ def test_the_kernel_tier_passes_under_the_6_1_kernel(mode: str) -> None:
     py = Path(sys.executable)
     cmd = (f"set -o pipefail; cd {ROOT} && UNLINKWATCH_TEST_ATTACH={mode} {py} -m pytest tests/kernel -q "
            "-p no:cacheprovider -rs 2>&1 | tail -n 40")
-    env = {**os.environ, "VM_TIMEOUT": os.environ.get("VM_TIMEOUT", "900"), "VM_TIMING": "1"}
-    p = subprocess.run([str(RUNNER), cmd], capture_output=True, text=True, env=env, timeout=1000)
+    env = {**os.environ, "VM_TIMEOUT": str(VM_TIMEOUT_S), "VM_TIMING": "1"}
+    # the runner, its timeout and QEMU each die with their parent, so a killed or timed-out test takes them along
+    p = subprocess.run([str(RUNNER), cmd], capture_output=True, text=True, env=env, timeout=VM_TIMEOUT_S + 100,
+                       preexec_fn=die_with_parent)
     out = p.stdout + p.stderr
     print(out)  # shown by -ra on failure, and kept in the CI log
     assert p.returncode == 0, f"kernel tier in {mode} mode under the 6.1 kernel failed:\n{out[-4000:]}"

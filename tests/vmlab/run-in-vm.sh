@@ -27,7 +27,14 @@ if [ ! -s "$INITRD" ] || [ "$HERE/guest-init.sh" -nt "$INITRD" ] || [ "$HERE/gue
   timeout 120 "$HERE/build-initramfs.sh" "$KVER" "$INITRD" >/dev/null || { echo "initramfs build failed" >&2; exit 125; }
 fi
 
+# A run killed with SIGKILL cannot clean up: its run dir names its owner, and the next run removes it.
+for old in "$CACHE"/run.*; do
+  [ -d "$old" ] || continue
+  owner=$(cat "$old/owner" 2>/dev/null || echo 0)
+  if [ "$owner" = 0 ] || ! kill -0 "$owner" 2>/dev/null; then rm -rf "$old"; fi
+done
 RUN=$(mktemp -d "$CACHE/run.XXXXXX")
+echo $$ > "$RUN/owner"
 QPID=
 cleanup() { [ -n "$QPID" ] && kill "$QPID" 2>/dev/null; rm -rf "$RUN"; }
 trap cleanup EXIT
@@ -46,8 +53,9 @@ case $ACCEL in
   *)   ACC=(-accel tcg,thread=${VM_TCG_THREAD:-multi} -cpu ${VM_CPU:-max}) ;;
 esac
 
-# ttyS0 = guest kernel console -> file; ttyS1 = COMMAND output -> our stdout
-timeout -k 5 "$TMO" qemu-system-x86_64 "${ACC[@]}" -m "$MEM" -smp "$SMP" \
+# ttyS0 = guest kernel console -> file; ttyS1 = COMMAND output -> our stdout. timeout and QEMU die with their
+# parent (setpriv --pdeathsig): a killed test or shell never leaves an emulated machine using a core.
+setpriv --pdeathsig KILL timeout -k 5 "$TMO" setpriv --pdeathsig KILL qemu-system-x86_64 "${ACC[@]}" -m "$MEM" -smp "$SMP" \
   -nodefaults -no-user-config -display none -vga none -no-reboot \
   -kernel "$KERNEL" -initrd "$INITRD" \
   -append "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off vm.upper=${VM_UPPER:-50%} ${VM_APPEND:-}" \
