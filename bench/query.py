@@ -109,7 +109,14 @@ def bench(name: str, db: str, n: int, pods: int, queries: int) -> None:
 
         s, avg = measure(first, pods, queries)  # the same pods as every pass below: they then find it warm
         print(f"query {name:8s} store pod-uid 1st  {percentiles(s)}  ({avg} rows/query; caches cold)")
-        for label, make in (("pod-uid", by_uid), ("namespace+pod", by_name)):
+        def by_path(p: int) -> EventFilter:  # one file: the path index's range is that one path
+            return EventFilter(path_glob=f"/var/lib/app/cache/f{p * (n // pods)}.tmp")
+
+        def by_tree(p: int) -> EventFilter:  # a directory and everything below it (`/x/**` matches /x too)
+            return EventFilter(path_glob="/var/lib/app/cache/**", since_ns=T0 + p * (n // pods) * 1000)
+
+        for label, make in (("pod-uid", by_uid), ("namespace+pod", by_name), ("path", by_path),
+                            ("path /dir/**", by_tree)):
             def run(p: int, make: Callable[[int], EventFilter] = make) -> int:
                 return len(query(store, make(p), None, 1000)[0])
 

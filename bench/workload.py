@@ -67,7 +67,8 @@ def run(binary: Path, n: int, directory: Path, workers: int = 1, rate: float = 0
            "-p", prefix or new_prefix()]
     if timestamps is not None:
         cmd += ["-t", str(timestamps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                          preexec_fn=runstate.die_with_parent)
     if proc.returncode != 0:
         raise WorkloadError(f"unlinkbench failed ({proc.returncode}): {proc.stderr.strip()}")
     return parse_result(proc.stdout.strip().splitlines()[-1])

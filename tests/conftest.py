@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,18 @@ TIERS = ("unit", "kernel", "vm", "e2e")
 _BEFORE = pytest.StashKey["object"]()
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if os.geteuid() == 0 and _whole_suite(session.config):
-        from tests.support.leaks import Snapshot
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # SIGTERM and SIGHUP (a time limit, a closed terminal) end the run as Ctrl-C does: fixtures are torn down
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    if os.geteuid() == 0 and _whole_suite(session.config):
+        from tests.support.leaks import Snapshot, mark_session
+
+        mark_session()
         session.config.stash[_BEFORE] = Snapshot.take()
 
 

@@ -1,6 +1,7 @@
 """The suite's leak check: what the machine has at the start of a pytest session, compared with what it has
 once every fixture is torn down. A process, mount, loop device, audit rule, attached BPF program, changed
-sysctl, project temp dir or runstate record that the session made and left is a leak; tests/conftest.py
+sysctl, project temp dir or runstate record that the session made and left is a leak (a process counts
+when it carries the session's mark in its environment: mark_session()); tests/conftest.py
 fails the session with one line per leak (shown as "N leaked" in pytest's summary line)."""
 
 from __future__ import annotations
@@ -17,12 +18,22 @@ from unlinkwatch import runstate
 SYSCTLS = ("/proc/sys/kernel/bpf_stats_enabled",)
 
 
+MARK = "UNLINKWATCH_TEST_SESSION"  # in the environment of the session and every process it starts
+
+
+def mark_session() -> None:
+    """Marks this session's processes: the leak check counts only processes that carry the mark, so what
+    else runs on the machine (a shell, a monitor) is never taken for a leak."""
+    os.environ[MARK] = f"{os.getpid()}-{time.time_ns()}"
+
+
 def _processes() -> dict[int, int]:
-    """pid -> start time of every user-space process (kernel threads have an empty cmdline)."""
+    """pid -> start time of every process that carries this session's mark."""
+    mark = f"{MARK}={os.environ.get(MARK, '')}".encode()
     out = {}
     for d in Path("/proc").glob("[0-9]*"):
         try:
-            if not (d / "cmdline").read_bytes():
+            if mark not in (d / "environ").read_bytes().split(b"\0"):
                 continue
         except OSError:
             continue
