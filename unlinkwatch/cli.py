@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client(p)
     p.add_argument("--output", default="table", choices=["table", "json"])
 
-    p = sub.add_parser("demo", help="all-in-one local run: collector + agent + a pretend pod")
+    p = sub.add_parser("demo", help="all-in-one local run: a pretend cluster (API, three pods), collector and agent")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS")
     return parser
 

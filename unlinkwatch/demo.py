@@ -1,12 +1,16 @@
-"""`unlinkwatch demo`: a collector on a temp SQLite file, the agent on this host, and a pretend pod (a
-busybox chroot in a kubelet-style cgroup) that deletes a few files, two of them sensitive. Deletions
-and alerts are shown live; --duration ends it by itself."""
+"""`unlinkwatch demo`: a small pretend cluster on this host. A Kubernetes API on loopback (the real list/watch
+protocol, unlinkwatch.kubestub) describes three pods in two namespaces with their owners (ReplicaSet ->
+Deployment, Job -> CronJob); each pod is a busybox chroot in a kubelet-style cgroup, so the agent names
+them through its normal path (cgroup -> pod UID and container ID -> pod watch). A collector on a temp
+SQLite file stores the deletions and raises the default rule pack's alerts. Deletions and alerts are shown
+live; --duration ends it by itself; Ctrl-C, SIGTERM and SIGHUP end it cleanly."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -15,30 +19,67 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from unlinkwatch.errors import UserError
 from unlinkwatch.eventjson import event_to_dict, text
+from unlinkwatch.kubestub import FakeKubeAPI, make_job, make_pod, make_replicaset, owner_ref
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.pb import events_pb2_grpc as pbg
 from unlinkwatch.runstate import die_with_parent, temp_dir
 
-DEMO_RETENTION = "1h"
-POD_SCRIPT = """
-sleep() { /bin/busybox sleep "$@"; }
-cd /app
-sleep 1
-rm cache/session-1.tmp cache/session-2.tmp
-rm -r build
-sleep 1
-rm /var/run/secrets/kubernetes.io/serviceaccount/token
-cd /etc && rm shadow
-while sleep 5; do touch /tmp/heartbeat && rm /tmp/heartbeat; done
-"""
-POD_FILES = ("app/cache/session-1.tmp", "app/cache/session-2.tmp", "app/build/out/a.o", "app/build/out/b.o",
-             "var/run/secrets/kubernetes.io/serviceaccount/token", "etc/shadow")
+DEMO_RETENTION = "1h"  # the store keeps the last hour: the agent records the whole host, and a demo may run for days
+# Every pod script starts with these; `sleep` is busybox's (the chroot has only /bin/busybox and its links).
+PRELUDE = 'sleep() { /bin/busybox sleep "$@"; }\n'
+
+
+@dataclass
+class PodSpec:
+    namespace: str
+    name: str
+    owner: tuple[str, str]  # the direct owner: ("ReplicaSet", "web-7d4b9c") or ("Job", "report-28911520")
+    top: str                # the workload the owner belongs to: Deployment or CronJob name
+    container: str
+    image: str
+    files: tuple[str, ...]  # made in its root before it starts
+    script: str
+    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    container_id: str = field(default_factory=lambda: secrets.token_hex(32))
+
+    @property
+    def workload(self) -> str:
+        return f"{'Deployment' if self.owner[0] == 'ReplicaSet' else 'CronJob'}/{self.top}"
+
+
+def _suffix() -> str:
+    """A pod name's random suffix as Kubernetes makes it (five characters without vowels or look-alikes)."""
+    return "".join(secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
+
+
+def scenario() -> list[PodSpec]:
+    """Routine cleanup, an `rm -rf` of a log tree (folded into one alert), a service-account token and
+    /etc/shadow deleted (sensitive-path alerts), and a batch job's scratch work."""
+    logs = tuple(f"var/log/nginx/access.log.{i}" for i in range(1, 121))
+    return [
+        PodSpec("shop", f"web-7d4b9c-{_suffix()}", ("ReplicaSet", "web-7d4b9c"), "web", "nginx",
+                "nginx:1.27", ("app/cache/session-1.tmp", "app/cache/session-2.tmp", *logs),
+                PRELUDE + "cd /app\nsleep 2\nrm cache/session-1.tmp cache/session-2.tmp\nsleep 3\n"
+                "rm -rf /var/log/nginx\n"
+                "while sleep 4; do touch /tmp/nginx.pid.tmp && rm /tmp/nginx.pid.tmp; done\n"),
+        PodSpec("shop", f"api-5f6d8b-{_suffix()}", ("ReplicaSet", "api-5f6d8b"), "api", "api",
+                "registry.local/shop-api:2.3", ("var/run/secrets/kubernetes.io/serviceaccount/token",
+                                                "app/build/out/a.o", "app/build/out/b.o"),
+                PRELUDE + "sleep 1\nrm -r /app/build\nsleep 6\n"
+                "rm /var/run/secrets/kubernetes.io/serviceaccount/token\n"
+                "while sleep 5; do touch /tmp/heartbeat && rm /tmp/heartbeat; done\n"),
+        PodSpec("batch", f"report-28911520-{_suffix()}", ("Job", "report-28911520"), "report",
+                "report", "busybox:1.36", ("etc/shadow", *(f"tmp/report-work/part-{i}.csv" for i in range(20))),
+                PRELUDE + "sleep 3\nrm -r /tmp/report-work\nsleep 5\ncd /etc && rm shadow\n"
+                "while sleep 6; do touch /tmp/out.csv && rm /tmp/out.csv; done\n"),
+    ]
 
 
 def _free_port() -> int:
@@ -51,10 +92,16 @@ def _cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "unlinkwatch.cli", *args]
 
 
+def _join(procs: Path) -> None:
+    """In the pod's child before exec: die with the demo, then join the pod's cgroup."""
+    die_with_parent()
+    procs.write_text(str(os.getpid()))
+
+
 class PretendPod:
     """A kubelet-style cgroup (cgroupfs driver, Burstable QoS) with a busybox chroot running in it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, spec: PodSpec, workdir: Path) -> None:
         from unlinkwatch.agent.identity.cgroups import find_cgroup2
 
         mount = find_cgroup2()
@@ -63,28 +110,30 @@ class PretendPod:
         busybox = shutil.which("busybox")
         if busybox is None:
             raise UserError("busybox is missing (apt-get install busybox-static, or run `make setup`)")
-        self.uid = str(uuid.uuid4())
-        self.container_id = uuid.uuid4().hex + uuid.uuid4().hex
-        self.cgroup_rel = f"/kubepods/burstable/pod{self.uid}/{self.container_id}"
+        self.spec = spec
+        self.cgroup_rel = f"/kubepods/burstable/pod{spec.uid}/{spec.container_id}"
         self.cgroup = Path(mount.mountpoint + self.cgroup_rel)
-        self.root = workdir / "rootfs"
+        self.root = workdir / spec.name
         for d in ("bin", "tmp"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         shutil.copy(busybox, self.root / "bin" / "busybox")
-        for f in POD_FILES:
+        for f in spec.files:
             (self.root / f).parent.mkdir(parents=True, exist_ok=True)
             (self.root / f).write_text("demo\n")
         # only the directories made here are removed afterwards (a node may have a real /kubepods)
         self._made = [d for d in (self.cgroup, *self.cgroup.parents) if not d.exists()]
-        self.cgroup.mkdir(parents=True, exist_ok=True)
+        self.cgroup.mkdir(parents=True, exist_ok=True)  # before the agent starts, as kubelet makes it first
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
         procs = self.cgroup / "cgroup.procs"
         self.proc = subprocess.Popen(
-            ["chroot", str(self.root), "/bin/busybox", "sh", "-c", POD_SCRIPT],
+            ["chroot", str(self.root), "/bin/busybox", "sh", "-c", self.spec.script],
             preexec_fn=lambda: _join(procs),  # joins the pod cgroup before exec
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         with contextlib.suppress(OSError):  # the pod's other processes (its sleep) keep the cgroup busy
@@ -102,6 +151,22 @@ class PretendPod:
                     time.sleep(0.05)
 
 
+def serve_cluster(specs: list[PodSpec], node: str) -> FakeKubeAPI:
+    """The pretend cluster's API: each pod with its owner chain, as a real API server serves them."""
+    api = FakeKubeAPI(token=secrets.token_hex(16)).start()
+    for s in specs:
+        kind, owner = s.owner
+        if kind == "ReplicaSet":
+            api.add_object(make_replicaset(owner, s.namespace, deployment=s.top), "replicasets")
+            ref = owner_ref("apps/v1", "ReplicaSet", owner)
+        else:
+            api.add_object(make_job(owner, s.namespace, cronjob=s.top), "jobs")
+            ref = owner_ref("batch/v1", "Job", owner)
+        api.add_pod(make_pod(s.name, s.namespace, node=node, uid=s.uid, owner=ref, labels={"app": s.top},
+                             containers=[(s.container, s.image, s.container_id)]))
+    return api
+
+
 def _wait_ready(proc: subprocess.Popen[bytes], log: Path, needle: str, what: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,30 +181,60 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path, needle: str, what: str
     raise UserError(f"the {what} did not start within {timeout:.0f} s (log: {log})")
 
 
+HEADER = f"{'TIME':<12}  {'NAMESPACE/POD':<30} {'WORKLOAD':<18} {'OP':<6} {'PROCESS':<14} PATH"
+
+
 def _row(ev: pb.DeletionEvent) -> str:
     d = event_to_dict(ev)
-    return (f"{d['time'][11:23]}  {d['op']:<7} {d['result']:>4}  {(d['comm'] + '(' + str(d['pid']) + ')'):<16} "
-            f"{d['identity']:<8} {d['path']}")
+    pod = f"{d['namespace']}/{d['pod']}" if d["pod"] else f"({d['identity']}) {d['pod_uid'][:8]}"
+    return (f"{d['time'][11:23]}  {pod:<30} {d['workload'] or '-':<18} {d['op']:<6} "
+            f"{(d['comm'] + '(' + str(d['pid']) + ')'):<14} {d['path']}")
 
 
-def _watch(addr: str, pod: PretendPod, start_ns: int, deadline: float | None) -> Iterator[str]:
+FOLD_AFTER = 6  # a process's run of more deletions than this in one poll is shown as its first 3 and a count
+
+
+def _folded(events: list[pb.DeletionEvent]) -> Iterator[str]:
+    """Rows, with an `rm -rf` storm (one process's run of deletions) folded as the alerts fold it."""
+    i = 0
+    while i < len(events):
+        j = i
+        while j < len(events) and (events[j].pod.uid, events[j].process.pid) == (events[i].pod.uid,
+                                                                                   events[i].process.pid):
+            j += 1
+        run = events[i:j]
+        if len(run) <= FOLD_AFTER:
+            yield from (_row(ev) for ev in run)
+        else:
+            yield from (_row(ev) for ev in run[:3])
+            under = os.path.commonpath([text(ev.path) for ev in run])
+            yield (f"{'':12}  ... {len(run) - 3} more by {text(run[0].process.comm)}({run[0].process.pid}) under "
+                   f"{under} (unlinkwatch query lists every one)")
+        i = j
+
+
+def _watch(addr: str, specs: list[PodSpec], start_ns: int, deadline: float | None) -> Iterator[str]:
     seen_alerts: dict[int, int] = {}
-    last_ns = start_ns
+    last_ns = {s.uid: start_ns for s in specs}
     with grpc.insecure_channel(addr) as ch:
         stub = pbg.CollectorStub(ch)
         while deadline is None or time.monotonic() < deadline:
-            for resp in stub.Query(pb.QueryRequest(pod_uid=pod.uid, since_unix_ns=last_ns + 1, limit=1000),
-                                   timeout=10):
-                for ev in resp.events:
-                    last_ns = max(last_ns, ev.time_unix_ns)
-                    yield _row(ev)
+            new: list[pb.DeletionEvent] = []
+            for s in specs:
+                for resp in stub.Query(pb.QueryRequest(pod_uid=s.uid, since_unix_ns=last_ns[s.uid] + 1, limit=1000),
+                                       timeout=10):
+                    for ev in resp.events:
+                        last_ns[s.uid] = max(last_ns[s.uid], ev.time_unix_ns)
+                        new.append(ev)
+            yield from _folded(sorted(new, key=lambda e: e.time_unix_ns))
             for alert in stub.WatchAlerts(pb.WatchAlertsRequest(since_unix_ns=start_ns, follow=False), timeout=10):
                 if seen_alerts.get(alert.id) == alert.count:
                     continue
                 update = alert.id in seen_alerts
                 seen_alerts[alert.id] = alert.count
                 sample = text(alert.sample_paths[0]) if alert.sample_paths else text(alert.event.path)
-                yield (f"  ALERT{' (update)' if update else ''}  {alert.severity.upper():<8} {alert.rule}: "
+                who = f"{alert.event.pod.namespace}/{alert.event.pod.name}" if alert.event.pod.name else "host"
+                yield (f"  ALERT{' (update)' if update else ''}  {alert.severity.upper():<8} {alert.rule} in {who}: "
                        f"{alert.description} [count {alert.count}] {sample}")
             time.sleep(0.5)
 
@@ -148,53 +243,58 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def _join(procs: Path) -> None:
-    """In the pod's child before exec: die with the demo, then join the pod's cgroup."""
-    die_with_parent()
-    procs.write_text(str(os.getpid()))
-
-
 def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
-        raise UserError("the demo loads eBPF probes and makes a cgroup: run it as root (sudo make demo)")
-    work, work_rec = temp_dir("unlinkwatch-demo-")  # recorded: make clean-host removes it after a kill
-    port = _free_port()
-    addr = f"127.0.0.1:{port}"
-    db = work / "events.db"
-    procs: list[subprocess.Popen[bytes]] = []
-    pod: PretendPod | None = None
+        raise UserError("the demo loads eBPF probes and makes cgroups: run it as root (sudo make demo)")
     for sig in (signal.SIGTERM, signal.SIGHUP):  # cleaned up like Ctrl-C (a closed terminal sends SIGHUP)
         signal.signal(sig, _interrupt)
+    work, work_rec = temp_dir("unlinkwatch-demo-")  # recorded: make clean-host removes it after a kill
+    addr = f"127.0.0.1:{_free_port()}"
+    db = work / "events.db"
+    node = socket.gethostname()
+    specs = scenario()
+    procs: list[subprocess.Popen[bytes]] = []
+    pods: list[PretendPod] = []
+    api: FakeKubeAPI | None = None
     try:
+        api = serve_cluster(specs, node)
+        kubeconfig = api.write_kubeconfig(work / "kubeconfig")
+        namespaces = sorted({s.namespace for s in specs})
+        print(f"unlinkwatch demo: a Kubernetes API on {api.url} with {len(specs)} pods in namespaces "
+              f"{' and '.join(namespaces)} (node {node})", flush=True)
         print(f"unlinkwatch demo: starting a collector on {addr} (SQLite: {db}) ...", flush=True)
         clog, alog = work / "collector.log", work / "agent.log"
         with open(clog, "wb") as f:
-            # the store keeps the last hour: the agent records the whole host, and a demo may run for days
             procs.append(subprocess.Popen(_cmd("collector", "--listen", addr, "--db", f"sqlite:///{db}",
                                                "--retention", DEMO_RETENTION),
                                           stdout=f, stderr=subprocess.STDOUT, preexec_fn=die_with_parent))
         _wait_ready(procs[0], clog, "listening", "collector", 30)
+        pods = [PretendPod(s, work) for s in specs]
         print("unlinkwatch demo: starting the agent (compile, attach, self-test) ...", flush=True)
         with open(alog, "wb") as f:
-            procs.append(subprocess.Popen(_cmd("agent", "--collector", addr, "--kube", "off",
-                                               "--node-name", socket.gethostname()),
+            procs.append(subprocess.Popen(_cmd("agent", "--collector", addr, "--kube", "auto",
+                                               "--kubeconfig", str(kubeconfig), "--node-name", node),
                                           stdout=f, stderr=subprocess.STDOUT, preexec_fn=die_with_parent))
         attached = _wait_ready(procs[1], alog, '"msg": "attached"', "agent", 120)
         mode = attached.split('"mode": "')[1].split('"')[0]
         start_ns = time.time_ns()
-        pod = PretendPod(work)
-        print(f"unlinkwatch demo: agent attached in {mode} mode; pretend pod {pod.uid}")
-        print(f"  cgroup {pod.cgroup_rel}")
-        print(f"  from another terminal: unlinkwatch query --collector {addr} --pod-uid {pod.uid}")
-        print(f"                        unlinkwatch alerts --collector {addr}    unlinkwatch status --collector {addr}")
-        print("  (no Kubernetes here, so the pod's names are unknown: identity shows 'unknown', the UID is from "
-              "its cgroup)\n")
-        print(f"{'TIME':<12}  {'OP':<7} {'RES':>4}  {'PROCESS':<16} {'IDENTITY':<8} PATH", flush=True)
+        for pod in pods:
+            pod.start()
+        print(f"unlinkwatch demo: agent attached in {mode} mode; pods:")
+        for s in specs:
+            print(f"  {s.namespace + '/' + s.name:<32} {s.workload:<20} container {s.container} ({s.image})")
+        web = specs[0]
+        print(f"  from another terminal: unlinkwatch query --collector {addr} --namespace {web.namespace} "
+              f"--pod {web.name}")
+        print(f"                        unlinkwatch query --collector {addr} --workload {specs[-1].workload}")
+        print(f"                        unlinkwatch alerts --collector {addr}    "
+              f"unlinkwatch status --collector {addr}\n")
+        print(HEADER, flush=True)
         deadline = time.monotonic() + args.duration if args.duration else None
-        for line in _watch(addr, pod, start_ns, deadline):
+        for line in _watch(addr, specs, start_ns, deadline):
             print(line, flush=True)
         print(f"\nunlinkwatch demo: done. While a demo runs, query it with: "
-              f"unlinkwatch query --collector {addr} --pod-uid <uid>")
+              f"unlinkwatch query --collector {addr} --namespace {web.namespace}")
         return 0
     except KeyboardInterrupt:
         print("\nunlinkwatch demo: stopped")
@@ -202,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
     except grpc.RpcError as e:
         raise UserError(f"the demo's collector stopped answering: {e.code().name}") from None
     finally:
-        if pod is not None:
+        for pod in pods:
             pod.close()
         for p in reversed(procs):
             if p.poll() is None:
@@ -211,5 +311,7 @@ def run(args: argparse.Namespace) -> int:
                     p.wait(10)
                 if p.poll() is None:
                     p.kill()
+        if api is not None:
+            api.stop()
         shutil.rmtree(work, ignore_errors=True)
         work_rec.done()

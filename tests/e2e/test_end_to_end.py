@@ -19,8 +19,8 @@ import pytest
 from tests.conftest import ROOT, require_root
 from tests.support.agentproc import AgentProcess
 from tests.support.collector import free_port, start_subprocess
-from tests.support.kubeapi import FakeKubeAPI, make_pod, make_replicaset, owner_ref
 from tests.support.runc import RuncContainer, missing
+from unlinkwatch.kubestub import FakeKubeAPI, make_pod, make_replicaset, owner_ref
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 

@@ -12,8 +12,8 @@ import pytest
 from unlinkwatch.agent.identity import IdentityConfig, IdentityResolver
 from unlinkwatch.agent.identity.cgroups import HandleResolver, find_cgroup2, own_cgroup_path
 
-from tests.support.kubeapi import FakeKubeAPI, make_pod, wait_until
 from tests.support.runc import CgroupMkdirTrace, HandMadeCgroup, RuncContainer, kubelet_systemd_path, missing
+from unlinkwatch.kubestub import FakeKubeAPI, make_pod, wait_until
 from unlinkwatch.pb import events_pb2 as pb
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))

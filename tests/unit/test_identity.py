@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from unlinkwatch.agent.identity import IdentityConfig, IdentityResolver
 from unlinkwatch.agent.metrics import AgentMetrics
 
-from tests.support.kubeapi import FakeKubeAPI, make_pod, make_replicaset, owner_ref, wait_until
+from unlinkwatch.kubestub import FakeKubeAPI, make_pod, make_replicaset, owner_ref, wait_until
 from unlinkwatch.pb import events_pb2 as pb
 
 CID = "ab" * 32

@@ -10,7 +10,7 @@ from pathlib import Path
 from unlinkwatch.agent.identity import IdentityConfig, IdentityResolver
 from unlinkwatch.agent.identity.kube import pod_info
 
-from tests.support.kubeapi import make_pod
+from unlinkwatch.kubestub import make_pod
 from unlinkwatch.pb import events_pb2 as pb
 
 PODS, CONTAINERS_PER_POD = 500, 4

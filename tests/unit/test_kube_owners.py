@@ -11,7 +11,7 @@ import pytest
 from unlinkwatch.agent.identity.kube import PodIndex, PodWatcher, api_client, make_fetch
 from unlinkwatch.agent.identity.owners import OwnerResolver
 
-from tests.support.kubeapi import FakeKubeAPI, make_job, make_pod, make_replicaset, owner_ref, wait_until
+from unlinkwatch.kubestub import FakeKubeAPI, make_job, make_pod, make_replicaset, owner_ref, wait_until
 
 K8S_VERSION = "1.30.0"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from unlinkwatch.agent.identity.kube import PodIndex, PodWatcher
 
-from tests.support.kubeapi import FakeKubeAPI, make_pod, wait_until
+from unlinkwatch.kubestub import FakeKubeAPI, make_pod, wait_until
 
 CID = "c" * 64
 NODE = "node-a"

@@ -17,7 +17,7 @@ COLLECTOR = "unlinkwatch.collector"
 AGENT_LAYERS = [["main", "doctor"], ["probe"], ["decode"], ["identity"], ["ship"]]
 COLLECTOR_LAYERS = [["main"], ["server"], ["ingest", "query", "retention"], ["store", "alerts"], ["rules", "sinks"]]
 SHARED_LIBRARY = ["codec", "eventjson", "pathglob", "timeparse", "tlsconfig", "errors", "logs", "observability", "pb",
-                  "client", "runstate"]
+                  "client", "runstate", "kubestub"]
 
 
 def _layer_violations(side: str, layers: list[list[str]]) -> list[str]:

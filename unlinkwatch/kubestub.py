@@ -1,4 +1,6 @@
-"""An in-process Kubernetes API stand-in speaking the real list/watch protocol, on 127.0.0.1 (tests only)."""
+"""An in-process Kubernetes API on 127.0.0.1 speaking the real list/watch protocol (pods of a node by
+fieldSelector, any namespaced object by GET, watches with resourceVersion, bookmarks and 410 Gone): the
+demo's cluster, and the API server of the tests (none is available to them). Not for production."""
 
 from __future__ import annotations
 
