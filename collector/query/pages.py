@@ -34,12 +34,28 @@ def read_events(store: Store, f: EventFilter, after: Cursor | None,
         args.append(f.until_ns)
     rng = f.path_range()
     if rng:
-        where.append(f"path >= {ph}")
+        # A narrow range is read through the path index. A wide one (`/var/log/**` on a busy store) would be
+        # read whole and sorted by time for every page; it is read in time order instead, filtered by path.
+        col = "path" if _narrow(store, rng) else store.NO_INDEX.format("path")
+        where.append(f"{col} >= {ph}")
         args.append(rng[0])
         if rng[1] is not None:
-            where.append(f"path < {ph}")
+            where.append(f"{col} < {ph}")
             args.append(rng[1])
     return _paged(store, where, args, f, after, limit)
+
+
+WIDE_PATH_RANGE = 5_000  # stored paths in a glob's prefix range past which the range is not read by path
+
+
+def _narrow(store: Store, rng: tuple[bytes, bytes | None]) -> bool:
+    """Whether the path range holds fewer than WIDE_PATH_RANGE events (a bounded count on the path index)."""
+    ph = store.PH
+    cond = f"path >= {ph}" + (f" AND path < {ph}" if rng[1] is not None else "")
+    args: list[object] = [rng[0]] if rng[1] is None else [rng[0], rng[1]]
+    (n,), = store.read(f"SELECT count(*) FROM (SELECT 1 FROM events WHERE {cond} LIMIT {ph}) AS r",
+                       [*args, WIDE_PATH_RANGE])
+    return int(n) < WIDE_PATH_RANGE
 
 
 def _paged(store: Store, where: list[str], args: list[object], f: EventFilter, after: Cursor | None,

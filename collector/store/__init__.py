@@ -17,6 +17,7 @@ DEFAULT_DB = "sqlite:///unlinkwatch.db"
 
 class Store(Protocol):
     PH: ClassVar[str]  # the parameter marker of read()'s SQL
+    NO_INDEX: ClassVar[str]  # "{}" formatted with a column: the column in a condition no index serves
 
     @property
     def idents(self) -> dict[IdentKey, int]:

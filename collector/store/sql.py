@@ -64,6 +64,7 @@ class SqlStore:
     another batch commits; an unused number is harmless), and one reader per thread."""
 
     PH: ClassVar[str]                                    # the parameter marker
+    NO_INDEX: ClassVar[str] = "{}"                       # a column its planner must not use an index for
     CONFLICT: ClassVar[tuple[type[Exception], ...]] = ()  # a concurrent writer inserted some of our ids
     LOCK_ROWS: ClassVar[str] = ""                         # suffix of a SELECT that locks the agents' rows
     _w: Any  # the write connection: execute(sql, params) returns a cursor

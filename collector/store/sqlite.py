@@ -60,6 +60,7 @@ def _connect(path: str) -> sqlite3.Connection:
 
 class SqliteStore(SqlStore):
     PH = "?"
+    NO_INDEX = "+{}"  # SQLite's unary plus: the condition still holds, the index on the column is not used
     _w: sqlite3.Connection
 
     def __init__(self, path: str, checkpoints: bool = True, checkpoint_every_s: float = 0.5,

@@ -172,7 +172,12 @@ def generated_paths(n: int, seed: int = 7) -> list[bytes]:
     return sorted(paths)
 
 
-def test_a_path_query_returns_exactly_what_the_glob_matches_for_every_glob_shape(store: Store) -> None:
+@pytest.mark.parametrize("wide_from", [5_000, 1], ids=["ranges read by path", "ranges read in time order"])
+def test_a_path_query_returns_exactly_what_the_glob_matches_for_every_glob_shape(
+        store: Store, wide_from: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from unlinkwatch.collector.query import pages
+
+    monkeypatch.setattr(pages, "WIDE_PATH_RANGE", wide_from)
     paths = generated_paths(600)
     evs = [make_event("node-a:1", i + 1) for i in range(len(paths))]
     for ev, path in zip(evs, paths, strict=True):
