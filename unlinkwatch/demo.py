@@ -29,11 +29,15 @@ from unlinkwatch.eventjson import event_to_dict, text
 from unlinkwatch.kubestub import FakeKubeAPI, make_job, make_pod, make_replicaset, owner_ref
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.pb import events_pb2_grpc as pbg
-from unlinkwatch.runstate import die_with_parent, temp_dir
+from unlinkwatch.runcpod import RuncContainer
+from unlinkwatch.runcpod import missing as runc_missing
+from unlinkwatch.runstate import die_with_parent, record, temp_dir
 
 DEMO_RETENTION = "1h"  # the store keeps the last hour: the agent records the whole host, and a demo may run for days
-# Every pod script starts with these; `sleep` is busybox's (the chroot has only /bin/busybox and its links).
-PRELUDE = 'sleep() { /bin/busybox sleep "$@"; }\n'
+# Every pod script starts with these: `sleep` is busybox's (a chroot has only /bin/busybox), and the pods,
+# started before the agent as a node's pods are, wait for the demo's go (START) before their scenario.
+START = "tmp/.demo-start"
+PRELUDE = f'sleep() {{ /bin/busybox sleep "$@"; }}\nwhile [ ! -e /{START} ]; do sleep 1; done\n'
 
 
 @dataclass
@@ -99,7 +103,9 @@ def _join(procs: Path) -> None:
 
 
 class PretendPod:
-    """A kubelet-style cgroup (cgroupfs driver, Burstable QoS) with a busybox chroot running in it."""
+    """A pod's container in a kubelet-style cgroup (cgroupfs driver, Burstable QoS): a runc container with a
+    busybox root where runc is installed, else a busybox chroot whose processes join that cgroup. The cgroup
+    is made before the agent starts, as kubelet makes it before the container runs."""
 
     def __init__(self, spec: PodSpec, workdir: Path) -> None:
         from unlinkwatch.agent.identity.cgroups import find_cgroup2
@@ -111,21 +117,37 @@ class PretendPod:
         if busybox is None:
             raise UserError("busybox is missing (apt-get install busybox-static, or run `make setup`)")
         self.spec = spec
-        self.cgroup_rel = f"/kubepods/burstable/pod{spec.uid}/{spec.container_id}"
+        self.runc: RuncContainer | None = None
+        if runc_missing() is None:
+            self.runc = RuncContainer(workdir, pod_uid=spec.uid, container_id=spec.container_id)
+            self.runc.prepare(["/bin/busybox", "sh", "-c", spec.script])
+            self.root = self.runc.bundle / "rootfs"
+            self.cgroup_rel = self.runc.cgroup_path
+        else:
+            self.root = workdir / spec.name
+            self.cgroup_rel = f"/kubepods/burstable/pod{spec.uid}/{spec.container_id}"
+            for d in ("bin", "tmp"):
+                (self.root / d).mkdir(parents=True, exist_ok=True)
+            shutil.copy(busybox, self.root / "bin" / "busybox")
         self.cgroup = Path(mount.mountpoint + self.cgroup_rel)
-        self.root = workdir / spec.name
-        for d in ("bin", "tmp"):
-            (self.root / d).mkdir(parents=True, exist_ok=True)
-        shutil.copy(busybox, self.root / "bin" / "busybox")
         for f in spec.files:
             (self.root / f).parent.mkdir(parents=True, exist_ok=True)
             (self.root / f).write_text("demo\n")
         # only the directories made here are removed afterwards (a node may have a real /kubepods)
         self._made = [d for d in (self.cgroup, *self.cgroup.parents) if not d.exists()]
-        self.cgroup.mkdir(parents=True, exist_ok=True)  # before the agent starts, as kubelet makes it first
+        # recorded (a runc container records its own, with its cgroup): make clean-host removes it after a kill
+        self._rec = record("cgroup", path=self.cgroup_rel) if self.runc is None else None
+        self.cgroup.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def go(self) -> None:
+        """Lets the pod's scenario begin."""
+        (self.root / START).touch()
+
     def start(self) -> None:
+        if self.runc is not None:
+            self.runc.launch()
+            return
         procs = self.cgroup / "cgroup.procs"
         self.proc = subprocess.Popen(
             ["chroot", str(self.root), "/bin/busybox", "sh", "-c", self.spec.script],
@@ -133,6 +155,8 @@ class PretendPod:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def close(self) -> None:
+        if self.runc is not None:
+            self.runc.delete()  # kills it, removes its cgroup (and empty parents) in every hierarchy
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -149,6 +173,8 @@ class PretendPod:
                     break
                 except OSError:
                     time.sleep(0.05)
+        if self._rec is not None:
+            self._rec.done()
 
 
 def serve_cluster(specs: list[PodSpec], node: str) -> FakeKubeAPI:
@@ -270,6 +296,8 @@ def run(args: argparse.Namespace) -> int:
                                           stdout=f, stderr=subprocess.STDOUT, preexec_fn=die_with_parent))
         _wait_ready(procs[0], clog, "listening", "collector", 30)
         pods = [PretendPod(s, work) for s in specs]
+        for pod in pods:  # running before the agent starts, as on a node (their scenario waits for go())
+            pod.start()
         print("unlinkwatch demo: starting the agent (compile, attach, self-test) ...", flush=True)
         with open(alog, "wb") as f:
             procs.append(subprocess.Popen(_cmd("agent", "--collector", addr, "--kube", "auto",
@@ -279,8 +307,9 @@ def run(args: argparse.Namespace) -> int:
         mode = attached.split('"mode": "')[1].split('"')[0]
         start_ns = time.time_ns()
         for pod in pods:
-            pod.start()
-        print(f"unlinkwatch demo: agent attached in {mode} mode; pods:")
+            pod.go()
+        kind = "runc containers" if pods[0].runc is not None else f"busybox chroots ({runc_missing()})"
+        print(f"unlinkwatch demo: agent attached in {mode} mode; pods ({kind}):")
         for s in specs:
             print(f"  {s.namespace + '/' + s.name:<32} {s.workload:<20} container {s.container} ({s.image})")
         web = specs[0]

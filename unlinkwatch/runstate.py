@@ -32,7 +32,8 @@ STATE_DIR = Path(os.environ.get("UNLINKWATCH_RUNSTATE_DIR", "/var/tmp/unlinkwatc
 TEMP_PREFIXES = ("uwbench-", "uw-pg-", "uw-am-", "unlinkwatch-demo-", "unlinkwatch-test-", "uwtest-",
                  "unlinkwatch-replay-")
 TEMP_ROOTS = (Path("/tmp"), Path("/var/tmp"))
-KINDS = ("runc", "pid", "audit-rule", "sysctl", "mount", "loop", "dir", "file")  # the order sweep() undoes them in
+# the order sweep() undoes them in
+KINDS = ("runc", "pid", "cgroup", "audit-rule", "sysctl", "mount", "loop", "dir", "file")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -161,9 +162,16 @@ def _undo(kind: str, f: dict[str, Any]) -> str | None:
     """Undoes one recorded thing; returns the line to print, None when it was already gone."""
     if kind == "runc":  # a container outlives a killed `runc run`; delete --force kills it and frees its cgroup
         cmd = ["runc", "--root", str(f["root"]), "delete", "--force", str(f["name"])]
-        if not Path(f["root"], str(f["name"])).exists():
-            return None
-        return f"deleted runc container {f['name']}" if _run(cmd) else f"could not delete runc container {f['name']}"
+        line = None
+        if Path(f["root"], str(f["name"])).exists():
+            done = _run(cmd)
+            line = f"{'deleted' if done else 'could not delete'} runc container {f['name']}"
+        # runc removes the container's own cgroup; the pod's above it, made by the run, goes too when empty
+        if f.get("cgroup") and remove_everywhere(str(f["cgroup"])):
+            line = line or f"removed cgroup {f['cgroup']}"
+        return line
+    if kind == "cgroup":  # a pod's cgroup made by the run (its processes died with it), with empty parents
+        return f"removed cgroup {f['path']}" if remove_everywhere(str(f["path"])) else None
     if kind == "pid":
         pid = int(f["pid"])
         if not alive(pid, f.get("start")):
@@ -225,6 +233,42 @@ def sweep_loop(image: Path) -> None:
     """Detaches any loop device still backed by image and removes the image (a run's own cleanup)."""
     _detach_loops(image)
     image.unlink(missing_ok=True)
+
+
+def _rmdir_up(path: str, stop_at: str) -> bool:
+    """Remove a cgroup directory and its now-empty parents up to (not including) stop_at; whether any went."""
+    p, removed = path, False
+    while p.startswith(stop_at + "/"):
+        try:
+            os.rmdir(p)
+            removed = True
+        except FileNotFoundError:
+            pass  # runc already removed the leaf
+        except OSError:
+            return removed  # not empty: something else lives there
+        p = os.path.dirname(p)
+    return removed
+
+
+def cgroup_mountpoints() -> list[str]:
+    """Every cgroup v1 and v2 mount point: runc makes the container's path in each hierarchy."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] in ("cgroup", "cgroup2"):
+                out.append(fields[4])
+    return out
+
+
+def remove_everywhere(cgroup_path: str) -> bool:
+    """Removes a cgroup path (relative to each hierarchy's root) and its empty parents from every hierarchy;
+    whether something was removed."""
+    removed = False
+    for mp in cgroup_mountpoints():
+        removed = _rmdir_up(mp.rstrip("/") + cgroup_path, mp.rstrip("/")) or removed
+    return removed
 
 
 def _mount_source(target: str) -> str | None:

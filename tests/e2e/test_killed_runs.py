@@ -118,7 +118,13 @@ def test_a_killed_demo_leaves_no_process_probe_or_temp_dir(tmp_path: Path) -> No
     demo = _start([sys.executable, "-m", "unlinkwatch.cli", "demo", "--duration", "120"], log)
     _wait(lambda: "agent attached" in log.read_text(), 180, "the demo's agent", log)
     made = _mine(demo.pid)
-    assert [f["kind"] for f in made] == ["dir"]
+    kinds = sorted(str(f["kind"]) for f in made)
+    assert kinds[0] == "dir" and set(kinds[1:]) <= {"runc"}, kinds  # its temp dir, and its pods' containers
     _kill_and_clean(demo)
     assert _bpf_owners() <= bpf_before
-    assert not Path(str(made[0]["path"])).exists()
+    assert not any(Path(str(f.get("path", ""))).exists() for f in made if f["kind"] == "dir")
+    for f in made:
+        if f["kind"] == "runc":  # the container is gone (runc's state dir went with the demo's temp dir)
+            assert not Path(str(f["root"]), str(f["name"])).exists()
+            pod_cgroup = str(Path(str(f["cgroup"])).parent)  # and the pod's cgroup the demo made above it
+            assert not any(Path(mp + pod_cgroup).exists() for mp in runstate.cgroup_mountpoints()), pod_cgroup
