@@ -138,7 +138,7 @@ def ext4_mount(max_files: int = 1_000_000, image_dir: Path = Path("/var/tmp")) -
             if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
                 subprocess.run(["umount", "-l", str(mnt)], check=False)
     finally:
-        runstate.sweep_loop(image)  # detaches a device the unmount left; removes the image
+        runstate.detach_loops(image)  # detaches a device the unmount left; removes the image
         loop.done()
         mnt.rmdir()
         rec.done()

@@ -157,6 +157,7 @@ class PretendPod:
     def close(self) -> None:
         if self.runc is not None:
             self.runc.delete()  # kills it, removes its cgroup (and empty parents) in every hierarchy
+            return
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

@@ -194,7 +194,7 @@ def _undo(kind: str, f: dict[str, Any]) -> str | None:
             return None
         return f"unmounted {target}" if _umount(target) else f"could not unmount {target}"
     if kind == "loop":
-        return _detach_loops(Path(f["image"]))
+        return detach_loops(Path(f["image"]))
     if kind in ("dir", "file"):
         path = Path(f["path"])
         if not path.exists() and not path.is_symlink():
@@ -212,7 +212,8 @@ def _undo(kind: str, f: dict[str, Any]) -> str | None:
     return None
 
 
-def _detach_loops(image: Path) -> str | None:
+def detach_loops(image: Path) -> str | None:
+    """Unmounts and detaches every loop device still backed by image, then removes the image."""
     out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout
     lines = []
     for line in out.splitlines():
@@ -227,12 +228,6 @@ def _detach_loops(image: Path) -> str | None:
             lines.append(f"could not detach {dev} ({image})" if str(image) in still else f"detached {dev} ({image})")
     image.unlink(missing_ok=True)
     return "; ".join(lines) or None
-
-
-def sweep_loop(image: Path) -> None:
-    """Detaches any loop device still backed by image and removes the image (a run's own cleanup)."""
-    _detach_loops(image)
-    image.unlink(missing_ok=True)
 
 
 def _rmdir_up(path: str, stop_at: str) -> bool:

@@ -15,6 +15,7 @@ import pytest
 from unlinkwatch.agent.identity.cgroups import find_cgroup2
 
 from tests.conftest import ROOT, require_root
+from tests.support.leaks import bpf_owners
 from unlinkwatch import runstate
 
 WANT_ALERTS = {"log-tampering", "service-account-token-deleted", "credentials-deleted"}
@@ -27,10 +28,6 @@ def _cli(*args: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.stdout.splitlines()]
 
 
-def _bpf_owners() -> set[str]:
-    p = subprocess.run(["bpftool", "perf", "show"], capture_output=True, text=True, check=False)
-    return {line.split()[0] for line in p.stdout.splitlines() if line.strip()}
-
 
 def test_the_demo_names_pods_and_workloads_in_two_namespaces_raises_its_alerts_and_leaves_nothing(
         tmp_path: Path) -> None:
@@ -40,7 +37,7 @@ def test_the_demo_names_pods_and_workloads_in_two_namespaces_raises_its_alerts_a
     cg = find_cgroup2()
     assert cg is not None
     kubepods_before = Path(cg.mountpoint, "kubepods").exists()
-    bpf_before = _bpf_owners()
+    bpf_before = bpf_owners()
     out = tmp_path / "demo.out"
     with out.open("wb") as f:
         demo = subprocess.Popen([sys.executable, "-m", "unlinkwatch.cli", "demo", "--duration", "40"], cwd=ROOT,
@@ -93,5 +90,5 @@ def test_the_demo_names_pods_and_workloads_in_two_namespaces_raises_its_alerts_a
     # nothing left: no process, probe, temp dir, record or cgroup of the demo
     assert not work.exists()
     assert [f for _, f in runstate.records() if f["owner"] == demo.pid] == []
-    assert _bpf_owners() <= bpf_before
+    assert bpf_owners() <= bpf_before
     assert Path(cg.mountpoint, "kubepods").exists() == kubepods_before

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, require_root
+from tests.support.leaks import bpf_owners
 from unlinkwatch import runstate
 
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -64,16 +65,12 @@ def _mine(pid: int) -> list[dict[str, object]]:
     return [f for _, f in runstate.records() if f["owner"] == pid]
 
 
-def _bpf_owners() -> set[str]:
-    p = subprocess.run(["bpftool", "perf", "show"], capture_output=True, text=True, check=False)
-    return {line.split()[0] for line in p.stdout.splitlines() if line.strip()}
-
 
 def test_a_bench_killed_while_auditd_records_leaves_no_process_rule_mount_loop_or_sysctl(tmp_path: Path) -> None:
     require_root()
     if subprocess.run(["auditctl", "-s"], capture_output=True).returncode != 0:
         pytest.skip("the kernel's audit subsystem does not answer (auditctl -s)")
-    stats_before, bpf_before = BPF_STATS.read_text().strip(), _bpf_owners()
+    stats_before, bpf_before = BPF_STATS.read_text().strip(), bpf_owners()
     rules_before = subprocess.run(["auditctl", "-l"], capture_output=True, text=True).stdout
     log = tmp_path / "bench.log"
     bench = _start([sys.executable, "-m", "bench", "--quick", "--only", "overhead", "--fs", "ext4",
@@ -92,7 +89,7 @@ def test_a_bench_killed_while_auditd_records_leaves_no_process_rule_mount_loop_o
     assert BPF_STATS.read_text().strip() == stats_before
     assert "uwbench" not in Path("/proc/self/mountinfo").read_text()
     assert "uwbench" not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    assert _bpf_owners() <= bpf_before
+    assert bpf_owners() <= bpf_before
     assert _mine(bench.pid) == []
     assert not any(Path(str(f["path"])).exists() for f in made if f["kind"] == "dir")
 
@@ -113,7 +110,7 @@ def test_a_killed_run_with_a_postgresql_cluster_leaves_no_server_and_no_data_dir
 
 def test_a_killed_demo_leaves_no_process_probe_or_temp_dir(tmp_path: Path) -> None:
     require_root()
-    bpf_before = _bpf_owners()
+    bpf_before = bpf_owners()
     log = tmp_path / "demo.log"
     demo = _start([sys.executable, "-m", "unlinkwatch.cli", "demo", "--duration", "120"], log)
     _wait(lambda: "agent attached" in log.read_text(), 180, "the demo's agent", log)
@@ -121,7 +118,7 @@ def test_a_killed_demo_leaves_no_process_probe_or_temp_dir(tmp_path: Path) -> No
     kinds = sorted(str(f["kind"]) for f in made)
     assert kinds[0] == "dir" and set(kinds[1:]) <= {"runc"}, kinds  # its temp dir, and its pods' containers
     _kill_and_clean(demo)
-    assert _bpf_owners() <= bpf_before
+    assert bpf_owners() <= bpf_before
     assert not any(Path(str(f.get("path", ""))).exists() for f in made if f["kind"] == "dir")
     for f in made:
         if f["kind"] == "runc":  # the container is gone (runc's state dir went with the demo's temp dir)

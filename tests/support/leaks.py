@@ -62,7 +62,8 @@ def _lines(cmd: list[str]) -> set[str]:
     return {line.strip() for line in p.stdout.splitlines() if line.strip() and not line.startswith("No rules")}
 
 
-def _bpf_owners() -> set[str]:
+def bpf_owners() -> set[str]:
+    """Pids that have BPF programs attached (`bpftool perf show`)."""
     return {line.split()[0] for line in _lines(["bpftool", "perf", "show"])}
 
 
@@ -85,7 +86,7 @@ class Snapshot:
     @classmethod
     def take(cls) -> Snapshot:
         return cls(processes=_processes(), mounts=set(runstate._mounts()), loops=_lines(["losetup", "-a"]),
-                   audit=_lines(["auditctl", "-l"]), bpf=_bpf_owners(),
+                   audit=_lines(["auditctl", "-l"]), bpf=bpf_owners(),
                    sysctls={s: Path(s).read_text().strip() for s in SYSCTLS if Path(s).exists()},
                    temps=_temp_entries(), records={str(p) for p, _ in runstate.records()})
 
@@ -105,7 +106,7 @@ def leaks(before: Snapshot, settle_s: float = 15.0) -> list[str]:
         now = Snapshot.take()
         mine = _ancestors()
         found = [_describe(pid) for pid, st in sorted(now.processes.items())
-                 if before.processes.get(pid) != st and pid not in mine and _still(pid, st)]
+                 if before.processes.get(pid) != st and pid not in mine and runstate.alive(pid, st)]
         found += [f"mount: {m}" for m in sorted(now.mounts - before.mounts)]
         found += [f"loop device: {line}" for line in sorted(now.loops - before.loops)]
         found += [f"audit rule: {line}" for line in sorted(now.audit - before.audit)]
@@ -117,12 +118,3 @@ def leaks(before: Snapshot, settle_s: float = 15.0) -> list[str]:
         if not found or time.monotonic() > deadline:
             return found
         time.sleep(0.5)
-
-
-def _still(pid: int, st: int) -> bool:
-    """Alive and not a zombie waiting for its parent (a zombie holds nothing)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z" and runstate.start_time(pid) == st
