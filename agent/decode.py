@@ -61,8 +61,12 @@ def read_layout(text: str, struct_name: str = "uw_event") -> RecordLayout:
 LAYOUT = read_layout(HEADER_H.read_text())
 HEADER, HEADER_FIELDS, C = LAYOUT.header, LAYOUT.fields, LAYOUT.constants
 KIND_DELETION, KIND_CGROUP_MKDIR, KIND_EXE = C["UW_KIND_DELETION"], C["UW_KIND_CGROUP_MKDIR"], C["UW_KIND_EXE"]
+KIND_RENAME_TO = C["UW_KIND_RENAME_TO"]
+OP_RENAME = C["UW_OP_RENAME"]
+ENAMETOOLONG = 36
 OPS = {C[f"UW_OP_{name}"]: pb.Op.Value(f"OP_{name}") for name in ("UNLINK", "RMDIR", "RENAME")}
-_F = {name: C[f"UW_F_{name}"] for name in ("RAW_TRUNCATED", "DIR_TRUNCATED", "DIR_UNRESOLVED", "RAW_UNREADABLE")}
+_F = {name: C[f"UW_F_{name}"] for name in ("RAW_TRUNCATED", "DIR_TRUNCATED", "DIR_UNRESOLVED", "RAW_UNREADABLE",
+                                           "REPLACED")}
 _F_MASK = max(_F.values()) * 2 - 1
 _I_KIND, _I_PID, _I_RESULT, _I_RAW_LEN = (HEADER_FIELDS.index(f) for f in ("kind", "pid", "result", "raw_len"))
 
@@ -131,6 +135,8 @@ class Deletion(NamedTuple):
     exe: bytes
     cgroup_id: int
     flags: int
+    rename_to: bytes = b""   # op rename: the destination
+    rename_flags: int = 0    # op rename: renameat2 flags as passed
 
 
 _NEW = tuple.__new__
@@ -140,6 +146,15 @@ for _f in range(_F_MASK + 1):
         _OUT_FLAGS[_f] |= pb.EVENT_FLAG_PATH_TRUNCATED
     if _f & _F["DIR_UNRESOLVED"]:
         _OUT_FLAGS[_f] |= pb.EVENT_FLAG_DIR_UNRESOLVED
+    if _f & _F["REPLACED"]:
+        _OUT_FLAGS[_f] |= pb.EVENT_FLAG_REPLACED
+# a rename's destination record: its own flags become the RENAME_TO ones (an unreadable destination too)
+_TO_FLAGS = [0] * (_F_MASK + 1)
+for _f in range(_F_MASK + 1):
+    if _f & (_F["RAW_TRUNCATED"] | _F["DIR_TRUNCATED"]):
+        _TO_FLAGS[_f] |= pb.EVENT_FLAG_RENAME_TO_TRUNCATED
+    if _f & (_F["DIR_UNRESOLVED"] | _F["RAW_UNREADABLE"]):
+        _TO_FLAGS[_f] |= pb.EVENT_FLAG_RENAME_TO_UNRESOLVED
 
 
 @dataclass(frozen=True)
@@ -151,8 +166,12 @@ class CgroupMkdir:
 class Decoder:
     """Turns records into Deletions; remembers executables sent once per process by the kernel."""
 
-    def __init__(self, node: str, agent_id: str, attach_mode: str, exe_cache_size: int = 16384) -> None:
+    def __init__(self, node: str, agent_id: str, attach_mode: str, exe_cache_size: int = 16384,
+                 pending_renames: int = 4096) -> None:
         self.node = node
+        # tid -> (destination, RENAME_TO flags) of a rename whose own record has not come yet
+        self._rename_to: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
+        self._pending_max = pending_renames
         self.agent_id = agent_id
         self.attach_mode = attach_mode
         self._exe: OrderedDict[tuple[int, int], bytes] = OrderedDict()
@@ -168,16 +187,25 @@ class Decoder:
         """One record -> a Deletion, or a CgroupMkdir, or None for records that only update the decoder.
         Times use the clock offset of the last tick()."""
         (ts_ns, cgroup_id, proc_start, kind, op, pid, tid, ppid, uid, gid, result, _dirfd, flags,
-         raw_len, dir_len, comm) = HEADER.unpack_from(rec, 0)
+         raw_len, dir_len, rename_flags, _pad, comm) = HEADER.unpack_from(rec, 0)
         end = HEADER.size + raw_len
         raw = rec[HEADER.size : end]
         if kind == KIND_DELETION:
             path = join(rec[end : end + dir_len], raw) if raw else b""
+            out_flags = _OUT_FLAGS[flags & _F_MASK]
+            to = b""
+            if op == OP_RENAME:
+                to, out_flags = self._destination(tid, result, out_flags)
             nul = comm.find(b"\0")
             return _NEW(Deletion, (
                 ts_ns + self._offset, OPS.get(op, 0), path, raw, result, pid, tid, ppid, uid, gid,
                 comm if nul < 0 else comm[:nul], self._exe.get((pid, proc_start), b""), cgroup_id,
-                _OUT_FLAGS[flags & _F_MASK]))
+                out_flags, to, rename_flags))
+        if kind == KIND_RENAME_TO:
+            self._rename_to[tid] = (join(rec[end : end + dir_len], raw) if raw else b"", _TO_FLAGS[flags & _F_MASK])
+            if len(self._rename_to) > self._pending_max:
+                self._rename_to.popitem(last=False)
+            return None
         if kind == KIND_EXE:
             self._exe[(pid, proc_start)] = raw
             if len(self._exe) > self._exe_cache_size:
@@ -186,3 +214,14 @@ class Decoder:
         if kind == KIND_CGROUP_MKDIR:
             return CgroupMkdir(cgroup_id, raw.decode("utf-8", "surrogateescape"))
         return None
+
+    def _destination(self, tid: int, result: int, flags: int) -> tuple[bytes, int]:
+        """The destination its entry sent for this thread's rename. Missing (its record lost, or it was sent
+        before the agent started) means unresolved, never guessed."""
+        pending = self._rename_to.pop(tid, None)
+        if pending is None:
+            return b"", flags | pb.EVENT_FLAG_RENAME_TO_UNRESOLVED
+        to, to_flags = pending
+        if result == -ENAMETOOLONG and len(to) >= C["UW_PATH_MAX"] - 1:
+            to_flags |= pb.EVENT_FLAG_RENAME_TO_TRUNCATED  # at entry the kernel could not tell a cut path
+        return to, flags | to_flags

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
 import json
@@ -45,6 +46,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("-n", type=int, default=None, help="unlinks per measurement (default 200000; quick 20000)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick 3)")
     p.add_argument("--workers", type=int, default=1, help="parallel deleting processes")
+    p.add_argument("--op", default="unlink", choices=["unlink", "rename"],
+                   help="the overhead step's loop: unlinkat, or renameat of each file to a new name")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also measure the tracepoint agent of this git revision (interleaved: before and after)")
     p.add_argument("--rates", default=None, help="end-to-end paced rates, unlinks/s, comma-separated")
     p.add_argument("--e2e-workers", type=int, default=2,
                    help="paced deleting processes sharing each end-to-end rate (default 2)")
@@ -126,9 +131,12 @@ def run_overhead(args: argparse.Namespace, binary: Path, report: Report) -> None
     only = [c for c in args.configs.split(",") if c] or None
     for fs in [f for f in args.fs.split(",") if f]:
         print(f"overhead on {fs}: {args.n:,} unlinks x {args.rounds} rounds, {args.workers} worker(s)", file=sys.stderr)
-        results = overhead.compare(fs, binary, args.n, args.rounds, args.workers, only)
+        baseline = overhead.BaselineAgent(args.baseline) if args.baseline else None
+        with overhead.baseline_tree(baseline) if baseline else contextlib.nullcontext():
+            results = overhead.compare(fs, binary, args.n, args.rounds, args.workers, only, args.op, baseline)
         rows = overhead.table(results, args.n)
-        report.add(f"Overhead on {fs} ({args.n:,} unlinks, {args.workers} worker(s), medians of {args.rounds} "
+        what = "unlinks" if args.op == "unlink" else "renames (the rate column is renames/s)"
+        report.add(f"Overhead on {fs} ({args.n:,} {what}, {args.workers} worker(s), medians of {args.rounds} "
                    "interleaved rounds)", overhead.HEADERS, rows, [asdict(r) for r in results])
 
 

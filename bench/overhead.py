@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import sqlite3
 import subprocess
@@ -254,7 +255,58 @@ def bpf_stats_enabled() -> Iterator[None]:
             path.write_text(before)
 
 
-def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, record: bool) -> Sample:
+class BaselineAgent(UnlinkwatchAgent):
+    """The agent of another revision of this repository (`--baseline REV`), checked out in a temporary
+    worktree and run with this virtualenv's Python: before and after a change, interleaved in one run."""
+
+    def __init__(self, rev: str, attach: str = "tracepoint") -> None:
+        super().__init__(attach)
+        self.rev = rev
+        self.name = f"unlinkwatch agent ({attach}, baseline {rev})"
+        self.tree: Path | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.tree is None:
+            raise Unavailable("the baseline's worktree is not checked out (baseline_tree())")
+
+    def command(self) -> list[str]:
+        return [str(ROOT / ".venv" / "bin" / "python"), "-m", "unlinkwatch.cli", *super().command()[1:]]
+
+    def start(self, workdir: Path, record: bool) -> None:
+        Tracer.start(self, workdir, record)
+        self.metrics = f"127.0.0.1:{free_port()}"
+        self.out = workdir / "agent.jsonl"
+        t0 = time.monotonic()
+        env = {**os.environ, "PYTHONPATH": str(self.tree)}
+        proc = self._spawn(self.command(), stdout=self.out if record else None, env=env, cwd=workdir)
+        self.wait_ready(proc, t0)
+
+
+@contextlib.contextmanager
+def baseline_tree(agent: BaselineAgent) -> Iterator[None]:
+    """A detached worktree of the baseline revision under /var/tmp, removed afterwards (and by make
+    clean-host if the run is killed). The package maps unlinkwatch.agent and .collector to the top-level
+    agent/ and collector/ (pyproject's package-dir), so the worktree gets the two links an install makes."""
+    with runstate.scratch_dir("uwbench-base-", Path("/var/tmp")) as tmp:
+        tree = tmp / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), agent.rev],
+                       check=True)
+        try:
+            for sub in ("agent", "collector"):
+                link = tree / "unlinkwatch" / sub
+                if not link.exists():
+                    link.symlink_to(tree / sub)
+            agent.tree = tree
+            yield
+        finally:
+            agent.tree = None
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
+
+
+def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, record: bool,
+            op: str = "unlink") -> Sample:
     with scratch_dir() as tmp:
         tracer.start(tmp, record)
         try:
@@ -263,7 +315,7 @@ def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, rec
             parts0 = {name: sum(peers.cpu_seconds(p) for p in ps) for name, ps in parts.items()}
             cpu0 = sum(peers.cpu_seconds(p) for p in pids)
             k0 = bpf_run_ns(pids) if record else 0.0
-            result = workload.run(binary, n, fsdir, workers=workers)
+            result = workload.run(binary, n, fsdir, workers=workers, op=op)
             wait_quiet(pids)
             cpu = sum(peers.cpu_seconds(p) for p in pids) - cpu0
             parts_cpu = {name: sum(peers.cpu_seconds(p) for p in ps) - parts0[name] for name, ps in parts.items()}
@@ -271,23 +323,27 @@ def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, rec
             hwm = sum(peers.status_kib(p, "VmHWM") for p in pids)
         finally:
             tracer.stop()
+        if op == "rename":
+            workload.remove_files(fsdir, result.prefix)  # untraced: the tracer has stopped
         return Sample(rate=result.unlinks_per_s, cpu_s=cpu, hwm_kib=hwm, events=tracer.count_events(result.prefix),
                       drops=tracer.drops_reported(), kernel_ns=kernel, parts_cpu_s=parts_cpu)
 
 
-def configurations(only: list[str] | None = None) -> list[Tracer]:
+def configurations(only: list[str] | None = None, baseline: BaselineAgent | None = None) -> list[Tracer]:
     everything: list[Tracer] = [Tracer(), *(UnlinkwatchAgent(m) for m in ATTACH_MODES), UnlinkwatchPipeline(),
                                 peers.Bpftrace(), peers.Auditd(), peers.MinimalBcc()]
-    return [t for t in everything if not only or t.name == "bare" or any(o in t.name for o in only)]
+    if baseline is not None:
+        everything.insert(2, baseline)
+    return [t for t in everything if not only or t.name == "bare" or t is baseline or any(o in t.name for o in only)]
 
 
-def usable(tracers: list[Tracer], binary: Path, fsdir: Path) -> dict[str, str]:
+def usable(tracers: list[Tracer], binary: Path, fsdir: Path, op: str = "unlink") -> dict[str, str]:
     """Try each configuration once on a tiny workload; name -> reason for those that cannot run here."""
     out: dict[str, str] = {}
     for t in tracers:
         try:
             t.check()
-            measure(t, binary, 1000, 1, fsdir, record=False)
+            measure(t, binary, 1000, 1, fsdir, record=False, op=op)
         except (Unavailable, workload.WorkloadError) as e:
             out[t.name] = str(e)
             print(f"  {t.name}: unavailable: {e}", file=sys.stderr)
@@ -295,23 +351,23 @@ def usable(tracers: list[Tracer], binary: Path, fsdir: Path) -> dict[str, str]:
 
 
 def compare(fs: str, binary: Path, n: int, rounds: int, workers: int, only: list[str] | None = None,
-            ) -> list[ConfigResult]:
-    tracers = configurations(only)
+            op: str = "unlink", baseline: BaselineAgent | None = None) -> list[ConfigResult]:
+    tracers = configurations(only, baseline)
     results = {t.name: ConfigResult(t.name, fs) for t in tracers}
     with workload.FILESYSTEMS[fs](max_files=n) as fsdir:
-        missing = usable(tracers, binary, fsdir)
+        missing = usable(tracers, binary, fsdir, op)
         for name, why in missing.items():
             results[name].unavailable = why
         live = [t for t in tracers if t.name not in missing]
         for r in range(rounds):
             for t in live:
-                s = measure(t, binary, n, workers, fsdir, record=False)
+                s = measure(t, binary, n, workers, fsdir, record=False, op=op)
                 results[t.name].samples.append(s)
                 print(f"  [{fs} round {r + 1}/{rounds}] {t.name}: {s.rate:,.0f} unlinks/s", file=sys.stderr)
         with bpf_stats_enabled():
             for t in live:
                 if t.name != "bare":
-                    results[t.name].record = measure(t, binary, n, workers, fsdir, record=True)
+                    results[t.name].record = measure(t, binary, n, workers, fsdir, record=True, op=op)
     return list(results.values())
 
 

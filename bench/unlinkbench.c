@@ -3,12 +3,14 @@
  * unlinkbench: create N empty files, then delete them with unlinkat(dirfd, name, 0).
  * Only the unlink phase is timed (CLOCK_MONOTONIC). Prints one JSON line on stdout.
  *
- *   unlinkbench -n N -d DIR [-w WORKERS] [-r RATE] [-p PREFIX] [-t TSFILE]
+ *   unlinkbench -n N -d DIR [-w WORKERS] [-r RATE] [-p PREFIX] [-t TSFILE] [-m rename]
  *
  * -w forks WORKERS processes that share the N files (N/WORKERS each, names PREFIX-W-I);
  *    all finish creating before any starts deleting, and the parent times the whole phase.
  * -r paces the deletions at RATE unlinks/s in total (0: as fast as possible).
  * -t writes each worker's CLOCK_REALTIME ns of every unlink (u64, native order) to TSFILE.W.
+ * -m rename times renameat(dirfd, name, dirfd, name + "~") instead; the renamed files stay for the caller
+ *    to remove (bench/workload.py remove_files), untraced.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -31,6 +33,7 @@ struct opts {
 	double rate;
 	const char *prefix;
 	const char *tsfile;
+	int rename;
 };
 
 static uint64_t now_ns(clockid_t clk)
@@ -59,7 +62,7 @@ static void die(const char *what)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: unlinkbench -n N -d DIR [-w WORKERS] [-r RATE] [-p PREFIX] [-t TSFILE]\n");
+	fprintf(stderr, "usage: unlinkbench -n N -d DIR [-w WORKERS] [-r RATE] [-p PREFIX] [-t TSFILE] [-m rename]\n");
 	exit(2);
 }
 
@@ -102,9 +105,17 @@ static void worker(const struct opts *o, int w, long count, int ready_fd, int go
 		snprintf(name, sizeof(name), "%s-%d-%ld", o->prefix, w, i);
 		if (stamps)
 			stamps[i] = now_ns(CLOCK_REALTIME);
-		if (unlinkat(dirfd, name, 0) != 0)
+		if (o->rename) {
+			char to[260];
+
+			snprintf(to, sizeof(to), "%s~", name);
+			if (renameat(dirfd, name, dirfd, to) != 0)
+				die("renameat");
+		} else if (unlinkat(dirfd, name, 0) != 0) {
 			die("unlinkat");
+		}
 	}
+
 	if (stamps) {
 		char path[4096];
 		FILE *f;
@@ -122,7 +133,7 @@ static void parse(int argc, char **argv, struct opts *o)
 	int c;
 
 	*o = (struct opts){ .n = 0, .dir = NULL, .workers = 1, .rate = 0, .prefix = "uwb", .tsfile = NULL };
-	while ((c = getopt(argc, argv, "n:d:w:r:p:t:")) != -1) {
+	while ((c = getopt(argc, argv, "n:d:w:r:p:t:m:")) != -1) {
 		switch (c) {
 		case 'n': o->n = atol(optarg); break;
 		case 'd': o->dir = optarg; break;
@@ -130,6 +141,11 @@ static void parse(int argc, char **argv, struct opts *o)
 		case 'r': o->rate = atof(optarg); break;
 		case 'p': o->prefix = optarg; break;
 		case 't': o->tsfile = optarg; break;
+		case 'm':
+			if (strcmp(optarg, "rename") && strcmp(optarg, "unlink"))
+				usage();
+			o->rename = !strcmp(optarg, "rename");
+			break;
 		default: usage();
 		}
 	}

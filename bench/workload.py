@@ -62,9 +62,12 @@ def parse_result(line: str) -> WorkloadResult:
 
 
 def run(binary: Path, n: int, directory: Path, workers: int = 1, rate: float = 0.0,
-        prefix: str | None = None, timestamps: Path | None = None, timeout: float = 600.0) -> WorkloadResult:
+        prefix: str | None = None, timestamps: Path | None = None, timeout: float = 600.0,
+        op: str = "unlink") -> WorkloadResult:
+    """`op` "rename" times renames (each file to its name + "~") instead of unlinks; the result's
+    unlinks_per_s is then renames per second, and the files stay for remove_files()."""
     cmd = [str(binary), "-n", str(n), "-d", str(directory), "-w", str(workers), "-r", str(rate),
-           "-p", prefix or new_prefix()]
+           "-p", prefix or new_prefix(), "-m", op]
     if timestamps is not None:
         cmd += ["-t", str(timestamps)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
@@ -152,3 +155,14 @@ def plain_dir(parent: Path | None = None) -> Iterator[Path]:
     """A temp dir on whatever filesystem holds it (used by the smoke test, needs no root)."""
     with runstate.scratch_dir("uwbench-", parent) as path:
         yield path
+
+
+def remove_files(directory: Path, prefix: str) -> int:
+    """Removes the files a run left (a rename run's renamed files), once nothing traces them any more."""
+    n = 0
+    with os.scandir(directory) as it:
+        for entry in it:
+            if entry.name.startswith(prefix + "-"):
+                os.unlink(entry.path)
+                n += 1
+    return n

@@ -20,7 +20,7 @@ from unlinkwatch.pb import events_pb2 as pb
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 RESULTS = ("success", "failure", "any")
-COND_KEYS = ("paths", "ops", "result", "namespaces", "pod_labels", "comm", "exe")
+COND_KEYS = ("paths", "rename_to", "ops", "result", "namespaces", "pod_labels", "comm", "exe")
 RULE_KEYS = ("name", "severity", "description", "match", "except", "enabled")
 TOP_KEYS = ("rules", "fold_window", "fold_samples")  # plus "x-..." keys: free, e.g. for YAML anchors
 DEFAULT_FOLD_WINDOW_NS = 10_000_000_000
@@ -30,6 +30,16 @@ _UNIT_NS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 
 Check = Callable[[pb.DeletionEvent], bool]
+_RENAME_EXCHANGE = 2
+
+
+def second_path(ev: pb.DeletionEvent) -> bytes | None:
+    """The other path whose content an event destroyed or changed, which `paths` match besides `path`: the
+    destination of a rename that replaced it, or of an exchange (both names then hold new content)."""
+    if ev.op == pb.OP_RENAME and ev.rename_to and (
+            ev.flags & pb.EVENT_FLAG_REPLACED or ev.rename_flags & _RENAME_EXCHANGE):
+        return ev.rename_to
+    return None
 
 
 class RulesError(UserError):
@@ -44,8 +54,9 @@ class Condition:
     paths: Callable[[bytes], bool] | None  # kept apart from checks: tested first, and indexed by the RuleSet
     globs: tuple[str, ...] = ()
 
-    def test(self, ev: pb.DeletionEvent, path_known: bool = False) -> bool:
-        if not path_known and self.paths is not None and not self.paths(ev.path):
+    def test(self, ev: pb.DeletionEvent, path: bytes, path_known: bool = False) -> bool:
+        """Whether the event matches with `path` as its path (the event's own, or its second_path())."""
+        if not path_known and self.paths is not None and not self.paths(path):
             return False
         for check in self.checks:  # noqa: SIM110 - a loop: all() over a generator costs more than the checks
             if not check(ev):
@@ -62,11 +73,11 @@ class Rule:
     match: Condition
     excepts: tuple[Condition, ...]
 
-    def matches(self, ev: pb.DeletionEvent, path_known: bool = False) -> bool:
-        if not self.match.test(ev, path_known):
+    def matches(self, ev: pb.DeletionEvent, path: bytes, path_known: bool = False) -> bool:
+        if not self.match.test(ev, path, path_known):
             return False
         for e in self.excepts:  # noqa: SIM110 - same: this runs per event
-            if e.test(ev):
+            if e.test(ev, path):
                 return False
         return True
 
@@ -87,16 +98,25 @@ class RuleSet:
     def matching(self, ev: pb.DeletionEvent, path: bytes | None = None) -> list[Rule]:
         """The rules this event triggers, in file order (`path`: the event's, when the caller has it). A
         GlobSet finds the rules whose paths match in about one regex call instead of one per rule: path
-        matching is the main cost of evaluation."""
-        ks = self._globset.tags(ev.path if path is None else path)
+        matching is the main cost of evaluation. A rename that replaced or exchanged its destination is
+        matched with each of its two paths in turn (each with its rules' exceptions)."""
+        if path is None:
+            path = ev.path
+        ks = self._globset.tags(path)
+        other = second_path(ev) if ev.op == pb.OP_RENAME else None
+        if other is not None:
+            ks = ks + self._globset.tags(other)
         if self._anypath:
             ks = ks + list(self._anypath)
         if not ks:
             return []
         if len(ks) > 1:
             ks = sorted(set(ks))
-        rules, known = self.rules, self._path_known
-        return [rules[k] for k in ks if rules[k].matches(ev, known[k])]
+        rules = self.rules
+        if other is not None:
+            return [rules[k] for k in ks if rules[k].matches(ev, path) or rules[k].matches(ev, other)]
+        known = self._path_known
+        return [rules[k] for k in ks if rules[k].matches(ev, path, known[k])]
 
     def matching_batch(self, events: Sequence[pb.DeletionEvent],
                        paths: Sequence[bytes] | None = None) -> list[tuple[pb.DeletionEvent, list[Rule]]]:
@@ -106,6 +126,11 @@ class RuleSet:
         if paths is None:
             paths = [ev.path for ev in events]
         picked: Iterable[int] = range(len(events)) if self._anypath else self._globset.candidates(paths)
+        if not self._anypath:
+            seconds = [(i, p) for i, ev in enumerate(events) if ev.op == pb.OP_RENAME and (p := second_path(ev))]
+            if seconds:
+                more = self._globset.candidates([p for _, p in seconds])
+                picked = sorted(set(picked).union(seconds[j][0] for j in more))
         out = []
         for i in picked:
             ev = events[i]
@@ -179,6 +204,9 @@ class _Loader:
         if "paths" in keys:
             paths = self.globs(keys["paths"][1], f"{what}.paths", True)
             path_globs = tuple(self.strings(keys["paths"][1], f"{what}.paths"))
+        if "rename_to" in keys:
+            to = self.globs(keys["rename_to"][1], f"{what}.rename_to", True)
+            checks.append(lambda ev: bool(ev.rename_to) and to(ev.rename_to))
         if "ops" in keys:
             ops: set[int] = set()
             for name in self.strings(keys["ops"][1], f"{what}.ops"):

@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("namespace", "pod", "pod-uid", "container", "node"):
         p.add_argument(f"--{flag}")
     p.add_argument("--workload", metavar="KIND/NAME")
-    p.add_argument("--path", metavar="GLOB")
+    p.add_argument("--path", metavar="GLOB", help="the path deleted (for a rename: its source)")
+    p.add_argument("--rename-to", metavar="GLOB", help="renames whose destination matches")
     p.add_argument("--since", metavar="DURATION|TIME")
     p.add_argument("--until", metavar="TIME")
     p.add_argument("--limit", type=int, default=1000)

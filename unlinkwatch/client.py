@@ -65,18 +65,21 @@ def query_request(args: argparse.Namespace) -> pb.QueryRequest:
     since, until = _time_arg(args.since, "--since"), _time_arg(args.until, "--until")
     if since and until and until <= since:
         raise UserError("--until: must be later than --since")
-    if args.path:
-        from unlinkwatch.pathglob import compile_glob
+    rename_to = getattr(args, "rename_to", None)
+    for flag, glob in (("--path", args.path), ("--rename-to", rename_to)):
+        if glob:
+            from unlinkwatch.pathglob import compile_glob
 
-        try:
-            compile_glob(args.path)
-        except ValueError as e:
-            raise UserError(f"--path: {e}") from None
+            try:
+                compile_glob(glob)
+            except ValueError as e:
+                raise UserError(f"{flag}: {e}") from None
     if args.workload and "/" not in args.workload:
         raise UserError(f"--workload: expected KIND/NAME, e.g. Deployment/web, not {args.workload!r}")
     return pb.QueryRequest(namespace=args.namespace or "", pod=args.pod or "", pod_uid=args.pod_uid or "",
                            container=args.container or "", workload=args.workload or "", node=args.node or "",
-                           path_glob=args.path or "", since_unix_ns=since, until_unix_ns=until, limit=args.limit)
+                           path_glob=args.path or "", since_unix_ns=since, until_unix_ns=until, limit=args.limit,
+                           rename_to_glob=rename_to or "")
 
 
 EVENT_TABLE = ("TIME", "NODE", "POD", "CONTAINER", "OP", "RESULT", "PROCESS", "PATH")
@@ -85,8 +88,15 @@ EVENT_TABLE = ("TIME", "NODE", "POD", "CONTAINER", "OP", "RESULT", "PROCESS", "P
 def event_row(ev: pb.DeletionEvent) -> tuple[str, ...]:
     d = event_to_dict(ev)
     pod = f"{d['namespace']}/{d['pod']}" if d["pod"] else (d["pod_uid"] or "-")
+    path = d["path"]
+    if ev.op == pb.OP_RENAME:  # the destination, and what the rename destroyed or swapped
+        path += " -> " + (d["rename_to"] or "?")
+        if d["replaced"]:
+            path += " (replaced)"
+        elif "exchange" in d["rename_flags"]:
+            path += " (exchanged)"
     return (d["time"], d["node"], pod, d["container"] or "-", d["op"], str(d["result"]),
-            f"{d['comm']}({d['pid']})", d["path"])
+            f"{d['comm']}({d['pid']})", path)
 
 
 def _print_table(out: TextIO, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

@@ -59,6 +59,8 @@ _EV, _PROC = pb.DeletionEvent.DESCRIPTOR, pb.Process.DESCRIPTOR
 T_TIME, T_NODE, T_OP, T_PATH, T_RAW, T_RESULT, T_PROCESS, T_AGENT, T_SEQ, T_FLAGS, T_ATTACH = (
     tag(_EV, f) for f in ("time_unix_ns", "node", "op", "path", "raw_path", "result", "process", "agent", "seq",
                           "flags", "attach_mode"))
+T_RENAME_TO, T_RENAME_FLAGS = tag(_EV, "rename_to"), tag(_EV, "rename_flags")
+_ALL_FLAGS = 2 * max(pb.EventFlag.values()) - 1
 TP_PID, TP_TID, TP_PPID, TP_UID, TP_GID, TP_COMM, TP_EXE = (
     tag(_PROC, f) for f in ("pid", "tid", "ppid", "uid", "gid", "comm", "exe"))
 T_BATCH_EVENTS = tag(pb.EventBatch.DESCRIPTOR, "events")
@@ -142,6 +144,10 @@ class DeletionFields(Protocol):
     def exe(self) -> bytes: ...
     @property
     def flags(self) -> int: ...
+    @property
+    def rename_to(self) -> bytes: ...
+    @property
+    def rename_flags(self) -> int: ...
 
 
 def identity_fields(template: pb.DeletionEvent) -> bytes:
@@ -168,7 +174,7 @@ class EventWriter:
         self._seq = _HighBits()
         self._procs: dict[tuple[int, int, int, int, int, bytes, bytes], bytes] = {}
         self._op: dict[int, bytes] = {int(op): uint(T_OP, op) for op in pb.Op.values()}
-        self._flags = {f: uint(T_FLAGS, f) for f in range(4)}
+        self._flags = {f: uint(T_FLAGS, f) for f in range(_ALL_FLAGS + 1)}
 
     def _process(self, d: DeletionFields) -> bytes:
         key = (d.pid, d.tid, d.ppid, d.uid, d.gid, d.comm, d.exe)
@@ -190,7 +196,13 @@ class EventWriter:
             T_RAW + varint(len(raw)) + raw if raw else b"",
             T_RESULT + varint(sint32(result)) if result else b"",
             self._process(d), ident, self._agent, T_SEQ, self._seq.varint(seq), self._flags[d.flags], self._tail,
+            self._rename(d) if d.rename_to or d.rename_flags else b"",
         ))
+
+    @staticmethod
+    def _rename(d: DeletionFields) -> bytes:
+        to = d.rename_to
+        return field(T_RENAME_TO, to) + uint(T_RENAME_FLAGS, d.rename_flags)
 
 
 def batch_bytes(header: pb.EventBatch, events: Sequence[bytes]) -> bytes:

@@ -18,6 +18,12 @@ IDENTITY_NAMES = {
     pb.IDENTITY_STATE_HOST: "host",
 }
 IDENTITY_BY_NAME = {v: k for k, v in IDENTITY_NAMES.items()}
+RENAME_FLAG_NAMES = ((1, "noreplace"), (2, "exchange"), (4, "whiteout"))  # renameat2's RENAME_* bits
+TRUNCATED_FLAGS = pb.EVENT_FLAG_PATH_TRUNCATED | pb.EVENT_FLAG_RENAME_TO_TRUNCATED
+
+
+def rename_flag_names(flags: int) -> list[str]:
+    return [name for bit, name in RENAME_FLAG_NAMES if flags & bit]
 
 
 def text(raw: bytes) -> str:
@@ -64,6 +70,7 @@ def event_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
         "node": ev.node,
         "op": OP_NAMES.get(ev.op, "unspecified"),
         "path": text(ev.path),
+        "rename_to": text(ev.rename_to),
         "raw_path": text(ev.raw_path),
         "result": ev.result,
         "pid": p.pid,
@@ -84,7 +91,9 @@ def event_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
         "identity": IDENTITY_NAMES.get(ev.identity, "unknown"),
         "agent": ev.agent,
         "seq": ev.seq,
-        "path_truncated": bool(ev.flags & pb.EVENT_FLAG_PATH_TRUNCATED),
+        "path_truncated": bool(ev.flags & TRUNCATED_FLAGS),
+        "replaced": bool(ev.flags & pb.EVENT_FLAG_REPLACED),
+        "rename_flags": rename_flag_names(ev.rename_flags),
         "attach_mode": ev.attach_mode,
     }
 
@@ -103,7 +112,10 @@ def dict_to_event(d: dict[str, Any]) -> pb.DeletionEvent:
         agent=d.get("agent", ""),
         seq=int(d.get("seq", 0)),
         attach_mode=d.get("attach_mode", ""),
-        flags=pb.EVENT_FLAG_PATH_TRUNCATED if d.get("path_truncated") else 0,
+        flags=(pb.EVENT_FLAG_PATH_TRUNCATED if d.get("path_truncated") else 0)
+        | (pb.EVENT_FLAG_REPLACED if d.get("replaced") else 0),
+        rename_to=untext(d.get("rename_to", "")),
+        rename_flags=sum(bit for bit, name in RENAME_FLAG_NAMES if name in (d.get("rename_flags") or ())),
     )
     for key in ("pid", "tid", "ppid", "uid", "gid"):
         setattr(ev.process, key, int(d.get(key, 0)))

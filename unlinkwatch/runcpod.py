@@ -19,7 +19,7 @@ from unlinkwatch.agent.identity.cgroups import find_cgroup2
 from unlinkwatch.runstate import die_with_parent, remove_everywhere
 
 BUSYBOX = "/bin/busybox"
-APPLETS = ("sh", "rm", "sleep", "cat", "echo", "touch", "mkdir", "ls", "true", "rmdir")
+APPLETS = ("sh", "rm", "sleep", "cat", "echo", "touch", "mkdir", "ls", "true", "rmdir", "mv")
 
 
 def missing() -> str | None:

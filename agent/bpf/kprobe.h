@@ -10,15 +10,18 @@
 #define UW_COMM_LEN 16
 
 enum uw_kind {
-	UW_KIND_DELETION = 1,	  /* a deletion; data = raw path, then the resolved directory */
+	UW_KIND_DELETION = 1,	  /* a deletion or rename; data = raw path (a rename's source), then the resolved
+				   * directory */
 	UW_KIND_CGROUP_MKDIR = 2, /* a new cgroup2 directory; cgroup_id, data = its path */
 	UW_KIND_EXE = 3,	  /* first deletion of a process: data = its executable's path */
+	UW_KIND_RENAME_TO = 4,	  /* a rename's destination, sent at entry: data as for a deletion; the rename's
+				   * own record (same tid) follows it in the ring */
 };
 
 enum uw_op {
 	UW_OP_UNLINK = 1,
 	UW_OP_RMDIR = 2,
-	UW_OP_RENAME = 3, /* a rename that replaced (destroyed) an existing target */
+	UW_OP_RENAME = 3, /* every rename: the source moved away (UW_F_REPLACED: the destination destroyed) */
 };
 
 /* flags */
@@ -26,6 +29,7 @@ enum uw_op {
 #define UW_F_DIR_TRUNCATED (1U << 1)	/* the directory walk hit its depth or buffer limit */
 #define UW_F_DIR_UNRESOLVED (1U << 2)	/* relative path whose directory could not be read */
 #define UW_F_RAW_UNREADABLE (1U << 3)	/* the path argument could not be read */
+#define UW_F_REPLACED (1U << 4)		/* rename: an existing destination was replaced (destroyed) */
 
 /* Variable length: this header, then raw_len bytes of the raw path argument, then dir_len bytes
  * of the directory a relative path is relative to ("/a/b", empty for "/"), in the process's view. */
@@ -45,6 +49,8 @@ struct uw_event {
 	__u32 flags;		/* UW_F_* */
 	__u32 raw_len;
 	__u32 dir_len;
+	__u32 rename_flags;	/* renameat2 flags as passed: RENAME_NOREPLACE 1, EXCHANGE 2, WHITEOUT 4 */
+	__u32 pad;
 	char comm[UW_COMM_LEN];
 };
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Tracepoint mode only: whether a rename destroys its target, by a dcache lookup of the target at syscall
- * entry in tail calls. Included by unlink.bpf.c after uw_enter(). */
+/* Tracepoint mode only: whether a rename destroys its destination, by a dcache lookup of the destination at
+ * syscall entry in tail calls. Included by unlink.bpf.c after uw_enter2(). */
 #ifndef UNLINKWATCH_RENAME_LOOKUP_H
 #define UNLINKWATCH_RENAME_LOOKUP_H
 
@@ -206,13 +206,14 @@ static __always_inline int uw_lookup_body(void *ctx, const int nchildren)
 int uw_lookup_step(void *ctx) { return uw_lookup_body(ctx, UW_LK_CHILDREN); }
 int uw_lookup_step_small(void *ctx) { return uw_lookup_body(ctx, UW_LK_CHILDREN_SMALL); }
 
-static __always_inline int uw_rename_tp(void *ctx, int newdfd, const char *newname, __u32 flags)
+static __always_inline int uw_rename_tp(void *ctx, int olddfd, const char *oldname, int newdfd,
+					const char *newname, __u32 flags)
 {
-	if (flags & UW_RENAME_EXCHANGE)
-		return 0;
-	uw_enter(newdfd, newname, UW_OP_RENAME);
+	uw_rename_enter(olddfd, oldname, newdfd, newname, flags);
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	rename_replaced.delete(&tid);
+	if (flags & UW_RENAME_EXCHANGE)
+		return 0;	/* an exchange swaps two existing names and destroys neither: no lookup */
 	__u32 zero = 0;
 	struct uw_lookup *lk = lookup_state.lookup(&zero);
 	if (!lk)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-/* unlinkwatch probes: every unlink, unlinkat (files and AT_REMOVEDIR), rmdir and rename that
- * replaces an existing target, with the directory of relative paths resolved in the kernel.
+/* unlinkwatch probes: every unlink, unlinkat (files and AT_REMOVEDIR), rmdir, rename, renameat and
+ * renameat2, with the directory of relative paths resolved in the kernel: for a rename both the source
+ * (moved away) and the destination, and whether an existing destination was replaced.
  *
  * Files: kprobe.h (the record), read.h (kernel memory reads), walk.h (the path walk), rename_lookup.h
  * (tracepoint mode's rename-target lookup). Configured only with -D flags (agent/probe/program.py):
@@ -9,7 +10,8 @@
  *   UW_RINGBUF_PAGES   ring buffer size in pages
  *   UW_MAX_DEPTH       directory components walked before the path is flagged truncated
  *   OFF_*              struct member offsets read from the running kernel's BTF at load time
- * Entry stashes in task-local storage; exit emits with the return value and always clears the stash.
+ * Entry stashes in task-local storage; exit emits with the return value and always clears the stash. A
+ * rename's entry also sends its destination as a record of its own (UW_KIND_RENAME_TO).
  *
  * Cost per deletion is what this file optimises for (docs/ARCHITECTURE.md, "Kernel-side cost"):
  *  - the current task comes from bpf_get_current_task_btf(), so chains of task-owned pointers
@@ -26,16 +28,17 @@
 #define UW_AT_FDCWD -100
 #define UW_AT_REMOVEDIR 0x200
 #define UW_RENAME_EXCHANGE 2
+#define UW_DATA_MASK (2 * UW_PATH_MAX - 1)
 #define UW_ENAMETOOLONG 36
 #define UW_MASK (UW_PATH_MAX - 1)
 
 struct uw_stash {
 	__u64 ts_ns;
-	const char *uptr;	/* user pointer of the path argument (the target, for rename) */
+	const char *uptr;	/* user pointer of the path argument (the source, for rename) */
 	__s32 dirfd;
 	__u32 op;
-	__u32 replaced;		/* rename: the target existed and was replaced */
-	__u32 pad;
+	__u32 replaced;		/* rename: the destination existed and was replaced */
+	__u32 rename_flags;
 };
 
 struct uw_scratch {
@@ -83,13 +86,15 @@ static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kin
 	ev->flags = 0;
 	ev->raw_len = 0;
 	ev->dir_len = 0;
+	ev->rename_flags = 0;
+	ev->pad = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 }
 
 static __always_inline void uw_output(struct uw_scratch *s)
 {
-	/* raw_len + dir_len < 8192 by construction: the mask is exact and bounds the read */
-	__u64 size = ((s->ev.raw_len + s->ev.dir_len) & (2 * UW_PATH_MAX - 1)) + sizeof(struct uw_event);
+	/* each length is below UW_PATH_MAX by construction: the mask is exact and bounds the read */
+	__u64 size = ((s->ev.raw_len + s->ev.dir_len) & UW_DATA_MASK) + sizeof(struct uw_event);
 	/* no wake-up: user space drains the ring on a short timer, so no record pays for one */
 	if (events.ringbuf_output(&s->ev, size, BPF_RB_NO_WAKEUP) < 0) {
 		__u32 zero = 0;
@@ -128,7 +133,7 @@ static __always_inline struct uw_stash *uw_stash_get(__u64 create)
 	return stash.task_storage_get(bpf_get_current_task_btf(), 0, create);
 }
 
-static __always_inline int uw_enter(__s32 dirfd, const char *uptr, __u32 op)
+static __always_inline int uw_enter2(__s32 dirfd, const char *uptr, __u32 op, __u32 rename_flags)
 {
 	struct uw_stash *st = uw_stash_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!st)
@@ -138,7 +143,81 @@ static __always_inline int uw_enter(__s32 dirfd, const char *uptr, __u32 op)
 	st->dirfd = dirfd;
 	st->op = op;
 	st->replaced = 0;
+	st->rename_flags = rename_flags;
 	return 0;
+}
+
+static __always_inline int uw_enter(__s32 dirfd, const char *uptr, __u32 op)
+{
+	return uw_enter2(dirfd, uptr, op, 0);
+}
+
+/* The directory a relative path argument is relative to: the cwd, or the dirfd's file. */
+static __always_inline void uw_base_dir(void *task, void *fs, __s32 dirfd, void **mnt, void **dentry)
+{
+	if (dirfd == UW_AT_FDCWD) {
+		*mnt = UW_LD(fs, OFF_FS_STRUCT_PWD + OFF_PATH_MNT, void *);
+		*dentry = UW_LD(fs, OFF_FS_STRUCT_PWD + OFF_PATH_DENTRY, void *);
+	} else if (dirfd >= 0) {
+		void *fdt = UW_LD(UW_LD(task, OFF_TASK_FILES, void *), OFF_FILES_STRUCT_FDT, void *);
+		if ((__u32)dirfd < UW_LD(fdt, OFF_FDTABLE_MAX_FDS, __u32)) {
+			/* fd is a pointer to pointers, which BTF loads do not follow: probe reads from here */
+			void *fds = UW_LD(fdt, OFF_FDTABLE_FD, void *);
+			void *file = uw_ptr(fds, (long)dirfd * sizeof(void *));
+			if (file) {
+				void *fpath[2] = {};
+				bpf_probe_read_kernel(fpath, sizeof(fpath), file + OFF_FILE_F_PATH);
+				*mnt = fpath[OFF_PATH_MNT / 8];
+				*dentry = fpath[OFF_PATH_DENTRY / 8];
+			}
+		}
+	}
+}
+
+/* The path argument `uptr` into the record: its raw bytes, then (relative paths only) the directory it is
+ * relative to, with the lengths and flags set. `ret` is the call's result, or 0 at entry. */
+static __always_inline void uw_put_arg(struct uw_scratch *s, const char *uptr, __s32 dirfd, void *task,
+				       void *fs, long ret)
+{
+	struct uw_event *ev = &s->ev;
+	__u32 flags = 0;
+	long n = bpf_probe_read_user_str(s->data, UW_PATH_MAX, uptr);
+	__u32 raw_len = 0;
+	if (n <= 0) {
+		flags |= UW_F_RAW_UNREADABLE;
+	} else {
+		raw_len = (n - 1) & UW_MASK;
+		if (n == UW_PATH_MAX && ret == -UW_ENAMETOOLONG)
+			flags |= UW_F_RAW_TRUNCATED;
+	}
+	ev->raw_len = raw_len;
+	if (raw_len > 0 && s->data[0] != '/') {
+		void *mnt = 0, *dentry = 0;
+		uw_base_dir(task, fs, dirfd, &mnt, &dentry);
+		if (mnt && dentry)
+			ev->dir_len = uw_put_path(s, raw_len, mnt, dentry, fs, &flags);
+		else
+			flags |= UW_F_DIR_UNRESOLVED;
+	}
+	ev->flags |= flags;
+}
+
+/* A rename's destination, sent at entry as a record of its own (UW_KIND_RENAME_TO) that user space joins to
+ * the rename's record by thread: each program then walks one path at most, which keeps it within the
+ * verifier's budget (two walks in one program exceed it). */
+static __always_inline void uw_send_rename_to(__s32 dirfd, const char *uptr)
+{
+	__u32 zero = 0;
+	struct uw_scratch *s = scratch.lookup(&zero);
+	if (!s)
+		return;
+	void *task = (void *)bpf_get_current_task_btf();
+	uw_header(&s->ev, task, UW_KIND_RENAME_TO);
+	s->ev.ts_ns = bpf_ktime_get_ns();
+	s->ev.op = UW_OP_RENAME;
+	s->ev.dirfd = dirfd;
+	uw_put_arg(s, uptr, dirfd, task, UW_LD(task, OFF_TASK_FS, void *), 0);
+	uw_output(s);
 }
 
 static __always_inline int uw_exit(long ret)
@@ -157,8 +236,8 @@ static __always_inline int uw_exit(long ret)
 		}
 	}
 #endif
-	if (copy.op == UW_OP_RENAME && !copy.replaced)
-		return 0;
+	if (ret != 0)
+		copy.replaced = 0;	/* a failed rename replaced nothing */
 
 	__u32 zero = 0;
 	struct uw_scratch *s = scratch.lookup(&zero);
@@ -175,60 +254,31 @@ static __always_inline int uw_exit(long ret)
 	ev->result = (__s32)ret;
 	ev->dirfd = copy.dirfd;
 
-	__u32 flags = 0;
-	long n = bpf_probe_read_user_str(s->data, UW_PATH_MAX, copy.uptr);
-	__u32 raw_len = 0;
-	if (n <= 0) {
-		flags |= UW_F_RAW_UNREADABLE;
-	} else {
-		raw_len = (n - 1) & UW_MASK;
-		if (n == UW_PATH_MAX && ret == -UW_ENAMETOOLONG)
-			flags |= UW_F_RAW_TRUNCATED;
+	if (copy.op == UW_OP_RENAME) {
+		ev->rename_flags = copy.rename_flags;
+		if (copy.replaced)
+			ev->flags = UW_F_REPLACED;
 	}
-	ev->raw_len = raw_len;
-
-	if (raw_len > 0 && s->data[0] != '/') {
-		void *mnt = 0, *dentry = 0;
-		if (copy.dirfd == UW_AT_FDCWD) {
-			mnt = UW_LD(fs, OFF_FS_STRUCT_PWD + OFF_PATH_MNT, void *);
-			dentry = UW_LD(fs, OFF_FS_STRUCT_PWD + OFF_PATH_DENTRY, void *);
-		} else if (copy.dirfd >= 0) {
-			void *fdt = UW_LD(UW_LD(task, OFF_TASK_FILES, void *), OFF_FILES_STRUCT_FDT, void *);
-			if ((__u32)copy.dirfd < UW_LD(fdt, OFF_FDTABLE_MAX_FDS, __u32)) {
-				/* fd is a pointer to pointers, which BTF loads do not follow: probe reads from here */
-				void *fds = UW_LD(fdt, OFF_FDTABLE_FD, void *);
-				void *file = uw_ptr(fds, (long)copy.dirfd * sizeof(void *));
-				if (file) {
-					void *fpath[2] = {};
-					bpf_probe_read_kernel(fpath, sizeof(fpath), file + OFF_FILE_F_PATH);
-					mnt = fpath[OFF_PATH_MNT / 8];
-					dentry = fpath[OFF_PATH_DENTRY / 8];
-				}
-			}
-		}
-		if (mnt && dentry)
-			ev->dir_len = uw_put_path(s, raw_len, mnt, dentry, fs, &flags);
-		else
-			flags |= UW_F_DIR_UNRESOLVED;
-	}
-	ev->flags = flags;
+	uw_put_arg(s, copy.uptr, copy.dirfd, task, fs, ret);
 	uw_output(s);
 	return 0;
 }
 
-/* A rename replaces its target when the target's dentry is positive as the kernel renames. */
+/* A rename replaces its destination when the destination's dentry is positive as the kernel renames (an
+ * exchange swaps the two and destroys nothing: its flag says so instead). */
 static __always_inline void uw_rename_target(void *new_dentry)
 {
 	struct uw_stash *st = uw_stash_get(0);
-	if (st && st->op == UW_OP_RENAME && new_dentry && uw_ptr(new_dentry, OFF_DENTRY_D_INODE))
+	if (st && st->op == UW_OP_RENAME && !(st->rename_flags & UW_RENAME_EXCHANGE) && new_dentry &&
+	    uw_ptr(new_dentry, OFF_DENTRY_D_INODE))
 		st->replaced = 1;
 }
 
-static __always_inline int uw_rename_enter(int newdfd, const char *uptr, __u32 flags)
+static __always_inline int uw_rename_enter(int olddfd, const char *from, int newdfd, const char *to,
+					   __u32 flags)
 {
-	if (flags & UW_RENAME_EXCHANGE)
-		return 0;	/* an exchange destroys nothing */
-	return uw_enter(newdfd, uptr, UW_OP_RENAME);
+	uw_send_rename_to(newdfd, to);
+	return uw_enter2(olddfd, from, UW_OP_RENAME, flags);
 }
 
 TRACEPOINT_PROBE(cgroup, cgroup_mkdir)
@@ -270,11 +320,17 @@ TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat)
 
 #include "rename_lookup.h"
 
-TRACEPOINT_PROBE(syscalls, sys_enter_rename) { return uw_rename_tp(args, UW_AT_FDCWD, args->newname, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_renameat) { return uw_rename_tp(args, args->newdfd, args->newname, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_rename)
+{
+	return uw_rename_tp(args, UW_AT_FDCWD, args->oldname, UW_AT_FDCWD, args->newname, 0);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_renameat)
+{
+	return uw_rename_tp(args, args->olddfd, args->oldname, args->newdfd, args->newname, 0);
+}
 TRACEPOINT_PROBE(syscalls, sys_enter_renameat2)
 {
-	return uw_rename_tp(args, args->newdfd, args->newname, args->flags);
+	return uw_rename_tp(args, args->olddfd, args->oldname, args->newdfd, args->newname, args->flags);
 }
 
 #elif UW_MODE == UW_MODE_KPROBE
@@ -298,7 +354,7 @@ int uw_rmdir_entry(struct pt_regs *ctx, int dfd, struct filename *name)
 int uw_renameat2_entry(struct pt_regs *ctx, int olddfd, struct filename *from, int newdfd,
 		       struct filename *to, unsigned int flags)
 {
-	return uw_rename_enter(newdfd, uw_uptr(to), flags);
+	return uw_rename_enter(olddfd, uw_uptr(from), newdfd, uw_uptr(to), flags);
 }
 int uw_vfs_rename_entry(struct pt_regs *ctx, struct renamedata *rd)
 {
@@ -326,7 +382,8 @@ KFUNC_PROBE(do_rmdir, int dfd, struct filename *name)
 KRETFUNC_PROBE(do_rmdir, int dfd, struct filename *name, int ret) { return uw_exit(ret); }
 KFUNC_PROBE(do_renameat2, int olddfd, struct filename *from, int newdfd, struct filename *to, unsigned int flags)
 {
-	return uw_rename_enter(newdfd, (const char *)uw_ptr((void *)to, OFF_FILENAME_UPTR), flags);
+	return uw_rename_enter(olddfd, (const char *)uw_ptr((void *)from, OFF_FILENAME_UPTR), newdfd,
+			       (const char *)uw_ptr((void *)to, OFF_FILENAME_UPTR), flags);
 }
 KFUNC_PROBE(vfs_rename, struct renamedata *rd)
 {

@@ -27,7 +27,8 @@ UNLINK_FUNCTIONS = ("do_unlinkat", "filename_unlinkat")
 RMDIR_WAIT_S = 2.0  # the self-test's directory event, once its file's was seen
 # What each mode cannot see, for doctor and the README.
 MISSES = {
-    "tracepoint": "io_uring IORING_OP_UNLINKAT/RENAMEAT (no syscall); renames over targets not in the dcache",
+    "tracepoint": "io_uring IORING_OP_UNLINKAT/RENAMEAT (no syscall); `replaced` of a rename over a target not in "
+                  "the dcache",
     "kprobe": "nothing known on the unlink path; ~10x the per-call cost of fentry",
     "fentry": "nothing known on the unlink path",
 }

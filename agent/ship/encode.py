@@ -9,12 +9,15 @@ from json.encoder import encode_basestring_ascii as _jstr  # type: ignore[attr-d
 from typing import Protocol
 
 from unlinkwatch.codec import DeletionFields, identity_fields
-from unlinkwatch.eventjson import IDENTITY_NAMES, OP_NAMES
+from unlinkwatch.eventjson import IDENTITY_NAMES, OP_NAMES, TRUNCATED_FLAGS, rename_flag_names
 from unlinkwatch.pb import events_pb2 as pb
 
 _CACHE_MAX = 4096
 _CODES_MAX = 65536
 OP_NAME: dict[int, str] = {0: "unspecified", **{int(k): v for k, v in OP_NAMES.items()}}
+# '"replaced": ..., "rename_flags": [...]' by (replaced << 3 | renameat2 flags)
+_RENAME = [f'"replaced": {"true" if i & 8 else "false"}, "rename_flags": '
+           + "[" + ", ".join(f'"{n}"' for n in rename_flag_names(i & 7)) + "]" for i in range(16)]
 
 
 class HasTemplate(Protocol):
@@ -85,8 +88,12 @@ class JsonLines:
         secs, ns = divmod(d.time_unix_ns, 1_000_000_000)
         if secs != self._secs:
             self._secs, self._prefix = secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-        truncated = "true" if d.flags & pb.EVENT_FLAG_PATH_TRUNCATED else "false"
+        flags = d.flags
+        truncated = "true" if flags & TRUNCATED_FLAGS else "false"
+        to = _jstr(text(d.rename_to)) if d.rename_to else '""'
+        rename = _RENAME[(8 if flags & pb.EVENT_FLAG_REPLACED else 0) | (d.rename_flags & 7)]
         return (f'{{"time": "{self._prefix}.{ns:09d}Z", "node": {self._node}, "op": "{OP_NAME[d.op]}", '
-                f'"path": {_jstr(text(d.path))}, "raw_path": {_jstr(text(d.raw_path))}, "result": {d.result}'
-                f'{self._process(d)}, "cgroup_id": {d.cgroup_id}{ident}, "agent": {self._agent}, "seq": {seq}, '
-                f'"path_truncated": {truncated}, "attach_mode": {self._attach}}}\n')
+                f'"path": {_jstr(text(d.path))}, "rename_to": {to}, "raw_path": {_jstr(text(d.raw_path))}, '
+                f'"result": {d.result}{self._process(d)}, "cgroup_id": {d.cgroup_id}{ident}, '
+                f'"agent": {self._agent}, "seq": {seq}, "path_truncated": {truncated}, {rename}, '
+                f'"attach_mode": {self._attach}}}\n')

@@ -22,14 +22,15 @@ class EventFilter:
     workload: str = ""
     node: str = ""
     path_glob: str = ""
+    rename_to_glob: str = ""
     since_ns: int = 0
     until_ns: int = 0   # exclusive; 0 = no bound
 
     @classmethod
     def from_request(cls, q: pb.QueryRequest) -> EventFilter:
         return cls(namespace=q.namespace, pod=q.pod, pod_uid=q.pod_uid, container=q.container,
-                   workload=q.workload, node=q.node, path_glob=q.path_glob, since_ns=q.since_unix_ns,
-                   until_ns=q.until_unix_ns)
+                   workload=q.workload, node=q.node, path_glob=q.path_glob, rename_to_glob=q.rename_to_glob,
+                   since_ns=q.since_unix_ns, until_ns=q.until_unix_ns)
 
     def equalities(self) -> list[tuple[str, str]]:
         """(column, value) for every exact-match filter that is set."""
@@ -55,6 +56,20 @@ class EventFilter:
 
     def path_matches(self, path: bytes) -> bool:
         return not self.path_glob or compile_glob(self.path_glob).match(path) is not None
+
+    def exact(self) -> bool:
+        """Whether rows need a check in Python after SQL (a glob's exact match, a rename's destination)."""
+        return bool(self.path_glob or self.rename_to_glob)
+
+    def row_matches(self, path: bytes, data: bytes) -> bool:
+        """The exact match of a row that passed the SQL conditions. The destination is not a column: it is
+        read from the stored event, for renames only (the SQL keeps only renames when it is asked for)."""
+        if not self.path_matches(path):
+            return False
+        if self.rename_to_glob:
+            to = pb.DeletionEvent.FromString(bytes(data)).rename_to
+            return compile_glob(self.rename_to_glob).match(to) is not None
+        return True
 
 
 def prefix_upper(prefix: bytes) -> bytes | None:

@@ -26,6 +26,9 @@ def read_events(store: Store, f: EventFilter, after: Cursor | None,
         clause, values = store.in_clause("ident", nums)
         where.append(clause)
         args += values
+    if f.rename_to_glob:
+        where.append(f"op = {ph}")
+        args.append(pb.OP_RENAME)
     if f.since_ns:
         where.append(f"time_ns >= {ph}")
         args.append(f.since_ns)
@@ -64,7 +67,7 @@ def _paged(store: Store, where: list[str], args: list[object], f: EventFilter, a
     ph = store.PH
     out: list[bytes] = []
     last = scan = after
-    chunk = limit + 1 if not f.path_glob else max(256, 2 * limit)
+    chunk = limit + 1 if not f.exact() else max(256, 2 * limit)
     while True:
         w, a = list(where), list(args)
         if scan is not None:
@@ -73,7 +76,7 @@ def _paged(store: Store, where: list[str], args: list[object], f: EventFilter, a
         sql = "SELECT id, time_ns, path, data FROM events" + (" WHERE " + " AND ".join(w) if w else "")
         rows = store.read(sql + f" ORDER BY time_ns, id LIMIT {ph}", [*a, chunk])
         for i, t, path, data in rows:
-            if f.path_matches(path):
+            if f.row_matches(path, data):
                 if len(out) == limit:
                     return out, last
                 out.append(bytes(data))

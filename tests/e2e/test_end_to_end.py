@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,16 @@ class Stack:
         assert p.returncode == 0, p.stderr
         return [json.loads(line) for line in p.stdout.splitlines()]
 
+    def wait_alerts(self, pred: Callable[[dict[str, Any]], bool], count: int = 1,
+                    timeout: float = 15.0) -> list[dict[str, Any]]:
+        """The alerts `pred` selects, once there are `count` of them (or the timeout passed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [a for a in self.alerts() if pred(a)]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.3)
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
@@ -106,10 +116,8 @@ def test_a_container_deletion_is_stored_with_its_pod_container_and_workload(stac
     assert [r["raw_path"] for r in rows if r["path"] == "/tmp/rel"] == ["rel"]
     by_workload = stack.query("--workload", "Deployment/web", "--path", "/etc/**")
     assert [r["path"] for r in by_workload] == ["/etc/motd"]
-    deadline = time.monotonic() + 15
-    while not any(a["event"]["pod_uid"] == c.pod_uid for a in stack.alerts()) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert any(a["event"]["pod_uid"] == c.pod_uid and a["event"]["path"] == "/etc/motd" for a in stack.alerts())
+    fired = stack.wait_alerts(lambda a: a["event"]["pod_uid"] == c.pod_uid)
+    assert any(a["event"]["path"] == "/etc/motd" for a in fired)
 
 
 def test_a_container_that_exits_at_once_is_still_attributed(stack: Stack) -> None:
@@ -154,3 +162,37 @@ def test_a_host_process_is_marked_host(stack: Stack) -> None:
     assert p.returncode == 0
     rows = stack.wait_query(1, "--path", str(f))
     assert len(rows) == 1 and rows[0]["identity"] == "host" and rows[0]["pod_uid"] == ""
+
+
+def test_a_rename_in_a_container_is_stored_with_both_names_in_its_view_and_its_pod(stack: Stack) -> None:
+    c = RuncContainer(stack.work)
+    name = stack.add_deployment_pod(c.pod_uid, c.container_id)
+    res = c.run(["sh", "-c", "echo x > /etc/app.conf && cd /etc && mv app.conf ../tmp/stolen.conf"])
+    assert res.exit_code == 0, res.stderr
+    rows = stack.wait_query(1, "--pod-uid", c.pod_uid, "--rename-to", "/tmp/**")
+    assert [(r["op"], r["path"], r["raw_path"], r["rename_to"], r["result"]) for r in rows] == [
+        ("rename", "/etc/app.conf", "app.conf", "/tmp/stolen.conf", 0)]
+    assert rows[0]["pod"] == name and rows[0]["identity"] == "resolved" and rows[0]["workload"] == "Deployment/web"
+    assert stack.query("--pod-uid", c.pod_uid, "--path", "/etc/app.conf") == rows  # found by its source too
+    fired = stack.wait_alerts(lambda a: a["event"]["pod_uid"] == c.pod_uid)
+    assert [(a["rule"], a["event"]["path"], a["event"]["rename_to"]) for a in fired] == [
+        ("etc-deleted", "/etc/app.conf", "/tmp/stolen.conf")]
+
+
+def test_a_history_moved_away_or_shredded_raises_one_alert_under_its_original_name(stack: Stack) -> None:
+    moved, shredded = stack.work / "u1" / ".bash_history", stack.work / "u2" / ".bash_history"
+    for f in (moved, shredded):
+        f.parent.mkdir()
+        f.write_text("cat /etc/shadow\n" * 50)
+    subprocess.run(["mv", str(moved), str(stack.work / "u1" / "h")], check=True)
+    subprocess.run(["shred", "-u", str(shredded)], check=True)
+    def mine(a: dict[str, Any]) -> bool:
+        return a["rule"] == "shell-history-deleted" and a["event"]["path"].startswith(str(stack.work))
+
+    stack.wait_alerts(mine, count=2)
+    time.sleep(1.0)  # no further alert for shred's later names
+    fired = [a for a in stack.alerts() if mine(a)]
+    assert sorted((a["event"]["comm"], a["event"]["path"], a["count"]) for a in fired) == [
+        ("mv", str(moved), 1), ("shred", str(shredded), 1)]
+    shred_renames = stack.query("--path", str(stack.work / "u2" / "**"), "--rename-to", str(stack.work / "u2" / "*"))
+    assert len(shred_renames) >= 2 and shred_renames[0]["path"] == str(shredded)

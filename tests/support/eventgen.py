@@ -30,6 +30,9 @@ def make_event(agent: str, seq: int, *, pods: int = 100, rng: random.Random | No
         process=pb.Process(pid=1000 + p, tid=1000 + p, ppid=1, uid=seq % 3, gid=0, comm=b"rm",
                            exe=b"/usr/bin/rm"),
     )
+    if ev.op == pb.OP_RENAME:  # moved into a sibling directory; every other one over an existing file
+        ev.rename_to = f"/var/lib/app{p % 7}/done/file-{seq}".encode()
+        ev.flags = pb.EVENT_FLAG_REPLACED if seq % 2 else 0
     if ident != pb.IDENTITY_STATE_HOST:
         ev.container.id = f"{p:064x}"
         ev.pod.uid = pod_uid(p)

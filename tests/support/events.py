@@ -14,6 +14,7 @@ def to_event(d: Deletion, node: str = "", agent: str = "", attach_mode: str = ""
     return pb.DeletionEvent(
         time_unix_ns=d.time_unix_ns, node=node, op=d.op, path=d.path, raw_path=d.raw_path,  # type: ignore[arg-type]
         result=d.result, cgroup_id=d.cgroup_id, agent=agent, attach_mode=attach_mode, flags=d.flags,
+        rename_to=d.rename_to, rename_flags=d.rename_flags,
         process=pb.Process(pid=d.pid, tid=d.tid, ppid=d.ppid, uid=d.uid, gid=d.gid, comm=d.comm, exe=d.exe))
 
 
@@ -53,7 +54,8 @@ def random_deletion(r: random.Random, cgroup_id: int) -> Deletion:
         result=r.choice([0, -2, -13, -2**31, 5]), pid=r.choice([0, 1, 127, 128, 4_194_304]),
         tid=r.randrange(2**22), ppid=r.randrange(2**22), uid=r.choice([0, 1000, 2**32 - 1]),
         gid=r.choice([0, 65534]), comm=r.choice([b"", b"rm", b"k\xffz"]), exe=r.choice([b"", b"/usr/bin/rm"]),
-        cgroup_id=cgroup_id, flags=r.choice([0, 1, 2, 3]))
+        cgroup_id=cgroup_id, flags=r.choice([0, 1, 2, 3, 4, 31]),
+        rename_to=r.choice([b"", b"/x/\xffy", path[:200]]), rename_flags=r.choice([0, 1, 2, 4, 7]))
 
 
 def reference_event(d: Deletion, template: pb.DeletionEvent, seq: int) -> pb.DeletionEvent:

@@ -67,3 +67,14 @@ def test_workload_compiles_runs_and_reports_json(tmp_path: Path) -> None:
     paced = workload.run(binary, 50, d, rate=1000.0)
     assert paced.seconds >= 0.045
     assert json.loads(json.dumps(result.__dict__))["n"] == 500
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_the_rename_workload_renames_every_file_and_leaves_them_for_removal(tmp_path: Path) -> None:
+    binary = workload.build(cache_dir=tmp_path / "bin")
+    d = tmp_path / "files"
+    d.mkdir()
+    result = workload.run(binary, 300, d, workers=2, prefix="ren", op="rename")
+    assert result.n == 300 and result.unlinks_per_s > 0
+    assert sorted(p.name for p in d.iterdir()) == sorted(f"ren-{w}-{i}~" for w in (0, 1) for i in range(150))
+    assert workload.remove_files(d, "ren") == 300 and list(d.iterdir()) == []

@@ -77,6 +77,7 @@ def test_alerts_without_follow_ends_after_the_history(collector: InProcessCollec
     (["query", "--since", "yesterday"], "--since: not a time or duration", 2),
     (["query", "--workload", "web"], "--workload: expected KIND/NAME", 2),
     (["query", "--limit", "0"], "--limit", 2),
+    (["query", "--rename-to", "/a/[b"], "--rename-to: ", 2),
     (["status", "--token", "wrong"], "refused the request", 3),
 ])
 def test_user_mistakes_give_one_line_and_a_nonzero_exit(collector: InProcessCollector,
@@ -93,3 +94,19 @@ def test_an_unreachable_collector_is_one_line(capsys: pytest.CaptureFixture[str]
         rc, _, err = run(capsys, cmd, "--collector", addr)
         assert rc == 3 and err.startswith(f"unlinkwatch {cmd}: cannot reach the collector at {addr}")
         assert len(err.strip().splitlines()) == 1
+
+
+def test_query_by_rename_destination_shows_it_in_json_and_in_the_table(
+        collector: InProcessCollector, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "query", "--collector", collector.addr, "--token", TOKEN, "--rename-to",
+                     "/var/lib/app2/done/*", "--output", "json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rc == 0 and rows and all(r["op"] == "rename" and r["rename_to"].startswith("/var/lib/app2/done/")
+                                    for r in rows)
+    assert {r["replaced"] for r in rows} == {True, False}
+    rc, out, _ = run(capsys, "query", "--collector", collector.addr, "--token", TOKEN, "--rename-to",
+                     "/var/lib/app2/done/*")
+    lines = out.splitlines()[1:]
+    assert rc == 0 and len(lines) == len(rows)
+    assert all(f"{r['path']} -> {r['rename_to']}" in line for r, line in zip(rows, lines, strict=True))
+    assert any(line.endswith(" (replaced)") for line in lines)

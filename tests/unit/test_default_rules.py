@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
-from unlinkwatch.collector.rules import RuleSet, default_rules_text, load_default_rules
+from unlinkwatch.collector.rules import RuleSet, default_rules_text, load_default_rules, second_path
 
-from unlinkwatch.eventjson import OP_BY_NAME
+from unlinkwatch.eventjson import OP_BY_NAME, RENAME_FLAG_NAMES
 from unlinkwatch.pb import events_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,10 @@ def fixture_event(case: dict[str, Any]) -> pb.DeletionEvent:
                           op=OP_BY_NAME[case.get("op", "unlink")],
                           path=case["path"].encode(), raw_path=case["path"].encode(), result=case.get("result", 0),
                           process=pb.Process(pid=4242, ppid=1, comm=comm.encode(),
-                                             exe=case.get("exe", f"/usr/bin/{comm}").encode()))
+                                             exe=case.get("exe", f"/usr/bin/{comm}").encode()),
+                          rename_to=case.get("rename_to", "").encode(),
+                          flags=pb.EVENT_FLAG_REPLACED if case.get("replaced") else 0,
+                          rename_flags=sum(bit for bit, name in RENAME_FLAG_NAMES if name in case.get("flags", ())))
     if not case.get("host"):
         ev.pod.uid, ev.pod.name, ev.pod.namespace = "0d3c2f5e-uid", "web-1", "prod"
         ev.container.id, ev.container.name = "c" * 64, "web"
@@ -47,7 +50,8 @@ def test_every_default_rule_has_a_hit_and_a_quiet_case(pack: RuleSet) -> None:
     assert {r.name for r in pack.rules} <= hits
     for rule in pack.rules:
         quiet = [c for c in CASES if c["expect"] is None and any(
-            r.match.test(fixture_event(c)) for r in pack.rules if r.name == rule.name)]
+            r.match.test(ev, path) for r in pack.rules if r.name == rule.name
+            for ev in [fixture_event(c)] for path in (ev.path, second_path(ev)) if path)]
         assert quiet, f"{rule.name} has no fixture for the noise it must ignore"
 
 

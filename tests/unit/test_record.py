@@ -80,7 +80,7 @@ def test_a_clean_absolute_path_is_returned_as_is() -> None:
 def _record(kind: int, raw: bytes, directory: bytes = b"", **kw: int) -> bytes:
     vals = {"ts_ns": 5, "cgroup_id": 77, "proc_start_ns": 9, "kind": kind, "op": 1, "pid": 10, "tid": 11,
             "ppid": 1, "uid": 1000, "gid": 100, "result": -2, "dirfd": -100, "flags": 0,
-            "raw_len": len(raw), "dir_len": len(directory), "comm": b"rm\0junk"}
+            "raw_len": len(raw), "dir_len": len(directory), "rename_flags": 0, "pad": 0, "comm": b"rm\0junk"}
     vals.update(kw)
     return HEADER.pack(*(vals[f] for f in HEADER_FIELDS)) + raw + directory
 
@@ -104,3 +104,26 @@ def test_truncation_flags_survive_decoding() -> None:
 def test_a_cgroup_mkdir_record_gives_id_and_path() -> None:
     item = decode(Decoder("n", "a", "kprobe"), _record(2, b"/kubepods/pod1/abc", cgroup_id=4242))
     assert item == CgroupMkdir(4242, "/kubepods/pod1/abc")
+
+
+def test_a_rename_joins_the_destination_its_thread_sent_at_entry() -> None:
+    d = Decoder("n", "a", "fentry")
+    assert decode(d, _record(4, b"b", b"/w/other", op=3, tid=12)) is None  # another thread's rename
+    assert decode(d, _record(4, b"../b", b"/w/sub/x", op=3)) is None
+    ev = decode(d, _record(1, b"../a", b"/w/sub", op=3, result=0, flags=1 << 4, rename_flags=1))
+    assert isinstance(ev, pb.DeletionEvent) and ev.op == pb.OP_RENAME
+    assert ev.path == b"/w/a" and ev.raw_path == b"../a" and ev.rename_to == b"/w/sub/b"
+    assert ev.flags == pb.EVENT_FLAG_REPLACED and ev.rename_flags == 1
+    other = decode(d, _record(1, b"/a", op=3, result=0, tid=12))
+    assert isinstance(other, pb.DeletionEvent) and other.rename_to == b"/w/other/b"
+
+
+def test_a_rename_whose_destination_never_came_says_unresolved_and_guesses_nothing() -> None:
+    d = Decoder("n", "a", "fentry")
+    assert decode(d, _record(4, b"x", op=3, flags=4)) is None  # a destination whose directory was unreadable
+    ev = decode(d, _record(1, b"/s", op=3))
+    assert isinstance(ev, pb.DeletionEvent) and ev.rename_to == b"/x"  # as a deletion's path: flagged
+    assert ev.flags == pb.EVENT_FLAG_RENAME_TO_UNRESOLVED
+    ev = decode(d, _record(1, b"/s2", op=3))
+    assert isinstance(ev, pb.DeletionEvent) and ev.rename_to == b""
+    assert ev.flags == pb.EVENT_FLAG_RENAME_TO_UNRESOLVED

@@ -179,3 +179,59 @@ def test_yaml_anchors_in_x_keys_share_allowlists() -> None:
         """)
     assert names(rs, event("/etc/x", comm="apt")) == []
     assert names(rs, event("/etc/x", comm="vi")) == ["a"]
+
+
+def renamed(src: str, dst: str, *, replaced: bool = False, flags: int = 0, comm: str = "mv",
+            result: int = 0) -> pb.DeletionEvent:
+    ev = event(src, op=pb.OP_RENAME, comm=comm, result=result)
+    ev.rename_to, ev.rename_flags = dst.encode(), flags
+    ev.flags = pb.EVENT_FLAG_REPLACED if replaced else 0
+    return ev
+
+
+def test_a_rename_matches_paths_on_its_source_and_on_a_destination_it_destroyed() -> None:
+    rs = rules("""
+        rules:
+          - name: shadow
+            severity: high
+            match: {paths: [/etc/shadow]}
+            except:
+              - {comm: [passwd], ops: [rename]}
+        """)
+    assert names(rs, renamed("/etc/shadow", "/tmp/x")) == ["shadow"]           # moved away
+    assert names(rs, renamed("/tmp/x", "/etc/shadow")) == []                   # moved in, nothing replaced
+    assert names(rs, renamed("/tmp/x", "/etc/shadow", replaced=True)) == ["shadow"]
+    assert names(rs, renamed("/tmp/x", "/etc/shadow", flags=2)) == ["shadow"]  # RENAME_EXCHANGE
+    assert names(rs, renamed("/etc/shadow+", "/etc/shadow", replaced=True, comm="passwd")) == []
+    assert names(rs, renamed("/etc/shadow", "/tmp/x", result=-18)) == []       # EXDEV: nothing moved
+
+
+def test_a_rule_may_match_the_destination_of_a_rename_in_match_and_in_except() -> None:
+    rs = rules("""
+        rules:
+          - name: into-cron
+            severity: high
+            match: {rename_to: ["/etc/cron.d/**"]}
+          - name: home-moved-out
+            severity: low
+            match: {paths: ["/home/**"]}
+            except: {rename_to: ["/home/**"]}
+        """)
+    assert names(rs, renamed("/tmp/job", "/etc/cron.d/job")) == ["into-cron"]
+    assert names(rs, event("/etc/cron.d/job")) == []
+    assert names(rs, renamed("/home/a/x", "/home/a/y")) == []
+    assert names(rs, renamed("/home/a/x", "/tmp/y")) == ["home-moved-out"]
+    assert names(rs, event("/home/a/x")) == ["home-moved-out"]
+    evs = [renamed("/tmp/job", "/etc/cron.d/job"), event("/var/x"), renamed("/home/a/x", "/tmp/y")]
+    assert [[r.name for r in m] for _, m in rs.matching_batch(evs)] == [["into-cron"], ["home-moved-out"]]
+
+
+def test_matching_a_batch_finds_renames_by_the_destination_they_destroyed() -> None:
+    rs = rules("""
+        rules:
+          - name: etc
+            severity: high
+            match: {paths: ["/etc/**"]}
+        """)
+    evs = [event("/var/a"), renamed("/tmp/new", "/etc/hosts", replaced=True), renamed("/tmp/b", "/etc/motd")]
+    assert [(e.rename_to, [r.name for r in m]) for e, m in rs.matching_batch(evs)] == [(b"/etc/hosts", ["etc"])]

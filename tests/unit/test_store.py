@@ -152,6 +152,9 @@ def test_filters_select_exactly_the_matching_events_oldest_first(store: Store) -
         lambda e: e.path.startswith(b"/var/lib/app3/"))
     assert seqs(store, EventFilter(path_glob="/var/lib/app*/cache/file-1?.tmp")) == list(range(10, 20))
     assert seqs(store, EventFilter(path_glob="**/file-7.tmp")) == [7]
+    assert seqs(store, EventFilter(rename_to_glob="/var/lib/app3/done/**")) == expect(
+        lambda e: e.op == pb.OP_RENAME and e.rename_to.startswith(b"/var/lib/app3/done/"))
+    assert seqs(store, EventFilter(rename_to_glob="**/file-4", path_glob="/var/lib/*/cache/**")) == [4]
     assert seqs(store, EventFilter(pod_uid="nope")) == []
 
 

@@ -31,7 +31,7 @@ class _OpEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Op.ValueType], _bu
     OP_UNLINK: _Op.ValueType  # 1
     OP_RMDIR: _Op.ValueType  # 2
     OP_RENAME: _Op.ValueType  # 3
-    """a rename that replaced (destroyed) an existing target"""
+    """a rename (every one since 0.2): path moved to rename_to; 0.1 reported only renames"""
 
 class Op(_Op, metaclass=_OpEnumTypeWrapper): ...
 
@@ -39,7 +39,7 @@ OP_UNSPECIFIED: Op.ValueType  # 0
 OP_UNLINK: Op.ValueType  # 1
 OP_RMDIR: Op.ValueType  # 2
 OP_RENAME: Op.ValueType  # 3
-"""a rename that replaced (destroyed) an existing target"""
+"""a rename (every one since 0.2): path moved to rename_to; 0.1 reported only renames"""
 Global___Op: _TypeAlias = Op  # noqa: Y015
 
 class _IdentityState:
@@ -82,6 +82,12 @@ class _EventFlagEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventFlag.V
     """path longer than the kernel buffer; never silently cut"""
     EVENT_FLAG_DIR_UNRESOLVED: _EventFlag.ValueType  # 2
     """the directory of a relative path could not be resolved"""
+    EVENT_FLAG_REPLACED: _EventFlag.ValueType  # 4
+    """op rename: an existing destination was replaced, its content destroyed"""
+    EVENT_FLAG_RENAME_TO_TRUNCATED: _EventFlag.ValueType  # 8
+    """rename_to was longer than the kernel buffer"""
+    EVENT_FLAG_RENAME_TO_UNRESOLVED: _EventFlag.ValueType  # 16
+    """the directory of a relative rename_to could not be resolved"""
 
 class EventFlag(_EventFlag, metaclass=_EventFlagEnumTypeWrapper):
     """Bits of DeletionEvent.flags."""
@@ -91,6 +97,12 @@ EVENT_FLAG_PATH_TRUNCATED: EventFlag.ValueType  # 1
 """path longer than the kernel buffer; never silently cut"""
 EVENT_FLAG_DIR_UNRESOLVED: EventFlag.ValueType  # 2
 """the directory of a relative path could not be resolved"""
+EVENT_FLAG_REPLACED: EventFlag.ValueType  # 4
+"""op rename: an existing destination was replaced, its content destroyed"""
+EVENT_FLAG_RENAME_TO_TRUNCATED: EventFlag.ValueType  # 8
+"""rename_to was longer than the kernel buffer"""
+EVENT_FLAG_RENAME_TO_UNRESOLVED: EventFlag.ValueType  # 16
+"""the directory of a relative rename_to could not be resolved"""
 Global___EventFlag: _TypeAlias = EventFlag  # noqa: Y015
 
 @_typing.final
@@ -228,6 +240,8 @@ class DeletionEvent(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     FLAGS_FIELD_NUMBER: _builtins.int
     ATTACH_MODE_FIELD_NUMBER: _builtins.int
+    RENAME_TO_FIELD_NUMBER: _builtins.int
+    RENAME_FLAGS_FIELD_NUMBER: _builtins.int
     time_unix_ns: _builtins.int
     """kernel clock at the deletion, as UTC nanoseconds"""
     node: _builtins.str
@@ -246,6 +260,10 @@ class DeletionEvent(_message.Message):
     flags: _builtins.int
     """EventFlag bits"""
     attach_mode: _builtins.str
+    rename_to: _builtins.bytes
+    """op rename: the destination, absolute and resolved like path"""
+    rename_flags: _builtins.int
+    """op rename: renameat2 flags as passed (NOREPLACE 1, EXCHANGE 2, WHITEOUT 4)"""
     @_builtins.property
     def process(self) -> Global___Process: ...
     @_builtins.property
@@ -270,10 +288,12 @@ class DeletionEvent(_message.Message):
         seq: _builtins.int = ...,
         flags: _builtins.int = ...,
         attach_mode: _builtins.str = ...,
+        rename_to: _builtins.bytes = ...,
+        rename_flags: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "pod", b"pod", "process", b"process"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attach_mode", b"attach_mode", "cgroup_id", b"cgroup_id", "container", b"container", "flags", b"flags", "identity", b"identity", "node", b"node", "op", b"op", "path", b"path", "pod", b"pod", "process", b"process", "raw_path", b"raw_path", "result", b"result", "seq", b"seq", "time_unix_ns", b"time_unix_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attach_mode", b"attach_mode", "cgroup_id", b"cgroup_id", "container", b"container", "flags", b"flags", "identity", b"identity", "node", b"node", "op", b"op", "path", b"path", "pod", b"pod", "process", b"process", "raw_path", b"raw_path", "rename_flags", b"rename_flags", "rename_to", b"rename_to", "result", b"result", "seq", b"seq", "time_unix_ns", b"time_unix_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -428,6 +448,7 @@ class QueryRequest(_message.Message):
     UNTIL_UNIX_NS_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RENAME_TO_GLOB_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     pod: _builtins.str
     pod_uid: _builtins.str
@@ -439,6 +460,8 @@ class QueryRequest(_message.Message):
     until_unix_ns: _builtins.int
     limit: _builtins.int
     page_token: _builtins.str
+    rename_to_glob: _builtins.str
+    """renames whose destination matches"""
     def __init__(
         self,
         *,
@@ -453,10 +476,11 @@ class QueryRequest(_message.Message):
         until_unix_ns: _builtins.int = ...,
         limit: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        rename_to_glob: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "limit", b"limit", "namespace", b"namespace", "node", b"node", "page_token", b"page_token", "path_glob", b"path_glob", "pod", b"pod", "pod_uid", b"pod_uid", "since_unix_ns", b"since_unix_ns", "until_unix_ns", b"until_unix_ns", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "limit", b"limit", "namespace", b"namespace", "node", b"node", "page_token", b"page_token", "path_glob", b"path_glob", "pod", b"pod", "pod_uid", b"pod_uid", "rename_to_glob", b"rename_to_glob", "since_unix_ns", b"since_unix_ns", "until_unix_ns", b"until_unix_ns", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
