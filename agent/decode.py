@@ -192,13 +192,15 @@ class Decoder:
         raw = rec[HEADER.size : end]
         if kind == KIND_DELETION:
             path = join(rec[end : end + dir_len], raw) if raw else b""
-            out_flags = _OUT_FLAGS[flags & _F_MASK]
-            to = b""
-            if op == OP_RENAME:
-                to, out_flags = self._destination(tid, result, out_flags)
             nul = comm.find(b"\0")
+            if op != OP_RENAME:
+                return _NEW(Deletion, (
+                    ts_ns + self._offset, OPS.get(op, 0), path, raw, result, pid, tid, ppid, uid, gid,
+                    comm if nul < 0 else comm[:nul], self._exe.get((pid, proc_start), b""), cgroup_id,
+                    _OUT_FLAGS[flags & _F_MASK], b"", 0))
+            to, out_flags = self._destination(tid, result, _OUT_FLAGS[flags & _F_MASK])
             return _NEW(Deletion, (
-                ts_ns + self._offset, OPS.get(op, 0), path, raw, result, pid, tid, ppid, uid, gid,
+                ts_ns + self._offset, OPS[op], path, raw, result, pid, tid, ppid, uid, gid,
                 comm if nul < 0 else comm[:nul], self._exe.get((pid, proc_start), b""), cgroup_id,
                 out_flags, to, rename_flags))
         if kind == KIND_RENAME_TO:

@@ -61,6 +61,7 @@ T_TIME, T_NODE, T_OP, T_PATH, T_RAW, T_RESULT, T_PROCESS, T_AGENT, T_SEQ, T_FLAG
                           "flags", "attach_mode"))
 T_RENAME_TO, T_RENAME_FLAGS = tag(_EV, "rename_to"), tag(_EV, "rename_flags")
 _ALL_FLAGS = 2 * max(pb.EventFlag.values()) - 1
+_OP_RENAME = pb.OP_RENAME
 TP_PID, TP_TID, TP_PPID, TP_UID, TP_GID, TP_COMM, TP_EXE = (
     tag(_PROC, f) for f in ("pid", "tid", "ppid", "uid", "gid", "comm", "exe"))
 T_BATCH_EVENTS = tag(pb.EventBatch.DESCRIPTOR, "events")
@@ -196,7 +197,7 @@ class EventWriter:
             T_RAW + varint(len(raw)) + raw if raw else b"",
             T_RESULT + varint(sint32(result)) if result else b"",
             self._process(d), ident, self._agent, T_SEQ, self._seq.varint(seq), self._flags[d.flags], self._tail,
-            self._rename(d) if d.rename_to or d.rename_flags else b"",
+            self._rename(d) if d.op == _OP_RENAME else b"",  # rename fields are set on renames only
         ))
 
     @staticmethod

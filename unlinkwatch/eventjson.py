@@ -70,7 +70,6 @@ def event_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
         "node": ev.node,
         "op": OP_NAMES.get(ev.op, "unspecified"),
         "path": text(ev.path),
-        "rename_to": text(ev.rename_to),
         "raw_path": text(ev.raw_path),
         "result": ev.result,
         "pid": p.pid,
@@ -92,9 +91,10 @@ def event_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
         "agent": ev.agent,
         "seq": ev.seq,
         "path_truncated": bool(ev.flags & TRUNCATED_FLAGS),
+        "attach_mode": ev.attach_mode,
+        "rename_to": text(ev.rename_to),
         "replaced": bool(ev.flags & pb.EVENT_FLAG_REPLACED),
         "rename_flags": rename_flag_names(ev.rename_flags),
-        "attach_mode": ev.attach_mode,
     }
 
 

@@ -15,6 +15,7 @@ from unlinkwatch.pb import events_pb2 as pb
 _CACHE_MAX = 4096
 _CODES_MAX = 65536
 OP_NAME: dict[int, str] = {0: "unspecified", **{int(k): v for k, v in OP_NAMES.items()}}
+_OP_RENAME = pb.OP_RENAME
 # '"replaced": ..., "rename_flags": [...]' by (replaced << 3 | renameat2 flags)
 _RENAME = [f'"replaced": {"true" if i & 8 else "false"}, "rename_flags": '
            + "[" + ", ".join(f'"{n}"' for n in rename_flag_names(i & 7)) + "]" for i in range(16)]
@@ -70,6 +71,7 @@ class JsonLines:
         self._node = _jstr(node)
         self._agent = _jstr(agent_id)
         self._attach = _jstr(attach_mode)
+        self._tail = f'"attach_mode": {self._attach}, "rename_to": "", {_RENAME[0]}}}\n'
         self._secs, self._prefix = -1, ""
         self._procs: dict[tuple[int, int, int, int, int, bytes, bytes], str] = {}
 
@@ -90,10 +92,11 @@ class JsonLines:
             self._secs, self._prefix = secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
         flags = d.flags
         truncated = "true" if flags & TRUNCATED_FLAGS else "false"
-        to = _jstr(text(d.rename_to)) if d.rename_to else '""'
-        rename = _RENAME[(8 if flags & pb.EVENT_FLAG_REPLACED else 0) | (d.rename_flags & 7)]
+        # rename fields are set on renames only (the decoder's invariant): every other event ends the same way
+        tail = self._tail if d.op != _OP_RENAME else (
+            f'"attach_mode": {self._attach}, "rename_to": {_jstr(text(d.rename_to))}, '
+            f'{_RENAME[(8 if flags & pb.EVENT_FLAG_REPLACED else 0) | (d.rename_flags & 7)]}}}\n')
         return (f'{{"time": "{self._prefix}.{ns:09d}Z", "node": {self._node}, "op": "{OP_NAME[d.op]}", '
-                f'"path": {_jstr(text(d.path))}, "rename_to": {to}, "raw_path": {_jstr(text(d.raw_path))}, '
-                f'"result": {d.result}{self._process(d)}, "cgroup_id": {d.cgroup_id}{ident}, '
-                f'"agent": {self._agent}, "seq": {seq}, "path_truncated": {truncated}, {rename}, '
-                f'"attach_mode": {self._attach}}}\n')
+                f'"path": {_jstr(text(d.path))}, "raw_path": {_jstr(text(d.raw_path))}, "result": {d.result}'
+                f'{self._process(d)}, "cgroup_id": {d.cgroup_id}{ident}, "agent": {self._agent}, "seq": {seq}, '
+                f'"path_truncated": {truncated}, {tail}')

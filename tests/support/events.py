@@ -48,14 +48,16 @@ def random_deletion(r: random.Random, cgroup_id: int) -> Deletion:
     """A deletion with values at the edges of their encodings."""
     path_len = r.choice([1, 20, 127, 128, 300, 16383, 16384, 20000])
     path = b"/" + bytes(r.choice(b"abc/.\xff\xc3\xa9 \"\\\n") for _ in range(path_len - 1))
+    op, flags = r.choice([0, 1, 2, 3]), r.choice([0, 1, 2, 3])  # rename fields and flags only on renames
     return Deletion(
         time_unix_ns=r.choice([0, 5, 2**28 - 1, 2**28, 2**28 + 1, 1_764_000_000_123_456_789, 2**63 - 1]),
-        op=r.choice([0, 1, 2, 3]), path=path, raw_path=r.choice([b"", path[-10:], b"rel\xfe"]),
+        op=op, path=path, raw_path=r.choice([b"", path[-10:], b"rel\xfe"]),
         result=r.choice([0, -2, -13, -2**31, 5]), pid=r.choice([0, 1, 127, 128, 4_194_304]),
         tid=r.randrange(2**22), ppid=r.randrange(2**22), uid=r.choice([0, 1000, 2**32 - 1]),
         gid=r.choice([0, 65534]), comm=r.choice([b"", b"rm", b"k\xffz"]), exe=r.choice([b"", b"/usr/bin/rm"]),
-        cgroup_id=cgroup_id, flags=r.choice([0, 1, 2, 3, 4, 31]),
-        rename_to=r.choice([b"", b"/x/\xffy", path[:200]]), rename_flags=r.choice([0, 1, 2, 4, 7]))
+        cgroup_id=cgroup_id, flags=flags | (r.choice([0, 4, 8, 16, 28]) if op == pb.OP_RENAME else 0),
+        rename_to=r.choice([b"", b"/x/\xffy", path[:200]]) if op == pb.OP_RENAME else b"",
+        rename_flags=r.choice([0, 1, 2, 4, 7]) if op == pb.OP_RENAME else 0)
 
 
 def reference_event(d: Deletion, template: pb.DeletionEvent, seq: int) -> pb.DeletionEvent:
