@@ -180,19 +180,20 @@ class AlertEngine:
                     if g is not None and (window == 0 or ev.time_unix_ns - g.first_ns >= window):
                         closed.append(self._groups.pop(key))  # out of the window: a new alert starts
                         g = None
+                    path = ev.path if ev.op != pb.OP_RENAME else rule.matched_path(ev)
                     if g is None:
                         self._next_id += 1
                         alert = pb.Alert(id=self._next_id, time_unix_ns=ev.time_unix_ns, rule=rule.name,
                                          severity=rule.severity, description=rule.description, count=1,
-                                         sample_paths=[ev.path], event=ev)
-                        g = _Group(alert, now + window / 1e9, 0, {ev.path}, ev.time_unix_ns)
+                                         sample_paths=[path], event=ev)
+                        g = _Group(alert, now + window / 1e9, 0, {path}, ev.time_unix_ns)
                         self._groups[key] = g
                         opened.append(g)
                         continue
                     g.count += 1
-                    if len(g.samples) < rules.fold_samples and ev.path not in g.samples:
-                        g.samples.add(ev.path)
-                        g.alert.sample_paths.append(ev.path)
+                    if len(g.samples) < rules.fold_samples and path not in g.samples:
+                        g.samples.add(path)
+                        g.alert.sample_paths.append(path)
             if window == 0:
                 closed.extend(self._groups.pop(k) for k in list(self._groups))
         self._emit(closed, opened)

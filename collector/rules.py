@@ -73,6 +73,14 @@ class Rule:
     match: Condition
     excepts: tuple[Condition, ...]
 
+    def matched_path(self, ev: pb.DeletionEvent) -> bytes:
+        """The path of a matching event this rule fired on: its own, or the destination a rename destroyed
+        (what an alert shows: `mv /tmp/x /etc/shadow` alerts on /etc/shadow)."""
+        other = second_path(ev)
+        if other is not None and not self.matches(ev, ev.path):
+            return other
+        return ev.path
+
     def matches(self, ev: pb.DeletionEvent, path: bytes, path_known: bool = False) -> bool:
         if not self.match.test(ev, path, path_known):
             return False

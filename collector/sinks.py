@@ -116,8 +116,10 @@ def alertmanager_payload(a: pb.Alert) -> dict[str, Any]:
     labels = {"alertname": a.rule, "rule": a.rule, "severity": a.severity, "namespace": ev.pod.namespace,
               "pod": ev.pod.name, "node": ev.node, "alert_id": str(a.id)}
     annotations = {"description": a.description, "count": str(a.count),
-                   "sample_paths": "\n".join(text(p) for p in a.sample_paths), "path": text(ev.path),
-                   "comm": text(ev.process.comm), "exe": text(ev.process.exe), "container": ev.container.name,
+                   "sample_paths": "\n".join(text(p) for p in a.sample_paths),
+                   "path": text(a.sample_paths[0] if a.sample_paths else ev.path),  # the path the rule fired on
+                   "rename_to": text(ev.rename_to), "comm": text(ev.process.comm), "exe": text(ev.process.exe),
+                   "container": ev.container.name,
                    "workload": ev.pod.workload}
     return {"labels": {k: v for k, v in labels.items() if v},
             "annotations": {k: v for k, v in annotations.items() if v},

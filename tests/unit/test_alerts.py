@@ -207,3 +207,13 @@ def test_history_from_the_sqlite_store_shows_each_alert_once_at_its_final_count(
         eng.close()
         store.close()
     assert [(a.event.pod.name, a.count) for a in history] == [("a", 3), ("b", 1)]
+
+
+def test_an_alert_on_a_rename_samples_the_path_the_rule_fired_on(engine: AlertEngine, sink: Collect) -> None:
+    moved_away, replaced = deletion("/etc/a", 1, pod="p1"), deletion("/tmp/new", 2, pod="p2")
+    for ev, to in ((moved_away, b"/tmp/a"), (replaced, b"/etc/b")):
+        ev.op, ev.rename_to = pb.OP_RENAME, to
+    replaced.flags = pb.EVENT_FLAG_REPLACED
+    engine.evaluate([moved_away, replaced])
+    engine.close()
+    assert sorted(list(a.sample_paths) for a in sink.alerts) == [[b"/etc/a"], [b"/etc/b"]]
