@@ -65,7 +65,8 @@ def _suffix() -> str:
 
 def scenario() -> list[PodSpec]:
     """Routine cleanup, an `rm -rf` of a log tree (folded into one alert), a service-account token and
-    /etc/shadow deleted (sensitive-path alerts), and a batch job's scratch work."""
+    /etc/shadow deleted and a shell history moved away (sensitive-path alerts), and a batch job's scratch
+    work."""
     logs = tuple(f"var/log/nginx/access.log.{i}" for i in range(1, 121))
     return [
         PodSpec("shop", f"web-7d4b9c-{_suffix()}", ("ReplicaSet", "web-7d4b9c"), "web", "nginx",
@@ -75,9 +76,10 @@ def scenario() -> list[PodSpec]:
                 "while sleep 4; do touch /tmp/nginx.pid.tmp && rm /tmp/nginx.pid.tmp; done\n"),
         PodSpec("shop", f"api-5f6d8b-{_suffix()}", ("ReplicaSet", "api-5f6d8b"), "api", "api",
                 "registry.local/shop-api:2.3", ("var/run/secrets/kubernetes.io/serviceaccount/token",
-                                                "app/build/out/a.o", "app/build/out/b.o"),
+                                                "app/build/out/a.o", "app/build/out/b.o", "root/.ash_history"),
                 PRELUDE + "sleep 1\nrm -r /app/build\nsleep 6\n"
-                "rm /var/run/secrets/kubernetes.io/serviceaccount/token\n"
+                "rm /var/run/secrets/kubernetes.io/serviceaccount/token\nsleep 2\n"
+                "/bin/busybox mv /root/.ash_history /tmp/.cache-7f3a\n"
                 "while sleep 5; do touch /tmp/heartbeat && rm /tmp/heartbeat; done\n"),
         PodSpec("batch", f"report-28911520-{_suffix()}", ("Job", "report-28911520"), "report",
                 "report", "busybox:1.36", ("etc/shadow", *(f"tmp/report-work/part-{i}.csv" for i in range(20))),
@@ -214,8 +216,9 @@ HEADER = f"{'TIME':<12}  {'NAMESPACE/POD':<30} {'WORKLOAD':<18} {'OP':<6} {'PROC
 def _row(ev: pb.DeletionEvent) -> str:
     d = event_to_dict(ev)
     pod = f"{d['namespace']}/{d['pod']}" if d["pod"] else f"({d['identity']}) {d['pod_uid'][:8]}"
+    path = d["path"] + (f" -> {d['rename_to']}" if ev.op == pb.OP_RENAME else "")
     return (f"{d['time'][11:23]}  {pod:<30} {d['workload'] or '-':<18} {d['op']:<6} "
-            f"{(d['comm'] + '(' + str(d['pid']) + ')'):<14} {d['path']}")
+            f"{(d['comm'] + '(' + str(d['pid']) + ')'):<14} {path}")
 
 
 FOLD_AFTER = 6  # a process's run of more deletions than this in one poll is shown as its first 3 and a count

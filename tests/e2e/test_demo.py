@@ -18,7 +18,7 @@ from tests.conftest import ROOT, require_root
 from tests.support.leaks import bpf_owners
 from unlinkwatch import runstate
 
-WANT_ALERTS = {"log-tampering", "service-account-token-deleted", "credentials-deleted"}
+WANT_ALERTS = {"log-tampering", "service-account-token-deleted", "credentials-deleted", "shell-history-deleted"}
 
 
 def _cli(*args: str) -> list[dict[str, Any]]:
@@ -71,6 +71,8 @@ def test_the_demo_names_pods_and_workloads_in_two_namespaces_raises_its_alerts_a
     assert by_rule["log-tampering"]["event"]["workload"] == "Deployment/web"
     assert by_rule["credentials-deleted"]["event"]["workload"] == "CronJob/report"
     assert by_rule["service-account-token-deleted"]["event"]["namespace"] == "shop"
+    moved = by_rule["shell-history-deleted"]["event"]
+    assert (moved["op"], moved["path"], moved["rename_to"]) == ("rename", "/root/.ash_history", "/tmp/.cache-7f3a")
 
     every = rows["shop"] + rows["batch"]
     assert {r["identity"] for r in every} <= {"resolved", "late"}
@@ -86,6 +88,7 @@ def test_the_demo_names_pods_and_workloads_in_two_namespaces_raises_its_alerts_a
     table = out.read_text()
     assert "shop/web-7d4b9c-" in table and "Deployment/web" in table  # the live table names them too
     assert "more by rm(" in table and "under /var/log/nginx" in table  # and folds the rm -rf storm
+    assert "/root/.ash_history -> /tmp/.cache-7f3a" in table  # and shows where a renamed file went
 
     # nothing left: no process, probe, temp dir, record or cgroup of the demo
     assert not work.exists()

@@ -325,6 +325,23 @@ def test_a_chrooted_process_is_seen_in_its_own_view(agent: AgentProcess, work: P
     assert len(ev2) == 1 and ev2[0]["raw_path"] == "rel"
 
 
+
+def test_a_rename_in_a_chroot_gives_both_names_in_the_processs_own_view(agent: AgentProcess, work: Path) -> None:
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox-static is not installed (make setup installs it)")
+    root = work / "jail2"
+    for d in ("bin", "etc", "data"):
+        (root / d).mkdir(parents=True)
+    shutil.copy(busybox, root / "bin" / "busybox")
+    (root / "etc" / "secret").touch()
+    p = subprocess.Popen(["chroot", str(root), "/bin/busybox", "sh", "-c",
+                          "cd /etc && exec /bin/busybox mv secret ../data/stolen"])
+    assert p.wait() == 0
+    (ev,) = renames(agent, p.pid)
+    assert (ev["path"], ev["raw_path"], ev["rename_to"]) == ("/etc/secret", "secret", "/data/stolen")
+
+
 def test_a_burst_of_5000_deletions_is_reported_whole_with_no_drops(agent: AgentProcess, work: Path) -> None:
     burst = work / "burst"
     burst.mkdir()
