@@ -5,6 +5,7 @@ loads; a test compiles the header with the C compiler and checks every offset ag
 
 from __future__ import annotations
 
+import errno
 import re
 import struct
 import time
@@ -63,7 +64,6 @@ HEADER, HEADER_FIELDS, C = LAYOUT.header, LAYOUT.fields, LAYOUT.constants
 KIND_DELETION, KIND_CGROUP_MKDIR, KIND_EXE = C["UW_KIND_DELETION"], C["UW_KIND_CGROUP_MKDIR"], C["UW_KIND_EXE"]
 KIND_RENAME_TO = C["UW_KIND_RENAME_TO"]
 OP_RENAME = C["UW_OP_RENAME"]
-ENAMETOOLONG = 36
 OPS = {C[f"UW_OP_{name}"]: pb.Op.Value(f"OP_{name}") for name in ("UNLINK", "RMDIR", "RENAME")}
 _F = {name: C[f"UW_F_{name}"] for name in ("RAW_TRUNCATED", "DIR_TRUNCATED", "DIR_UNRESOLVED", "RAW_UNREADABLE",
                                            "REPLACED")}
@@ -224,6 +224,6 @@ class Decoder:
         if pending is None:
             return b"", flags | pb.EVENT_FLAG_RENAME_TO_UNRESOLVED
         to, to_flags = pending
-        if result == -ENAMETOOLONG and len(to) >= C["UW_PATH_MAX"] - 1:
+        if result == -errno.ENAMETOOLONG and len(to) >= C["UW_PATH_MAX"] - 1:
             to_flags |= pb.EVENT_FLAG_RENAME_TO_TRUNCATED  # at entry the kernel could not tell a cut path
         return to, flags | to_flags

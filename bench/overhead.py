@@ -74,8 +74,13 @@ class UnlinkwatchAgent(Tracer):
         self.metrics = f"127.0.0.1:{free_port()}"
         self.out = workdir / "agent.jsonl"
         t0 = time.monotonic()
-        proc = self._spawn(self.command(), stdout=self.out if record and not self.collector else None, cwd=workdir)
+        proc = self._spawn(self.command(), stdout=self.out if record and not self.collector else None,
+                           env=self.env(), cwd=workdir)
         self.wait_ready(proc, t0)
+
+    def env(self) -> dict[str, str] | None:
+        """The agent's environment (None: this one's)."""
+        return None
 
     def wait_ready(self, proc: subprocess.Popen[bytes], t0: float, timeout: float = 60.0) -> None:
         """Ready when the agent logs {"msg": "attached"} on stderr (or its /readyz answers 200)."""
@@ -273,14 +278,8 @@ class BaselineAgent(UnlinkwatchAgent):
     def command(self) -> list[str]:
         return [str(ROOT / ".venv" / "bin" / "python"), "-m", "unlinkwatch.cli", *super().command()[1:]]
 
-    def start(self, workdir: Path, record: bool) -> None:
-        Tracer.start(self, workdir, record)
-        self.metrics = f"127.0.0.1:{free_port()}"
-        self.out = workdir / "agent.jsonl"
-        t0 = time.monotonic()
-        env = {**os.environ, "PYTHONPATH": str(self.tree)}
-        proc = self._spawn(self.command(), stdout=self.out if record else None, env=env, cwd=workdir)
-        self.wait_ready(proc, t0)
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(self.tree)}
 
 
 @contextlib.contextmanager

@@ -180,7 +180,7 @@ class AlertEngine:
                     if g is not None and (window == 0 or ev.time_unix_ns - g.first_ns >= window):
                         closed.append(self._groups.pop(key))  # out of the window: a new alert starts
                         g = None
-                    path = ev.path if ev.op != pb.OP_RENAME else rule.matched_path(ev)
+                    path = rule.matched_path(ev)
                     if g is None:
                         self._next_id += 1
                         alert = pb.Alert(id=self._next_id, time_unix_ns=ev.time_unix_ns, rule=rule.name,

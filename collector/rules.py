@@ -111,7 +111,7 @@ class RuleSet:
         if path is None:
             path = ev.path
         ks = self._globset.tags(path)
-        other = second_path(ev) if ev.op == pb.OP_RENAME else None
+        other = second_path(ev)
         if other is not None:
             ks = ks + self._globset.tags(other)
         if self._anypath:

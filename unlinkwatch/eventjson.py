@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import re
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from unlinkwatch.pb import events_pb2 as pb
@@ -24,6 +25,12 @@ TRUNCATED_FLAGS = pb.EVENT_FLAG_PATH_TRUNCATED | pb.EVENT_FLAG_RENAME_TO_TRUNCAT
 
 def rename_flag_names(flags: int) -> list[str]:
     return [name for bit, name in RENAME_FLAG_NAMES if flags & bit]
+
+
+def rename_flag_bits(names: Iterable[str]) -> int:
+    """Inverse of rename_flag_names()."""
+    wanted = set(names)
+    return sum(bit for bit, name in RENAME_FLAG_NAMES if name in wanted)
 
 
 def text(raw: bytes) -> str:
@@ -115,7 +122,7 @@ def dict_to_event(d: dict[str, Any]) -> pb.DeletionEvent:
         flags=(pb.EVENT_FLAG_PATH_TRUNCATED if d.get("path_truncated") else 0)
         | (pb.EVENT_FLAG_REPLACED if d.get("replaced") else 0),
         rename_to=untext(d.get("rename_to", "")),
-        rename_flags=sum(bit for bit, name in RENAME_FLAG_NAMES if name in (d.get("rename_flags") or ())),
+        rename_flags=rename_flag_bits(d.get("rename_flags") or ()),
     )
     for key in ("pid", "tid", "ppid", "uid", "gid"):
         setattr(ev.process, key, int(d.get(key, 0)))

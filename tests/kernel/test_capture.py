@@ -306,15 +306,20 @@ def test_a_3000_byte_path_arrives_whole_both_absolute_and_relative(agent: AgentP
     assert ev2["path"] == str(deep / "rel") and not ev2["path_truncated"]
 
 
-def test_a_chrooted_process_is_seen_in_its_own_view(agent: AgentProcess, work: Path) -> None:
+def busybox_jail(root: Path) -> Path:
+    """A root for chroot: /bin/busybox, /etc/secret and an empty /data."""
     busybox = shutil.which("busybox")
     if busybox is None:
         pytest.skip("busybox-static is not installed (make setup installs it)")
-    root = work / "jail"
     for d in ("bin", "etc", "data"):
         (root / d).mkdir(parents=True)
     shutil.copy(busybox, root / "bin" / "busybox")
     (root / "etc" / "secret").touch()
+    return root
+
+
+def test_a_chrooted_process_is_seen_in_its_own_view(agent: AgentProcess, work: Path) -> None:
+    root = busybox_jail(work / "jail")
     (root / "data" / "rel").touch()
     p1 = subprocess.Popen(["chroot", str(root), "/bin/busybox", "rm", "/etc/secret"])
     p2 = subprocess.Popen(["chroot", str(root), "/bin/busybox", "sh", "-c", "cd /data && /bin/busybox rm rel"])
@@ -325,16 +330,8 @@ def test_a_chrooted_process_is_seen_in_its_own_view(agent: AgentProcess, work: P
     assert len(ev2) == 1 and ev2[0]["raw_path"] == "rel"
 
 
-
 def test_a_rename_in_a_chroot_gives_both_names_in_the_processs_own_view(agent: AgentProcess, work: Path) -> None:
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        pytest.skip("busybox-static is not installed (make setup installs it)")
-    root = work / "jail2"
-    for d in ("bin", "etc", "data"):
-        (root / d).mkdir(parents=True)
-    shutil.copy(busybox, root / "bin" / "busybox")
-    (root / "etc" / "secret").touch()
+    root = busybox_jail(work / "jail2")
     p = subprocess.Popen(["chroot", str(root), "/bin/busybox", "sh", "-c",
                           "cd /etc && exec /bin/busybox mv secret ../data/stolen"])
     assert p.wait() == 0

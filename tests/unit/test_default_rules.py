@@ -10,7 +10,7 @@ import pytest
 import yaml
 from unlinkwatch.collector.rules import RuleSet, default_rules_text, load_default_rules, second_path
 
-from unlinkwatch.eventjson import OP_BY_NAME, RENAME_FLAG_NAMES
+from unlinkwatch.eventjson import OP_BY_NAME, rename_flag_bits
 from unlinkwatch.pb import events_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ def fixture_event(case: dict[str, Any]) -> pb.DeletionEvent:
                                              exe=case.get("exe", f"/usr/bin/{comm}").encode()),
                           rename_to=case.get("rename_to", "").encode(),
                           flags=pb.EVENT_FLAG_REPLACED if case.get("replaced") else 0,
-                          rename_flags=sum(bit for bit, name in RENAME_FLAG_NAMES if name in case.get("flags", ())))
+                          rename_flags=rename_flag_bits(case.get("flags", ())))
     if not case.get("host"):
         ev.pod.uid, ev.pod.name, ev.pod.namespace = "0d3c2f5e-uid", "web-1", "prod"
         ev.container.id, ev.container.name = "c" * 64, "web"
