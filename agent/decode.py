@@ -66,7 +66,9 @@ KIND_RENAME_TO = C["UW_KIND_RENAME_TO"]
 OP_RENAME = C["UW_OP_RENAME"]
 OPS = {C[f"UW_OP_{name}"]: pb.Op.Value(f"OP_{name}") for name in ("UNLINK", "RMDIR", "RENAME")}
 _F = {name: C[f"UW_F_{name}"] for name in ("RAW_TRUNCATED", "DIR_TRUNCATED", "DIR_UNRESOLVED", "RAW_UNREADABLE",
-                                           "REPLACED")}
+                                           "REPLACED", "POLICY_USER")}
+ACTIONS = {C["UW_ACTION_ALLOWED"]: pb.ACTION_UNSPECIFIED, C["UW_ACTION_WOULD_BLOCK"]: pb.ACTION_WOULD_BLOCK,
+           C["UW_ACTION_BLOCKED"]: pb.ACTION_BLOCKED}
 _F_MASK = max(_F.values()) * 2 - 1
 _I_KIND, _I_PID, _I_RESULT, _I_RAW_LEN = (HEADER_FIELDS.index(f) for f in ("kind", "pid", "result", "raw_len"))
 
@@ -137,6 +139,8 @@ class Deletion(NamedTuple):
     flags: int
     rename_to: bytes = b""   # op rename: the destination
     rename_flags: int = 0    # op rename: renameat2 flags as passed
+    action: int = 0          # proto Action: the node policy's verdict
+    policy: str = ""         # the node-policy rule that decided it
 
 
 _NEW = tuple.__new__
@@ -148,6 +152,8 @@ for _f in range(_F_MASK + 1):
         _OUT_FLAGS[_f] |= pb.EVENT_FLAG_DIR_UNRESOLVED
     if _f & _F["REPLACED"]:
         _OUT_FLAGS[_f] |= pb.EVENT_FLAG_REPLACED
+    if _f & _F["POLICY_USER"]:
+        _OUT_FLAGS[_f] |= pb.EVENT_FLAG_POLICY_USER
 # a rename's destination record: its own flags become the RENAME_TO ones (an unreadable destination too)
 _TO_FLAGS = [0] * (_F_MASK + 1)
 for _f in range(_F_MASK + 1):
@@ -170,7 +176,7 @@ class Decoder:
                  pending_renames: int = 4096) -> None:
         self.node = node
         # tid -> (destination, RENAME_TO flags) of a rename whose own record has not come yet
-        self._rename_to: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
+        self._rename_to: OrderedDict[int, tuple[int, bytes, int]] = OrderedDict()
         self._pending_max = pending_renames
         self.agent_id = agent_id
         self.attach_mode = attach_mode
@@ -178,6 +184,8 @@ class Decoder:
         self._exe_cache_size = exe_cache_size
         self._clock = MonotonicToUnix()
         self._offset = self._clock.offset()
+        # the node policy's rule names by generation (its low byte, as records carry it); set by the policy runtime
+        self.policy_names: dict[int, list[str]] = {}
 
     def tick(self) -> None:
         """Re-reads the kernel-clock-to-wall-time offset (itself refreshed once a second); once per batch."""
@@ -187,24 +195,26 @@ class Decoder:
         """One record -> a Deletion, or a CgroupMkdir, or None for records that only update the decoder.
         Times use the clock offset of the last tick()."""
         (ts_ns, cgroup_id, proc_start, kind, op, pid, tid, ppid, uid, gid, result, _dirfd, flags,
-         raw_len, dir_len, rename_flags, _pad, comm) = HEADER.unpack_from(rec, 0)
+         raw_len, dir_len, rename_flags, policy, action, policy_gen, comm) = HEADER.unpack_from(rec, 0)
         end = HEADER.size + raw_len
         raw = rec[HEADER.size : end]
         if kind == KIND_DELETION:
             path = join(rec[end : end + dir_len], raw) if raw else b""
             nul = comm.find(b"\0")
+            rule = self._rule(policy_gen, policy) if policy else ""
             if op != OP_RENAME:
                 return _NEW(Deletion, (
                     ts_ns + self._offset, OPS.get(op, 0), path, raw, result, pid, tid, ppid, uid, gid,
                     comm if nul < 0 else comm[:nul], self._exe.get((pid, proc_start), b""), cgroup_id,
-                    _OUT_FLAGS[flags & _F_MASK], b"", 0))
-            to, out_flags = self._destination(tid, result, _OUT_FLAGS[flags & _F_MASK])
+                    _OUT_FLAGS[flags & _F_MASK], b"", 0, ACTIONS.get(action, 0), rule))
+            to, out_flags = self._destination(tid, ts_ns, result, _OUT_FLAGS[flags & _F_MASK])
             return _NEW(Deletion, (
                 ts_ns + self._offset, OPS[op], path, raw, result, pid, tid, ppid, uid, gid,
                 comm if nul < 0 else comm[:nul], self._exe.get((pid, proc_start), b""), cgroup_id,
-                out_flags, to, rename_flags))
+                out_flags, to, rename_flags, ACTIONS.get(action, 0), rule))
         if kind == KIND_RENAME_TO:
-            self._rename_to[tid] = (join(rec[end : end + dir_len], raw) if raw else b"", _TO_FLAGS[flags & _F_MASK])
+            self._rename_to[tid] = (ts_ns, join(rec[end : end + dir_len], raw) if raw else b"",
+                                    _TO_FLAGS[flags & _F_MASK])
             if len(self._rename_to) > self._pending_max:
                 self._rename_to.popitem(last=False)
             return None
@@ -217,13 +227,18 @@ class Decoder:
             return CgroupMkdir(cgroup_id, raw.decode("utf-8", "surrogateescape"))
         return None
 
-    def _destination(self, tid: int, result: int, flags: int) -> tuple[bytes, int]:
-        """The destination its entry sent for this thread's rename. Missing (its record lost, or it was sent
-        before the agent started) means unresolved, never guessed."""
+    def _rule(self, gen: int, policy: int) -> str:
+        names = self.policy_names.get(gen)
+        return names[policy - 1] if names is not None and policy <= len(names) else f"#{policy}"
+
+    def _destination(self, tid: int, ts_ns: int, result: int, flags: int) -> tuple[bytes, int]:
+        """The destination its entry sent for this thread's rename: the same thread and entry time (a rename the
+        node policy ignored leaves its destination's record behind, replaced by the thread's next one). Missing
+        (its record lost, or sent before the agent started) means unresolved, never guessed."""
         pending = self._rename_to.pop(tid, None)
-        if pending is None:
+        if pending is None or pending[0] != ts_ns:
             return b"", flags | pb.EVENT_FLAG_RENAME_TO_UNRESOLVED
-        to, to_flags = pending
+        _ts, to, to_flags = pending
         if result == -errno.ENAMETOOLONG and len(to) >= C["UW_PATH_MAX"] - 1:
             to_flags |= pb.EVENT_FLAG_RENAME_TO_TRUNCATED  # at entry the kernel could not tell a cut path
         return to, flags | to_flags

@@ -11,6 +11,8 @@ from typing import Any
 
 from unlinkwatch.errors import UserError
 
+from .policy.model import Policy
+from .policy.runtime import enforcement
 from .probe import attach as probe
 from .probe.btf import VMLINUX_BTF, Btf, BtfError
 from .probe.program import ensure_tracefs, header_tree
@@ -67,8 +69,11 @@ def gather(attach: str) -> dict[str, Any]:
                 "; ".join(att.probe.degraded) or f"dcache lookup loaded ({att.probe.rename_lookup})")
         put("ring_buffer", True, f"{att.probe.ringbuf_size >> 20} MiB, BPF_MAP_TYPE_RINGBUF")
         put("self_test", True, f"synthetic unlink seen end to end in {att.startup_s:.2f} s (compile+attach+test)")
+        enforce = enforcement(Policy(()))
         report.update(mode=cand.mode, hook=cand.hook, startup_s=round(att.startup_s, 3),
-                      misses=probe.MISSES[cand.mode], agent_can_run=True)
+                      misses=probe.MISSES[cand.mode], agent_can_run=True,
+                      enforcement={"state": "unavailable" if enforce.state != "enforcing" else "available",
+                                   "reason": enforce.reason})
     finally:
         att.close()
     return report
@@ -85,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         if report.get("agent_can_run"):
             print(f"agent would attach: {report['mode']} ({report['hook']}), start-up {report['startup_s']} s")
             print(f"this mode misses: {report['misses']}")
+            e = report["enforcement"]
+            print(f"enforcement: {e['state']}" + (f" ({e['reason']})" if e["reason"] else ""))
         else:
             print("the agent cannot run here (see NO above)")
     return 0 if report.get("agent_can_run") else 1

@@ -22,10 +22,14 @@ from unlinkwatch.pb import events_pb2 as pb
 from .decode import CgroupMkdir, Decoder, Deletion
 from .identity import IdentityConfig, IdentityResolver
 from .metrics import AgentMetrics
+from .policy.maps import PolicyMaps, PolicyMapsError
+from .policy.model import load_policy
+from .policy.runtime import PolicyRuntime, enforcement
 from .probe import attach as probe
 from .ship.encode import OP_NAME, IdentityCodes, JsonLines
 
 log = logging.getLogger("unlinkwatch.agent")
+_POLICY_USER = pb.EVENT_FLAG_POLICY_USER
 
 IDLE_POLL_S = 0.02  # the ring is drained at least this often: bounds deletion-to-output latency
 LOST_POLL_S = 0.5
@@ -47,8 +51,10 @@ class Pipeline:
     """One pass of the loop: records -> deletions with identity and sequence numbers -> outputs, encoded
     straight to JSON lines and protobuf bytes (ship/encode.py, unlinkwatch/codec.py)."""
 
-    def __init__(self, decoder: Decoder, identity: IdentityResolver, metrics: AgentMetrics, out: Outputs) -> None:
+    def __init__(self, decoder: Decoder, identity: IdentityResolver, metrics: AgentMetrics, out: Outputs,
+                 policy: PolicyRuntime | None = None) -> None:
         self.decoder = decoder
+        self.policy = policy
         self.identity = identity
         self.metrics = metrics
         self.out = out
@@ -73,8 +79,14 @@ class Pipeline:
                 continue
             if type(d) is CgroupMkdir:
                 self.identity.on_cgroup_mkdir(d.cgroup_id, d.path)
+                if self.policy is not None:
+                    self.policy.on_cgroup_mkdir(d.cgroup_id, d.path)
                 continue
             assert type(d) is Deletion
+            if d.flags & _POLICY_USER and self.policy is not None:
+                d = self.policy.apply(d)  # type: ignore[assignment]
+                if d is None:
+                    continue  # an ignore rule, decided here: counted as filtered
             ident = identify(d.cgroup_id)
             codes = codes_of(ident) or make_codes(ident)
             seq += 1
@@ -108,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.stdout and not args.collector:
         raise UserError("nothing to do: give --collector ADDR (or $UNLINKWATCH_COLLECTOR), --stdout, or both")
+    policy = load_policy(args.policy) if args.policy else None  # a bad file: FILE:LINE: problem, before any work
+    enforce = enforcement(policy)
+    if args.require_enforcement and enforce.state != "enforcing":
+        raise UserError(f"--require-enforcement: block rules cannot be enforced here: "
+                        f"{enforce.reason or 'no --policy given'}")
 
     metrics = AgentMetrics()
     stop = threading.Event()
@@ -134,6 +151,17 @@ def run(args: argparse.Namespace) -> int:
                                 count_metrics=True)  # it counts identity states in bulk
     identity.start()  # after attaching, so a cgroup made during the start-up scan is still seen
 
+    decoder = Decoder(node, agent_id, cand.mode)
+    runtime = None
+    if policy is not None:
+        try:
+            maps = PolicyMaps(attached.probe.fds)
+        except (PolicyMapsError, OSError) as e:
+            attached.close()
+            raise UserError(f"the node policy cannot be loaded into the kernel: {e}") from e
+        runtime = PolicyRuntime(args.policy, policy, maps, decoder, identity, metrics, enforce)
+        runtime.start()
+
     shipper: Any = None
     if args.collector:
         from .ship.shipper import Shipper, ShipperConfig
@@ -141,12 +169,13 @@ def run(args: argparse.Namespace) -> int:
         shipper = Shipper(ShipperConfig(
             collector=args.collector, agent_id=agent_id, node=node, attach_mode=cand.mode,
             spool_dir=args.spool, spool_max_bytes=args.spool_max_mb << 20, tls_cert=args.tls_cert,
-            tls_key=args.tls_key, tls_ca=args.tls_ca, tls_server_name=args.tls_server_name), metrics)
+            tls_key=args.tls_key, tls_ca=args.tls_ca, tls_server_name=args.tls_server_name,
+            node_policy=runtime.node_policy if runtime is not None else None), metrics)
         shipper.start()
     out = Outputs(stdout=sys.stdout if args.stdout else None,
                   submit=shipper.submit_wire if shipper else None,
                   set_kernel_lost=shipper.set_kernel_lost if shipper else None)
-    pipeline = Pipeline(Decoder(node, agent_id, cand.mode), identity, metrics, out)
+    pipeline = Pipeline(decoder, identity, metrics, out, runtime)
 
     try:
         _loop(attached, pipeline, metrics, out, stop, heartbeat)
@@ -172,6 +201,8 @@ def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, o
         if records:
             pipeline.process(records)
         if now >= next_lost:
+            if pipeline.policy is not None:
+                pipeline.policy.tick(now)
             lost = attached.probe.kernel_lost()
             if lost > lost_seen:
                 metrics.lost.labels("kernel").inc(lost - lost_seen)

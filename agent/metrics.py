@@ -28,5 +28,15 @@ class AgentMetrics:
                                       registry=r)
         self.pods_known = Gauge("unlinkwatch_agent_pods_known",
                                 "Live pods of this node known from the Kubernetes API", registry=r)
+        self.filtered = Counter("unlinkwatch_agent_events_filtered", "Deletions an ignore rule of the node policy "
+                                "dropped (in the kernel, or by the agent where the kernel could not decide)",
+                                ["policy"], registry=r)
+        self.policy_rules = Gauge("unlinkwatch_agent_policy_rules", "Rules of the node policy in force", registry=r)
+        self.policy_enforcing = Gauge("unlinkwatch_agent_policy_enforcing",
+                                      "1 when the kernel enforces block rules, 0 when they run as audit",
+                                      registry=r)
+        self.policy_reload_failures = Counter("unlinkwatch_agent_policy_reload_failures",
+                                              "Policy file changes refused (the policy in force stayed)",
+                                              registry=r)
         self.startup_seconds = Gauge("unlinkwatch_agent_startup_seconds",
                                      "Compile + attach + self-test time", registry=r)

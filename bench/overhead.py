@@ -114,6 +114,46 @@ class UnlinkwatchAgent(Tracer):
         return None if self.lost is None else int(self.lost)
 
 
+class PolicyAgent(UnlinkwatchAgent):
+    """The tracepoint agent with a node policy (docs/POLICY.md): `ignore` (one ignore rule covering the
+    workload's directory: every unlink dropped in the kernel) or `audit100` (100 audit rules of every pattern
+    form, none matching the workload). `fsdir` is set by compare() before the first run. Its events column
+    counts the recorded lines plus the deletions the policy filtered: every deletion is accounted for."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__("tracepoint")
+        self.kind = kind
+        self.name = f"unlinkwatch agent (tracepoint, policy {kind})"
+        self.fsdir: Path | None = None
+        self.filtered: float | None = None
+
+    def policy_text(self) -> str:
+        if self.kind == "ignore":
+            return f'policy:\n  - {{name: bench-dir, action: ignore, paths: ["{self.fsdir}/**"], host: true}}\n'
+        forms = ("/nonexistent-{i}/**", "/etc/never-{i}", "**/.never-{i}", "**/*.never{i}")
+        rules = [f'  - {{name: r{i}, action: audit, paths: ["{forms[i % 4].format(i=i)}"], host: true}}'
+                 for i in range(100)]
+        return "policy:\n" + "\n".join(rules) + "\n"
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--policy", str(self.policy_file)]
+
+    def start(self, workdir: Path, record: bool) -> None:
+        self.policy_file = workdir / "policy.yaml"
+        self.policy_file.write_text(self.policy_text())
+        super().start(workdir, record)
+
+    def stop(self) -> None:
+        if self.procs:
+            time.sleep(0.6)  # the agent reads the kernel's per-rule counters every 0.5 s
+            self.filtered = scrape(self.metrics, "unlinkwatch_agent_events_filtered_total")
+        super().stop()
+
+    def count_events(self, prefix: str) -> int | None:
+        lines = super().count_events(prefix)
+        return None if lines is None else lines + int(self.filtered or 0)
+
+
 class UnlinkwatchPipeline(UnlinkwatchAgent):
     """Agent -> gRPC -> `unlinkwatch collector` on SQLite; events counted as rows in the store."""
 
@@ -329,8 +369,9 @@ def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, rec
 
 
 def configurations(only: list[str] | None = None, baseline: BaselineAgent | None = None) -> list[Tracer]:
-    everything: list[Tracer] = [Tracer(), *(UnlinkwatchAgent(m) for m in ATTACH_MODES), UnlinkwatchPipeline(),
-                                peers.Bpftrace(), peers.Auditd(), peers.MinimalBcc()]
+    everything: list[Tracer] = [Tracer(), *(UnlinkwatchAgent(m) for m in ATTACH_MODES), PolicyAgent("ignore"),
+                                PolicyAgent("audit100"), UnlinkwatchPipeline(), peers.Bpftrace(), peers.Auditd(),
+                                peers.MinimalBcc()]
     if baseline is not None:
         everything.insert(2, baseline)
     return [t for t in everything if not only or t.name == "bare" or t is baseline or any(o in t.name for o in only)]
@@ -354,6 +395,9 @@ def compare(fs: str, binary: Path, n: int, rounds: int, workers: int, only: list
     tracers = configurations(only, baseline)
     results = {t.name: ConfigResult(t.name, fs) for t in tracers}
     with workload.FILESYSTEMS[fs](max_files=n) as fsdir:
+        for t in tracers:
+            if isinstance(t, PolicyAgent):
+                t.fsdir = fsdir
         missing = usable(tracers, binary, fsdir, op)
         for name, why in missing.items():
             results[name].unavailable = why

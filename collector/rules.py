@@ -9,18 +9,18 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 
 import yaml
 
 from unlinkwatch.errors import UserError
-from unlinkwatch.eventjson import OP_BY_NAME
-from unlinkwatch.pathglob import GlobError, GlobSet, compile_globs, compile_matcher
+from unlinkwatch.eventjson import ACTION_BY_NAME, OP_BY_NAME
+from unlinkwatch.pathglob import GlobError, GlobSet, compile_matcher
 from unlinkwatch.pb import events_pb2 as pb
+from unlinkwatch.yamlnodes import NodeReader
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 RESULTS = ("success", "failure", "any")
-COND_KEYS = ("paths", "rename_to", "ops", "result", "namespaces", "pod_labels", "comm", "exe")
+COND_KEYS = ("paths", "rename_to", "ops", "result", "namespaces", "pod_labels", "comm", "exe", "action", "policy")
 RULE_KEYS = ("name", "severity", "description", "match", "except", "enabled")
 TOP_KEYS = ("rules", "fold_window", "fold_samples")  # plus "x-..." keys: free, e.g. for YAML anchors
 DEFAULT_FOLD_WINDOW_NS = 10_000_000_000
@@ -148,49 +148,10 @@ class RuleSet:
         return out
 
 
-class _Loader:
+class _Loader(NodeReader):
     """Walks PyYAML nodes so every problem is reported with the line it is on."""
 
-    def __init__(self, text: str, filename: str) -> None:
-        self.filename = filename
-        self.yaml = yaml.SafeLoader(text)
-
-    def fail(self, node: yaml.Node | None, problem: str) -> RulesError:
-        line = node.start_mark.line + 1 if node is not None else 1
-        return RulesError(f"{self.filename}:{line}: {problem}")
-
-    def scalar(self, node: yaml.Node) -> Any:
-        return self.yaml.construct_object(node, deep=True)
-
-    def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.fail(node, f"{what} must be a mapping")
-        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for k, v in node.value:
-            key = self.scalar(k) if isinstance(k, yaml.ScalarNode) else None
-            if not isinstance(key, str):
-                raise self.fail(k, f"{what}: keys must be strings")
-            if key in out:
-                raise self.fail(k, f"{what}: duplicate key {key!r}")
-            if allowed and key not in allowed and not (what == "the file" and key.startswith("x-")):
-                raise self.fail(k, f"{what}: unknown key {key!r} (expected one of: {', '.join(allowed)})")
-            out[key] = (k, v)
-        return out
-
-    def string(self, node: yaml.Node, what: str) -> str:
-        val = self.scalar(node) if isinstance(node, yaml.ScalarNode) else None
-        if isinstance(val, bool | int | float):
-            val = str(node.value)  # YAML 1.1 reads `off`, `yes`, `1` as non-strings; the text is meant
-        if not isinstance(val, str) or not val:
-            raise self.fail(node, f"{what} must be a non-empty string")
-        return val
-
-    def strings(self, node: yaml.Node, what: str) -> list[str]:
-        if isinstance(node, yaml.ScalarNode):
-            return [self.string(node, what)]  # a single glob is accepted for a one-element list
-        if not isinstance(node, yaml.SequenceNode) or not node.value:
-            raise self.fail(node, f"{what} must be a non-empty list of strings")
-        return [self.string(item, f"{what} item") for item in node.value]
+    error = RulesError
 
     def globs(self, node: yaml.Node, what: str, absolute: bool) -> Callable[[bytes], bool]:
         items = self.strings(node, what)
@@ -243,20 +204,22 @@ class _Loader:
         if "exe" in keys:
             exe = self.globs(keys["exe"][1], f"{what}.exe", False)
             checks.append(lambda ev: exe(ev.process.exe))
+        if "action" in keys:
+            actions: set[int] = set()
+            for name in self.strings(keys["action"][1], f"{what}.action"):
+                if name not in ACTION_BY_NAME:
+                    raise self.fail(keys["action"][1], f"{what}.action: unknown action {name!r} "
+                                                        "(allowed, would-block, blocked)")
+                actions.add(ACTION_BY_NAME[name])
+            frozen_actions = frozenset(actions)
+            checks.append(lambda ev: ev.action in frozen_actions)
+        if "policy" in keys:
+            policy = self.globs(keys["policy"][1], f"{what}.policy", False)
+            checks.append(lambda ev: bool(ev.policy) and policy(ev.policy.encode()))
         return Condition(tuple(checks), paths, path_globs)
 
     def labels(self, node: yaml.Node, what: str) -> Check:
-        want: list[tuple[str, re.Pattern[bytes]]] = []
-        for key, (_, vnode) in self.mapping(node, what, ()).items():
-            val = self.scalar(vnode) if isinstance(vnode, yaml.ScalarNode) else None
-            if isinstance(val, bool | int | float):
-                val = str(vnode.value)  # `tier: 1` or `canary: true` mean the label's text
-            if not isinstance(val, str):
-                raise self.fail(vnode, f"{what}.{key} must be a string (a glob over the label's value)")
-            want.append((key, compile_globs((val,))))
-        if not want:
-            raise self.fail(node, f"{what} must not be empty")
-        pairs = tuple(want)
+        pairs = self.label_globs(node, what)
 
         def check(ev: pb.DeletionEvent) -> bool:
             labels = ev.pod.labels
@@ -304,29 +267,7 @@ class _Loader:
         return Rule(name, severity, description, node.start_mark.line + 1, match, excepts)
 
     def document(self) -> RuleSet:
-        try:
-            root = self.yaml.get_single_node()
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            line = mark.line + 1 if mark is not None else 1
-            raise RulesError(f"{self.filename}:{line}: YAML: {e.problem or e.context}") from None
-        except yaml.YAMLError as e:
-            raise RulesError(f"{self.filename}:1: YAML: {e}") from None
-        if root is None:
-            raise RulesError(f"{self.filename}:1: the file is empty (expected a mapping with 'rules')")
-        keys = self.mapping(root, "the file", TOP_KEYS)
-        if "rules" not in keys:
-            raise self.fail(root, "missing top-level 'rules' list")
-        rnode = keys["rules"][1]
-        if not isinstance(rnode, yaml.SequenceNode):
-            raise self.fail(rnode, "'rules' must be a list")
-        rules = [r for i, n in enumerate(rnode.value) if (r := self.rule(n, i)) is not None]
-        seen: dict[str, int] = {}
-        for r in rules:
-            if r.name in seen:
-                raise RulesError(f"{self.filename}:{r.line}: duplicate rule name {r.name!r} (first on line "
-                                 f"{seen[r.name]})")
-            seen[r.name] = r.line
+        keys, rules = self.named_list(TOP_KEYS, "rules", self.rule)
         window = parse_duration(self, keys["fold_window"][1]) if "fold_window" in keys else DEFAULT_FOLD_WINDOW_NS
         samples = DEFAULT_FOLD_SAMPLES
         if "fold_samples" in keys:

@@ -47,8 +47,9 @@ class CollectorService:
         """`commits`: what runs the write transactions (CommitProcess children); the store itself by default.
         `inflight_bytes`: how much received batch data all streams together may hold before their acks."""
         self._alerts = alerts
-        self.ingest = IngestStreams(store, alerts, metrics, commits, inflight_bytes)
-        self.query = QueryService(store, metrics)
+        policies: dict[str, pb.NodePolicy] = {}  # agent -> its node policy, as its last batch said (not stored)
+        self.ingest = IngestStreams(store, alerts, metrics, commits, inflight_bytes, policies)
+        self.query = QueryService(store, metrics, policies)
 
     def close(self) -> None:
         """Commit what the streams have queued; call after the server stopped, before the store closes."""

@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-addr", metavar="ADDR", help="serve Prometheus /metrics and /healthz here")
     p.add_argument("--ringbuf-mb", type=int, default=32, metavar="MB", help="kernel ring buffer size (a power of two)")
     p.add_argument("--agent-id", default=None, help="default: node name + boot-unique suffix")
+    p.add_argument("--policy", metavar="FILE", help="node policy YAML: ignore, audit or block deletions in the "
+                   "kernel (hot-reloaded; docs/POLICY.md)")
+    p.add_argument("--require-enforcement", action="store_true",
+                   help="refuse to start when block rules cannot be enforced by this kernel")
     p.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)  # print the final C and exit
     _add_tls(p, server=False)
 
@@ -93,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workload", metavar="KIND/NAME")
     p.add_argument("--path", metavar="GLOB", help="the path deleted (for a rename: its source)")
     p.add_argument("--rename-to", metavar="GLOB", help="renames whose destination matches")
+    p.add_argument("--action", choices=["allowed", "would-block", "blocked"],
+                   help="the node policy's verdict")
+    p.add_argument("--policy", metavar="GLOB", help="the node-policy rule that decided")
     p.add_argument("--since", metavar="DURATION|TIME")
     p.add_argument("--until", metavar="TIME")
     p.add_argument("--limit", type=int, default=1000)

@@ -66,7 +66,8 @@ def query_request(args: argparse.Namespace) -> pb.QueryRequest:
     if since and until and until <= since:
         raise UserError("--until: must be later than --since")
     rename_to = getattr(args, "rename_to", None)
-    for flag, glob in (("--path", args.path), ("--rename-to", rename_to)):
+    policy = getattr(args, "policy", None)
+    for flag, glob in (("--path", args.path), ("--rename-to", rename_to), ("--policy", policy)):
         if glob:
             from unlinkwatch.pathglob import compile_glob
 
@@ -79,7 +80,8 @@ def query_request(args: argparse.Namespace) -> pb.QueryRequest:
     return pb.QueryRequest(namespace=args.namespace or "", pod=args.pod or "", pod_uid=args.pod_uid or "",
                            container=args.container or "", workload=args.workload or "", node=args.node or "",
                            path_glob=args.path or "", since_unix_ns=since, until_unix_ns=until, limit=args.limit,
-                           rename_to_glob=rename_to or "")
+                           rename_to_glob=rename_to or "", action=getattr(args, "action", None) or "",
+                           policy_glob=policy or "")
 
 
 EVENT_TABLE = ("TIME", "NODE", "POD", "CONTAINER", "OP", "RESULT", "PROCESS", "PATH")
@@ -95,6 +97,8 @@ def event_row(ev: pb.DeletionEvent) -> tuple[str, ...]:
             path += " (replaced)"
         elif "exchange" in d["rename_flags"]:
             path += " (exchanged)"
+    if ev.action:  # the node policy's verdict
+        path += f" [{d['action']}: {d['policy']}]"
     return (d["time"], d["node"], pod, d["container"] or "-", d["op"], str(d["result"]),
             f"{d['comm']}({d['pid']})", path)
 
@@ -159,7 +163,19 @@ def status_dict(a: pb.AgentInfo) -> dict[str, Any]:
     return {"agent": a.agent, "node": a.node, "attach_mode": a.attach_mode,
             "last_seen": rfc3339_ns(a.last_seen_unix_ns) if a.last_seen_unix_ns else None, "events": a.events,
             "lost": {"kernel": a.lost.kernel, "queue": a.lost.queue, "transport": a.lost.transport},
-            "sequence_gaps": a.sequence_gaps, "coverage": round(a.coverage, 6)}
+            "sequence_gaps": a.sequence_gaps, "coverage": round(a.coverage, 6),
+            "policy": _policy_dict(a.policy) if a.HasField("policy") else None}
+
+
+def _policy_dict(p: pb.NodePolicy) -> dict[str, Any]:
+    return {"enforcement": p.enforcement, "reason": p.reason, "source": p.source, "rules": p.rules,
+            "generation": p.generation, "reload_failures": p.reload_failures}
+
+
+def _policy_cell(a: pb.AgentInfo) -> str:
+    if not a.HasField("policy") or a.policy.enforcement == "off":
+        return "-"
+    return f"{a.policy.rules} rules, {a.policy.enforcement}"
 
 
 def run_status(args: argparse.Namespace, out: TextIO | None = None,
@@ -177,7 +193,12 @@ def run_status(args: argparse.Namespace, out: TextIO | None = None,
         return 0
     t = now()
     rows = [(a.node, a.agent, a.attach_mode or "-", _ago(a.last_seen_unix_ns, t), str(a.events),
-             f"{a.lost.kernel}/{a.lost.queue}/{a.lost.transport}", str(a.sequence_gaps), f"{a.coverage * 100:.3f}%")
+             f"{a.lost.kernel}/{a.lost.queue}/{a.lost.transport}", str(a.sequence_gaps), f"{a.coverage * 100:.3f}%",
+             _policy_cell(a))
             for a in resp.agents]
-    _print_table(out, ("NODE", "AGENT", "ATTACH", "LAST SEEN", "EVENTS", "LOST k/q/t", "GAPS", "COVERAGE"), rows)
+    _print_table(out, ("NODE", "AGENT", "ATTACH", "LAST SEEN", "EVENTS", "LOST k/q/t", "GAPS", "COVERAGE", "POLICY"),
+                 rows)
+    for a in resp.agents:
+        if a.HasField("policy") and a.policy.reason:
+            out.write(f"{a.node}: {a.policy.enforcement}: {a.policy.reason}\n")
     return 0

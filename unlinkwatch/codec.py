@@ -60,6 +60,7 @@ T_TIME, T_NODE, T_OP, T_PATH, T_RAW, T_RESULT, T_PROCESS, T_AGENT, T_SEQ, T_FLAG
     tag(_EV, f) for f in ("time_unix_ns", "node", "op", "path", "raw_path", "result", "process", "agent", "seq",
                           "flags", "attach_mode"))
 T_RENAME_TO, T_RENAME_FLAGS = tag(_EV, "rename_to"), tag(_EV, "rename_flags")
+T_ACTION, T_POLICY = tag(_EV, "action"), tag(_EV, "policy")
 _ALL_FLAGS = 2 * max(pb.EventFlag.values()) - 1
 _OP_RENAME = pb.OP_RENAME
 TP_PID, TP_TID, TP_PPID, TP_UID, TP_GID, TP_COMM, TP_EXE = (
@@ -149,6 +150,10 @@ class DeletionFields(Protocol):
     def rename_to(self) -> bytes: ...
     @property
     def rename_flags(self) -> int: ...
+    @property
+    def action(self) -> int: ...
+    @property
+    def policy(self) -> str: ...
 
 
 def identity_fields(template: pb.DeletionEvent) -> bytes:
@@ -198,7 +203,12 @@ class EventWriter:
             T_RESULT + varint(sint32(result)) if result else b"",
             self._process(d), ident, self._agent, T_SEQ, self._seq.varint(seq), self._flags[d.flags], self._tail,
             self._rename(d) if d.op == _OP_RENAME else b"",  # rename fields are set on renames only
+            self._policy(d) if d.action or d.policy else b"",  # set where a node-policy rule decided
         ))
+
+    @staticmethod
+    def _policy(d: DeletionFields) -> bytes:
+        return uint(T_ACTION, d.action) + field(T_POLICY, d.policy.encode())
 
     @staticmethod
     def _rename(d: DeletionFields) -> bytes:

@@ -12,6 +12,8 @@ from unlinkwatch.pb import events_pb2 as pb
 
 OP_NAMES = {pb.OP_UNLINK: "unlink", pb.OP_RMDIR: "rmdir", pb.OP_RENAME: "rename"}
 OP_BY_NAME = {v: k for k, v in OP_NAMES.items()}
+ACTION_NAMES = {pb.ACTION_UNSPECIFIED: "allowed", pb.ACTION_WOULD_BLOCK: "would-block", pb.ACTION_BLOCKED: "blocked"}
+ACTION_BY_NAME = {v: k for k, v in ACTION_NAMES.items()}
 IDENTITY_NAMES = {
     pb.IDENTITY_STATE_RESOLVED: "resolved",
     pb.IDENTITY_STATE_LATE: "late",
@@ -99,6 +101,8 @@ def event_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
         "seq": ev.seq,
         "path_truncated": bool(ev.flags & TRUNCATED_FLAGS),
         "attach_mode": ev.attach_mode,
+        "action": ACTION_NAMES.get(ev.action, "allowed"),
+        "policy": ev.policy,
         "rename_to": text(ev.rename_to),
         "replaced": bool(ev.flags & pb.EVENT_FLAG_REPLACED),
         "rename_flags": rename_flag_names(ev.rename_flags),
@@ -123,6 +127,8 @@ def dict_to_event(d: dict[str, Any]) -> pb.DeletionEvent:
         | (pb.EVENT_FLAG_REPLACED if d.get("replaced") else 0),
         rename_to=untext(d.get("rename_to", "")),
         rename_flags=rename_flag_bits(d.get("rename_flags") or ()),
+        action=ACTION_BY_NAME.get(d.get("action", ""), pb.ACTION_UNSPECIFIED),
+        policy=d.get("policy", ""),
     )
     for key in ("pid", "tid", "ppid", "uid", "gid"):
         setattr(ev.process, key, int(d.get(key, 0)))

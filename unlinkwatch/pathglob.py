@@ -26,7 +26,7 @@ class GlobError(ValueError):
     """A glob that cannot be compiled; the message says why."""
 
 
-def _tokens(glob: str) -> list[tuple[str, bytes]]:
+def tokens(glob: str) -> list[tuple[str, bytes]]:
     """Split a glob into ("lit", bytes) | ("*", b"") | ("**", b"") | ("?", b"") | ("[", body) tokens."""
     out: list[tuple[str, bytes]] = []
     i, n = 0, len(glob)
@@ -77,7 +77,7 @@ def _class(body: bytes) -> bytes:
 
 def glob_regex(glob: str) -> bytes:
     """The regex source (bytes, unanchored) for one glob; anchor it with \\Z to match whole paths."""
-    toks = _tokens(glob)
+    toks = tokens(glob)
     out = bytearray()
     n = len(toks)
     for k, (kind, val) in enumerate(toks):
@@ -133,7 +133,7 @@ def match(glob: str, path: bytes) -> bool:
 def literal_prefix(glob: str) -> bytes:
     """The longest leading directory part of a glob with no wildcard: a coarse prefilter (kernel or SQL)."""
     head = bytearray()
-    for kind, val in _tokens(glob):
+    for kind, val in tokens(glob):
         if kind != "lit":
             return bytes(head[: head.rfind(b"/") + 1]) if b"/" in head else b""
         head += val
@@ -154,7 +154,7 @@ class GlobSet:
         self._by_last: dict[bytes, list[tuple[re.Pattern[bytes], int]]] = {}
         self._gated: list[tuple[bytes, re.Pattern[bytes], int]] = []
         for glob, tag in globs:
-            toks = _tokens(glob)
+            toks = tokens(glob)
             if toks and toks[0] == ("lit", b"/"):
                 first, literal = bytearray(), True
                 for kind, val in toks[1:]:
@@ -277,7 +277,7 @@ def compile_matcher(globs: Iterable[str]) -> Callable[[bytes], bool]:
     literal: set[bytes] = set()
     wild: list[str] = []
     for g in globs:
-        toks = _tokens(g)
+        toks = tokens(g)
         if all(kind == "lit" for kind, _ in toks):
             literal.add(b"".join(v for _, v in toks))
         else:

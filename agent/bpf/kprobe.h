@@ -30,6 +30,15 @@ enum uw_op {
 #define UW_F_DIR_UNRESOLVED (1U << 2)	/* relative path whose directory could not be read */
 #define UW_F_RAW_UNREADABLE (1U << 3)	/* the path argument could not be read */
 #define UW_F_REPLACED (1U << 4)		/* rename: an existing destination was replaced (destroyed) */
+#define UW_F_POLICY_USER (1U << 5)	/* the node policy could not be decided in the kernel (a path with "." or
+					 * "..", "//", a trailing "/", or longer than UW_POLICY_KEY): user space decides */
+
+/* the node policy's verdict on a deletion (agent/bpf/policy.h) */
+enum uw_action {
+	UW_ACTION_ALLOWED = 0,		/* no rule, or an ignore rule that could not drop it (a rename half-ignored) */
+	UW_ACTION_WOULD_BLOCK = 1,	/* an audit rule, or a block rule where the kernel cannot enforce */
+	UW_ACTION_BLOCKED = 2,		/* a block rule enforced: the deletion failed with EPERM */
+};
 
 /* Variable length: this header, then raw_len bytes of the raw path argument, then dir_len bytes
  * of the directory a relative path is relative to ("/a/b", empty for "/"), in the process's view. */
@@ -50,8 +59,59 @@ struct uw_event {
 	__u32 raw_len;
 	__u32 dir_len;
 	__u32 rename_flags;	/* renameat2 flags as passed: RENAME_NOREPLACE 1, EXCHANGE 2, WHITEOUT 4 */
-	__u32 pad;
+	__u16 policy;		/* 1 + the index of the node-policy rule that decided, 0 for none */
+	__u8 action;		/* enum uw_action */
+	__u8 policy_gen;	/* which loaded policy `policy` indexes (reloads bump it) */
 	char comm[UW_COMM_LEN];
+};
+
+/* The node policy's maps (agent/bpf/policy.h fills nothing; agent/policy.py writes them). Two slots: a reload
+ * writes the inactive one and then flips uw_policy_state.active, so no deletion sees half a policy. */
+#define UW_POLICY_KEY 255	/* path bytes in a policy key (LPM keys hold at most 256 bytes: 1 slot + 255) */
+#define UW_POLICY_RULES 128	/* rules per policy: one bit each in a rule set */
+#define UW_POLICY_WORDS 2	/* UW_POLICY_RULES / 64 */
+
+enum uw_rule_action {
+	UW_RULE_IGNORE = 1,
+	UW_RULE_AUDIT = 2,
+	UW_RULE_BLOCK = 3,
+};
+
+/* The LPM key of policy_paths (the path + NUL for an exact path, the bytes of a prefix), policy_names (the final
+ * name reversed, then "/" for an exact name; a reversed suffix alone) and policy_exes (exe path + NUL). */
+struct uw_policy_key {
+	__u32 prefixlen;	/* in bits, counting the slot byte */
+	__u8 slot;
+	char data[UW_POLICY_KEY];
+};
+
+struct uw_policy_comm {
+	__u8 slot;
+	char comm[UW_COMM_LEN];	/* NUL-padded, as bpf_get_current_comm() gives it */
+};
+
+struct uw_rule_set {
+	__u64 w[UW_POLICY_WORDS];	/* bit i: rule i (file order: the lowest set bit decides) */
+};
+
+struct uw_policy_slot {
+	__u32 nrules;		/* 0: no policy, nothing is matched */
+	__u32 gen;		/* the policy's generation (uw_event.policy_gen is its low byte) */
+	struct uw_rule_set unknown;	/* rules for a cgroup the agent has not classified yet */
+	struct uw_rule_set ops[4];	/* rules per enum uw_op (index 0 unused) */
+	struct uw_rule_set ignore;	/* rules whose action is ignore */
+	struct uw_rule_set block;	/* rules whose action is block */
+};
+
+struct uw_policy_state {
+	__u32 active;		/* the slot in force */
+	__u32 pad;
+	struct uw_policy_slot slot[2];
+};
+
+/* policy_cgroups: cgroup id -> the rules that apply to its processes, per slot */
+struct uw_policy_cgroup {
+	struct uw_rule_set slot[2];
 };
 
 #endif /* UNLINKWATCH_KPROBE_H */

@@ -31,6 +31,18 @@
 #define UW_DATA_MASK (2 * UW_PATH_MAX - 1)
 #define UW_ENAMETOOLONG 36
 #define UW_MASK (UW_PATH_MAX - 1)
+#define UW_PK_ROOM 512
+
+#define UW_PM_UNDECIDED 0	/* struct uw_prematch.state */
+#define UW_PM_RELATIVE 1	/* rules hold the final name's; the directory's key is built after the walk */
+#define UW_PM_ABSOLUTE 2	/* rules are complete */
+
+/* What entry found of a path argument for the node policy (policy.h), kept in the stash until the walk */
+struct uw_prematch {
+	struct uw_rule_set rules;
+	__u32 raw_len;
+	__u32 state;
+};
 
 struct uw_stash {
 	__u64 ts_ns;
@@ -39,6 +51,14 @@ struct uw_stash {
 	__u32 op;
 	__u32 replaced;		/* rename: the destination existed and was replaced */
 	__u32 rename_flags;
+	__u32 gen;		/* the policy generation in force at entry, 0 for none */
+	__u32 slot;		/* and its slot */
+	struct uw_rule_set who;		/* the rules for this op, cgroup, comm and exe (policy.h) */
+	struct uw_prematch src;		/* the path argument (a rename's source) */
+	struct uw_prematch dst;		/* rename: the destination argument */
+	struct uw_rule_set dst_rules;	/* rename: every rule its destination matches (set after its walk) */
+	__u32 dst_undecided;	/* rename: the kernel could not decide the destination */
+	__u32 pad;
 };
 
 struct uw_scratch {
@@ -46,6 +66,19 @@ struct uw_scratch {
 	char data[2 * UW_PATH_MAX];	/* raw path, then the resolved directory */
 	char walk[UW_PATH_MAX + UW_NAME_MAX + 1]; /* directory built backwards from the leaf */
 	__u32 pos;				/* uw_walk's write position */
+	struct uw_policy_key pkey;		/* policy.h: the absolute path */
+	char pkey_room[UW_PK_ROOM];		/* so that the verifier sees every masked key index in bounds */
+	struct uw_policy_key nkey;		/* policy.h: the final name reversed */
+	char nkey_room[UW_PK_ROOM];
+	char tbuf[UW_PK_ROOM + 16];		/* policy.h: the raw argument, 8-byte aligned words */
+};
+
+/* procs: what is known of a process once its first deletion sent its executable */
+struct uw_proc {
+	__u64 exe_id;			/* the exe file it was sent for (an execve changes it) */
+	__u32 gen;			/* the policy generation exe_except was computed for */
+	__u32 pad;
+	struct uw_rule_set exe_except;	/* the policy rules whose except names this exe */
 };
 
 struct uw_proc_key {
@@ -63,10 +96,11 @@ BPF_TASK_STORAGE(stash, struct uw_stash);	/* entry -> exit, per thread; op 0 whe
 BPF_HASH(rename_replaced, __u32, __u32, 1024);
 #endif
 BPF_PERCPU_ARRAY(scratch, struct uw_scratch, 1);
-BPF_TABLE("lru_hash", struct uw_proc_key, __u64, procs, 8192);	/* process -> the exe file last sent */
+BPF_TABLE("lru_hash", struct uw_proc_key, struct uw_proc, procs, 8192);
 
 #include "read.h"
 #include "walk.h"
+#include "policy.h"
 
 static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kind)
 {
@@ -87,7 +121,9 @@ static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kin
 	ev->raw_len = 0;
 	ev->dir_len = 0;
 	ev->rename_flags = 0;
-	ev->pad = 0;
+	ev->policy = 0;
+	ev->action = UW_ACTION_ALLOWED;
+	ev->policy_gen = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 }
 
@@ -104,9 +140,13 @@ static __always_inline void uw_output(struct uw_scratch *s)
 	}
 }
 
-/* Once per process: its executable's path, so user space never reads /proc of a gone process. */
-static __always_inline void uw_send_exe(struct uw_scratch *s, void *task, void *fs)
+/* Once per process: its executable's path, so user space never reads /proc of a gone process; and the policy
+ * rules whose except names that executable (into exe_except; again when the policy changes). */
+static __always_inline void uw_send_exe(struct uw_scratch *s, void *task, void *fs, struct uw_policy_slot *sl,
+					__u32 slot, struct uw_rule_set *exe_except)
 {
+	exe_except->w[0] = 0;
+	exe_except->w[1] = 0;
 	struct uw_proc_key key = {};
 	key.tgid = bpf_get_current_pid_tgid() >> 32;
 	key.start_ns = UW_LD(UW_LD(task, OFF_TASK_GROUP_LEADER, void *), OFF_TASK_START_TIME, __u64);
@@ -115,17 +155,25 @@ static __always_inline void uw_send_exe(struct uw_scratch *s, void *task, void *
 	if (!exe)
 		return;
 	/* keyed by process, valued by exe file: an execve keeps pid and start time but changes the file */
-	__u64 *sent = procs.lookup(&key);
-	__u64 exe_id = (__u64)exe;
-	if (sent && *sent == exe_id)
+	struct uw_proc *sent = procs.lookup(&key);
+	__u32 gen = sl ? sl->gen : 0;
+	if (sent && sent->exe_id == (__u64)exe && sent->gen == gen) {
+		*exe_except = sent->exe_except;
 		return;
-	procs.update(&key, &exe_id);
+	}
 	uw_header(&s->ev, task, UW_KIND_EXE);
 	__u32 flags = 0;
 	s->ev.raw_len = uw_put_path(s, 0, UW_LD(exe, OFF_FILE_F_PATH + OFF_PATH_MNT, void *),
 				    UW_LD(exe, OFF_FILE_F_PATH + OFF_PATH_DENTRY, void *), fs, &flags);
 	s->ev.flags = flags;
 	uw_output(s);
+	struct uw_proc p = {};
+	p.exe_id = (__u64)exe;
+	p.gen = gen;
+	if (sl)
+		uw_policy_exe(s, slot, &p.exe_except);
+	*exe_except = p.exe_except;
+	procs.update(&key, &p);
 }
 
 static __always_inline struct uw_stash *uw_stash_get(__u64 create)
@@ -133,23 +181,45 @@ static __always_inline struct uw_stash *uw_stash_get(__u64 create)
 	return stash.task_storage_get(bpf_get_current_task_btf(), 0, create);
 }
 
-static __always_inline int uw_enter2(__s32 dirfd, const char *uptr, __u32 op, __u32 rename_flags)
+/* Entry: the policy's pre-match of the path arguments (first: it loops), the process's executable sent once
+ * (a walk of its own here, so that the exit program has only the deletion's walk to verify), the stash. */
+static __always_inline int uw_enter2(__s32 dirfd, const char *uptr, __u32 op, __u32 rename_flags,
+				     const char *dst_uptr)
 {
 	struct uw_stash *st = uw_stash_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!st)
+	__u32 zero = 0;
+	struct uw_scratch *s = scratch.lookup(&zero);
+	if (!st || !s)
 		return 0;
+	__u32 slot = 0;
+	struct uw_policy_slot *sl = uw_policy_slot(&slot);
+	if (sl) {
+		uw_prematch(s, slot, uptr, &st->src);
+		if (dst_uptr)
+			uw_prematch(s, slot, dst_uptr, &st->dst);
+	}
+	void *task = (void *)bpf_get_current_task_btf();
+	struct uw_rule_set exe_except;
+	uw_send_exe(s, task, UW_LD(task, OFF_TASK_FS, void *), sl, slot, &exe_except);
+	st->gen = 0;
+	if (sl) {
+		uw_policy_who(sl, slot, op, &exe_except, &st->who);
+		st->gen = sl->gen;
+		st->slot = slot;
+	}
 	st->ts_ns = bpf_ktime_get_ns();
 	st->uptr = uptr;
 	st->dirfd = dirfd;
 	st->op = op;
 	st->replaced = 0;
 	st->rename_flags = rename_flags;
+	st->dst_undecided = 1;
 	return 0;
 }
 
 static __always_inline int uw_enter(__s32 dirfd, const char *uptr, __u32 op)
 {
-	return uw_enter2(dirfd, uptr, op, 0);
+	return uw_enter2(dirfd, uptr, op, 0, 0);
 }
 
 /* The directory a relative path argument is relative to: the cwd, or the dirfd's file. */
@@ -203,21 +273,87 @@ static __always_inline void uw_put_arg(struct uw_scratch *s, const char *uptr, _
 }
 
 /* A rename's destination, sent at entry as a record of its own (UW_KIND_RENAME_TO) that user space joins to
- * the rename's record by thread: each program then walks one path at most, which keeps it within the
- * verifier's budget (two walks in one program exceed it). */
+ * the rename's record by thread and entry time: each program then walks one path at most, which keeps it
+ * within the verifier's budget (two walks in one program exceed it). The policy rules the destination matches
+ * go to the stash, for the exit to decide on the whole rename. */
 static __always_inline void uw_send_rename_to(__s32 dirfd, const char *uptr)
 {
 	__u32 zero = 0;
 	struct uw_scratch *s = scratch.lookup(&zero);
-	if (!s)
+	struct uw_stash *st = uw_stash_get(0);
+	if (!s || !st)
 		return;
 	void *task = (void *)bpf_get_current_task_btf();
 	uw_header(&s->ev, task, UW_KIND_RENAME_TO);
-	s->ev.ts_ns = bpf_ktime_get_ns();
+	s->ev.ts_ns = st->ts_ns;
 	s->ev.op = UW_OP_RENAME;
 	s->ev.dirfd = dirfd;
 	uw_put_arg(s, uptr, dirfd, task, UW_LD(task, OFF_TASK_FS, void *), 0);
 	uw_output(s);
+	if (!st->gen)
+		return;
+	struct uw_rule_set rs;
+	if (uw_policy_path(s, st->slot, &st->dst, &rs) < 0)
+		return;
+	uw_rs_and(&rs, &st->who);
+	st->dst_rules = rs;
+	st->dst_undecided = 0;
+}
+
+/* The rule that decides the deletion in s, or 0; UW_POLICY_UNDECIDED when user space must decide. A rename is
+ * ignored only when both its names are; otherwise a rule on its source decides, else one on a destination it
+ * destroyed (replaced, or exchanged). */
+static __always_inline __u32 uw_decide(struct uw_scratch *s, struct uw_policy_slot *sl, struct uw_stash *st)
+{
+	struct uw_rule_set rs;
+	if (uw_policy_path(s, st->slot, &st->src, &rs) < 0)
+		return UW_POLICY_UNDECIDED;
+	uw_rs_and(&rs, &st->who);
+	__u32 rule = uw_first_rule(&rs);
+	if (st->op != UW_OP_RENAME)
+		return rule;
+	if (st->dst_undecided)
+		return UW_POLICY_UNDECIDED;
+	__u32 dst_rule = uw_first_rule(&st->dst_rules);
+	int src_ignored = rule && uw_rs_has(&sl->ignore, rule - 1);
+	int dst_ignored = dst_rule && uw_rs_has(&sl->ignore, dst_rule - 1);
+	if (src_ignored && dst_ignored)
+		return rule;
+	if (rule && !src_ignored)
+		return rule;
+	if (dst_rule && !dst_ignored && (st->replaced || (st->rename_flags & UW_RENAME_EXCHANGE)))
+		return dst_rule;
+	return 0;
+}
+
+/* After the walk: the policy's verdict, then the record out (or not, when ignored). Everything is looked up
+ * afresh from map memory, so that the verifier sees one state here whichever way the walk ended, instead of
+ * checking what follows once per way out of the walk. */
+static __always_inline int uw_finish(struct uw_stash *copy)
+{
+	__u32 zero = 0;
+	struct uw_scratch *s = scratch.lookup(&zero);
+	if (!s)
+		return 0;
+	if (copy->gen) {
+		__u32 slot = 0;
+		struct uw_policy_slot *sl = uw_policy_slot(&slot);
+		s->ev.policy_gen = copy->gen;
+		__u32 rule = UW_POLICY_UNDECIDED;
+		if (!sl || sl->gen != copy->gen) {	/* a reload came between entry and exit */
+			s->ev.flags |= UW_F_POLICY_USER;
+		} else if ((rule = uw_decide(s, sl, copy)) == UW_POLICY_UNDECIDED) {
+			s->ev.flags |= UW_F_POLICY_USER;
+		} else if (rule && uw_rs_has(&sl->ignore, rule - 1)) {
+			uw_policy_count(copy->slot, rule);
+			return 0;	/* ignored: no record */
+		} else if (rule) {
+			s->ev.policy = rule;
+			s->ev.action = UW_ACTION_WOULD_BLOCK;
+		}
+	}
+	uw_output(s);
+	return 0;
 }
 
 static __always_inline int uw_exit(long ret)
@@ -245,7 +381,6 @@ static __always_inline int uw_exit(long ret)
 		return 0;
 	void *task = (void *)bpf_get_current_task_btf();
 	void *fs = UW_LD(task, OFF_TASK_FS, void *);
-	uw_send_exe(s, task, fs);
 
 	struct uw_event *ev = &s->ev;
 	uw_header(ev, task, UW_KIND_DELETION);
@@ -260,8 +395,7 @@ static __always_inline int uw_exit(long ret)
 			ev->flags = UW_F_REPLACED;
 	}
 	uw_put_arg(s, copy.uptr, copy.dirfd, task, fs, ret);
-	uw_output(s);
-	return 0;
+	return uw_finish(&copy);
 }
 
 /* A rename replaces its destination when the destination's dentry is positive as the kernel renames (an
@@ -277,8 +411,9 @@ static __always_inline void uw_rename_target(void *new_dentry)
 static __always_inline int uw_rename_enter(int olddfd, const char *from, int newdfd, const char *to,
 					   __u32 flags)
 {
+	uw_enter2(olddfd, from, UW_OP_RENAME, flags, to);
 	uw_send_rename_to(newdfd, to);
-	return uw_enter2(olddfd, from, UW_OP_RENAME, flags);
+	return 0;
 }
 
 TRACEPOINT_PROBE(cgroup, cgroup_mkdir)

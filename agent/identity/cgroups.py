@@ -179,6 +179,11 @@ class CgroupPaths:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
+    def items(self) -> list[tuple[int, str]]:
+        """(id, path) of every cgroup known to be alive."""
+        with self._lock:
+            return [(cid, e.path) for cid, e in self._entries.items() if not e.gone_at]
+
     def scan(self) -> int:
         """Start-up walk of the whole hierarchy; returns how many cgroups were found."""
         if self.mount is None:

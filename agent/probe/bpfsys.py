@@ -1,10 +1,11 @@
 """The few bpf(2) calls the agent makes after start-up, by ctypes: once the loader child has handed over
-the program, map and attachment fds, reading the per-CPU drop counter and naming a map are all the agent
-needs (the ring buffer itself is read by mmap in ringbuf.py). No bcc here."""
+the program, map and attachment fds, the agent reads counters, names maps and writes the node policy's maps
+(the ring buffer itself is read by mmap in ringbuf.py). No bcc here."""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import struct
@@ -14,6 +15,8 @@ from pathlib import Path
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280}
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
 BPF_OBJ_GET_INFO_BY_FD = 15
 
 MAP_TYPE_PERCPU_ARRAY = 6
@@ -88,6 +91,24 @@ def lookup(fd: int, key: bytes, value_size: int) -> bytes:
     v = ctypes.create_string_buffer(value_size)
     _bpf(BPF_MAP_LOOKUP_ELEM, _LookupAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v)))
     return v.raw
+
+
+def update(fd: int, key: bytes, value: bytes) -> None:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    _bpf(BPF_MAP_UPDATE_ELEM, _LookupAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v)))
+
+
+def delete(fd: int, key: bytes) -> bool:
+    """False when the key was not there."""
+    k = ctypes.create_string_buffer(key, len(key))
+    try:
+        _bpf(BPF_MAP_DELETE_ELEM, _LookupAttr(map_fd=fd, key=ctypes.addressof(k)))
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return False
+        raise
+    return True
 
 
 class PercpuU64:

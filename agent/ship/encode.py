@@ -9,13 +9,15 @@ from json.encoder import encode_basestring_ascii as _jstr  # type: ignore[attr-d
 from typing import Protocol
 
 from unlinkwatch.codec import DeletionFields, identity_fields
-from unlinkwatch.eventjson import IDENTITY_NAMES, OP_NAMES, TRUNCATED_FLAGS, rename_flag_names
+from unlinkwatch.eventjson import ACTION_NAMES, IDENTITY_NAMES, OP_NAMES, TRUNCATED_FLAGS, rename_flag_names
 from unlinkwatch.pb import events_pb2 as pb
 
 _CACHE_MAX = 4096
 _CODES_MAX = 65536
 OP_NAME: dict[int, str] = {0: "unspecified", **{int(k): v for k, v in OP_NAMES.items()}}
 _OP_RENAME = pb.OP_RENAME
+_ALLOWED = '"action": "allowed", "policy": ""'
+_ACTION: dict[int, str] = {int(k): v for k, v in ACTION_NAMES.items()}
 # '"replaced": ..., "rename_flags": [...]' by (replaced << 3 | renameat2 flags)
 _RENAME = [f'"replaced": {"true" if i & 8 else "false"}, "rename_flags": '
            + "[" + ", ".join(f'"{n}"' for n in rename_flag_names(i & 7)) + "]" for i in range(16)]
@@ -71,7 +73,7 @@ class JsonLines:
         self._node = _jstr(node)
         self._agent = _jstr(agent_id)
         self._attach = _jstr(attach_mode)
-        self._tail = f'"attach_mode": {self._attach}, "rename_to": "", {_RENAME[0]}}}\n'
+        self._tail = f'"attach_mode": {self._attach}, {_ALLOWED}, "rename_to": "", {_RENAME[0]}}}\n'
         self._secs, self._prefix = -1, ""
         self._procs: dict[tuple[int, int, int, int, int, bytes, bytes], str] = {}
 
@@ -92,9 +94,10 @@ class JsonLines:
             self._secs, self._prefix = secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
         flags = d.flags
         truncated = "true" if flags & TRUNCATED_FLAGS else "false"
-        # rename fields are set on renames only (the decoder's invariant): every other event ends the same way
-        tail = self._tail if d.op != _OP_RENAME else (
-            f'"attach_mode": {self._attach}, "rename_to": {_jstr(text(d.rename_to))}, '
+        # rename and policy fields are set where they apply (the decoder's invariant): most events end the same way
+        tail = self._tail if d.op != _OP_RENAME and not d.policy and not d.action else (
+            f'"attach_mode": {self._attach}, "action": "{_ACTION.get(d.action, "allowed")}", '
+            f'"policy": {_jstr(d.policy)}, "rename_to": {_jstr(text(d.rename_to))}, '
             f'{_RENAME[(8 if flags & pb.EVENT_FLAG_REPLACED else 0) | (d.rename_flags & 7)]}}}\n')
         return (f'{{"time": "{self._prefix}.{ns:09d}Z", "node": {self._node}, "op": "{OP_NAME[d.op]}", '
                 f'"path": {_jstr(text(d.path))}, "raw_path": {_jstr(text(d.raw_path))}, "result": {d.result}'

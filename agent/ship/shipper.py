@@ -11,7 +11,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,7 @@ class ShipperConfig:
     batch_max_events: int = 4096
     batch_max_delay_s: float = 0.2
     queue_max_events: int = 1_000_000
+    node_policy: Callable[[], pb.NodePolicy] | None = None  # this node's policy, sent with each batch
 
 
 @dataclass
@@ -167,7 +168,8 @@ class Shipper:
                 batch_id, self._next_batch = self._next_batch, self._next_batch + 1
             data = batch_bytes(pb.EventBatch(agent=cfg.agent_id, node=cfg.node, batch_id=batch_id,
                                               identity_updates=updates, attach_mode=cfg.attach_mode,
-                                              first_seq=first_seq), events)
+                                              first_seq=first_seq,
+                                              policy=cfg.node_policy() if cfg.node_policy else None), events)
             self._enqueue(batch_id, len(events), data, spool=bool(events or updates))
 
     def _take_events(self) -> list[bytes]:

@@ -42,10 +42,13 @@ class AlertEvaluator(Protocol):
 
 class IngestStreams:
     def __init__(self, store: Store, alerts: AlertEvaluator, metrics: CollectorMetrics,
-                 commits: Sequence[CommitFn] = (), inflight_bytes: int = DEFAULT_INFLIGHT_BYTES) -> None:
+                 commits: Sequence[CommitFn] = (), inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+                 policies: dict[str, pb.NodePolicy] | None = None) -> None:
         """`commits`: what runs the write transactions (CommitProcess children); the store itself by default.
-        `inflight_bytes`: how much received batch data all streams together may hold before their acks."""
+        `inflight_bytes`: how much received batch data all streams together may hold before their acks.
+        `policies`: where each agent's node policy, as its batches report it, is kept for `status`."""
         self._store, self._alerts, self._m = store, alerts, metrics
+        self.policies = policies if policies is not None else {}
         self.budget = ByteBudget(inflight_bytes)
         metrics.ingest_inflight.set_function(lambda: self.budget.used)
         self._gaps: dict[str, int] = {}
@@ -86,6 +89,8 @@ class IngestStreams:
                     log.warning("rejected batch", extra={"fields": {"agent": batch.agent, "error": str(e)}})
                     raise
                 self._account(res.state.agent, res.state.node, res)
+                if batch.HasField("policy"):
+                    self.policies[batch.agent] = batch.policy
                 if res.new_events:  # all new (the usual case): the rows' paths are the events' paths
                     self._alerts.evaluate(res.new_events, None if res.duplicates else prepared.paths())
                 self._m.ingest_latency.observe(time.perf_counter() - t0)

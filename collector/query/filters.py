@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from unlinkwatch.eventjson import ACTION_BY_NAME
 from unlinkwatch.pathglob import compile_glob, literal_prefix
 from unlinkwatch.pb import events_pb2 as pb
 
@@ -23,6 +24,8 @@ class EventFilter:
     node: str = ""
     path_glob: str = ""
     rename_to_glob: str = ""
+    action: int = -1    # proto Action; -1 = any
+    policy_glob: str = ""
     since_ns: int = 0
     until_ns: int = 0   # exclusive; 0 = no bound
 
@@ -30,6 +33,7 @@ class EventFilter:
     def from_request(cls, q: pb.QueryRequest) -> EventFilter:
         return cls(namespace=q.namespace, pod=q.pod, pod_uid=q.pod_uid, container=q.container,
                    workload=q.workload, node=q.node, path_glob=q.path_glob, rename_to_glob=q.rename_to_glob,
+                   action=_action(q.action), policy_glob=q.policy_glob,
                    since_ns=q.since_unix_ns, until_ns=q.until_unix_ns)
 
     def equalities(self) -> list[tuple[str, str]]:
@@ -59,17 +63,30 @@ class EventFilter:
 
     def exact(self) -> bool:
         """Whether rows need a check in Python after SQL (a glob's exact match, a rename's destination)."""
-        return bool(self.path_glob or self.rename_to_glob)
+        return bool(self.path_glob or self.rename_to_glob or self.action >= 0 or self.policy_glob)
 
     def row_matches(self, path: bytes, data: bytes) -> bool:
-        """The exact match of a row that passed the SQL conditions. The destination is not a column: it is
-        read from the stored event, for renames only (the SQL keeps only renames when it is asked for)."""
+        """The exact match of a row that passed the SQL conditions. The destination and the policy's verdict are
+        not columns: they are read from the stored event (for renames only the SQL keeps only renames when it
+        is asked for a destination)."""
         if not self.path_matches(path):
             return False
-        if self.rename_to_glob:
-            to = pb.DeletionEvent.FromString(bytes(data)).rename_to
-            return compile_glob(self.rename_to_glob).match(to) is not None
-        return True
+        if not (self.rename_to_glob or self.action >= 0 or self.policy_glob):
+            return True
+        ev = pb.DeletionEvent.FromString(bytes(data))
+        if self.rename_to_glob and compile_glob(self.rename_to_glob).match(ev.rename_to) is None:
+            return False
+        if self.action >= 0 and ev.action != self.action:
+            return False
+        return not self.policy_glob or compile_glob(self.policy_glob).match(ev.policy.encode()) is not None
+
+
+def _action(name: str) -> int:
+    if not name:
+        return -1
+    if name not in ACTION_BY_NAME:
+        raise ValueError(f"unknown action {name!r} (allowed, would-block, blocked)")
+    return int(ACTION_BY_NAME[name])
 
 
 def prefix_upper(prefix: bytes) -> bytes | None:

@@ -19,17 +19,19 @@ DEFAULT_QUERY_LIMIT = 1000
 EVENTS_PER_RESPONSE = 1000
 
 
-def agent_info(st: AgentState) -> pb.AgentInfo:
+def agent_info(st: AgentState, policy: pb.NodePolicy | None = None) -> pb.AgentInfo:
     return pb.AgentInfo(
         agent=st.agent, node=st.node, last_seen_unix_ns=st.last_seen_ns, events=st.events,
         lost=pb.LossCounters(kernel=st.lost_kernel, queue=st.lost_queue, transport=st.lost_transport),
-        sequence_gaps=st.gaps, attach_mode=st.attach_mode, coverage=st.coverage,
+        sequence_gaps=st.gaps, attach_mode=st.attach_mode, coverage=st.coverage, policy=policy,
     )
 
 
 class QueryService:
-    def __init__(self, store: Store, metrics: CollectorMetrics) -> None:
+    def __init__(self, store: Store, metrics: CollectorMetrics,
+                 policies: dict[str, pb.NodePolicy] | None = None) -> None:
         self._store, self._m = store, metrics
+        self._policies = policies if policies is not None else {}
 
     def events(self, request: pb.QueryRequest, is_active: Callable[[], bool]) -> Iterator[bytes]:
         """Serialized QueryResponses built straight from the stored event bytes (no parse, no re-serialize).
@@ -52,4 +54,5 @@ class QueryService:
                 return
 
     def status(self) -> pb.AgentStatusResponse:
-        return pb.AgentStatusResponse(agents=[agent_info(st) for st in self._store.agents()])
+        return pb.AgentStatusResponse(agents=[agent_info(st, self._policies.get(st.agent))
+                                              for st in self._store.agents()])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -15,20 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, require_root
-from tests.support.agentproc import AgentProcess, by_pid, run_deleter
+from tests.support.agentproc import AgentProcess, by_pid, free_port, run_deleter
 from unlinkwatch import runstate
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[AgentProcess]:
     require_root()
-    a = AgentProcess(metrics_port=_free_port())
+    a = AgentProcess(metrics_port=free_port())
     try:
         info = a.info = a.wait_attached()
         expected = os.environ.get("UNLINKWATCH_TEST_ATTACH")

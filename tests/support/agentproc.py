@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -120,6 +121,12 @@ class AgentProcess:
         for t in self._threads:
             t.join(5)
         return self.proc.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run_deleter(code: str, cwd: Path | str | None = None) -> int:

@@ -14,7 +14,7 @@ def to_event(d: Deletion, node: str = "", agent: str = "", attach_mode: str = ""
     return pb.DeletionEvent(
         time_unix_ns=d.time_unix_ns, node=node, op=d.op, path=d.path, raw_path=d.raw_path,  # type: ignore[arg-type]
         result=d.result, cgroup_id=d.cgroup_id, agent=agent, attach_mode=attach_mode, flags=d.flags,
-        rename_to=d.rename_to, rename_flags=d.rename_flags,
+        rename_to=d.rename_to, rename_flags=d.rename_flags, action=d.action, policy=d.policy,  # type: ignore[arg-type]
         process=pb.Process(pid=d.pid, tid=d.tid, ppid=d.ppid, uid=d.uid, gid=d.gid, comm=d.comm, exe=d.exe))
 
 
@@ -57,7 +57,8 @@ def random_deletion(r: random.Random, cgroup_id: int) -> Deletion:
         gid=r.choice([0, 65534]), comm=r.choice([b"", b"rm", b"k\xffz"]), exe=r.choice([b"", b"/usr/bin/rm"]),
         cgroup_id=cgroup_id, flags=flags | (r.choice([0, 4, 8, 16, 28]) if op == pb.OP_RENAME else 0),
         rename_to=r.choice([b"", b"/x/\xffy", path[:200]]) if op == pb.OP_RENAME else b"",
-        rename_flags=r.choice([0, 1, 2, 4, 7]) if op == pb.OP_RENAME else 0)
+        rename_flags=r.choice([0, 1, 2, 4, 7]) if op == pb.OP_RENAME else 0,
+        action=r.choice([0, 0, 1, 2]), policy=r.choice(["", "protect-\u00e4\"x", "keep-logs"]))
 
 
 def reference_event(d: Deletion, template: pb.DeletionEvent, seq: int) -> pb.DeletionEvent:

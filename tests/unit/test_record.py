@@ -80,7 +80,8 @@ def test_a_clean_absolute_path_is_returned_as_is() -> None:
 def _record(kind: int, raw: bytes, directory: bytes = b"", **kw: int) -> bytes:
     vals = {"ts_ns": 5, "cgroup_id": 77, "proc_start_ns": 9, "kind": kind, "op": 1, "pid": 10, "tid": 11,
             "ppid": 1, "uid": 1000, "gid": 100, "result": -2, "dirfd": -100, "flags": 0,
-            "raw_len": len(raw), "dir_len": len(directory), "rename_flags": 0, "pad": 0, "comm": b"rm\0junk"}
+            "raw_len": len(raw), "dir_len": len(directory), "rename_flags": 0, "policy": 0, "action": 0,
+            "policy_gen": 0, "comm": b"rm\0junk"}
     vals.update(kw)
     return HEADER.pack(*(vals[f] for f in HEADER_FIELDS)) + raw + directory
 
@@ -116,6 +117,24 @@ def test_a_rename_joins_the_destination_its_thread_sent_at_entry() -> None:
     assert ev.flags == pb.EVENT_FLAG_REPLACED and ev.rename_flags == 1
     other = decode(d, _record(1, b"/a", op=3, result=0, tid=12))
     assert isinstance(other, pb.DeletionEvent) and other.rename_to == b"/w/other/b"
+
+
+def test_a_destination_left_behind_by_an_ignored_rename_is_never_joined_to_the_next_rename() -> None:
+    d = Decoder("n", "a", "fentry")
+    assert decode(d, _record(4, b"/cache/b", op=3, ts_ns=7)) is None  # its rename was ignored in the kernel
+    ev = decode(d, _record(1, b"/s", op=3, ts_ns=9))  # a later rename whose destination record was lost
+    assert isinstance(ev, pb.DeletionEvent) and ev.rename_to == b""
+    assert ev.flags == pb.EVENT_FLAG_RENAME_TO_UNRESOLVED
+
+
+def test_the_policy_verdict_names_the_rule_of_the_generation_the_record_carries() -> None:
+    d = Decoder("n", "a", "tracepoint")
+    d.policy_names = {1: ["old-rule"], 2: ["keep-logs", "protect-shadow"]}
+    ev = decode(d, _record(1, b"/etc/shadow", policy=2, action=1, policy_gen=2))
+    assert isinstance(ev, pb.DeletionEvent)
+    assert ev.action == pb.ACTION_WOULD_BLOCK and ev.policy == "protect-shadow"
+    ev = decode(d, _record(1, b"/etc/x"))
+    assert isinstance(ev, pb.DeletionEvent) and ev.action == pb.ACTION_UNSPECIFIED and ev.policy == ""
 
 
 def test_a_rename_whose_destination_never_came_says_unresolved_and_guesses_nothing() -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bunlinkwatch/pb/events.proto\x12\x0eunlinkwatch.v1\"f\n\x07Process\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0b\n\x03tid\x18\x02 \x01(\r\x12\x0c\n\x04ppid\x18\x03 \x01(\r\x12\x0b\n\x03uid\x18\x04 \x01(\r\x12\x0b\n\x03gid\x18\x05 \x01(\r\x12\x0c\n\x04\x63omm\x18\x06 \x01(\x0c\x12\x0b\n\x03\x65xe\x18\x07 \x01(\x0c\"4\n\tContainer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\"\xa5\x01\n\x03Pod\x12\x0b\n\x03uid\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x10\n\x08workload\x18\x04 \x01(\t\x12/\n\x06labels\x18\x05 \x03(\x0b\x32\x1f.unlinkwatch.v1.Pod.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaa\x03\n\rDeletionEvent\x12\x14\n\x0ctime_unix_ns\x18\x01 \x01(\x04\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x1e\n\x02op\x18\x03 \x01(\x0e\x32\x12.unlinkwatch.v1.Op\x12\x0c\n\x04path\x18\x04 \x01(\x0c\x12\x10\n\x08raw_path\x18\x05 \x01(\x0c\x12\x0e\n\x06result\x18\x06 \x01(\x11\x12(\n\x07process\x18\x07 \x01(\x0b\x32\x17.unlinkwatch.v1.Process\x12\x11\n\tcgroup_id\x18\x08 \x01(\x04\x12,\n\tcontainer\x18\t \x01(\x0b\x32\x19.unlinkwatch.v1.Container\x12 \n\x03pod\x18\n \x01(\x0b\x32\x13.unlinkwatch.v1.Pod\x12/\n\x08identity\x18\x0b \x01(\x0e\x32\x1d.unlinkwatch.v1.IdentityState\x12\r\n\x05\x61gent\x18\x0c \x01(\t\x12\x0b\n\x03seq\x18\r \x01(\x04\x12\r\n\x05\x66lags\x18\x0e \x01(\r\x12\x13\n\x0b\x61ttach_mode\x18\x0f \x01(\t\x12\x11\n\trename_to\x18\x10 \x01(\x0c\x12\x14\n\x0crename_flags\x18\x11 \x01(\r\"@\n\x0cLossCounters\x12\x0e\n\x06kernel\x18\x01 \x01(\x04\x12\r\n\x05queue\x18\x02 \x01(\x04\x12\x11\n\ttransport\x18\x03 \x01(\x04\"\x87\x01\n\x0eIdentityUpdate\x12\x0f\n\x07pod_uid\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12 \n\x03pod\x18\x03 \x01(\x0b\x32\x13.unlinkwatch.v1.Pod\x12,\n\tcontainer\x18\x04 \x01(\x0b\x32\x19.unlinkwatch.v1.Container\"\xf8\x01\n\nEventBatch\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\x04\x12-\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x1d.unlinkwatch.v1.DeletionEvent\x12*\n\x04lost\x18\x05 \x01(\x0b\x32\x1c.unlinkwatch.v1.LossCounters\x12\x38\n\x10identity_updates\x18\x06 \x03(\x0b\x32\x1e.unlinkwatch.v1.IdentityUpdate\x12\x13\n\x0b\x61ttach_mode\x18\x07 \x01(\t\x12\x11\n\tfirst_seq\x18\x08 \x01(\x04\";\n\x03\x41\x63k\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\"\xee\x01\n\x0cQueryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03pod\x18\x02 \x01(\t\x12\x0f\n\x07pod_uid\x18\x03 \x01(\t\x12\x11\n\tcontainer\x18\x04 \x01(\t\x12\x10\n\x08workload\x18\x05 \x01(\t\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x11\n\tpath_glob\x18\x07 \x01(\t\x12\x15\n\rsince_unix_ns\x18\x08 \x01(\x04\x12\x15\n\runtil_unix_ns\x18\t \x01(\x04\x12\r\n\x05limit\x18\n \x01(\r\x12\x12\n\npage_token\x18\x0b \x01(\t\x12\x16\n\x0erename_to_glob\x18\x0c \x01(\t\"W\n\rQueryResponse\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1d.unlinkwatch.v1.DeletionEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb1\x01\n\x05\x41lert\x12\x14\n\x0ctime_unix_ns\x18\x01 \x01(\x04\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\r\n\x05\x63ount\x18\x05 \x01(\x04\x12\x14\n\x0csample_paths\x18\x06 \x03(\x0c\x12,\n\x05\x65vent\x18\x07 \x01(\x0b\x32\x1d.unlinkwatch.v1.DeletionEvent\x12\n\n\x02id\x18\x08 \x01(\x04\";\n\x12WatchAlertsRequest\x12\x15\n\rsince_unix_ns\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"\x14\n\x12\x41gentStatusRequest\"\xbd\x01\n\tAgentInfo\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x19\n\x11last_seen_unix_ns\x18\x03 \x01(\x04\x12\x0e\n\x06\x65vents\x18\x04 \x01(\x04\x12*\n\x04lost\x18\x05 \x01(\x0b\x32\x1c.unlinkwatch.v1.LossCounters\x12\x15\n\rsequence_gaps\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ttach_mode\x18\x07 \x01(\t\x12\x10\n\x08\x63overage\x18\x08 \x01(\x01\"@\n\x13\x41gentStatusResponse\x12)\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x19.unlinkwatch.v1.AgentInfo*D\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\r\n\tOP_UNLINK\x10\x01\x12\x0c\n\x08OP_RMDIR\x10\x02\x12\r\n\tOP_RENAME\x10\x03*\x9a\x01\n\rIdentityState\x12\x1e\n\x1aIDENTITY_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17IDENTITY_STATE_RESOLVED\x10\x01\x12\x17\n\x13IDENTITY_STATE_LATE\x10\x02\x12\x1a\n\x16IDENTITY_STATE_UNKNOWN\x10\x03\x12\x17\n\x13IDENTITY_STATE_HOST\x10\x04*\xc7\x01\n\tEventFlag\x12\x1a\n\x16\x45VENT_FLAG_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45VENT_FLAG_PATH_TRUNCATED\x10\x01\x12\x1d\n\x19\x45VENT_FLAG_DIR_UNRESOLVED\x10\x02\x12\x17\n\x13\x45VENT_FLAG_REPLACED\x10\x04\x12\"\n\x1e\x45VENT_FLAG_RENAME_TO_TRUNCATED\x10\x08\x12#\n\x1f\x45VENT_FLAG_RENAME_TO_UNRESOLVED\x10\x10\x32\xb6\x02\n\tCollector\x12=\n\x06Ingest\x12\x1a.unlinkwatch.v1.EventBatch\x1a\x13.unlinkwatch.v1.Ack(\x01\x30\x01\x12\x46\n\x05Query\x12\x1c.unlinkwatch.v1.QueryRequest\x1a\x1d.unlinkwatch.v1.QueryResponse0\x01\x12J\n\x0bWatchAlerts\x12\".unlinkwatch.v1.WatchAlertsRequest\x1a\x15.unlinkwatch.v1.Alert0\x01\x12V\n\x0b\x41gentStatus\x12\".unlinkwatch.v1.AgentStatusRequest\x1a#.unlinkwatch.v1.AgentStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bunlinkwatch/pb/events.proto\x12\x0eunlinkwatch.v1\"f\n\x07Process\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x0b\n\x03tid\x18\x02 \x01(\r\x12\x0c\n\x04ppid\x18\x03 \x01(\r\x12\x0b\n\x03uid\x18\x04 \x01(\r\x12\x0b\n\x03gid\x18\x05 \x01(\r\x12\x0c\n\x04\x63omm\x18\x06 \x01(\x0c\x12\x0b\n\x03\x65xe\x18\x07 \x01(\x0c\"4\n\tContainer\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\"\xa5\x01\n\x03Pod\x12\x0b\n\x03uid\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x10\n\x08workload\x18\x04 \x01(\t\x12/\n\x06labels\x18\x05 \x03(\x0b\x32\x1f.unlinkwatch.v1.Pod.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe2\x03\n\rDeletionEvent\x12\x14\n\x0ctime_unix_ns\x18\x01 \x01(\x04\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x1e\n\x02op\x18\x03 \x01(\x0e\x32\x12.unlinkwatch.v1.Op\x12\x0c\n\x04path\x18\x04 \x01(\x0c\x12\x10\n\x08raw_path\x18\x05 \x01(\x0c\x12\x0e\n\x06result\x18\x06 \x01(\x11\x12(\n\x07process\x18\x07 \x01(\x0b\x32\x17.unlinkwatch.v1.Process\x12\x11\n\tcgroup_id\x18\x08 \x01(\x04\x12,\n\tcontainer\x18\t \x01(\x0b\x32\x19.unlinkwatch.v1.Container\x12 \n\x03pod\x18\n \x01(\x0b\x32\x13.unlinkwatch.v1.Pod\x12/\n\x08identity\x18\x0b \x01(\x0e\x32\x1d.unlinkwatch.v1.IdentityState\x12\r\n\x05\x61gent\x18\x0c \x01(\t\x12\x0b\n\x03seq\x18\r \x01(\x04\x12\r\n\x05\x66lags\x18\x0e \x01(\r\x12\x13\n\x0b\x61ttach_mode\x18\x0f \x01(\t\x12\x11\n\trename_to\x18\x10 \x01(\x0c\x12\x14\n\x0crename_flags\x18\x11 \x01(\r\x12&\n\x06\x61\x63tion\x18\x12 \x01(\x0e\x32\x16.unlinkwatch.v1.Action\x12\x0e\n\x06policy\x18\x13 \x01(\t\"}\n\nNodePolicy\x12\x13\n\x0b\x65nforcement\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\r\n\x05rules\x18\x04 \x01(\r\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x17\n\x0freload_failures\x18\x06 \x01(\x04\"@\n\x0cLossCounters\x12\x0e\n\x06kernel\x18\x01 \x01(\x04\x12\r\n\x05queue\x18\x02 \x01(\x04\x12\x11\n\ttransport\x18\x03 \x01(\x04\"\x87\x01\n\x0eIdentityUpdate\x12\x0f\n\x07pod_uid\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12 \n\x03pod\x18\x03 \x01(\x0b\x32\x13.unlinkwatch.v1.Pod\x12,\n\tcontainer\x18\x04 \x01(\x0b\x32\x19.unlinkwatch.v1.Container\"\xa4\x02\n\nEventBatch\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x03 \x01(\x04\x12-\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x1d.unlinkwatch.v1.DeletionEvent\x12*\n\x04lost\x18\x05 \x01(\x0b\x32\x1c.unlinkwatch.v1.LossCounters\x12\x38\n\x10identity_updates\x18\x06 \x03(\x0b\x32\x1e.unlinkwatch.v1.IdentityUpdate\x12\x13\n\x0b\x61ttach_mode\x18\x07 \x01(\t\x12\x11\n\tfirst_seq\x18\x08 \x01(\x04\x12*\n\x06policy\x18\t \x01(\x0b\x32\x1a.unlinkwatch.v1.NodePolicy\";\n\x03\x41\x63k\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x0e\n\x06stored\x18\x02 \x01(\r\x12\x12\n\nduplicates\x18\x03 \x01(\r\"\x93\x02\n\x0cQueryRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03pod\x18\x02 \x01(\t\x12\x0f\n\x07pod_uid\x18\x03 \x01(\t\x12\x11\n\tcontainer\x18\x04 \x01(\t\x12\x10\n\x08workload\x18\x05 \x01(\t\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x11\n\tpath_glob\x18\x07 \x01(\t\x12\x15\n\rsince_unix_ns\x18\x08 \x01(\x04\x12\x15\n\runtil_unix_ns\x18\t \x01(\x04\x12\r\n\x05limit\x18\n \x01(\r\x12\x12\n\npage_token\x18\x0b \x01(\t\x12\x16\n\x0erename_to_glob\x18\x0c \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\r \x01(\t\x12\x13\n\x0bpolicy_glob\x18\x0e \x01(\t\"W\n\rQueryResponse\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1d.unlinkwatch.v1.DeletionEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb1\x01\n\x05\x41lert\x12\x14\n\x0ctime_unix_ns\x18\x01 \x01(\x04\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\r\n\x05\x63ount\x18\x05 \x01(\x04\x12\x14\n\x0csample_paths\x18\x06 \x03(\x0c\x12,\n\x05\x65vent\x18\x07 \x01(\x0b\x32\x1d.unlinkwatch.v1.DeletionEvent\x12\n\n\x02id\x18\x08 \x01(\x04\";\n\x12WatchAlertsRequest\x12\x15\n\rsince_unix_ns\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"\x14\n\x12\x41gentStatusRequest\"\xe9\x01\n\tAgentInfo\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x19\n\x11last_seen_unix_ns\x18\x03 \x01(\x04\x12\x0e\n\x06\x65vents\x18\x04 \x01(\x04\x12*\n\x04lost\x18\x05 \x01(\x0b\x32\x1c.unlinkwatch.v1.LossCounters\x12\x15\n\rsequence_gaps\x18\x06 \x01(\x04\x12\x13\n\x0b\x61ttach_mode\x18\x07 \x01(\t\x12\x10\n\x08\x63overage\x18\x08 \x01(\x01\x12*\n\x06policy\x18\t \x01(\x0b\x32\x1a.unlinkwatch.v1.NodePolicy\"@\n\x13\x41gentStatusResponse\x12)\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x19.unlinkwatch.v1.AgentInfo*D\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\r\n\tOP_UNLINK\x10\x01\x12\x0c\n\x08OP_RMDIR\x10\x02\x12\r\n\tOP_RENAME\x10\x03*L\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41\x43TION_WOULD_BLOCK\x10\x01\x12\x12\n\x0e\x41\x43TION_BLOCKED\x10\x02*\x9a\x01\n\rIdentityState\x12\x1e\n\x1aIDENTITY_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17IDENTITY_STATE_RESOLVED\x10\x01\x12\x17\n\x13IDENTITY_STATE_LATE\x10\x02\x12\x1a\n\x16IDENTITY_STATE_UNKNOWN\x10\x03\x12\x17\n\x13IDENTITY_STATE_HOST\x10\x04*\xe3\x01\n\tEventFlag\x12\x1a\n\x16\x45VENT_FLAG_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45VENT_FLAG_PATH_TRUNCATED\x10\x01\x12\x1d\n\x19\x45VENT_FLAG_DIR_UNRESOLVED\x10\x02\x12\x17\n\x13\x45VENT_FLAG_REPLACED\x10\x04\x12\"\n\x1e\x45VENT_FLAG_RENAME_TO_TRUNCATED\x10\x08\x12#\n\x1f\x45VENT_FLAG_RENAME_TO_UNRESOLVED\x10\x10\x12\x1a\n\x16\x45VENT_FLAG_POLICY_USER\x10 2\xb6\x02\n\tCollector\x12=\n\x06Ingest\x12\x1a.unlinkwatch.v1.EventBatch\x1a\x13.unlinkwatch.v1.Ack(\x01\x30\x01\x12\x46\n\x05Query\x12\x1c.unlinkwatch.v1.QueryRequest\x1a\x1d.unlinkwatch.v1.QueryResponse0\x01\x12J\n\x0bWatchAlerts\x12\".unlinkwatch.v1.WatchAlertsRequest\x1a\x15.unlinkwatch.v1.Alert0\x01\x12V\n\x0b\x41gentStatus\x12\".unlinkwatch.v1.AgentStatusRequest\x1a#.unlinkwatch.v1.AgentStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POD_LABELSENTRY']._loaded_options = None
   _globals['_POD_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_OP']._serialized_start=2169
-  _globals['_OP']._serialized_end=2237
-  _globals['_IDENTITYSTATE']._serialized_start=2240
-  _globals['_IDENTITYSTATE']._serialized_end=2394
-  _globals['_EVENTFLAG']._serialized_start=2397
-  _globals['_EVENTFLAG']._serialized_end=2596
+  _globals['_OP']._serialized_start=2477
+  _globals['_OP']._serialized_end=2545
+  _globals['_ACTION']._serialized_start=2547
+  _globals['_ACTION']._serialized_end=2623
+  _globals['_IDENTITYSTATE']._serialized_start=2626
+  _globals['_IDENTITYSTATE']._serialized_end=2780
+  _globals['_EVENTFLAG']._serialized_start=2783
+  _globals['_EVENTFLAG']._serialized_end=3010
   _globals['_PROCESS']._serialized_start=47
   _globals['_PROCESS']._serialized_end=149
   _globals['_CONTAINER']._serialized_start=151
@@ -48,29 +50,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POD_LABELSENTRY']._serialized_start=326
   _globals['_POD_LABELSENTRY']._serialized_end=371
   _globals['_DELETIONEVENT']._serialized_start=374
-  _globals['_DELETIONEVENT']._serialized_end=800
-  _globals['_LOSSCOUNTERS']._serialized_start=802
-  _globals['_LOSSCOUNTERS']._serialized_end=866
-  _globals['_IDENTITYUPDATE']._serialized_start=869
-  _globals['_IDENTITYUPDATE']._serialized_end=1004
-  _globals['_EVENTBATCH']._serialized_start=1007
-  _globals['_EVENTBATCH']._serialized_end=1255
-  _globals['_ACK']._serialized_start=1257
-  _globals['_ACK']._serialized_end=1316
-  _globals['_QUERYREQUEST']._serialized_start=1319
-  _globals['_QUERYREQUEST']._serialized_end=1557
-  _globals['_QUERYRESPONSE']._serialized_start=1559
-  _globals['_QUERYRESPONSE']._serialized_end=1646
-  _globals['_ALERT']._serialized_start=1649
-  _globals['_ALERT']._serialized_end=1826
-  _globals['_WATCHALERTSREQUEST']._serialized_start=1828
-  _globals['_WATCHALERTSREQUEST']._serialized_end=1887
-  _globals['_AGENTSTATUSREQUEST']._serialized_start=1889
-  _globals['_AGENTSTATUSREQUEST']._serialized_end=1909
-  _globals['_AGENTINFO']._serialized_start=1912
-  _globals['_AGENTINFO']._serialized_end=2101
-  _globals['_AGENTSTATUSRESPONSE']._serialized_start=2103
-  _globals['_AGENTSTATUSRESPONSE']._serialized_end=2167
-  _globals['_COLLECTOR']._serialized_start=2599
-  _globals['_COLLECTOR']._serialized_end=2909
+  _globals['_DELETIONEVENT']._serialized_end=856
+  _globals['_NODEPOLICY']._serialized_start=858
+  _globals['_NODEPOLICY']._serialized_end=983
+  _globals['_LOSSCOUNTERS']._serialized_start=985
+  _globals['_LOSSCOUNTERS']._serialized_end=1049
+  _globals['_IDENTITYUPDATE']._serialized_start=1052
+  _globals['_IDENTITYUPDATE']._serialized_end=1187
+  _globals['_EVENTBATCH']._serialized_start=1190
+  _globals['_EVENTBATCH']._serialized_end=1482
+  _globals['_ACK']._serialized_start=1484
+  _globals['_ACK']._serialized_end=1543
+  _globals['_QUERYREQUEST']._serialized_start=1546
+  _globals['_QUERYREQUEST']._serialized_end=1821
+  _globals['_QUERYRESPONSE']._serialized_start=1823
+  _globals['_QUERYRESPONSE']._serialized_end=1910
+  _globals['_ALERT']._serialized_start=1913
+  _globals['_ALERT']._serialized_end=2090
+  _globals['_WATCHALERTSREQUEST']._serialized_start=2092
+  _globals['_WATCHALERTSREQUEST']._serialized_end=2151
+  _globals['_AGENTSTATUSREQUEST']._serialized_start=2153
+  _globals['_AGENTSTATUSREQUEST']._serialized_end=2173
+  _globals['_AGENTINFO']._serialized_start=2176
+  _globals['_AGENTINFO']._serialized_end=2409
+  _globals['_AGENTSTATUSRESPONSE']._serialized_start=2411
+  _globals['_AGENTSTATUSRESPONSE']._serialized_end=2475
+  _globals['_COLLECTOR']._serialized_start=3013
+  _globals['_COLLECTOR']._serialized_end=3323
 # @@protoc_insertion_point(module_scope)

@@ -42,6 +42,30 @@ OP_RENAME: Op.ValueType  # 3
 """a rename (every one since 0.2): path moved to rename_to; 0.1 reported only renames"""
 Global___Op: _TypeAlias = Op  # noqa: Y015
 
+class _Action:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Action.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACTION_UNSPECIFIED: _Action.ValueType  # 0
+    """allowed: no policy rule stopped it (JSON "allowed")"""
+    ACTION_WOULD_BLOCK: _Action.ValueType  # 1
+    """an audit rule, or a block rule where the kernel cannot enforce"""
+    ACTION_BLOCKED: _Action.ValueType  # 2
+    """a block rule enforced: the deletion failed with EPERM"""
+
+class Action(_Action, metaclass=_ActionEnumTypeWrapper):
+    """The node policy's verdict on a deletion (`unlinkwatch agent --policy FILE`)."""
+
+ACTION_UNSPECIFIED: Action.ValueType  # 0
+"""allowed: no policy rule stopped it (JSON "allowed")"""
+ACTION_WOULD_BLOCK: Action.ValueType  # 1
+"""an audit rule, or a block rule where the kernel cannot enforce"""
+ACTION_BLOCKED: Action.ValueType  # 2
+"""a block rule enforced: the deletion failed with EPERM"""
+Global___Action: _TypeAlias = Action  # noqa: Y015
+
 class _IdentityState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -88,6 +112,8 @@ class _EventFlagEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventFlag.V
     """rename_to was longer than the kernel buffer"""
     EVENT_FLAG_RENAME_TO_UNRESOLVED: _EventFlag.ValueType  # 16
     """the directory of a relative rename_to could not be resolved"""
+    EVENT_FLAG_POLICY_USER: _EventFlag.ValueType  # 32
+    """the node policy was decided by the agent, not in the kernel"""
 
 class EventFlag(_EventFlag, metaclass=_EventFlagEnumTypeWrapper):
     """Bits of DeletionEvent.flags."""
@@ -103,6 +129,8 @@ EVENT_FLAG_RENAME_TO_TRUNCATED: EventFlag.ValueType  # 8
 """rename_to was longer than the kernel buffer"""
 EVENT_FLAG_RENAME_TO_UNRESOLVED: EventFlag.ValueType  # 16
 """the directory of a relative rename_to could not be resolved"""
+EVENT_FLAG_POLICY_USER: EventFlag.ValueType  # 32
+"""the node policy was decided by the agent, not in the kernel"""
 Global___EventFlag: _TypeAlias = EventFlag  # noqa: Y015
 
 @_typing.final
@@ -242,6 +270,8 @@ class DeletionEvent(_message.Message):
     ATTACH_MODE_FIELD_NUMBER: _builtins.int
     RENAME_TO_FIELD_NUMBER: _builtins.int
     RENAME_FLAGS_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     time_unix_ns: _builtins.int
     """kernel clock at the deletion, as UTC nanoseconds"""
     node: _builtins.str
@@ -264,6 +294,9 @@ class DeletionEvent(_message.Message):
     """op rename: the destination, absolute and resolved like path"""
     rename_flags: _builtins.int
     """op rename: renameat2 flags as passed (NOREPLACE 1, EXCHANGE 2, WHITEOUT 4)"""
+    action: Global___Action.ValueType
+    policy: _builtins.str
+    """the node-policy rule that decided action, empty for none"""
     @_builtins.property
     def process(self) -> Global___Process: ...
     @_builtins.property
@@ -290,14 +323,56 @@ class DeletionEvent(_message.Message):
         attach_mode: _builtins.str = ...,
         rename_to: _builtins.bytes = ...,
         rename_flags: _builtins.int = ...,
+        action: Global___Action.ValueType = ...,
+        policy: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "pod", b"pod", "process", b"process"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attach_mode", b"attach_mode", "cgroup_id", b"cgroup_id", "container", b"container", "flags", b"flags", "identity", b"identity", "node", b"node", "op", b"op", "path", b"path", "pod", b"pod", "process", b"process", "raw_path", b"raw_path", "rename_flags", b"rename_flags", "rename_to", b"rename_to", "result", b"result", "seq", b"seq", "time_unix_ns", b"time_unix_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "attach_mode", b"attach_mode", "cgroup_id", b"cgroup_id", "container", b"container", "flags", b"flags", "identity", b"identity", "node", b"node", "op", b"op", "path", b"path", "pod", b"pod", "policy", b"policy", "process", b"process", "raw_path", b"raw_path", "rename_flags", b"rename_flags", "rename_to", b"rename_to", "result", b"result", "seq", b"seq", "time_unix_ns", b"time_unix_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeletionEvent: _TypeAlias = DeletionEvent  # noqa: Y015
+
+@_typing.final
+class NodePolicy(_message.Message):
+    """An agent's node policy and whether the kernel enforces its block rules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    RELOAD_FAILURES_FIELD_NUMBER: _builtins.int
+    enforcement: _builtins.str
+    """"enforcing", "audit-only" or "off" (no policy)"""
+    reason: _builtins.str
+    """why audit-only"""
+    source: _builtins.str
+    """the policy file"""
+    rules: _builtins.int
+    generation: _builtins.int
+    """reloads bump it"""
+    reload_failures: _builtins.int
+    def __init__(
+        self,
+        *,
+        enforcement: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        source: _builtins.str = ...,
+        rules: _builtins.int = ...,
+        generation: _builtins.int = ...,
+        reload_failures: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enforcement", b"enforcement", "generation", b"generation", "reason", b"reason", "reload_failures", b"reload_failures", "rules", b"rules", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodePolicy: _TypeAlias = NodePolicy  # noqa: Y015
 
 @_typing.final
 class LossCounters(_message.Message):
@@ -373,6 +448,7 @@ class EventBatch(_message.Message):
     IDENTITY_UPDATES_FIELD_NUMBER: _builtins.int
     ATTACH_MODE_FIELD_NUMBER: _builtins.int
     FIRST_SEQ_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     node: _builtins.str
     batch_id: _builtins.int
@@ -386,6 +462,8 @@ class EventBatch(_message.Message):
     def lost(self) -> Global___LossCounters: ...
     @_builtins.property
     def identity_updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___IdentityUpdate]: ...
+    @_builtins.property
+    def policy(self) -> Global___NodePolicy: ...
     def __init__(
         self,
         *,
@@ -397,10 +475,11 @@ class EventBatch(_message.Message):
         identity_updates: _abc.Iterable[Global___IdentityUpdate] | None = ...,
         attach_mode: _builtins.str = ...,
         first_seq: _builtins.int = ...,
+        policy: Global___NodePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lost", b"lost"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lost", b"lost", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attach_mode", b"attach_mode", "batch_id", b"batch_id", "events", b"events", "first_seq", b"first_seq", "identity_updates", b"identity_updates", "lost", b"lost", "node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attach_mode", b"attach_mode", "batch_id", b"batch_id", "events", b"events", "first_seq", b"first_seq", "identity_updates", b"identity_updates", "lost", b"lost", "node", b"node", "policy", b"policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -449,6 +528,8 @@ class QueryRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     RENAME_TO_GLOB_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    POLICY_GLOB_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     pod: _builtins.str
     pod_uid: _builtins.str
@@ -462,6 +543,10 @@ class QueryRequest(_message.Message):
     page_token: _builtins.str
     rename_to_glob: _builtins.str
     """renames whose destination matches"""
+    action: _builtins.str
+    """allowed | would-block | blocked; empty: any"""
+    policy_glob: _builtins.str
+    """the deciding node-policy rule's name"""
     def __init__(
         self,
         *,
@@ -477,10 +562,12 @@ class QueryRequest(_message.Message):
         limit: _builtins.int = ...,
         page_token: _builtins.str = ...,
         rename_to_glob: _builtins.str = ...,
+        action: _builtins.str = ...,
+        policy_glob: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "limit", b"limit", "namespace", b"namespace", "node", b"node", "page_token", b"page_token", "path_glob", b"path_glob", "pod", b"pod", "pod_uid", b"pod_uid", "rename_to_glob", b"rename_to_glob", "since_unix_ns", b"since_unix_ns", "until_unix_ns", b"until_unix_ns", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "container", b"container", "limit", b"limit", "namespace", b"namespace", "node", b"node", "page_token", b"page_token", "path_glob", b"path_glob", "pod", b"pod", "pod_uid", b"pod_uid", "policy_glob", b"policy_glob", "rename_to_glob", b"rename_to_glob", "since_unix_ns", b"since_unix_ns", "until_unix_ns", b"until_unix_ns", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -602,6 +689,7 @@ class AgentInfo(_message.Message):
     SEQUENCE_GAPS_FIELD_NUMBER: _builtins.int
     ATTACH_MODE_FIELD_NUMBER: _builtins.int
     COVERAGE_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     node: _builtins.str
     last_seen_unix_ns: _builtins.int
@@ -613,6 +701,8 @@ class AgentInfo(_message.Message):
     """stored / (stored + lost + gaps)"""
     @_builtins.property
     def lost(self) -> Global___LossCounters: ...
+    @_builtins.property
+    def policy(self) -> Global___NodePolicy: ...
     def __init__(
         self,
         *,
@@ -624,10 +714,11 @@ class AgentInfo(_message.Message):
         sequence_gaps: _builtins.int = ...,
         attach_mode: _builtins.str = ...,
         coverage: _builtins.float = ...,
+        policy: Global___NodePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lost", b"lost"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lost", b"lost", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attach_mode", b"attach_mode", "coverage", b"coverage", "events", b"events", "last_seen_unix_ns", b"last_seen_unix_ns", "lost", b"lost", "node", b"node", "sequence_gaps", b"sequence_gaps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attach_mode", b"attach_mode", "coverage", b"coverage", "events", b"events", "last_seen_unix_ns", b"last_seen_unix_ns", "lost", b"lost", "node", b"node", "policy", b"policy", "sequence_gaps", b"sequence_gaps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

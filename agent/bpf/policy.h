@@ -1,0 +1,262 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The node policy in the kernel: which rule (if any) decides a deletion, before its record reaches the ring
+ * buffer, so that an ignored deletion costs no record. Included by unlink.bpf.c after struct uw_scratch; the
+ * maps' records are in kprobe.h, written by agent/policy/kernel.py.
+ *
+ * A rule matches when all of these hold (each a set of rules, one bit per rule, intersected):
+ *   the path:   policy_paths, an LPM trie of exact paths ("/etc/shadow" + NUL) and prefixes ("/x/" for everything below /x),
+ *               or policy_names, an LPM trie of final names reversed (an exact name "eman/", a suffix such as
+ *               "*.pem" as "mep."); each entry's set already holds the rules of the shorter entries it
+ *               extends, so the one longest match is the whole answer;
+ *   the op:     uw_policy_slot.ops[op];
+ *   the cgroup: policy_cgroups[cgroup id] (host processes, selected pods) or uw_policy_slot.unknown;
+ *   not except: policy_comms[comm] and policy_exes[exe] (the exe's set is cached per process in procs).
+ * The lowest set bit is the rule that decides (file order).
+ *
+ * Where the work happens, for the verifier: everything that loops (the canonical-form check and the reversed
+ * final name of the raw argument) runs at entry before any walk, where the verifier sees one state; after a
+ * walk only the directory's key is built and looked up (no loop), since what follows a walk is verified once
+ * per way out of it. A path the kernel cannot put in canonical form cheaply (".", "..", "//", a trailing "/",
+ * an argument of UW_POLICY_KEY - 1 bytes or more, an unresolved directory) is flagged UW_F_POLICY_USER and
+ * user space decides with the same rules. */
+#ifndef UNLINKWATCH_POLICY_H
+#define UNLINKWATCH_POLICY_H
+
+#define UW_PK_MASK 255		/* index mask for a policy key's data (UW_PK_ROOM bytes of room after it) */
+#define UW_TB_MASK 511		/* index mask for uw_scratch.tbuf */
+#define UW_POLICY_UNDECIDED 0xffff
+#define UW_ONES 0x0101010101010101ULL
+#define UW_LOW7 0x7F7F7F7F7F7F7F7FULL
+
+BPF_ARRAY(policy_state, struct uw_policy_state, 1);
+BPF_LPM_TRIE(policy_paths, struct uw_policy_key, struct uw_rule_set, 16384);
+BPF_LPM_TRIE(policy_names, struct uw_policy_key, struct uw_rule_set, 4096);
+BPF_LPM_TRIE(policy_exes, struct uw_policy_key, struct uw_rule_set, 4096);
+BPF_HASH(policy_comms, struct uw_policy_comm, struct uw_rule_set, 4096);
+BPF_HASH(policy_cgroups, __u64, struct uw_policy_cgroup, 65536);
+/* deletions dropped by each ignore rule: slot * UW_POLICY_RULES + rule */
+BPF_PERCPU_ARRAY(policy_filtered, __u64, 2 * UW_POLICY_RULES);
+
+static __always_inline struct uw_policy_slot *uw_policy_slot(__u32 *slot)
+{
+	__u32 zero = 0;
+	struct uw_policy_state *ps = policy_state.lookup(&zero);
+	if (!ps)
+		return 0;
+	__u32 active = ps->active & 1;
+	*slot = active;
+	struct uw_policy_slot *sl = &ps->slot[active];
+	return sl->nrules ? sl : 0;
+}
+
+static __always_inline void uw_rs_and(struct uw_rule_set *a, const struct uw_rule_set *b)
+{
+#pragma unroll
+	for (int i = 0; i < UW_POLICY_WORDS; i++)
+		a->w[i] &= b->w[i];
+}
+
+static __always_inline void uw_rs_andnot(struct uw_rule_set *a, const struct uw_rule_set *b)
+{
+#pragma unroll
+	for (int i = 0; i < UW_POLICY_WORDS; i++)
+		a->w[i] &= ~b->w[i];
+}
+
+/* The index of the lowest set bit of a non-zero word: the population count of the bits below it, without a
+ * branch (each branch on an unknown value doubles what the verifier walks). */
+static __always_inline __u32 uw_lowest_bit(__u64 x)
+{
+	__u64 v = (x & -x) - 1;
+	v = v - ((v >> 1) & 0x5555555555555555ULL);
+	v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
+	v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+	return (v * UW_ONES) >> 56;
+}
+
+/* 1 + the first rule in `rs`, or 0 when it is empty. */
+static __always_inline __u32 uw_first_rule(const struct uw_rule_set *rs)
+{
+#pragma unroll
+	for (int i = 0; i < UW_POLICY_WORDS; i++)
+		if (rs->w[i])
+			return 1 + i * 64 + uw_lowest_bit(rs->w[i]);
+	return 0;
+}
+
+static __always_inline int uw_rs_has(const struct uw_rule_set *rs, __u32 rule)
+{
+	return (rs->w[(rule >> 6) & (UW_POLICY_WORDS - 1)] >> (rule & 63)) & 1;
+}
+
+/* keeps an index opaque, so the compiler cannot turn it into a pointer it increments (which the verifier
+ * cannot bound) */
+#define UW_OPAQUE(x) asm volatile("" : "+r"(x))
+
+/* Bit i set when byte i of w (little-endian) is c: exact, without a branch (SWAR zero-byte test, then the
+ * eight high bits gathered by one multiplication). */
+static __always_inline __u32 uw_bytes_eq(__u64 w, __u64 c)
+{
+	__u64 x = w ^ (UW_ONES * c);
+	__u64 y = ~(((x & UW_LOW7) + UW_LOW7) | x | UW_LOW7);
+	return (((y >> 7) * 0x0102040810204080ULL) >> 56) & 0xff;
+}
+
+/* At entry, before any walk: the raw argument read again into s->tbuf, checked for canonical form, and the
+ * rules its final name (and, if it is absolute, its whole path) match, into pm. Both loops go eight bytes at a
+ * time with no branch in their bodies. */
+static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, const char *uptr,
+					struct uw_prematch *pm)
+{
+	pm->rules.w[0] = 0;
+	pm->rules.w[1] = 0;
+	pm->raw_len = 0;
+	pm->state = UW_PM_UNDECIDED;
+	/* tbuf: 8 bytes of room, the argument, "/", zeros */
+	long n = bpf_probe_read_user_str(&s->tbuf[8], UW_POLICY_KEY, uptr);
+	if (n <= 1 || n >= UW_POLICY_KEY)
+		return;		/* unreadable, empty, or too long to tell from a cut one */
+	__u32 raw_len = n - 1;
+	UW_OPAQUE(raw_len);	/* the masks below must stay in the code: they are the verifier's bounds */
+	*(__u64 *)&s->tbuf[(8 + raw_len) & UW_TB_MASK] = '/';
+	*(__u64 *)&s->tbuf[(16 + raw_len) & UW_TB_MASK] = 0;
+
+	/* canonical: ("/" for a relative argument) + argument + "/" holds no "//", "/./" nor "/../". Bits 0-2 of
+	 * the masks are the last three bytes of the previous word, bits 3-10 this word's. */
+	int absolute = s->tbuf[8] == '/';
+	__u32 prev_s = absolute ? 0 : 4, prev_d = 0, bad = 0;
+	for (__u32 k = 0; k < UW_POLICY_KEY / 8 + 1; k++) {
+		__u32 o = k * 8;
+		if (o > raw_len)
+			break;
+		UW_OPAQUE(o);
+		__u64 w = *(__u64 *)&s->tbuf[(8 + o) & UW_TB_MASK];
+		__u32 S = prev_s | (uw_bytes_eq(w, '/') << 3);
+		__u32 D = prev_d | (uw_bytes_eq(w, '.') << 3);
+		bad |= (S & (S >> 1)) | (S & (D >> 1) & (S >> 2)) | (S & (D >> 1) & (D >> 2) & (S >> 3));
+		prev_s = (S >> 8) & 7;
+		prev_d = (D >> 8) & 7;
+	}
+	if (bad)
+		return;
+
+	/* the argument reversed, word by word (its final name first), then "/" */
+	for (__u32 k = 0; k < UW_POLICY_KEY / 8 + 1; k++) {
+		__u32 d = k * 8;
+		if (d >= raw_len)
+			break;
+		__u32 o = raw_len - d;
+		UW_OPAQUE(o);
+		UW_OPAQUE(d);
+		__u64 w = *(__u64 *)&s->tbuf[o & UW_TB_MASK];
+		*(__u64 *)&s->nkey.data[d & UW_PK_MASK] = __builtin_bswap64(w);
+	}
+	s->nkey.data[raw_len & UW_PK_MASK] = '/';
+	s->nkey.prefixlen = 8 + (raw_len + 1) * 8;
+	s->nkey.slot = slot;
+	struct uw_rule_set *nm = policy_names.lookup(&s->nkey);
+	if (nm)
+		pm->rules = *nm;
+	pm->raw_len = raw_len;
+	pm->state = UW_PM_RELATIVE;
+	if (!absolute)
+		return;
+	bpf_probe_read_kernel(s->pkey.data, raw_len & UW_PK_MASK, &s->tbuf[8]);
+	s->pkey.data[raw_len & UW_PK_MASK] = 0;
+	s->pkey.prefixlen = 8 + (raw_len + 1) * 8;
+	s->pkey.slot = slot;
+	struct uw_rule_set *p = policy_paths.lookup(&s->pkey);
+	if (p) {
+		pm->rules.w[0] |= p->w[0];
+		pm->rules.w[1] |= p->w[1];
+	}
+	pm->state = UW_PM_ABSOLUTE;
+}
+
+/* After the walk, from the record in s (raw argument, then its directory): the rules the whole path matches,
+ * completing pm, or -1 when the kernel cannot decide. No loop here. */
+static __always_inline int uw_policy_path(struct uw_scratch *s, __u32 slot, const struct uw_prematch *pm,
+					  struct uw_rule_set *out)
+{
+	__u32 raw_len = s->ev.raw_len;
+	if (pm->state == UW_PM_UNDECIDED || pm->raw_len != raw_len ||
+	    (s->ev.flags & (UW_F_DIR_UNRESOLVED | UW_F_DIR_TRUNCATED | UW_F_RAW_TRUNCATED)))
+		return -1;
+	*out = pm->rules;
+	if (pm->state == UW_PM_ABSOLUTE)
+		return 0;
+	__u32 dl = s->ev.dir_len;
+	if (dl > UW_POLICY_KEY - 1)
+		dl = UW_POLICY_KEY - 1;
+	UW_OPAQUE(dl);
+	UW_OPAQUE(raw_len);
+	bpf_probe_read_kernel(s->pkey.data, dl & UW_PK_MASK, &s->data[raw_len & UW_MASK]);
+	s->pkey.data[dl & UW_PK_MASK] = '/';
+	__u32 at = dl + 1;
+	if (at < UW_POLICY_KEY) {
+		__u32 n = UW_POLICY_KEY - at;
+		if (n > raw_len)
+			n = raw_len;
+		UW_OPAQUE(n);
+		UW_OPAQUE(at);
+		bpf_probe_read_kernel(&s->pkey.data[at & UW_PK_MASK], n & UW_PK_MASK, s->data);
+		at += n;
+		if (at < UW_POLICY_KEY) {
+			s->pkey.data[at & UW_PK_MASK] = 0;
+			at++;
+		}
+	}
+	s->pkey.prefixlen = 8 + at * 8;
+	s->pkey.slot = slot;
+	struct uw_rule_set *p = policy_paths.lookup(&s->pkey);
+	if (p) {
+		out->w[0] |= p->w[0];
+		out->w[1] |= p->w[1];
+	}
+	return 0;
+}
+
+/* The rules that apply to a deletion apart from its path: its op, its cgroup, not excepted by comm or exe. */
+static __always_inline void uw_policy_who(struct uw_policy_slot *sl, __u32 slot, __u32 op,
+					  const struct uw_rule_set *exe_except, struct uw_rule_set *rs)
+{
+	*rs = sl->ops[op & 3];
+	__u64 cgid = bpf_get_current_cgroup_id();
+	struct uw_policy_cgroup *cg = policy_cgroups.lookup(&cgid);
+	uw_rs_and(rs, cg ? &cg->slot[slot & 1] : &sl->unknown);
+	struct uw_policy_comm ck = {};
+	ck.slot = slot;
+	bpf_get_current_comm(ck.comm, sizeof(ck.comm));
+	struct uw_rule_set *c = policy_comms.lookup(&ck);
+	if (c)
+		uw_rs_andnot(rs, c);
+	uw_rs_andnot(rs, exe_except);
+}
+
+/* The exe's except set, from its path in s->data (an EXE record just built): exact paths only. */
+static __always_inline void uw_policy_exe(struct uw_scratch *s, __u32 slot, struct uw_rule_set *out)
+{
+	__u32 len = s->ev.raw_len;
+	out->w[0] = 0;
+	out->w[1] = 0;
+	if (len == 0 || len >= UW_POLICY_KEY || s->ev.flags)
+		return;
+	UW_OPAQUE(len);
+	bpf_probe_read_kernel(s->pkey.data, len & UW_PK_MASK, s->data);
+	s->pkey.data[len & UW_PK_MASK] = 0;
+	s->pkey.prefixlen = 8 + (len + 1) * 8;
+	s->pkey.slot = slot;
+	struct uw_rule_set *e = policy_exes.lookup(&s->pkey);
+	if (e)
+		*out = *e;
+}
+
+static __always_inline void uw_policy_count(__u32 slot, __u32 rule)
+{
+	__u32 idx = (slot & 1) * UW_POLICY_RULES + rule - 1;
+	__u64 *n = policy_filtered.lookup(&idx);
+	if (n)
+		*n += 1;
+}
+
+#endif /* UNLINKWATCH_POLICY_H */

@@ -1,0 +1,163 @@
+"""Writing a policy into the kernel's maps (agent/bpf/policy.h, records in kprobe.h) through the fds the loader
+handed over. Two slots: a new policy is written into the slot not in force, then one write of the state flips
+`active`, so no deletion ever sees half of a policy; the old slot is cleared on the next load."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from ..decode import C
+from ..probe import bpfsys
+from .image import KernelImage
+
+WORDS = C["UW_POLICY_WORDS"]
+RULES = C["UW_POLICY_RULES"]
+KEY_BYTES = C["UW_POLICY_KEY"]
+COMM_LEN = C["UW_COMM_LEN"]
+_RS = struct.Struct(f"<{WORDS}Q")
+_SLOT = struct.Struct(f"<II{WORDS * 7}Q")  # nrules, gen, unknown, ops[4], ignore, block
+_STATE_HEAD = struct.Struct("<II")  # active, pad
+_KEY = struct.Struct(f"<IB{KEY_BYTES}s")
+_COMM = struct.Struct(f"<B{COMM_LEN}s")
+_CGROUP = struct.Struct("<Q")
+MAP_NAMES = ("policy_state", "policy_paths", "policy_names", "policy_exes", "policy_comms", "policy_cgroups",
+             "policy_filtered")
+_SIZES = {"policy_state": (4, _STATE_HEAD.size + 2 * _SLOT.size), "policy_paths": (_KEY.size, _RS.size),
+          "policy_names": (_KEY.size, _RS.size), "policy_exes": (_KEY.size, _RS.size),
+          "policy_comms": (_COMM.size, _RS.size), "policy_cgroups": (_CGROUP.size, 2 * _RS.size),
+          "policy_filtered": (4, 8)}
+
+
+def words(mask: int) -> list[int]:
+    return [(mask >> (64 * i)) & 0xFFFFFFFFFFFFFFFF for i in range(WORDS)]
+
+
+def rule_set(mask: int) -> bytes:
+    return _RS.pack(*words(mask))
+
+
+def lpm_key(slot: int, data: bytes) -> bytes:
+    return _KEY.pack(8 + 8 * len(data), slot, data)
+
+
+def comm_key(slot: int, comm: bytes) -> bytes:
+    return _COMM.pack(slot, comm)
+
+
+def slot_value(image: KernelImage | None, gen: int) -> bytes:
+    if image is None:
+        return _SLOT.pack(0, 0, *([0] * (WORDS * 7)))
+    sets = [image.unknown, 0, image.ops.get(1, 0), image.ops.get(2, 0), image.ops.get(3, 0), image.ignore,
+            image.block]
+    return _SLOT.pack(image.nrules, gen, *(w for m in sets for w in words(m)))
+
+
+class PolicyMapsError(Exception):
+    """The loaded program's maps are not the ones this agent writes (a build mismatch)."""
+
+
+@dataclass
+class _Written:
+    """The keys one slot holds, to clear them before the slot is used again."""
+
+    paths: list[bytes] = field(default_factory=list)
+    names: list[bytes] = field(default_factory=list)
+    exes: list[bytes] = field(default_factory=list)
+    comms: list[bytes] = field(default_factory=list)
+
+
+class PolicyMaps:
+    def __init__(self, fds: dict[str, int]) -> None:
+        try:
+            self.fd = {name: fds[f"map:{name}"] for name in MAP_NAMES}
+        except KeyError as e:
+            raise PolicyMapsError(f"the loaded program has no policy map {e}") from None
+        for name, (key_size, value_size) in _SIZES.items():
+            info = bpfsys.map_info(self.fd[name])
+            if (info.key_size, info.value_size) != (key_size, value_size):
+                raise PolicyMapsError(f"map {name}: key/value {info.key_size}/{info.value_size} bytes, "
+                                      f"expected {key_size}/{value_size} (kprobe.h and agent/policy/maps.py)")
+        self.active = 0
+        self.gen = 0
+        self._slots = [_SlotState(), _SlotState()]
+        self._cgroups: dict[int, list[int]] = {}  # cgroup id -> mask per slot
+        self._ncpu = bpfsys.possible_cpus()
+
+    def load(self, image: KernelImage, cgroups: dict[int, int]) -> tuple[int, int]:
+        """Writes `image` (and each cgroup's rules under it) into the slot not in force, then puts it in force.
+        Returns (slot, generation)."""
+        new = 1 - self.active
+        self._clear_slot(new)
+        w = self._slots[new].written = _Written()
+        for data, mask in image.paths.items():
+            w.paths.append(self._put("policy_paths", lpm_key(new, data), rule_set(mask)))
+        for data, mask in image.names.items():
+            w.names.append(self._put("policy_names", lpm_key(new, data), rule_set(mask)))
+        for data, mask in image.exes.items():
+            w.exes.append(self._put("policy_exes", lpm_key(new, data), rule_set(mask)))
+        for comm, mask in image.comms.items():
+            w.comms.append(self._put("policy_comms", comm_key(new, comm), rule_set(mask)))
+        for cgid in set(self._cgroups) | set(cgroups):
+            masks = self._cgroups.setdefault(cgid, [0, 0])
+            masks[new] = cgroups.get(cgid, 0)
+            self._write_cgroup(cgid)
+        self.gen += 1
+        slots = [b"", b""]
+        slots[self.active] = self._slots[self.active].value
+        slots[new] = self._slots[new].value = slot_value(image, self.gen)
+        # first the new slot with the old one still in force, then the flip: each write leaves a whole policy
+        bpfsys.update(self.fd["policy_state"], struct.pack("<I", 0),
+                      _STATE_HEAD.pack(self.active, 0) + slots[0] + slots[1])
+        bpfsys.update(self.fd["policy_state"], struct.pack("<I", 0), _STATE_HEAD.pack(new, 0) + slots[0] + slots[1])
+        self.active = new
+        return new, self.gen
+
+    def set_cgroup(self, cgid: int, mask: int) -> None:
+        """The rules for one cgroup under the policy in force."""
+        masks = self._cgroups.setdefault(cgid, [0, 0])
+        if masks[self.active] != mask:
+            masks[self.active] = mask
+            self._write_cgroup(cgid)
+
+    def forget_cgroup(self, cgid: int) -> None:
+        if self._cgroups.pop(cgid, None) is not None:
+            bpfsys.delete(self.fd["policy_cgroups"], _CGROUP.pack(cgid))
+
+    def cgroup_ids(self) -> list[int]:
+        return list(self._cgroups)
+
+    def filtered(self, slot: int, nrules: int) -> list[int]:
+        """Deletions dropped by each ignore rule of a slot, summed over CPUs."""
+        out = []
+        for i in range(nrules):
+            raw = bpfsys.lookup(self.fd["policy_filtered"], struct.pack("<I", slot * RULES + i), 8 * self._ncpu)
+            out.append(sum(struct.unpack(f"<{self._ncpu}Q", raw)))
+        return out
+
+    def zero_filtered(self, slot: int, nrules: int) -> None:
+        zero = bytes(8 * self._ncpu)
+        for i in range(nrules):
+            bpfsys.update(self.fd["policy_filtered"], struct.pack("<I", slot * RULES + i), zero)
+
+    def _put(self, name: str, key: bytes, value: bytes) -> bytes:
+        bpfsys.update(self.fd[name], key, value)
+        return key
+
+    def _write_cgroup(self, cgid: int) -> None:
+        masks = self._cgroups[cgid]
+        bpfsys.update(self.fd["policy_cgroups"], _CGROUP.pack(cgid), rule_set(masks[0]) + rule_set(masks[1]))
+
+    def _clear_slot(self, slot: int) -> None:
+        w = self._slots[slot].written
+        for name, keys in (("policy_paths", w.paths), ("policy_names", w.names), ("policy_exes", w.exes),
+                           ("policy_comms", w.comms)):
+            for key in keys:
+                bpfsys.delete(self.fd[name], key)
+        self._slots[slot].written = _Written()
+
+
+@dataclass
+class _SlotState:
+    written: _Written = field(default_factory=_Written)
+    value: bytes = field(default_factory=lambda: slot_value(None, 0))

@@ -1,0 +1,184 @@
+"""The node policy in the kernel (`agent --policy FILE`): ignore rules drop deletions before the ring buffer and
+count them, audit and block rules mark events would-block, excepts, paths the kernel leaves to the agent,
+renames, hot reload. Live here with tracepoints; under the kernel lab in kprobe and fentry mode too."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_root
+from tests.support.agentproc import AgentProcess, by_pid, free_port, run_deleter
+
+FILTERED = "unlinkwatch_agent_events_filtered_total"
+
+
+def _policy(root: Path) -> str:
+    return f"""
+policy:
+  - name: quiet-cache
+    action: ignore
+    paths: ["{root}/cache/**"]
+    host: true
+  - name: protect-shadow
+    action: block
+    paths: ["{root}/etc/shadow", "**/.bash_history"]
+    host: true
+  - name: audit-keys
+    action: audit
+    paths: ["**/*.pem"]
+    host: true
+    except: {{comm: ["keyrotate"], exe: ["{root}/bin/certtool"]}}
+  - name: hosts-not-covered
+    action: audit
+    paths: ["{root}/pods-only/**"]
+"""
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("policy")
+    for sub in ("cache/sub", "cache2", "etc", "bin", "pods-only"):
+        (d / sub).mkdir(parents=True)
+    (d / "policy.yaml").write_text(_policy(d))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def agent(root: Path) -> Iterator[AgentProcess]:
+    require_root()
+    a = AgentProcess("--policy", str(root / "policy.yaml"), metrics_port=free_port())
+    try:
+        a.info = a.wait_attached()
+        yield a
+    finally:
+        a.stop()
+
+
+def _touch(*paths: Path) -> None:
+    for p in paths:
+        p.touch()
+
+
+def test_an_ignore_rule_drops_deletions_in_the_kernel_counts_them_and_hides_no_sibling(
+        agent: AgentProcess, root: Path) -> None:
+    c = root / "cache"
+    _touch(c / "a", c / "b", c / "sub" / "c", root / "cache2" / "d", root / "cache.txt")
+    (c / "gone").mkdir()
+    before = agent.metric(FILTERED)
+    lost = agent.metric("unlinkwatch_agent_events_lost_total")
+    code = (f"os.unlink({str(c / 'a')!r})\n"                       # absolute
+            "os.unlink('b')\n"                                      # relative to the cwd
+            f"fd = os.open({str(c / 'sub')!r}, os.O_RDONLY)\nos.unlink('c', dir_fd=fd)\n"  # dirfd
+            "os.rmdir('gone')\n"
+            f"os.unlink({str(root / 'cache2' / 'd')!r})\n"         # a sibling whose name extends the prefix
+            f"os.unlink({str(root / 'cache.txt')!r})\n")
+    pid = run_deleter(code, cwd=c)
+    evs = agent.wait_for(by_pid(pid), count=2)
+    time.sleep(1.0)  # anything the kernel let through would be here by now
+    evs = [e for e in agent.events if e["pid"] == pid]
+    assert sorted(e["path"] for e in evs) == sorted([str(root / "cache2" / "d"), str(root / "cache.txt")])
+    assert all(e["action"] == "allowed" and e["policy"] == "" for e in evs)
+    assert agent.wait_metric(FILTERED, before + 4) == before + 4
+    assert agent.metric("unlinkwatch_agent_events_lost_total") == lost  # filtered is never counted as lost
+
+
+def test_audit_and_block_rules_report_would_block_and_the_deletion_proceeds(agent: AgentProcess, root: Path) -> None:
+    _touch(root / "etc" / "shadow", root / "etc" / "shadow2", root / ".bash_history", root / "k.pem")
+    code = "\n".join(f"os.unlink({str(p)!r})" for p in (root / "etc" / "shadow", root / "etc" / "shadow2"))
+    code += "\nos.unlink('.bash_history')\nos.unlink('k.pem')"
+    pid = run_deleter(code, cwd=root)
+    evs = agent.wait_for(by_pid(pid), count=4)
+    got = {e["path"]: (e["action"], e["policy"]) for e in evs}
+    assert got == {str(root / "etc" / "shadow"): ("would-block", "protect-shadow"),
+                   str(root / "etc" / "shadow2"): ("allowed", ""),
+                   str(root / ".bash_history"): ("would-block", "protect-shadow"),
+                   str(root / "k.pem"): ("would-block", "audit-keys")}
+    assert not (root / "etc" / "shadow").exists()  # no enforcement on this kernel: audit only
+
+
+def test_an_excepted_command_name_or_executable_is_not_matched(agent: AgentProcess, root: Path) -> None:
+    rm = shutil.which("rm")
+    assert rm is not None
+    shutil.copy(rm, root / "bin" / "keyrotate")
+    shutil.copy(rm, root / "bin" / "certtool")
+    _touch(root / "a.pem", root / "b.pem", root / "c.pem")
+    for tool, name in (("keyrotate", "a.pem"), ("certtool", "b.pem"), ("keyrotate", "c.pem")):
+        subprocess.run([str(root / "bin" / tool), str(root / name)], check=True)
+    evs = agent.wait_for(lambda e: e["path"].startswith(str(root)) and e["path"].endswith(".pem")
+                         and e["comm"] in ("keyrotate", "certtool"), count=3)
+    assert {(e["comm"], e["action"]) for e in evs} == {("keyrotate", "allowed"), ("certtool", "allowed")}
+
+
+def test_a_rule_without_host_true_leaves_host_processes_alone(agent: AgentProcess, root: Path) -> None:
+    _touch(root / "pods-only" / "x")
+    pid = run_deleter(f"os.unlink({str(root / 'pods-only' / 'x')!r})")
+    (ev,) = agent.wait_for(by_pid(pid))
+    assert ev["action"] == "allowed" and ev["policy"] == ""
+
+
+def test_paths_with_dot_dot_are_decided_by_the_agent_the_same_way(agent: AgentProcess, root: Path) -> None:
+    _touch(root / "cache" / "e", root / "etc" / "shadow")
+    before = agent.metric(FILTERED)
+    code = "os.unlink('cache/sub/../e')\nos.unlink('./etc//shadow')"
+    pid = run_deleter(code, cwd=root)
+    (ev,) = agent.wait_for(by_pid(pid))
+    assert ev["path"] == str(root / "etc" / "shadow") and ev["policy"] == "protect-shadow"
+    assert ev["action"] == "would-block"
+    assert agent.wait_metric(FILTERED, before + 1) == before + 1
+    time.sleep(0.5)
+    assert [e["path"] for e in agent.events if e["pid"] == pid] == [str(root / "etc" / "shadow")]
+
+
+def test_a_rename_is_ignored_only_when_both_its_names_are(agent: AgentProcess, root: Path) -> None:
+    c = root / "cache"
+    _touch(c / "tmp1", c / "tmp2", root / "etc" / "shadow", c / "new-shadow")
+    before = agent.metric(FILTERED)
+    code = (f"os.rename({str(c / 'tmp1')!r}, {str(c / 'final1')!r})\n"          # both ignored: dropped
+            f"os.rename({str(c / 'tmp2')!r}, {str(root / 'out')!r})\n"           # moved out: reported
+            f"os.rename({str(c / 'new-shadow')!r}, {str(root / 'etc' / 'shadow')!r})\n")  # over a protected file
+    pid = run_deleter(code)
+    evs = agent.wait_for(by_pid(pid), count=2)
+    time.sleep(1.0)
+    evs = [e for e in agent.events if e["pid"] == pid]
+    got = [(e["path"], e["rename_to"], e["action"], e["policy"]) for e in evs]
+    assert got[0] == (str(c / "tmp2"), str(root / "out"), "allowed", "")
+    over = got[1]
+    assert over[:2] == (str(c / "new-shadow"), str(root / "etc" / "shadow")) and len(got) == 2
+    if evs[1]["replaced"]:  # tracepoint mode tells a replaced destination only when it is in the dcache
+        assert over[2:] == ("would-block", "protect-shadow")
+    assert agent.wait_metric(FILTERED, before + 1) == before + 1
+
+
+def test_a_policy_edit_takes_effect_within_2_s_and_a_bad_one_keeps_the_policy(agent: AgentProcess, root: Path) -> None:
+    policy = root / "policy.yaml"
+    original = policy.read_text()
+    try:
+        policy.write_text(original.replace('paths: ["**/*.pem"]', 'paths: ["**/*.key"]'))
+        t0 = time.monotonic()
+        deadline = t0 + 2.0
+        while True:
+            _touch(root / "probe.key")
+            pid = run_deleter(f"os.unlink({str(root / 'probe.key')!r})")
+            (ev,) = agent.wait_for(by_pid(pid))
+            if ev["policy"] == "audit-keys" or time.monotonic() > deadline:
+                break
+        assert ev["policy"] == "audit-keys", "the edited policy was not in force 2 s after the write"
+        failures = agent.metric("unlinkwatch_agent_policy_reload_failures_total")
+        policy.write_text(original.replace("action: audit", "action: sometimes"))
+        agent.wait_metric("unlinkwatch_agent_policy_reload_failures_total", failures + 1, timeout=5)
+        assert any("reload refused" in line and "unknown action 'sometimes'" in line for line in agent.log)
+        _touch(root / "again.key")
+        pid = run_deleter(f"os.unlink({str(root / 'again.key')!r})")
+        (ev,) = agent.wait_for(by_pid(pid))
+        assert ev["policy"] == "audit-keys"  # the policy in force stayed
+    finally:
+        policy.write_text(original)
+        os.utime(policy)

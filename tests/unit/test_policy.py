@@ -1,0 +1,152 @@
+"""The node policy without a kernel: the file's validation, the patterns the kernel can decide, what its maps
+hold, and the user-space decision that must agree with the kernel's."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from unlinkwatch.agent.policy.image import HOST, PENDING, POD, build, cgroup_rules, decide, unknown_rules
+from unlinkwatch.agent.policy.model import Pattern, PolicyError, classify, parse_policy
+
+from tests.conftest import ROOT
+from tests.support.agentproc import unlinkwatch_cmd
+from unlinkwatch.pathglob import GlobError, compile_matcher
+from unlinkwatch.pb import events_pb2 as pb
+
+GOOD = """
+policy:
+  - name: quiet-cache
+    action: ignore
+    paths: ["/var/cache/**", "**/*.tmp"]
+    namespaces: ["build-*"]
+  - name: protect
+    action: block
+    paths: ["/etc/shadow", "**/.bash_history"]
+    ops: [unlink, rename]
+    host: true
+    except: {comm: ["logrotate-with-a-long-name"], exe: ["/usr/sbin/logrotate"]}
+  - name: web-keys
+    action: audit
+    paths: ["/srv/keys/**"]
+    pod_labels: {app: "web*"}
+"""
+
+
+def test_a_valid_policy_parses_into_rules_in_file_order() -> None:
+    p = parse_policy(GOOD, "p.yaml")
+    assert p.names() == ["quiet-cache", "protect", "web-keys"]
+    protect = p.rules[1]
+    assert protect.action == "block" and protect.ops == frozenset({pb.OP_UNLINK, pb.OP_RENAME})
+    assert protect.selector.host and protect.selector.selects_all_pods
+    assert protect.except_comm == (b"logrotate-with-",) and protect.except_exe == (b"/usr/sbin/logrotate",)
+    assert [pt.kind for pt in p.rules[0].paths] == ["prefix", "suffix"]
+
+
+@pytest.mark.parametrize("glob, kind, value", [
+    ("/etc/shadow", "exact", b"/etc/shadow"),
+    ("/var/log/audit/**", "prefix", b"/var/log/audit/"),
+    ("/**", "prefix", b"/"),
+    ("**/.bash_history", "name", b".bash_history"),
+    ("**/*.pem", "suffix", b".pem"),
+    ("/odd\\*name", "exact", b"/odd*name"),
+    ("/bytes\\xff", "exact", b"/bytes\xff"),
+])
+def test_the_kernel_decides_exact_paths_prefixes_final_names_and_endings(glob: str, kind: str, value: bytes) -> None:
+    assert classify(glob) == Pattern(kind, value, glob)
+
+
+@pytest.mark.parametrize("glob", ["/var/log/*.log", "/a/**/b", "**/x/y", "relative", "/a/b**", "**/[ab].pem",
+                                  "/x" * 200])
+def test_a_pattern_the_kernel_cannot_decide_is_refused(glob: str) -> None:
+    with pytest.raises(GlobError):
+        classify(glob)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("policy: [", "p.yaml:1: YAML:"),
+    ("rules: []", "p.yaml:1: the file: unknown key 'rules'"),
+    ("policy:\n  - name: a\n    action: deny\n    paths: [/x]", "p.yaml:3: rule 'a'.action: unknown action 'deny'"),
+    ("policy:\n  - name: a\n    action: audit\n    paths: [/x]\n    ops: [delete]",
+     "p.yaml:5: rule 'a'.ops: unknown op 'delete'"),
+    ("policy:\n  - name: a\n    action: audit\n    paths: ['/var/*.log']",
+     "p.yaml:4: rule 'a'.paths: '/var/*.log' cannot"),
+    ("policy:\n  - name: a\n    action: audit\n    paths: [/x]\n    namespace: [prod]",
+     "p.yaml:5: rule #1: unknown key 'namespace'"),
+    ("policy:\n  - name: a\n    action: audit\n    paths: [/x]\n    except: {comm: ['rot*']}",
+     "p.yaml:5: rule 'a'.except.comm: 'rot*': command names are exact"),
+    ("policy:\n  - name: a\n    action: audit\n    paths: [/x]\n  - name: a\n    action: audit\n    paths: [/y]",
+     "p.yaml:5: duplicate rule name 'a'"),
+])
+def test_bad_input_is_refused_with_file_line_and_problem(text: str, problem: str) -> None:
+    with pytest.raises(PolicyError) as e:
+        parse_policy(text, "p.yaml")
+    assert str(e.value).startswith(problem) and "\n" not in str(e.value)
+
+
+def test_the_agent_refuses_a_bad_policy_at_start_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("policy:\n  - name: a\n    action: audit\n    paths: ['/var/*/x']\n")
+    p = subprocess.run([*unlinkwatch_cmd(), "agent", "--stdout", "--policy", str(bad)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{bad}:4:" in lines[0] and "Traceback" not in p.stderr
+
+
+def test_each_lpm_entry_carries_the_rules_of_the_shorter_entries_it_extends() -> None:
+    p = parse_policy("""
+policy:
+  - {name: a, action: ignore, paths: ["/var/**"], host: true}
+  - {name: b, action: audit, paths: ["/var/lib/db/**", "/var/lib/db/main"], host: true}
+  - {name: c, action: audit, paths: ["**/*.db", "**/main.db"], host: true}
+""", "p.yaml")
+    img = build(p)
+    assert img.paths[b"/var/"] == 0b001 and img.paths[b"/var\0"] == 0b001
+    assert img.paths[b"/var/lib/db/"] == 0b011 and img.paths[b"/var/lib/db/main\0"] == 0b011
+    assert img.names[b"bd."] == 0b100 and img.names[b"bd.niam/"] == 0b100
+    assert img.ignore == 0b001 and img.block == 0 and img.ops[1] == 0b111
+
+
+def test_selectors_give_each_cgroup_its_rules_and_unknown_ones_fail_closed() -> None:
+    p = parse_policy(GOOD, "p.yaml")
+    assert cgroup_rules(p, HOST) == 0b010
+    assert cgroup_rules(p, POD, "build-7", {}) == 0b011
+    assert cgroup_rules(p, POD, "prod", {"app": "web-1"}) == 0b110
+    assert cgroup_rules(p, POD, "prod", {"app": "api"}) == 0b010
+    assert cgroup_rules(p, PENDING) == 0b110  # no selective ignore before the pod is known; audit and block all
+    assert unknown_rules(p) == 0b110
+
+
+def _canonical_paths(r: random.Random) -> list[bytes]:
+    parts = [b"var", b"cache", b"etc", b"shadow", b".bash_history", b"x.tmp", b"srv", b"keys", b"a", b"tmp"]
+    return [b"/" + b"/".join(r.choice(parts) for _ in range(r.randint(1, 5))) for _ in range(2000)]
+
+
+def test_the_user_space_decision_matches_the_globs_the_rules_are_written_in() -> None:
+    p = parse_policy(GOOD, "p.yaml")
+    r = random.Random(7)
+    globs = [compile_matcher([pt.text for pt in rule.paths]) for rule in p.rules]
+    every = (1 << len(p.rules)) - 1
+    for path in _canonical_paths(r):
+        want = next((i for i, g in enumerate(globs) if g(path)), -1)
+        assert decide(p, every, pb.OP_UNLINK, path, b"rm", b"/bin/rm") == want, path
+
+
+def test_a_rename_is_ignored_only_when_both_names_are_and_else_decided_by_what_it_destroyed() -> None:
+    p = parse_policy(GOOD, "p.yaml")
+    every = 0b111
+    assert decide(p, every, pb.OP_RENAME, b"/var/cache/a", b"mv", b"", b"/var/cache/b") == 0
+    assert decide(p, every, pb.OP_RENAME, b"/var/cache/a", b"mv", b"", b"/srv/out") == -1
+    assert decide(p, every, pb.OP_RENAME, b"/var/cache/a", b"mv", b"", b"/etc/shadow", destroyed=True) == 1
+    assert decide(p, every, pb.OP_RENAME, b"/var/cache/a", b"mv", b"", b"/etc/shadow", destroyed=False) == -1
+    assert decide(p, every, pb.OP_RENAME, b"/etc/shadow", b"logrotate-with-", b"", b"/x") == -1  # excepted
+
+
+def test_the_policy_the_deployment_mounts_validates() -> None:
+    doc = yaml.safe_load((ROOT / "deploy" / "policy-configmap.yaml").read_text())
+    p = parse_policy(doc["data"]["policy.yaml"], "deploy/policy-configmap.yaml")
+    assert p.names() == ["audit-shell-history"]
