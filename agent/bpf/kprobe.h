@@ -94,9 +94,19 @@ struct uw_rule_set {
 	__u64 w[UW_POLICY_WORDS];	/* bit i: rule i (file order: the lowest set bit decides) */
 };
 
+/* uw_policy_slot.uses: which maps the policy has entries in, so that a deletion skips the lookups it cannot
+ * need */
+#define UW_USES_PATHS (1U << 0)		/* policy_paths */
+#define UW_USES_NAMES (1U << 1)		/* policy_names */
+#define UW_USES_COMMS (1U << 2)		/* policy_comms */
+#define UW_USES_EXES (1U << 3)		/* policy_exes */
+#define UW_USES_CGROUPS (1U << 4)	/* some rule does not cover every process: policy_cgroups decides */
+
 struct uw_policy_slot {
 	__u32 nrules;		/* 0: no policy, nothing is matched */
 	__u32 gen;		/* the policy's generation (uw_event.policy_gen is its low byte) */
+	__u32 uses;		/* UW_USES_* */
+	__u32 pad;
 	struct uw_rule_set unknown;	/* rules for a cgroup the agent has not classified yet */
 	struct uw_rule_set ops[4];	/* rules per enum uw_op (index 0 unused) */
 	struct uw_rule_set ignore;	/* rules whose action is ignore */

@@ -102,10 +102,11 @@ static __always_inline __u32 uw_bytes_eq(__u64 w, __u64 c)
 	return (((y >> 7) * 0x0102040810204080ULL) >> 56) & 0xff;
 }
 
-/* At entry, before any walk: the raw argument read again into s->tbuf, checked for canonical form, and the
- * rules its final name (and, if it is absolute, its whole path) match, into pm. Both loops go eight bytes at a
- * time with no branch in their bodies. */
-static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, const char *uptr,
+/* Before any walk: the raw argument (from user memory at `uptr`, or when that is 0 the record's own, read by
+ * uw_put_raw()) into s->tbuf, checked for canonical form, and the rules its final name (and, if it is
+ * absolute, its whole path) match, into pm. Both loops go eight bytes at a time with no branch in their
+ * bodies. */
+static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, __u32 uses, const char *uptr,
 					struct uw_prematch *pm)
 {
 	pm->rules.w[0] = 0;
@@ -113,11 +114,20 @@ static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, const 
 	pm->raw_len = 0;
 	pm->state = UW_PM_UNDECIDED;
 	/* tbuf: 8 bytes of room, the argument, "/", zeros */
-	long n = bpf_probe_read_user_str(&s->tbuf[8], UW_POLICY_KEY, uptr);
+	long n;
+	if (uptr) {
+		n = bpf_probe_read_user_str(&s->tbuf[8], UW_POLICY_KEY, uptr);
+	} else {
+		n = s->ev.raw_len + 1;
+		if (s->ev.flags & (UW_F_RAW_UNREADABLE | UW_F_RAW_TRUNCATED))
+			n = 0;
+	}
 	if (n <= 1 || n >= UW_POLICY_KEY)
 		return;		/* unreadable, empty, or too long to tell from a cut one */
 	__u32 raw_len = n - 1;
 	UW_OPAQUE(raw_len);	/* the masks below must stay in the code: they are the verifier's bounds */
+	if (!uptr)
+		bpf_probe_read_kernel(&s->tbuf[8], raw_len & UW_PK_MASK, s->data);
 	*(__u64 *)&s->tbuf[(8 + raw_len) & UW_TB_MASK] = '/';
 	*(__u64 *)&s->tbuf[(16 + raw_len) & UW_TB_MASK] = 0;
 
@@ -154,13 +164,17 @@ static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, const 
 	s->nkey.data[raw_len & UW_PK_MASK] = '/';
 	s->nkey.prefixlen = 8 + (raw_len + 1) * 8;
 	s->nkey.slot = slot;
-	struct uw_rule_set *nm = policy_names.lookup(&s->nkey);
-	if (nm)
-		pm->rules = *nm;
+	if (uses & UW_USES_NAMES) {
+		struct uw_rule_set *nm = policy_names.lookup(&s->nkey);
+		if (nm)
+			pm->rules = *nm;
+	}
 	pm->raw_len = raw_len;
 	pm->state = UW_PM_RELATIVE;
-	if (!absolute)
+	if (!absolute || !(uses & UW_USES_PATHS)) {
+		pm->state = absolute ? UW_PM_ABSOLUTE : UW_PM_RELATIVE;
 		return;
+	}
 	bpf_probe_read_kernel(s->pkey.data, raw_len & UW_PK_MASK, &s->tbuf[8]);
 	s->pkey.data[raw_len & UW_PK_MASK] = 0;
 	s->pkey.prefixlen = 8 + (raw_len + 1) * 8;
@@ -175,15 +189,15 @@ static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, const 
 
 /* After the walk, from the record in s (raw argument, then its directory): the rules the whole path matches,
  * completing pm, or -1 when the kernel cannot decide. No loop here. */
-static __always_inline int uw_policy_path(struct uw_scratch *s, __u32 slot, const struct uw_prematch *pm,
-					  struct uw_rule_set *out)
+static __always_inline int uw_policy_path(struct uw_scratch *s, __u32 slot, __u32 uses,
+					  const struct uw_prematch *pm, struct uw_rule_set *out)
 {
 	__u32 raw_len = s->ev.raw_len;
 	if (pm->state == UW_PM_UNDECIDED || pm->raw_len != raw_len ||
 	    (s->ev.flags & (UW_F_DIR_UNRESOLVED | UW_F_DIR_TRUNCATED | UW_F_RAW_TRUNCATED)))
 		return -1;
 	*out = pm->rules;
-	if (pm->state == UW_PM_ABSOLUTE)
+	if (pm->state == UW_PM_ABSOLUTE || !(uses & UW_USES_PATHS))
 		return 0;
 	__u32 dl = s->ev.dir_len;
 	if (dl > UW_POLICY_KEY - 1)
@@ -221,15 +235,19 @@ static __always_inline void uw_policy_who(struct uw_policy_slot *sl, __u32 slot,
 					  const struct uw_rule_set *exe_except, struct uw_rule_set *rs)
 {
 	*rs = sl->ops[op & 3];
-	__u64 cgid = bpf_get_current_cgroup_id();
-	struct uw_policy_cgroup *cg = policy_cgroups.lookup(&cgid);
-	uw_rs_and(rs, cg ? &cg->slot[slot & 1] : &sl->unknown);
-	struct uw_policy_comm ck = {};
-	ck.slot = slot;
-	bpf_get_current_comm(ck.comm, sizeof(ck.comm));
-	struct uw_rule_set *c = policy_comms.lookup(&ck);
-	if (c)
-		uw_rs_andnot(rs, c);
+	if (sl->uses & UW_USES_CGROUPS) {
+		__u64 cgid = bpf_get_current_cgroup_id();
+		struct uw_policy_cgroup *cg = policy_cgroups.lookup(&cgid);
+		uw_rs_and(rs, cg ? &cg->slot[slot & 1] : &sl->unknown);
+	}
+	if (sl->uses & UW_USES_COMMS) {
+		struct uw_policy_comm ck = {};
+		ck.slot = slot;
+		bpf_get_current_comm(ck.comm, sizeof(ck.comm));
+		struct uw_rule_set *c = policy_comms.lookup(&ck);
+		if (c)
+			uw_rs_andnot(rs, c);
+	}
 	uw_rs_andnot(rs, exe_except);
 }
 

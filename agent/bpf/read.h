@@ -8,6 +8,10 @@
  * compiled to a guarded load, where bpf_probe_read_kernel is a helper call. */
 #define UW_LD(base, off, type) (*(type *)((void *)(base) + (off)))
 
+/* a read the compiler cannot forward from a register: the verifier then sees an unknown value and stops
+ * tracking one exact state per way the value was computed, which would blow up its complexity */
+#define UW_RELOAD(x) (*(volatile typeof(x) *)&(x))
+
 static __always_inline void *uw_ptr(void *base, long off)
 {
 	void *p = 0;

@@ -11,9 +11,6 @@
 #define UW_LK_CHILDREN 64	/* children compared per tail call */
 #define UW_LK_CHILDREN_SMALL 12
 #define UW_LK_MOUNTS 32		/* child mounts checked when crossing into a mount */
-/* a read the compiler cannot forward from a register: the verifier then sees an unknown value and
- * stops tracking one exact state per loop exit, which would blow up its complexity */
-#define UW_RELOAD(x) (*(volatile typeof(x) *)&(x))
 #define UW_S_IFMT 0170000
 #define UW_S_IFLNK 0120000
 

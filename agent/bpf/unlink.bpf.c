@@ -3,15 +3,17 @@
  * renameat2, with the directory of relative paths resolved in the kernel: for a rename both the source
  * (moved away) and the destination, and whether an existing destination was replaced.
  *
- * Files: kprobe.h (the record), read.h (kernel memory reads), walk.h (the path walk), rename_lookup.h
- * (tracepoint mode's rename-target lookup). Configured only with -D flags (agent/probe/program.py):
+ * Files: kprobe.h (the record, the policy maps' records), read.h (kernel memory reads), walk.h (the path
+ * walk), policy.h (the node policy's decision), rename_lookup.h (tracepoint mode's rename-target lookup). Configured only with -D flags (agent/probe/program.py):
  *   UW_MODE            1 syscall tracepoints, 2 kprobe/kretprobe, 3 fentry/fexit
  *   UW_UNLINK_FN       the kernel's unlink function for modes 2 and 3 (do_unlinkat, filename_unlinkat)
  *   UW_RINGBUF_PAGES   ring buffer size in pages
  *   UW_MAX_DEPTH       directory components walked before the path is flagged truncated
  *   OFF_*              struct member offsets read from the running kernel's BTF at load time
- * Entry stashes in task-local storage; exit emits with the return value and always clears the stash. A
- * rename's entry also sends its destination as a record of its own (UW_KIND_RENAME_TO).
+ * Entry sends the process's executable once and stashes in task-local storage; exit emits with the return
+ * value (unless the node policy ignores the deletion) and always clears the stash. A rename's entry also
+ * sends its destination as a record of its own (UW_KIND_RENAME_TO). Each program walks one path at most,
+ * and what loops comes before the walk: what follows a walk is verified once per way out of it.
  *
  * Cost per deletion is what this file optimises for (docs/ARCHITECTURE.md, "Kernel-side cost"):
  *  - the current task comes from bpf_get_current_task_btf(), so chains of task-owned pointers
@@ -54,7 +56,8 @@ struct uw_stash {
 	__u32 gen;		/* the policy generation in force at entry, 0 for none */
 	__u32 slot;		/* and its slot */
 	struct uw_rule_set who;		/* the rules for this op, cgroup, comm and exe (policy.h) */
-	struct uw_prematch src;		/* the path argument (a rename's source) */
+	__u32 uses;		/* the policy's UW_USES_* */
+	__u32 pad2;
 	struct uw_prematch dst;		/* rename: the destination argument */
 	struct uw_rule_set dst_rules;	/* rename: every rule its destination matches (set after its walk) */
 	__u32 dst_undecided;	/* rename: the kernel could not decide the destination */
@@ -71,6 +74,10 @@ struct uw_scratch {
 	struct uw_policy_key nkey;		/* policy.h: the final name reversed */
 	char nkey_room[UW_PK_ROOM];
 	char tbuf[UW_PK_ROOM + 16];		/* policy.h: the raw argument, 8-byte aligned words */
+	struct uw_prematch src;			/* the exit's pre-match of its argument: in map memory, so the
+						 * walk after it is verified once, not once per way through it */
+	__u32 exe_gen;				/* uw_send_exe(): the policy generation, across its walk */
+	__u32 pad;
 };
 
 /* procs: what is known of a process once its first deletion sent its executable */
@@ -142,8 +149,7 @@ static __always_inline void uw_output(struct uw_scratch *s)
 
 /* Once per process: its executable's path, so user space never reads /proc of a gone process; and the policy
  * rules whose except names that executable (into exe_except; again when the policy changes). */
-static __always_inline void uw_send_exe(struct uw_scratch *s, void *task, void *fs, struct uw_policy_slot *sl,
-					__u32 slot, struct uw_rule_set *exe_except)
+static __always_inline void uw_send_exe(struct uw_scratch *s, void *task, void *fs, struct uw_rule_set *exe_except)
 {
 	exe_except->w[0] = 0;
 	exe_except->w[1] = 0;
@@ -156,7 +162,10 @@ static __always_inline void uw_send_exe(struct uw_scratch *s, void *task, void *
 		return;
 	/* keyed by process, valued by exe file: an execve keeps pid and start time but changes the file */
 	struct uw_proc *sent = procs.lookup(&key);
+	__u32 slot = 0;
+	struct uw_policy_slot *sl = uw_policy_slot(&slot);
 	__u32 gen = sl ? sl->gen : 0;
+	s->exe_gen = gen;	/* read back after the walk: no value that differs by path lives across it */
 	if (sent && sent->exe_id == (__u64)exe && sent->gen == gen) {
 		*exe_except = sent->exe_except;
 		return;
@@ -169,8 +178,9 @@ static __always_inline void uw_send_exe(struct uw_scratch *s, void *task, void *
 	uw_output(s);
 	struct uw_proc p = {};
 	p.exe_id = (__u64)exe;
-	p.gen = gen;
-	if (sl)
+	p.gen = UW_RELOAD(s->exe_gen);
+	sl = uw_policy_slot(&slot);
+	if (sl && sl->gen == p.gen && (sl->uses & UW_USES_EXES))
 		uw_policy_exe(s, slot, &p.exe_except);
 	*exe_except = p.exe_except;
 	procs.update(&key, &p);
@@ -191,21 +201,24 @@ static __always_inline int uw_enter2(__s32 dirfd, const char *uptr, __u32 op, __
 	struct uw_scratch *s = scratch.lookup(&zero);
 	if (!st || !s)
 		return 0;
-	__u32 slot = 0;
-	struct uw_policy_slot *sl = uw_policy_slot(&slot);
-	if (sl) {
-		uw_prematch(s, slot, uptr, &st->src);
-		if (dst_uptr)
-			uw_prematch(s, slot, dst_uptr, &st->dst);
+	if (dst_uptr) {	/* a rename's destination (its source is pre-matched at exit, from the record) */
+		__u32 slot = 0;
+		struct uw_policy_slot *sl = uw_policy_slot(&slot);
+		if (sl)
+			uw_prematch(s, slot, sl->uses, dst_uptr, &st->dst);
 	}
 	void *task = (void *)bpf_get_current_task_btf();
 	struct uw_rule_set exe_except;
-	uw_send_exe(s, task, UW_LD(task, OFF_TASK_FS, void *), sl, slot, &exe_except);
+	uw_send_exe(s, task, UW_LD(task, OFF_TASK_FS, void *), &exe_except);
+	/* looked up after the walk (in uw_send_exe): see there */
+	__u32 slot = 0;
+	struct uw_policy_slot *sl = uw_policy_slot(&slot);
 	st->gen = 0;
 	if (sl) {
 		uw_policy_who(sl, slot, op, &exe_except, &st->who);
 		st->gen = sl->gen;
 		st->slot = slot;
+		st->uses = sl->uses;
 	}
 	st->ts_ns = bpf_ktime_get_ns();
 	st->uptr = uptr;
@@ -244,10 +257,9 @@ static __always_inline void uw_base_dir(void *task, void *fs, __s32 dirfd, void 
 	}
 }
 
-/* The path argument `uptr` into the record: its raw bytes, then (relative paths only) the directory it is
- * relative to, with the lengths and flags set. `ret` is the call's result, or 0 at entry. */
-static __always_inline void uw_put_arg(struct uw_scratch *s, const char *uptr, __s32 dirfd, void *task,
-				       void *fs, long ret)
+/* The path argument `uptr` into the record: its raw bytes, with raw_len and flags set. `ret` is the call's
+ * result, or 0 at entry. */
+static __always_inline void uw_put_raw(struct uw_scratch *s, const char *uptr, long ret)
 {
 	struct uw_event *ev = &s->ev;
 	__u32 flags = 0;
@@ -261,6 +273,17 @@ static __always_inline void uw_put_arg(struct uw_scratch *s, const char *uptr, _
 			flags |= UW_F_RAW_TRUNCATED;
 	}
 	ev->raw_len = raw_len;
+	ev->flags |= flags;
+}
+
+/* After uw_put_raw(): for a relative path, the directory it is relative to, with dir_len and flags set. */
+static __always_inline void uw_put_dir(struct uw_scratch *s, __s32 dirfd, void *task, void *fs)
+{
+	struct uw_event *ev = &s->ev;
+	__u32 flags = 0;
+	/* read from the record, not from a register the policy's pre-match may have narrowed on some paths: the
+	 * walk below is then verified once, not once per way through the pre-match */
+	__u32 raw_len = UW_RELOAD(ev->raw_len);
 	if (raw_len > 0 && s->data[0] != '/') {
 		void *mnt = 0, *dentry = 0;
 		uw_base_dir(task, fs, dirfd, &mnt, &dentry);
@@ -288,12 +311,13 @@ static __always_inline void uw_send_rename_to(__s32 dirfd, const char *uptr)
 	s->ev.ts_ns = st->ts_ns;
 	s->ev.op = UW_OP_RENAME;
 	s->ev.dirfd = dirfd;
-	uw_put_arg(s, uptr, dirfd, task, UW_LD(task, OFF_TASK_FS, void *), 0);
+	uw_put_raw(s, uptr, 0);
+	uw_put_dir(s, dirfd, task, UW_LD(task, OFF_TASK_FS, void *));
 	uw_output(s);
 	if (!st->gen)
 		return;
 	struct uw_rule_set rs;
-	if (uw_policy_path(s, st->slot, &st->dst, &rs) < 0)
+	if (uw_policy_path(s, st->slot, st->uses, &st->dst, &rs) < 0)
 		return;
 	uw_rs_and(&rs, &st->who);
 	st->dst_rules = rs;
@@ -303,10 +327,11 @@ static __always_inline void uw_send_rename_to(__s32 dirfd, const char *uptr)
 /* The rule that decides the deletion in s, or 0; UW_POLICY_UNDECIDED when user space must decide. A rename is
  * ignored only when both its names are; otherwise a rule on its source decides, else one on a destination it
  * destroyed (replaced, or exchanged). */
-static __always_inline __u32 uw_decide(struct uw_scratch *s, struct uw_policy_slot *sl, struct uw_stash *st)
+static __always_inline __u32 uw_decide(struct uw_scratch *s, struct uw_policy_slot *sl, struct uw_stash *st,
+				       const struct uw_prematch *src)
 {
 	struct uw_rule_set rs;
-	if (uw_policy_path(s, st->slot, &st->src, &rs) < 0)
+	if (uw_policy_path(s, st->slot, sl->uses, src, &rs) < 0)
 		return UW_POLICY_UNDECIDED;
 	uw_rs_and(&rs, &st->who);
 	__u32 rule = uw_first_rule(&rs);
@@ -342,7 +367,7 @@ static __always_inline int uw_finish(struct uw_stash *copy)
 		__u32 rule = UW_POLICY_UNDECIDED;
 		if (!sl || sl->gen != copy->gen) {	/* a reload came between entry and exit */
 			s->ev.flags |= UW_F_POLICY_USER;
-		} else if ((rule = uw_decide(s, sl, copy)) == UW_POLICY_UNDECIDED) {
+		} else if ((rule = uw_decide(s, sl, copy, &s->src)) == UW_POLICY_UNDECIDED) {
 			s->ev.flags |= UW_F_POLICY_USER;
 		} else if (rule && uw_rs_has(&sl->ignore, rule - 1)) {
 			uw_policy_count(copy->slot, rule);
@@ -394,7 +419,14 @@ static __always_inline int uw_exit(long ret)
 		if (copy.replaced)
 			ev->flags = UW_F_REPLACED;
 	}
-	uw_put_arg(s, copy.uptr, copy.dirfd, task, fs, ret);
+	uw_put_raw(s, copy.uptr, ret);
+	/* the policy's pre-match of the argument, before the walk (it loops: see policy.h) */
+	s->src.state = UW_PM_UNDECIDED;
+	/* the policy's fields are read from the stash (map memory), not from `copy` on the stack: a branch on a
+	 * stack value splits the verifier's states, and the walk after would be verified once per split */
+	if (UW_RELOAD(st->gen))
+		uw_prematch(s, UW_RELOAD(st->slot), UW_RELOAD(st->uses), 0, &s->src);
+	uw_put_dir(s, copy.dirfd, task, fs);
 	return uw_finish(&copy);
 }
 

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 
 from unlinkwatch.pb import events_pb2 as pb
 
+from ..decode import C
 from .model import Policy, PolicyRule
 
 # kernel op (kprobe.h enum uw_op) by proto Op
 KERNEL_OP = {pb.OP_UNLINK: 1, pb.OP_RMDIR: 2, pb.OP_RENAME: 3}
 HOST, POD, PENDING = "host", "pod", "pending"  # what the agent knows of a cgroup
+USES = {k: C[f"UW_USES_{k}"] for k in ("PATHS", "NAMES", "COMMS", "EXES", "CGROUPS")}
 
 
 def _bits(rules: tuple[PolicyRule, ...], keep: Callable[[PolicyRule], bool]) -> int:
@@ -46,6 +48,7 @@ class KernelImage:
     ignore: int
     block: int
     unknown: int              # the rules for a cgroup the agent has not classified yet
+    uses: int = 0             # kprobe.h UW_USES_*: the lookups a deletion needs
 
 
 def build(policy: Policy) -> KernelImage:
@@ -71,10 +74,15 @@ def build(policy: Policy) -> KernelImage:
         for comm in r.except_comm:
             comms[comm] = comms.get(comm, 0) | bit
     ops = {k: _bits(rules, _has_op(op)) for op, k in KERNEL_OP.items()}
+    every = (1 << len(rules)) - 1
+    selective = any(cgroup_rules(policy, kind) != every for kind in (HOST, PENDING)) or any(
+        not r.selector.selects_all_pods for r in rules) or unknown_rules(policy) != every
+    uses = ((USES["PATHS"] if paths else 0) | (USES["NAMES"] if names else 0) | (USES["COMMS"] if comms else 0)
+            | (USES["EXES"] if exes else 0) | (USES["CGROUPS"] if selective else 0))
     return KernelImage(len(rules), _closed(paths), _closed(names), exes, comms, ops,
                        ignore=_bits(rules, lambda r: r.action == "ignore"),
                        block=_bits(rules, lambda r: r.action == "block"),
-                       unknown=unknown_rules(policy))
+                       unknown=unknown_rules(policy), uses=uses)
 
 
 def unknown_rules(policy: Policy) -> int:

@@ -16,7 +16,7 @@ RULES = C["UW_POLICY_RULES"]
 KEY_BYTES = C["UW_POLICY_KEY"]
 COMM_LEN = C["UW_COMM_LEN"]
 _RS = struct.Struct(f"<{WORDS}Q")
-_SLOT = struct.Struct(f"<II{WORDS * 7}Q")  # nrules, gen, unknown, ops[4], ignore, block
+_SLOT = struct.Struct(f"<IIII{WORDS * 7}Q")  # nrules, gen, uses, pad, unknown, ops[4], ignore, block
 _STATE_HEAD = struct.Struct("<II")  # active, pad
 _KEY = struct.Struct(f"<IB{KEY_BYTES}s")
 _COMM = struct.Struct(f"<B{COMM_LEN}s")
@@ -47,10 +47,10 @@ def comm_key(slot: int, comm: bytes) -> bytes:
 
 def slot_value(image: KernelImage | None, gen: int) -> bytes:
     if image is None:
-        return _SLOT.pack(0, 0, *([0] * (WORDS * 7)))
+        return _SLOT.pack(0, 0, 0, 0, *([0] * (WORDS * 7)))
     sets = [image.unknown, 0, image.ops.get(1, 0), image.ops.get(2, 0), image.ops.get(3, 0), image.ignore,
             image.block]
-    return _SLOT.pack(image.nrules, gen, *(w for m in sets for w in words(m)))
+    return _SLOT.pack(image.nrules, gen, image.uses, 0, *(w for m in sets for w in words(m)))
 
 
 class PolicyMapsError(Exception):

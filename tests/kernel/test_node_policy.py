@@ -182,3 +182,4 @@ def test_a_policy_edit_takes_effect_within_2_s_and_a_bad_one_keeps_the_policy(ag
     finally:
         policy.write_text(original)
         os.utime(policy)
+

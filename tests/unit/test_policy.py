@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from unlinkwatch.agent.policy.image import HOST, PENDING, POD, build, cgroup_rules, decide, unknown_rules
+from unlinkwatch.agent.policy.image import HOST, PENDING, POD, USES, build, cgroup_rules, decide, unknown_rules
 from unlinkwatch.agent.policy.model import Pattern, PolicyError, classify, parse_policy
 
 from tests.conftest import ROOT
@@ -97,6 +97,16 @@ def test_the_agent_refuses_a_bad_policy_at_start_in_one_line(tmp_path: Path) -> 
     assert len(lines) == 1 and f"{bad}:4:" in lines[0] and "Traceback" not in p.stderr
 
 
+def test_require_enforcement_refuses_to_start_where_block_rules_would_run_as_audit(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("policy:\n  - {name: a, action: block, paths: [/etc/shadow], host: true}\n")
+    p = subprocess.run([*unlinkwatch_cmd(), "agent", "--stdout", "--policy", str(policy), "--require-enforcement"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    (line,) = p.stderr.strip().splitlines()
+    assert "--require-enforcement" in line and "cannot be enforced" in line
+
+
 def test_each_lpm_entry_carries_the_rules_of_the_shorter_entries_it_extends() -> None:
     p = parse_policy("""
 policy:
@@ -109,6 +119,16 @@ policy:
     assert img.paths[b"/var/lib/db/"] == 0b011 and img.paths[b"/var/lib/db/main\0"] == 0b011
     assert img.names[b"bd."] == 0b100 and img.names[b"bd.niam/"] == 0b100
     assert img.ignore == 0b001 and img.block == 0 and img.ops[1] == 0b111
+    assert img.uses == USES["PATHS"] | USES["NAMES"]  # every rule covers every process: no cgroup lookup
+
+
+def test_a_deletion_skips_the_lookups_the_policy_has_no_entries_for() -> None:
+    img = build(parse_policy(GOOD, "p.yaml"))
+    assert img.uses == USES["PATHS"] | USES["NAMES"] | USES["COMMS"] | USES["EXES"] | USES["CGROUPS"]
+    host_only = build(parse_policy("policy:\n  - {name: a, action: audit, paths: [/x], host: true}\n", "p"))
+    assert host_only.uses == USES["PATHS"]
+    pods_only = build(parse_policy("policy:\n  - {name: a, action: audit, paths: ['**/*.pem']}\n", "p"))
+    assert pods_only.uses == USES["NAMES"] | USES["CGROUPS"]  # host processes are not covered
 
 
 def test_selectors_give_each_cgroup_its_rules_and_unknown_ones_fail_closed() -> None:

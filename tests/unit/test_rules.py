@@ -115,6 +115,28 @@ def test_a_list_of_excepts_excuses_only_when_all_keys_of_one_entry_match() -> No
     assert names(rs, event("/var/lib/kubelet/pods/u/volumes/kubernetes.io~projected/t/..data", comm="bash")) == []
 
 
+def test_the_node_policys_verdict_and_rule_select_events() -> None:
+    rs = rules("""
+        rules:
+          - name: would-have-blocked
+            severity: high
+            match: {action: [would-block, blocked], policy: ["protect-*"]}
+          - name: blocked-only
+            severity: critical
+            match: {action: blocked}
+        """)
+    ev = event()
+    assert names(rs, ev) == []
+    ev.action, ev.policy = pb.ACTION_WOULD_BLOCK, "protect-shadow"
+    assert names(rs, ev) == ["would-have-blocked"]
+    ev.action = pb.ACTION_BLOCKED
+    assert names(rs, ev) == ["would-have-blocked", "blocked-only"]
+    ev.policy = "audit-keys"
+    assert names(rs, ev) == ["blocked-only"]
+    with pytest.raises(RulesError, match="unknown action 'deny'"):
+        rules("rules:\n  - {name: x, severity: low, match: {action: deny}}\n")
+
+
 def test_ops_result_comm_and_exe_select_events() -> None:
     rs = rules("""
         rules:
