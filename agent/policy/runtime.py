@@ -17,7 +17,7 @@ from ..identity import podpath
 from ..identity.cgroups import ROOT_CGROUP_ID
 from ..identity.resolver import IdentityResolver
 from ..metrics import AgentMetrics
-from .image import HOST, PENDING, POD, build, cgroup_rules, decide
+from .image import HOST, PENDING, POD, build, cgroup_rules, decide, unknown_rules
 from .maps import PolicyMaps
 from .model import Policy, PolicyError, load_policy
 
@@ -155,8 +155,8 @@ class PolicyRuntime:
         """A deletion the kernel could not decide: the same decision here. None when an ignore rule drops it
         (counted as filtered, never as lost)."""
         mask = self._masks.get(d.cgroup_id)
-        if mask is None:
-            mask = cgroup_rules(self.policy, PENDING)
+        if mask is None:  # as the kernel: a cgroup not classified yet
+            mask = unknown_rules(self.policy)
         destroyed = bool(d.flags & pb.EVENT_FLAG_REPLACED) or bool(d.rename_flags & 2)
         rule = decide(self.policy, mask, d.op, d.path, d.comm, d.exe, d.rename_to, destroyed)
         if rule < 0:
