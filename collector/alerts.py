@@ -11,7 +11,6 @@ was added. So `rm -rf` of 10,000 files is one alert (one id), announced within a
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Protocol
 
 from unlinkwatch.eventjson import text
 from unlinkwatch.pb import events_pb2 as pb
+from unlinkwatch.yamlnodes import file_version
 
 from .metrics import CollectorMetrics
 from .rules import RulesError, RuleSet, load_default_rules, load_rules
@@ -111,7 +111,7 @@ class AlertEngine:
         if self.rules_file is None:
             self._set_rules(load_default_rules())
         else:
-            self._stat = self._file_stat()
+            self._stat = file_version(self.rules_file)
             self._set_rules(load_rules(self.rules_file))
             self._spawn(self._watch_rules_file, "alert-rules-reload")
         for d in self._deliveries:
@@ -128,21 +128,13 @@ class AlertEngine:
         self.metrics.rules_loaded.set(len(rules.rules))
         log.info("alert rules loaded", extra={"fields": {"source": rules.source, "rules": len(rules.rules)}})
 
-    def _file_stat(self) -> tuple[int, ...] | None:
-        assert self.rules_file is not None
-        try:
-            st = os.stat(self.rules_file)  # follows symlinks: a ConfigMap update swaps ..data, a new inode
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-
     def reload_if_changed(self) -> bool:
         """Reload when the file changed; a bad file keeps the previous rules (logged and counted)."""
-        stat = self._file_stat()
+        assert self.rules_file is not None
+        stat = file_version(self.rules_file)
         if stat == self._stat:
             return False
         self._stat = stat
-        assert self.rules_file is not None
         try:
             self._set_rules(load_rules(self.rules_file))
         except RulesError as e:

@@ -27,7 +27,6 @@ DEFAULT_FOLD_WINDOW_NS = 10_000_000_000
 DEFAULT_FOLD_SAMPLES = 5
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _UNIT_NS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 
 Check = Callable[[pb.DeletionEvent], bool]
 _RENAME_EXCHANGE = 2
@@ -242,16 +241,7 @@ class _Loader(NodeReader):
         return tuple(out)
 
     def rule(self, node: yaml.Node, index: int) -> Rule | None:
-        keys = self.mapping(node, f"rule #{index + 1}", RULE_KEYS)
-        if "name" not in keys:
-            raise self.fail(node, f"rule #{index + 1}: missing 'name'")
-        name = self.string(keys["name"][1], "name")
-        if not _NAME.fullmatch(name):
-            raise self.fail(keys["name"][1], f"rule name {name!r}: use letters, digits and . _ : -")
-        what = f"rule {name!r}"
-        for required in ("severity", "match"):
-            if required not in keys:
-                raise self.fail(node, f"{what}: missing {required!r}")
+        keys, name, what = self.rule_head(node, index, RULE_KEYS, ("severity", "match"))
         severity = self.string(keys["severity"][1], f"{what}.severity")
         if severity not in SEVERITIES:
             raise self.fail(keys["severity"][1], f"{what}.severity must be one of: {', '.join(SEVERITIES)}")

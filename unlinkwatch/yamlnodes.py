@@ -3,6 +3,7 @@ traceback): shared by the collector's alert rules and the agent's node policy.""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -21,6 +22,17 @@ class Named(Protocol):
 
 
 N = TypeVar("N", bound=Named)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+
+
+def file_version(path: str) -> tuple[int, ...] | None:
+    """What a reloader compares to see that a file changed: follows symlinks, so a ConfigMap update (a new
+    `..data` target) is a new inode. None while the file is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class NodeReader:
@@ -69,6 +81,22 @@ class NodeReader:
                                  f"{seen[r.name]})")
             seen[r.name] = r.line
         return keys, items
+
+    def rule_head(self, node: yaml.Node, index: int, allowed: tuple[str, ...], required: tuple[str, ...],
+                  ) -> tuple[dict[str, tuple[yaml.Node, yaml.Node]], str, str]:
+        """A list entry's keys, its checked name, and how problems name it (`rule 'x'`); the `required` keys
+        present."""
+        keys = self.mapping(node, f"rule #{index + 1}", allowed)
+        if "name" not in keys:
+            raise self.fail(node, f"rule #{index + 1}: missing 'name'")
+        name = self.string(keys["name"][1], "name")
+        if not _NAME.fullmatch(name):
+            raise self.fail(keys["name"][1], f"rule name {name!r}: use letters, digits and . _ : -")
+        what = f"rule {name!r}"
+        for key in required:
+            if key not in keys:
+                raise self.fail(node, f"{what}: missing {key!r}")
+        return keys, name, what
 
     def scalar(self, node: yaml.Node) -> Any:
         return self.yaml.construct_object(node, deep=True)

@@ -127,17 +127,17 @@ class PolicyMaps:
     def cgroup_ids(self) -> list[int]:
         return list(self._cgroups)
 
-    def filtered(self, slot: int, nrules: int) -> list[int]:
-        """Deletions dropped by each ignore rule of a slot, summed over CPUs."""
+    def filtered(self, slot: int, rules: list[int]) -> list[int]:
+        """Deletions dropped by each of these (ignore) rules of a slot, summed over CPUs."""
         out = []
-        for i in range(nrules):
+        for i in rules:
             raw = bpfsys.lookup(self.fd["policy_filtered"], struct.pack("<I", slot * RULES + i), 8 * self._ncpu)
             out.append(sum(struct.unpack(f"<{self._ncpu}Q", raw)))
         return out
 
-    def zero_filtered(self, slot: int, nrules: int) -> None:
+    def zero_filtered(self, slot: int, rules: list[int]) -> None:
         zero = bytes(8 * self._ncpu)
-        for i in range(nrules):
+        for i in rules:
             bpfsys.update(self.fd["policy_filtered"], struct.pack("<I", slot * RULES + i), zero)
 
     def _put(self, name: str, key: bytes, value: bytes) -> bytes:

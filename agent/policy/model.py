@@ -21,7 +21,6 @@ TOP_KEYS = ("policy",)
 MAX_RULES = 128  # one bit each in the kernel's rule sets (kprobe.h, UW_POLICY_RULES)
 KEY_BYTES = 255  # path bytes in a kernel policy key (kprobe.h, UW_POLICY_KEY)
 COMM_LEN = 15  # the kernel keeps 15 bytes of a command name
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -128,16 +127,7 @@ class _Reader(NodeReader):
     error = PolicyError
 
     def rule(self, node: yaml.Node, index: int) -> PolicyRule | None:
-        keys = self.mapping(node, f"rule #{index + 1}", RULE_KEYS)
-        if "name" not in keys:
-            raise self.fail(node, f"rule #{index + 1}: missing 'name'")
-        name = self.string(keys["name"][1], "name")
-        if not _NAME.fullmatch(name):
-            raise self.fail(keys["name"][1], f"rule name {name!r}: use letters, digits and . _ : -")
-        what = f"rule {name!r}"
-        for required in ("action", "paths"):
-            if required not in keys:
-                raise self.fail(node, f"{what}: missing {required!r}")
+        keys, name, what = self.rule_head(node, index, RULE_KEYS, ("action", "paths"))
         action = self.string(keys["action"][1], f"{what}.action")
         if action not in ACTIONS:
             raise self.fail(keys["action"][1], f"{what}.action: unknown action {action!r} "

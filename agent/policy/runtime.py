@@ -6,11 +6,11 @@ the deletions the kernel left to user space (UW_F_POLICY_USER)."""
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from unlinkwatch.pb import events_pb2 as pb
+from unlinkwatch.yamlnodes import file_version
 
 from ..decode import Decoder, Deletion
 from ..identity import podpath
@@ -59,12 +59,13 @@ class PolicyRuntime:
         self.metrics = metrics
         self.enforcement = enforce
         self.reload_failures = 0
-        self._stat = self._file_stat()
+        self._stat = file_version(self.path)
         self._masks: dict[int, int] = {}  # cgroup id -> rules, under the policy in force
         self._slot = 0
         self._retired: tuple[int, Policy] | None = None  # (slot, policy) replaced at the last reload
         self._seen: dict[tuple[int, int], int] = {}  # (slot, rule) -> kernel count already added to the metric
         self._next_sync = 0.0
+        self._by_kind: dict[tuple[object, ...], int] = {}  # cgroup_rules() by what a cgroup is, this policy
 
     def start(self) -> None:
         self._load(self.policy)
@@ -90,7 +91,7 @@ class PolicyRuntime:
         self.count_filtered()
 
     def reload_if_changed(self) -> bool:
-        stat = self._file_stat()
+        stat = file_version(self.path)
         if stat == self._stat:
             return False
         self._stat = stat
@@ -116,8 +117,7 @@ class PolicyRuntime:
     def sync_cgroups(self) -> int:
         """Each known cgroup's rules under the policy in force; returns how many changed."""
         changed = 0
-        live = dict(self.identity.cgroups.items())
-        live.setdefault(ROOT_CGROUP_ID, "/")
+        live = self._live_cgroups()
         for cgid, path in live.items():
             mask = self._cgroup_mask(path)
             if self._masks.get(cgid) != mask:
@@ -136,17 +136,19 @@ class PolicyRuntime:
         self.maps.set_cgroup(cgroup_id, mask)
 
     def count_filtered(self) -> None:
+        """The kernel's drops per ignore rule (only those count) into the metric, as increments."""
         for slot, policy in ((self._slot, self.policy), *((self._retired,) if self._retired else ())):
-            counts = self.maps.filtered(slot, len(policy.rules))
-            for i, n in enumerate(counts):
+            ignores = _ignore_rules(policy)
+            for i, n in zip(ignores, self.maps.filtered(slot, ignores), strict=True):
                 seen = self._seen.get((slot, i), 0)
                 if n > seen:
                     self.metrics.filtered.labels(policy.rules[i].name).inc(n - seen)
                     self._seen[(slot, i)] = n
         if self._retired is not None:  # counted once more after its slot went out of force: then cleared
             slot, policy = self._retired
-            self.maps.zero_filtered(slot, len(policy.rules))
-            for i in range(len(policy.rules)):
+            ignores = _ignore_rules(policy)
+            self.maps.zero_filtered(slot, ignores)
+            for i in ignores:
                 self._seen.pop((slot, i), None)
             self._retired = None
 
@@ -169,8 +171,8 @@ class PolicyRuntime:
 
     # --- internals ------------------------------------------------------------------------------------------
     def _load(self, policy: Policy) -> None:
-        masks = {cgid: self._cgroup_mask(path) for cgid, path in self.identity.cgroups.items()}
-        masks[ROOT_CGROUP_ID] = self._cgroup_mask("/")
+        self._by_kind = {}
+        masks = {cgid: self._cgroup_mask(path) for cgid, path in self._live_cgroups().items()}
         self._slot, gen = self.maps.load(build(policy), masks)
         self._masks = masks
         names = self.decoder.policy_names
@@ -178,18 +180,31 @@ class PolicyRuntime:
         for old in [g for g in names if g not in ((gen - 1) & 0xFF, gen & 0xFF)]:
             del names[old]  # records of the generation before may still be in the ring; older ones not
 
-    def _cgroup_mask(self, path: str) -> int:
-        pp = podpath.parse(path)
-        if pp is None:
-            return cgroup_rules(self.policy, HOST)
-        info = self.identity.index.pods.get(pp.pod_uid)
-        if info is None:
-            return cgroup_rules(self.policy, PENDING)
-        return cgroup_rules(self.policy, POD, info.namespace, dict(info.labels))
+    def _live_cgroups(self) -> dict[int, str]:
+        live = dict(self.identity.cgroups.items())
+        live.setdefault(ROOT_CGROUP_ID, "/")
+        return live
 
-    def _file_stat(self) -> tuple[int, ...] | None:
-        try:
-            st = os.stat(self.path)  # follows symlinks: a ConfigMap update swaps ..data, a new inode
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    def _cgroup_mask(self, path: str) -> int:
+        """The rules for one cgroup, by what it is: each kind (host, pending pod, namespace and labels) is
+        computed once per policy, since every cgroup is looked at again each second."""
+        pp = podpath.parse(path)
+        info = self.identity.index.pods.get(pp.pod_uid) if pp is not None else None
+        if pp is None:
+            key: tuple[object, ...] = (HOST,)
+        elif info is None:
+            key = (PENDING,)
+        else:
+            key = (POD, info.namespace, tuple(sorted(info.labels.items())))
+        mask = self._by_kind.get(key)
+        if mask is None:
+            if info is None:
+                mask = cgroup_rules(self.policy, HOST if pp is None else PENDING)
+            else:
+                mask = cgroup_rules(self.policy, POD, info.namespace, dict(info.labels))
+            self._by_kind[key] = mask
+        return mask
+
+
+def _ignore_rules(policy: Policy) -> list[int]:
+    return [i for i, r in enumerate(policy.rules) if r.action == "ignore"]
