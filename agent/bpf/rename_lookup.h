@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Tracepoint mode only: whether a rename destroys its destination, by a dcache lookup of the destination at
- * syscall entry in tail calls. Included by unlink.bpf.c after uw_enter2(). */
+ * syscall entry in tail calls. Included by unlink.bpf.c before uw_sys_enter(). */
 #ifndef UNLINKWATCH_RENAME_LOOKUP_H
 #define UNLINKWATCH_RENAME_LOOKUP_H
 
@@ -203,13 +203,14 @@ static __always_inline int uw_lookup_body(void *ctx, const int nchildren)
 int uw_lookup_step(void *ctx) { return uw_lookup_body(ctx, UW_LK_CHILDREN); }
 int uw_lookup_step_small(void *ctx) { return uw_lookup_body(ctx, UW_LK_CHILDREN_SMALL); }
 
-static __always_inline int uw_rename_tp(void *ctx, int olddfd, const char *oldname, int newdfd,
-					const char *newname, __u32 flags)
+/* After a rename's entry (uw_sys_enter): the lookup of its destination, from the stash. */
+static __always_inline int uw_rename_lookup(void *ctx, struct uw_stash *st)
 {
-	uw_rename_enter(olddfd, oldname, newdfd, newname, flags);
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	rename_replaced.delete(&tid);
-	if (flags & UW_RENAME_EXCHANGE)
+	const char *newname = st->dst_uptr;
+	__s32 newdfd = st->dst_dirfd;
+	if (st->rename_flags & UW_RENAME_EXCHANGE)
 		return 0;	/* an exchange swaps two existing names and destroys neither: no lookup */
 	__u32 zero = 0;
 	struct uw_lookup *lk = lookup_state.lookup(&zero);

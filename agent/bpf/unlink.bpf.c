@@ -22,6 +22,7 @@
  *    with bpf_probe_read_kernel, but one read per dentry and one per mount rather than one per field;
  *  - the stash between entry and exit is task-local storage: no hash insert and delete per call. */
 #include <uapi/linux/ptrace.h>
+#include <asm/unistd.h>	/* __NR_*: the tracepoint mode tells its calls apart by number */
 #include "kprobe.h"
 
 #define UW_MODE_TRACEPOINT 1
@@ -61,7 +62,8 @@ struct uw_stash {
 	struct uw_prematch dst;		/* rename: the destination argument */
 	struct uw_rule_set dst_rules;	/* rename: every rule its destination matches (set after its walk) */
 	__u32 dst_undecided;	/* rename: the kernel could not decide the destination */
-	__u32 pad;
+	__s32 dst_dirfd;	/* rename: the destination's dirfd and path argument, as passed */
+	const char *dst_uptr;
 };
 
 struct uw_scratch {
@@ -191,16 +193,28 @@ static __always_inline struct uw_stash *uw_stash_get(__u64 create)
 	return stash.task_storage_get(bpf_get_current_task_btf(), 0, create);
 }
 
-/* Entry: the policy's pre-match of the path arguments (first: it loops), the process's executable sent once
- * (a walk of its own here, so that the exit program has only the deletion's walk to verify), the stash. */
-static __always_inline int uw_enter2(__s32 dirfd, const char *uptr, __u32 op, __u32 rename_flags,
-				     const char *dst_uptr)
+/* Entry: the stash first (so that nothing the entry was called with lives across the walk below: the
+ * tracepoint mode's one entry program for every call is then verified once, not once per call), the policy's
+ * pre-match of a rename's destination (it loops: before the walk), the process's executable sent once (the
+ * walk; here, so that the exit program has only the deletion's walk to verify), the policy's rules for who. */
+static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr, __u32 op, __u32 rename_flags,
+						  __s32 dst_dirfd, const char *dst_uptr)
 {
 	struct uw_stash *st = uw_stash_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
 	__u32 zero = 0;
 	struct uw_scratch *s = scratch.lookup(&zero);
 	if (!st || !s)
 		return 0;
+	st->ts_ns = bpf_ktime_get_ns();
+	st->uptr = uptr;
+	st->dirfd = dirfd;
+	st->op = op;
+	st->replaced = 0;
+	st->rename_flags = rename_flags;
+	st->dst_uptr = dst_uptr;
+	st->dst_dirfd = dst_dirfd;
+	st->dst_undecided = 1;
+	st->gen = 0;
 	if (dst_uptr) {	/* a rename's destination (its source is pre-matched at exit, from the record) */
 		__u32 slot = 0;
 		struct uw_policy_slot *sl = uw_policy_slot(&slot);
@@ -213,26 +227,19 @@ static __always_inline int uw_enter2(__s32 dirfd, const char *uptr, __u32 op, __
 	/* looked up after the walk (in uw_send_exe): see there */
 	__u32 slot = 0;
 	struct uw_policy_slot *sl = uw_policy_slot(&slot);
-	st->gen = 0;
 	if (sl) {
-		uw_policy_who(sl, slot, op, &exe_except, &st->who);
+		uw_policy_who(sl, slot, UW_RELOAD(st->op), &exe_except, &st->who);
 		st->gen = sl->gen;
 		st->slot = slot;
 		st->uses = sl->uses;
 	}
-	st->ts_ns = bpf_ktime_get_ns();
-	st->uptr = uptr;
-	st->dirfd = dirfd;
-	st->op = op;
-	st->replaced = 0;
-	st->rename_flags = rename_flags;
-	st->dst_undecided = 1;
-	return 0;
+	return st;
 }
 
 static __always_inline int uw_enter(__s32 dirfd, const char *uptr, __u32 op)
 {
-	return uw_enter2(dirfd, uptr, op, 0, 0);
+	uw_enter2(dirfd, uptr, op, 0, UW_AT_FDCWD, 0);
+	return 0;
 }
 
 /* The directory a relative path argument is relative to: the cwd, or the dirfd's file. */
@@ -443,7 +450,7 @@ static __always_inline void uw_rename_target(void *new_dentry)
 static __always_inline int uw_rename_enter(int olddfd, const char *from, int newdfd, const char *to,
 					   __u32 flags)
 {
-	uw_enter2(olddfd, from, UW_OP_RENAME, flags, to);
+	uw_enter2(olddfd, from, UW_OP_RENAME, flags, newdfd, to);
 	uw_send_rename_to(newdfd, to);
 	return 0;
 }
@@ -478,26 +485,65 @@ struct uw_sys_exit_args {
 };
 int uw_sys_exit(struct uw_sys_exit_args *args) { return uw_exit(args->ret); }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_unlink) { return uw_enter(UW_AT_FDCWD, args->pathname, UW_OP_UNLINK); }
-TRACEPOINT_PROBE(syscalls, sys_enter_rmdir) { return uw_enter(UW_AT_FDCWD, args->pathname, UW_OP_RMDIR); }
-TRACEPOINT_PROBE(syscalls, sys_enter_unlinkat)
-{
-	return uw_enter(args->dfd, args->pathname, (args->flag & UW_AT_REMOVEDIR) ? UW_OP_RMDIR : UW_OP_UNLINK);
-}
-
 #include "rename_lookup.h"
 
-TRACEPOINT_PROBE(syscalls, sys_enter_rename)
+/* Likewise one program for every syscalls:sys_enter_* tracepoint it needs, telling the calls apart by number.
+ * Their records share the common fields, int __syscall_nr at 8, then each argument in 8 bytes from 16, but not
+ * their length, and the kernel refuses to attach a program that loads past a record's end: the shortest has
+ * one argument, so the others are probe reads. The arguments go to the stash before the one walk
+ * (uw_enter2), so the verifier checks it once for all six calls. */
+struct uw_sys_enter_args {
+	__u64 common;
+	__s64 syscall_nr;
+	__u64 a0;
+};
+int uw_sys_enter(struct uw_sys_enter_args *args)
 {
-	return uw_rename_tp(args, UW_AT_FDCWD, args->oldname, UW_AT_FDCWD, args->newname, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_renameat)
-{
-	return uw_rename_tp(args, args->olddfd, args->oldname, args->newdfd, args->newname, 0);
-}
-TRACEPOINT_PROBE(syscalls, sys_enter_renameat2)
-{
-	return uw_rename_tp(args, args->olddfd, args->oldname, args->newdfd, args->newname, args->flags);
+	__s32 dirfd = UW_AT_FDCWD, dst_dirfd = UW_AT_FDCWD;
+	const char *uptr = (const char *)args->a0, *dst = 0;
+	__u32 op = UW_OP_RENAME, flags = 0;
+	__u64 a[4] = {};	/* the arguments after the first */
+	long nr = args->syscall_nr;
+	switch (nr) {
+#ifdef __NR_unlink
+	case __NR_unlink:
+		op = UW_OP_UNLINK;
+		break;
+#endif
+#ifdef __NR_rmdir
+	case __NR_rmdir:
+		op = UW_OP_RMDIR;
+		break;
+#endif
+#ifdef __NR_rename
+	case __NR_rename:
+		bpf_probe_read_kernel(a, 8, (void *)args + 24);
+		dst = (const char *)a[0];
+		break;
+#endif
+	case __NR_unlinkat:
+		bpf_probe_read_kernel(a, 16, (void *)args + 24);
+		dirfd = (__s32)args->a0;
+		uptr = (const char *)a[0];
+		op = (a[1] & UW_AT_REMOVEDIR) ? UW_OP_RMDIR : UW_OP_UNLINK;
+		break;
+	case __NR_renameat:
+	case __NR_renameat2:
+		bpf_probe_read_kernel(a, nr == __NR_renameat2 ? 32 : 24, (void *)args + 24);
+		dirfd = (__s32)args->a0;
+		uptr = (const char *)a[0];
+		dst_dirfd = (__s32)a[1];
+		dst = (const char *)a[2];
+		flags = (__u32)a[3];
+		break;
+	default:
+		return 0;
+	}
+	struct uw_stash *st = uw_enter2(dirfd, uptr, op, flags, dst_dirfd, dst);
+	if (!st || UW_RELOAD(st->op) != UW_OP_RENAME)
+		return 0;
+	uw_send_rename_to(UW_RELOAD(st->dst_dirfd), UW_RELOAD(st->dst_uptr));
+	return uw_rename_lookup(args, st);
 }
 
 #elif UW_MODE == UW_MODE_KPROBE

@@ -64,7 +64,7 @@ OFFSETS = {
 OPTIONAL = {"OFF_FILENAME_UPTR", "OFF_RENAMEDATA_NEW_DENTRY"}  # only the kprobe/fentry modes read them
 
 
-EXIT_SYSCALLS = ("unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2")  # uw_sys_exit's tracepoints
+SYSCALLS = ("unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2")  # uw_sys_enter's and uw_sys_exit's
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,8 @@ class Probe:
             b.attach_kprobe(event=b"vfs_rename", fn_name=b"uw_vfs_rename_entry")
             b.attach_kretprobe(event=b"do_renameat2", fn_name=b"uw_exit_ret")
         elif self.cfg.mode == "tracepoint":
-            for call in EXIT_SYSCALLS:
+            for call in SYSCALLS:
+                b.attach_tracepoint(tp=f"syscalls:sys_enter_{call}".encode(), fn_name=b"uw_sys_enter")
                 b.attach_tracepoint(tp=f"syscalls:sys_exit_{call}".encode(), fn_name=b"uw_sys_exit")
             self._load_rename_lookup()
         # the other tracepoint and the fentry programs are attached by bcc as they load (TRACEPOINT_PROBE,
