@@ -35,8 +35,9 @@ def read_layout(text: str, struct_name: str = "uw_event") -> RecordLayout:
     keep the record packed by ordering, so the same bytes mean the same thing on both sides)."""
     body = re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.S)
     consts: dict[str, int] = {}
-    for name, value, shift in re.findall(r"#define\s+(\w+)\s+\(?\s*(\d+)U?\s*(?:<<\s*(\d+)\s*)?\)?", body):
-        consts[name] = int(value) << int(shift or 0)  # "4096", "(1U << 2)"
+    for name, value, shift in re.findall(r"#define\s+(\w+)\s+\(?\s*(\d+)(?:ULL|UL|U)?\s*(?:<<\s*(\d+)\s*)?\)?",
+                                         body):
+        consts[name] = int(value) << int(shift or 0)  # "4096", "(1U << 2)", "(1ULL << 63)"
     for block in re.findall(r"enum\s+\w+\s*\{(.*?)\}", body, flags=re.S):
         for name, value in re.findall(r"(\w+)\s*=\s*(\d+)", block):
             consts[name] = int(value)
@@ -66,7 +67,7 @@ KIND_RENAME_TO = C["UW_KIND_RENAME_TO"]
 OP_RENAME = C["UW_OP_RENAME"]
 OPS = {C[f"UW_OP_{name}"]: pb.Op.Value(f"OP_{name}") for name in ("UNLINK", "RMDIR", "RENAME")}
 _F = {name: C[f"UW_F_{name}"] for name in ("RAW_TRUNCATED", "DIR_TRUNCATED", "DIR_UNRESOLVED", "RAW_UNREADABLE",
-                                           "REPLACED", "POLICY_USER")}
+                                           "REPLACED", "POLICY_USER", "PROC_UNKNOWN")}
 ACTIONS = {C["UW_ACTION_ALLOWED"]: pb.ACTION_UNSPECIFIED, C["UW_ACTION_WOULD_BLOCK"]: pb.ACTION_WOULD_BLOCK,
            C["UW_ACTION_BLOCKED"]: pb.ACTION_BLOCKED}
 _F_MASK = max(_F.values()) * 2 - 1
@@ -141,6 +142,19 @@ class Deletion(NamedTuple):
     rename_flags: int = 0    # op rename: renameat2 flags as passed
     action: int = 0          # proto Action: the node policy's verdict
     policy: str = ""         # the node-policy rule that decided it
+    args: bytes = b""        # the command line as exec'd, each argument NUL-terminated (codec.split_args())
+
+
+class Proc(NamedTuple):
+    """What the kernel sent of a process (UW_KIND_EXE) before its first deletion."""
+
+    exe: bytes
+    args: bytes   # each argument NUL-terminated; the last one unterminated when cut
+    flags: int    # pb.EVENT_FLAG_ARGS_TRUNCATED
+
+
+UNKNOWN_PROC = Proc(b"", b"", 0)
+_EXE_ARGS_TRUNCATED = C["UW_F_ARGS_TRUNCATED"]
 
 
 _NEW = tuple.__new__
@@ -154,6 +168,8 @@ for _f in range(_F_MASK + 1):
         _OUT_FLAGS[_f] |= pb.EVENT_FLAG_REPLACED
     if _f & _F["POLICY_USER"]:
         _OUT_FLAGS[_f] |= pb.EVENT_FLAG_POLICY_USER
+    if _f & _F["PROC_UNKNOWN"]:
+        _OUT_FLAGS[_f] |= pb.EVENT_FLAG_PROCESS_UNKNOWN
 # a rename's destination record: its own flags become the RENAME_TO ones (an unreadable destination too)
 _TO_FLAGS = [0] * (_F_MASK + 1)
 for _f in range(_F_MASK + 1):
@@ -170,9 +186,12 @@ class CgroupMkdir:
 
 
 class Decoder:
-    """Turns records into Deletions; remembers executables sent once per process by the kernel."""
+    """Turns records into Deletions; remembers the processes the kernel sends once each (by pid and start time,
+    the kernel's key), least recently used first out: the kernel keeps at most UW_PROCS of them, so a process
+    it still knows (and will not send again) is one this table holds, unless more than `proc_cache_size`
+    other processes deleted since its last deletion."""
 
-    def __init__(self, node: str, agent_id: str, attach_mode: str, exe_cache_size: int = 16384,
+    def __init__(self, node: str, agent_id: str, attach_mode: str, proc_cache_size: int = 65536,
                  pending_renames: int = 4096) -> None:
         self.node = node
         # tid -> (destination, RENAME_TO flags) of a rename whose own record has not come yet
@@ -180,8 +199,8 @@ class Decoder:
         self._pending_max = pending_renames
         self.agent_id = agent_id
         self.attach_mode = attach_mode
-        self._exe: OrderedDict[tuple[int, int], bytes] = OrderedDict()
-        self._exe_cache_size = exe_cache_size
+        self._procs: OrderedDict[tuple[int, int], Proc] = OrderedDict()
+        self._proc_cache_size = proc_cache_size
         self._clock = MonotonicToUnix()
         self._offset = self._clock.offset()
         # the node policy's rule names by generation (its low byte, as records carry it); set by the policy runtime
@@ -202,16 +221,20 @@ class Decoder:
             path = join(rec[end : end + dir_len], raw) if raw else b""
             nul = comm.find(b"\0")
             rule = self._rule(policy_gen, policy) if policy else ""
+            out_flags = _OUT_FLAGS[flags & _F_MASK]
+            proc = UNKNOWN_PROC if out_flags & pb.EVENT_FLAG_PROCESS_UNKNOWN else self._proc(pid, proc_start)
+            if proc is UNKNOWN_PROC:
+                out_flags |= pb.EVENT_FLAG_PROCESS_UNKNOWN
             if op != OP_RENAME:
                 return _NEW(Deletion, (
                     ts_ns + self._offset, OPS.get(op, 0), path, raw, result, pid, tid, ppid, uid, gid,
-                    comm if nul < 0 else comm[:nul], self._exe.get((pid, proc_start), b""), cgroup_id,
-                    _OUT_FLAGS[flags & _F_MASK], b"", 0, ACTIONS.get(action, 0), rule))
-            to, out_flags = self._destination(tid, ts_ns, result, _OUT_FLAGS[flags & _F_MASK])
+                    comm if nul < 0 else comm[:nul], proc.exe, cgroup_id, out_flags | proc.flags, b"", 0,
+                    ACTIONS.get(action, 0), rule, proc.args))
+            to, out_flags = self._destination(tid, ts_ns, result, out_flags | proc.flags)
             return _NEW(Deletion, (
                 ts_ns + self._offset, OPS[op], path, raw, result, pid, tid, ppid, uid, gid,
-                comm if nul < 0 else comm[:nul], self._exe.get((pid, proc_start), b""), cgroup_id,
-                out_flags, to, rename_flags, ACTIONS.get(action, 0), rule))
+                comm if nul < 0 else comm[:nul], proc.exe, cgroup_id, out_flags, to, rename_flags,
+                ACTIONS.get(action, 0), rule, proc.args))
         if kind == KIND_RENAME_TO:
             self._rename_to[tid] = (ts_ns, join(rec[end : end + dir_len], raw) if raw else b"",
                                     _TO_FLAGS[flags & _F_MASK])
@@ -219,13 +242,23 @@ class Decoder:
                 self._rename_to.popitem(last=False)
             return None
         if kind == KIND_EXE:
-            self._exe[(pid, proc_start)] = raw
-            if len(self._exe) > self._exe_cache_size:
-                self._exe.popitem(last=False)
+            self._procs[(pid, proc_start)] = Proc(
+                raw, rec[end : end + dir_len], pb.EVENT_FLAG_ARGS_TRUNCATED if flags & _EXE_ARGS_TRUNCATED else 0)
+            self._procs.move_to_end((pid, proc_start))
+            if len(self._procs) > self._proc_cache_size:
+                self._procs.popitem(last=False)
             return None
         if kind == KIND_CGROUP_MKDIR:
             return CgroupMkdir(cgroup_id, raw.decode("utf-8", "surrogateescape"))
         return None
+
+    def _proc(self, pid: int, proc_start: int) -> Proc:
+        key = (pid, proc_start)
+        proc = self._procs.get(key)
+        if proc is None:
+            return UNKNOWN_PROC
+        self._procs.move_to_end(key)
+        return proc
 
     def _rule(self, gen: int, policy: int) -> str:
         names = self.policy_names.get(gen)

@@ -26,6 +26,7 @@ from .policy.maps import PolicyMaps, PolicyMapsError
 from .policy.model import load_policy
 from .policy.runtime import PolicyRuntime, enforcement
 from .probe import attach as probe
+from .probe import procseed
 from .ship.encode import OP_NAME, IdentityCodes, JsonLines
 
 log = logging.getLogger("unlinkwatch.agent")
@@ -133,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
     attached = probe.attach(args.attach, ringbuf_mb=args.ringbuf_mb)
     cand = attached.candidate
+    seeded = seed_processes(attached)
     metrics.attach_mode.labels(cand.mode, cand.hook).set(1)
     metrics.startup_seconds.set(attached.startup_s)
     heartbeat = [time.monotonic()]  # the metrics endpoint is up before "attached" is logged
@@ -142,11 +144,6 @@ def run(args: argparse.Namespace) -> int:
 
         http = serve_http(args.metrics_addr, metrics.registry,
                           ready=lambda: time.monotonic() - heartbeat[0] < HEALTHY_WITHIN_S)
-    log.info("attached", extra={"fields": {"mode": cand.mode, "hook": cand.hook, "agent": agent_id, "node": node,
-                                           "startup_s": round(attached.startup_s, 3),
-                                           "misses": probe.MISSES[cand.mode],
-                                           "degraded": attached.probe.degraded}})
-
     identity = IdentityResolver(IdentityConfig(node=node, kube=args.kube, kubeconfig=args.kubeconfig), metrics,
                                 count_metrics=True)  # it counts identity states in bulk
     identity.start()  # after attaching, so a cgroup made during the start-up scan is still seen
@@ -161,6 +158,12 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"the node policy cannot be loaded into the kernel: {e}") from e
         runtime = PolicyRuntime(args.policy, policy, maps, decoder, identity, metrics, enforce)
         runtime.start()
+
+    # said once the node policy is in force: from this line on, every deletion is decided by it
+    log.info("attached", extra={"fields": {"mode": cand.mode, "hook": cand.hook, "agent": agent_id, "node": node,
+                                           "startup_s": round(attached.startup_s, 3), "processes_seeded": seeded,
+                                           "misses": probe.MISSES[cand.mode],
+                                           "degraded": attached.probe.degraded}})
 
     shipper: Any = None
     if args.collector:
@@ -187,6 +190,17 @@ def run(args: argparse.Namespace) -> int:
         if http is not None:
             http.close()
     return 0
+
+
+def seed_processes(attached: probe.Attached) -> int:
+    """The processes that exec'd before the probe attached, from /proc into the kernel (agent/probe/procseed.py);
+    without them their deletions say process_unknown, and the agent still runs."""
+    try:
+        return procseed.seed(attached.probe.fds["map:procs"])
+    except (KeyError, OSError) as e:
+        log.warning("processes running before the agent are not seeded: their deletions will say "
+                    "process_unknown", extra={"fields": {"error": str(e)}})
+        return 0
 
 
 def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, out: Outputs,

@@ -14,13 +14,14 @@ import yaml
 
 from unlinkwatch.errors import UserError
 from unlinkwatch.eventjson import ACTION_BY_NAME, OP_BY_NAME
-from unlinkwatch.pathglob import GlobError, GlobSet, compile_matcher
+from unlinkwatch.pathglob import GlobError, GlobSet, compile_command_matcher, compile_matcher
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.yamlnodes import NodeReader
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 RESULTS = ("success", "failure", "any")
-COND_KEYS = ("paths", "rename_to", "ops", "result", "namespaces", "pod_labels", "comm", "exe", "action", "policy")
+COND_KEYS = ("paths", "rename_to", "ops", "result", "namespaces", "pod_labels", "comm", "exe", "args", "action",
+             "policy")
 RULE_KEYS = ("name", "severity", "description", "match", "except", "enabled")
 TOP_KEYS = ("rules", "fold_window", "fold_samples")  # plus "x-..." keys: free, e.g. for YAML anchors
 DEFAULT_FOLD_WINDOW_NS = 10_000_000_000
@@ -162,6 +163,12 @@ class _Loader(NodeReader):
         except GlobError as e:
             raise self.fail(node, f"{what}: {e}") from None
 
+    def command_globs(self, node: yaml.Node, what: str) -> Callable[[Sequence[bytes]], bool]:
+        try:
+            return compile_command_matcher(self.strings(node, what))
+        except GlobError as e:
+            raise self.fail(node, f"{what}: {e}") from None
+
     def condition(self, node: yaml.Node, what: str, default_result: str | None) -> Condition:
         keys = self.mapping(node, what, COND_KEYS)
         if not keys:
@@ -203,6 +210,9 @@ class _Loader(NodeReader):
         if "exe" in keys:
             exe = self.globs(keys["exe"][1], f"{what}.exe", False)
             checks.append(lambda ev: exe(ev.process.exe))
+        if "args" in keys:
+            args = self.command_globs(keys["args"][1], f"{what}.args")
+            checks.append(lambda ev: args(ev.process.args))
         if "action" in keys:
             actions: set[int] = set()
             for name in self.strings(keys["action"][1], f"{what}.action"):

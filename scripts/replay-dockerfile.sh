@@ -191,7 +191,7 @@ rm -rf "$ROOT/run/replay"
 
 # 4. What the pod would run. As the DaemonSet does: uid 0 with only these capabilities (bounding set,
 # nothing inheritable, so root's permitted set is exactly this) and no_new_privs; keep in step with it.
-POD_CAPS=(BPF PERFMON SYS_RESOURCE DAC_READ_SEARCH)
+POD_CAPS=(BPF PERFMON SYS_RESOURCE DAC_READ_SEARCH SYS_PTRACE)
 caps=$(printf ',+%s' "${POD_CAPS[@]}" | tr '[:upper:]' '[:lower:]')
 # In a private mount namespace, also like the pod: a read-only root with a tmpfs /tmp (readOnlyRootFilesystem).
 # Prefixes, not functions, so that a background `"${AS_POD[@]}" cmd &` leaves $! on the command itself.

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--action", choices=["allowed", "would-block", "blocked"],
                    help="the node policy's verdict")
     p.add_argument("--policy", metavar="GLOB", help="the node-policy rule that decided")
+    p.add_argument("--args", metavar="GLOB",
+                   help="the deleting process's command line, arguments joined by spaces ('*' spans '/')")
     p.add_argument("--since", metavar="DURATION|TIME")
     p.add_argument("--until", metavar="TIME")
     p.add_argument("--limit", type=int, default=1000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -75,16 +76,35 @@ def query_request(args: argparse.Namespace) -> pb.QueryRequest:
                 compile_glob(glob)
             except ValueError as e:
                 raise UserError(f"{flag}: {e}") from None
+    command = getattr(args, "args", None)
+    if command:
+        from unlinkwatch.pathglob import GlobError, compile_command_matcher
+
+        try:
+            compile_command_matcher((command,))
+        except GlobError as e:
+            raise UserError(f"--args: {e}") from None
     if args.workload and "/" not in args.workload:
         raise UserError(f"--workload: expected KIND/NAME, e.g. Deployment/web, not {args.workload!r}")
     return pb.QueryRequest(namespace=args.namespace or "", pod=args.pod or "", pod_uid=args.pod_uid or "",
                            container=args.container or "", workload=args.workload or "", node=args.node or "",
                            path_glob=args.path or "", since_unix_ns=since, until_unix_ns=until, limit=args.limit,
                            rename_to_glob=rename_to or "", action=getattr(args, "action", None) or "",
-                           policy_glob=policy or "")
+                           policy_glob=policy or "", args_glob=command or "")
 
 
-EVENT_TABLE = ("TIME", "NODE", "POD", "CONTAINER", "OP", "RESULT", "PROCESS", "PATH")
+EVENT_TABLE = ("TIME", "NODE", "POD", "CONTAINER", "OP", "RESULT", "PROCESS", "COMMAND", "PATH")
+COMMAND_WIDTH = 40
+
+
+def command_cell(d: dict[str, object]) -> str:
+    """The command line as a shell would read it, cut to COMMAND_WIDTH; "?" when the process is unknown."""
+    if d["process_unknown"]:
+        return "?"
+    args = d["args"]
+    assert isinstance(args, list)
+    cmd = shlex.join(args) + (" ..." if d["args_truncated"] else "")
+    return cmd if len(cmd) <= COMMAND_WIDTH else cmd[:COMMAND_WIDTH - 3] + "..."
 
 
 def event_row(ev: pb.DeletionEvent) -> tuple[str, ...]:
@@ -100,7 +120,7 @@ def event_row(ev: pb.DeletionEvent) -> tuple[str, ...]:
     if ev.action:  # the node policy's verdict
         path += f" [{d['action']}: {d['policy']}]"
     return (d["time"], d["node"], pod, d["container"] or "-", d["op"], str(d["result"]),
-            f"{d['comm']}({d['pid']})", path)
+            f"{d['comm']}({d['pid']})", command_cell(d), path)
 
 
 def _print_table(out: TextIO, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

@@ -63,8 +63,8 @@ T_RENAME_TO, T_RENAME_FLAGS = tag(_EV, "rename_to"), tag(_EV, "rename_flags")
 T_ACTION, T_POLICY = tag(_EV, "action"), tag(_EV, "policy")
 _ALL_FLAGS = 2 * max(pb.EventFlag.values()) - 1
 _OP_RENAME = pb.OP_RENAME
-TP_PID, TP_TID, TP_PPID, TP_UID, TP_GID, TP_COMM, TP_EXE = (
-    tag(_PROC, f) for f in ("pid", "tid", "ppid", "uid", "gid", "comm", "exe"))
+TP_PID, TP_TID, TP_PPID, TP_UID, TP_GID, TP_COMM, TP_EXE, TP_ARGS = (
+    tag(_PROC, f) for f in ("pid", "tid", "ppid", "uid", "gid", "comm", "exe", "args"))
 T_BATCH_EVENTS = tag(pb.EventBatch.DESCRIPTOR, "events")
 T_RESPONSE_EVENTS = tag(pb.QueryResponse.DESCRIPTOR, "events")
 T_RESPONSE_TOKEN = tag(pb.QueryResponse.DESCRIPTOR, "next_page_token")
@@ -145,6 +145,8 @@ class DeletionFields(Protocol):
     @property
     def exe(self) -> bytes: ...
     @property
+    def args(self) -> bytes: ...  # each argument NUL-terminated (the last one unterminated when cut)
+    @property
     def flags(self) -> int: ...
     @property
     def rename_to(self) -> bytes: ...
@@ -154,6 +156,15 @@ class DeletionFields(Protocol):
     def action(self) -> int: ...
     @property
     def policy(self) -> str: ...
+
+
+def split_args(args: bytes) -> list[bytes]:
+    """The arguments of a command line whose arguments are each NUL-terminated (the last one unterminated when
+    it was cut), as the kernel keeps it."""
+    if not args:
+        return []
+    parts = args.split(b"\0")
+    return parts[:-1] if args.endswith(b"\0") else parts
 
 
 def identity_fields(template: pb.DeletionEvent) -> bytes:
@@ -178,16 +189,17 @@ class EventWriter:
         self._agent = field(T_AGENT, agent_id.encode())
         self._time = _HighBits28()
         self._seq = _HighBits()
-        self._procs: dict[tuple[int, int, int, int, int, bytes, bytes], bytes] = {}
+        self._procs: dict[tuple[int, int, int, int, int, bytes, bytes, bytes], bytes] = {}
         self._op: dict[int, bytes] = {int(op): uint(T_OP, op) for op in pb.Op.values()}
         self._flags = {f: uint(T_FLAGS, f) for f in range(_ALL_FLAGS + 1)}
 
     def _process(self, d: DeletionFields) -> bytes:
-        key = (d.pid, d.tid, d.ppid, d.uid, d.gid, d.comm, d.exe)
+        key = (d.pid, d.tid, d.ppid, d.uid, d.gid, d.comm, d.exe, d.args)
         wire = self._procs.get(key)
         if wire is None:
             body = (uint(TP_PID, d.pid) + uint(TP_TID, d.tid) + uint(TP_PPID, d.ppid) + uint(TP_UID, d.uid)
-                    + uint(TP_GID, d.gid) + field(TP_COMM, d.comm) + field(TP_EXE, d.exe))
+                    + uint(TP_GID, d.gid) + field(TP_COMM, d.comm) + field(TP_EXE, d.exe)
+                    + b"".join([TP_ARGS + varint(len(a)) + a for a in split_args(d.args)]))
             wire = T_PROCESS + varint(len(body)) + body
             if len(self._procs) >= _CACHE_MAX:
                 self._procs.clear()

@@ -88,6 +88,7 @@ def event_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
         "gid": p.gid,
         "comm": text(p.comm),
         "exe": text(p.exe),
+        "args": [text(a) for a in p.args],
         "cgroup_id": ev.cgroup_id,
         "container_id": c.id,
         "pod_uid": pod.uid,
@@ -100,6 +101,8 @@ def event_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
         "agent": ev.agent,
         "seq": ev.seq,
         "path_truncated": bool(ev.flags & TRUNCATED_FLAGS),
+        "args_truncated": bool(ev.flags & pb.EVENT_FLAG_ARGS_TRUNCATED),
+        "process_unknown": bool(ev.flags & pb.EVENT_FLAG_PROCESS_UNKNOWN),
         "attach_mode": ev.attach_mode,
         "action": ACTION_NAMES.get(ev.action, "allowed"),
         "policy": ev.policy,
@@ -124,7 +127,9 @@ def dict_to_event(d: dict[str, Any]) -> pb.DeletionEvent:
         seq=int(d.get("seq", 0)),
         attach_mode=d.get("attach_mode", ""),
         flags=(pb.EVENT_FLAG_PATH_TRUNCATED if d.get("path_truncated") else 0)
-        | (pb.EVENT_FLAG_REPLACED if d.get("replaced") else 0),
+        | (pb.EVENT_FLAG_REPLACED if d.get("replaced") else 0)
+        | (pb.EVENT_FLAG_ARGS_TRUNCATED if d.get("args_truncated") else 0)
+        | (pb.EVENT_FLAG_PROCESS_UNKNOWN if d.get("process_unknown") else 0),
         rename_to=untext(d.get("rename_to", "")),
         rename_flags=rename_flag_bits(d.get("rename_flags") or ()),
         action=ACTION_BY_NAME.get(d.get("action", ""), pb.ACTION_UNSPECIFIED),
@@ -134,6 +139,7 @@ def dict_to_event(d: dict[str, Any]) -> pb.DeletionEvent:
         setattr(ev.process, key, int(d.get(key, 0)))
     ev.process.comm = untext(d.get("comm", ""))
     ev.process.exe = untext(d.get("exe", ""))
+    ev.process.args.extend(untext(a) for a in d.get("args") or ())
     ev.container.id = d.get("container_id", "")
     ev.container.name = d.get("container", "")
     ev.container.image = d.get("image", "")

@@ -1,6 +1,7 @@
 """Path globs shared by alert rules and `query --path`, matched against whole bytes paths.
 
-Semantics (docs/RULES.md has the table):
+Semantics (docs/RULES.md has the table; command lines, compile_command_matcher(), differ only in that `*` spans
+`/`):
 - `*` any run of bytes inside one segment (never `/`; dotfiles included), `?` one character inside a segment.
 - `**` as a whole segment spans zero or more segments: `/a/**/b` matches `/a/b` and `/a/x/y/b`; `**/x`
   matches `x` at any depth; a trailing `/**` matches the directory itself and everything below it.
@@ -289,3 +290,32 @@ def compile_matcher(globs: Iterable[str]) -> Callable[[bytes], bool]:
     if not lits:
         return lambda s: rx.match(s) is not None
     return lambda s: s in lits or rx.match(s) is not None
+
+
+def command_line(args: Sequence[bytes]) -> bytes:
+    """A command line as one string to match: its arguments joined by single spaces."""
+    return b" ".join(args)
+
+
+def compile_command_matcher(globs: Iterable[str]) -> Callable[[Sequence[bytes]], bool]:
+    """A predicate on a command line (its arguments) true when any glob matches the arguments joined by spaces.
+    Unlike paths, `*` here matches any text, `/` included (`rm -rf *` matches `rm -rf /var/lib/x`); `?`, the
+    classes and `\\xNN` are as in paths. `**` means the same as `*`."""
+    parts: list[bytes] = []
+    for g in globs:
+        rx = b""
+        for kind, value in tokens(g):
+            if kind == "lit":
+                rx += re.escape(value)
+            elif kind == "[":
+                negate = value[:1] in (b"!", b"^")
+                body = b"".join(b"\\" + bytes([c]) if bytes([c]) in b"\\[]&~|^" else bytes([c])
+                                for c in (value[1:] if negate else value))
+                rx += (b"[^" if negate else b"[") + body + b"]"
+            elif kind == "?":
+                rx += b"."
+            else:  # "*" and "**"
+                rx += b".*"
+        parts.append(rx)
+    pattern = re.compile(b"(?:" + b"|".join(parts) + b")\\Z", re.S)
+    return lambda args: pattern.match(command_line(args)) is not None

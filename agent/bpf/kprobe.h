@@ -13,7 +13,10 @@ enum uw_kind {
 	UW_KIND_DELETION = 1,	  /* a deletion or rename; data = raw path (a rename's source), then the resolved
 				   * directory */
 	UW_KIND_CGROUP_MKDIR = 2, /* a new cgroup2 directory; cgroup_id, data = its path */
-	UW_KIND_EXE = 3,	  /* first deletion of a process: data = its executable's path */
+	UW_KIND_EXE = 3,	  /* a process, before its first deletion's record (struct uw_proc, sent once per
+				   * entry of procs): data = its executable's path (raw_len), then its command line
+				   * as exec'd, each argument NUL-terminated (dir_len); flags UW_F_EXE_TRUNCATED,
+				   * UW_F_ARGS_TRUNCATED */
 	UW_KIND_RENAME_TO = 4,	  /* a rename's destination, sent at entry: data as for a deletion; the rename's
 				   * own record (same tid) follows it in the ring */
 };
@@ -32,6 +35,11 @@ enum uw_op {
 #define UW_F_REPLACED (1U << 4)		/* rename: an existing destination was replaced (destroyed) */
 #define UW_F_POLICY_USER (1U << 5)	/* the node policy could not be decided in the kernel (a path with "." or
 					 * "..", "//", a trailing "/", or longer than UW_POLICY_KEY): user space decides */
+
+#define UW_F_PROC_UNKNOWN (1U << 6)	/* the kernel has no record of the deleting process (it exec'd before the agent
+					 * started and was not seeded, or its entry was evicted): exe and args unknown */
+#define UW_F_EXE_TRUNCATED (1U << 7)	/* UW_KIND_EXE: the executable's path was cut at UW_EXE_MAX - 1 bytes */
+#define UW_F_ARGS_TRUNCATED (1U << 8)	/* UW_KIND_EXE: the command line was cut at UW_ARGS_MAX bytes */
 
 /* the node policy's verdict on a deletion (agent/bpf/policy.h) */
 enum uw_action {
@@ -122,6 +130,33 @@ struct uw_policy_state {
 /* policy_cgroups: cgroup id -> the rules that apply to its processes, per slot */
 struct uw_policy_cgroup {
 	struct uw_rule_set slot[2];
+};
+
+/* procs: what the kernel knows of a process, from its exec (sched_process_exec), from /proc for a process that
+ * exec'd before the agent started (agent/probe/procseed.py), or inherited by a child forked without exec from
+ * the nearest ancestor with the same executable file. The deletion path only looks it up. */
+#define UW_EXE_MAX 512		/* bytes of an executable's path kept per process (less one) */
+#define UW_ARGS_MAX 1024	/* bytes of a command line kept per process */
+#define UW_PROC_SEEDED (1ULL << 63)	/* uw_proc_key.start of an entry seeded from /proc: with the process's start
+					 * (task->start_boottime) in clock ticks, as /proc/PID/stat gives it */
+
+struct uw_proc_key {
+	__u32 tgid;
+	__u32 pad;
+	__u64 start;		/* the thread group leader's task->start_time (ns); or UW_PROC_SEEDED | ticks */
+};
+
+struct uw_proc {
+	__u64 exe_file;		/* mm->exe_file at exec, as an identity only (0 when seeded): a forked child
+				 * inherits the entry of an ancestor only when its executable file is the same */
+	__u32 gen;		/* the policy generation exe_except was computed for (0: not yet) */
+	__u32 sent;		/* its UW_KIND_EXE record has gone to user space */
+	__u32 flags;		/* UW_F_EXE_TRUNCATED, UW_F_ARGS_TRUNCATED */
+	__u16 exe_len;
+	__u16 args_len;
+	struct uw_rule_set exe_except;	/* the policy rules whose except names this executable */
+	char exe[UW_EXE_MAX];	/* the path as the process sees it (its root), not NUL-terminated */
+	char args[UW_ARGS_MAX];	/* argv as exec'd, each argument NUL-terminated */
 };
 
 #endif /* UNLINKWATCH_KPROBE_H */

@@ -252,15 +252,16 @@ static __always_inline void uw_policy_who(struct uw_policy_slot *sl, __u32 slot,
 }
 
 /* The exe's except set, from its path in s->data (an EXE record just built): exact paths only. */
-static __always_inline void uw_policy_exe(struct uw_scratch *s, __u32 slot, struct uw_rule_set *out)
+static __always_inline void uw_policy_exe(struct uw_scratch *s, __u32 slot, struct uw_proc *p,
+					  struct uw_rule_set *out)
 {
-	__u32 len = s->ev.raw_len;
+	__u32 len = p->exe_len;
 	out->w[0] = 0;
 	out->w[1] = 0;
-	if (len == 0 || len >= UW_POLICY_KEY || s->ev.flags)
+	if (len == 0 || len >= UW_POLICY_KEY || p->flags & UW_F_EXE_TRUNCATED)
 		return;
 	UW_OPAQUE(len);
-	bpf_probe_read_kernel(s->pkey.data, len & UW_PK_MASK, s->data);
+	bpf_probe_read_kernel(s->pkey.data, len & UW_PK_MASK, p->exe);
 	s->pkey.data[len & UW_PK_MASK] = 0;
 	s->pkey.prefixlen = 8 + (len + 1) * 8;
 	s->pkey.slot = slot;

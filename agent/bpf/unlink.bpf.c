@@ -9,8 +9,11 @@
  *   UW_UNLINK_FN       the kernel's unlink function for modes 2 and 3 (do_unlinkat, filename_unlinkat)
  *   UW_RINGBUF_PAGES   ring buffer size in pages
  *   UW_MAX_DEPTH       directory components walked before the path is flagged truncated
+ *   UW_PROCS           entries of procs (processes known by their exec)
+ *   UW_NS_PER_TICK     nanoseconds per clock tick (USER_HZ), the unit of a start time in /proc/PID/stat
  *   OFF_*              struct member offsets read from the running kernel's BTF at load time
- * Entry sends the process's executable once and stashes in task-local storage; exit emits with the return
+ * An exec records the process (its executable and command line) in procs; a deletion's entry sends that
+ * record once per process, then stashes in task-local storage; exit emits with the return
  * value (unless the node policy ignores the deletion) and always clears the stash. A rename's entry also
  * sends its destination as a record of its own (UW_KIND_RENAME_TO). Each program walks one path at most,
  * and what loops comes before the walk: what follows a walk is verified once per way out of it.
@@ -35,6 +38,8 @@
 #define UW_ENAMETOOLONG 36
 #define UW_MASK (UW_PATH_MAX - 1)
 #define UW_PK_ROOM 512
+#define UW_PROC_UP 8		/* ancestors a child forked without exec looks through for its executable */
+#define UW_GEN_USER (1U << 31)	/* uw_stash.gen: the policy is left to user space (an unknown executable) */
 
 #define UW_PM_UNDECIDED 0	/* struct uw_prematch.state */
 #define UW_PM_RELATIVE 1	/* rules hold the final name's; the directory's key is built after the walk */
@@ -62,6 +67,7 @@ struct uw_stash {
 	struct uw_prematch dst;		/* rename: the destination argument */
 	struct uw_rule_set dst_rules;	/* rename: every rule its destination matches (set after its walk) */
 	__u32 dst_undecided;	/* rename: the kernel could not decide the destination */
+	__u32 flags;		/* UW_F_PROC_UNKNOWN, for the record */
 	__s32 dst_dirfd;	/* rename: the destination's dirfd and path argument, as passed */
 	const char *dst_uptr;
 };
@@ -78,22 +84,7 @@ struct uw_scratch {
 	char tbuf[UW_PK_ROOM + 16];		/* policy.h: the raw argument, 8-byte aligned words */
 	struct uw_prematch src;			/* the exit's pre-match of its argument: in map memory, so the
 						 * walk after it is verified once, not once per way through it */
-	__u32 exe_gen;				/* uw_send_exe(): the policy generation, across its walk */
-	__u32 pad;
-};
-
-/* procs: what is known of a process once its first deletion sent its executable */
-struct uw_proc {
-	__u64 exe_id;			/* the exe file it was sent for (an execve changes it) */
-	__u32 gen;			/* the policy generation exe_except was computed for */
-	__u32 pad;
-	struct uw_rule_set exe_except;	/* the policy rules whose except names this exe */
-};
-
-struct uw_proc_key {
-	__u32 tgid;
-	__u32 pad;
-	__u64 start_ns;
+	struct uw_proc proc;			/* the exec program builds a process's entry here */
 };
 
 BPF_RINGBUF_OUTPUT(events, UW_RINGBUF_PAGES);
@@ -105,7 +96,7 @@ BPF_TASK_STORAGE(stash, struct uw_stash);	/* entry -> exit, per thread; op 0 whe
 BPF_HASH(rename_replaced, __u32, __u32, 1024);
 #endif
 BPF_PERCPU_ARRAY(scratch, struct uw_scratch, 1);
-BPF_TABLE("lru_hash", struct uw_proc_key, struct uw_proc, procs, 8192);
+BPF_TABLE("lru_hash", struct uw_proc_key, struct uw_proc, procs, UW_PROCS);	/* kprobe.h */
 
 #include "read.h"
 #include "walk.h"
@@ -149,43 +140,99 @@ static __always_inline void uw_output(struct uw_scratch *s)
 	}
 }
 
-/* Once per process: its executable's path, so user space never reads /proc of a gone process; and the policy
- * rules whose except names that executable (into exe_except; again when the policy changes). */
-static __always_inline void uw_send_exe(struct uw_scratch *s, void *task, void *fs, struct uw_rule_set *exe_except)
+/* The key of the current process in procs: its thread group leader's pid and start time. */
+static __always_inline void uw_proc_key(void *task, struct uw_proc_key *key)
+{
+	void *leader = UW_LD(task, OFF_TASK_GROUP_LEADER, void *);
+	key->tgid = UW_LD(leader, OFF_TASK_TGID, __u32);
+	key->pad = 0;
+	key->start = UW_LD(leader, OFF_TASK_START_TIME, __u64);
+}
+
+/* The seeded key of a process (agent/probe/procseed.py): its start as /proc/PID/stat gives it. */
+static __always_inline void uw_proc_seed_key(void *task, struct uw_proc_key *key)
+{
+	void *leader = UW_LD(task, OFF_TASK_GROUP_LEADER, void *);
+	key->tgid = UW_LD(leader, OFF_TASK_TGID, __u32);
+	key->pad = 0;
+	key->start = UW_PROC_SEEDED | (UW_LD(leader, OFF_TASK_START_BOOTTIME, __u64) / UW_NS_PER_TICK);
+}
+
+/* The current process's entry in procs. A process that exec'd before the agent started has a seeded entry
+ * instead, and a child forked without exec has none: either gets a copy under its own key, the child's from
+ * the nearest ancestor with an entry when that ancestor's executable file is its own (else it is unknown, never
+ * guessed). 0 when unknown. */
+static __always_inline struct uw_proc *uw_proc_find(void *task, struct uw_proc_key *key)
+{
+	uw_proc_key(task, key);
+	struct uw_proc *p = procs.lookup(key);
+	if (p)
+		return p;
+	struct uw_proc_key up = {};
+	uw_proc_seed_key(task, &up);
+	p = procs.lookup(&up);
+	if (!p) {
+		void *mm = UW_LD(task, OFF_TASK_MM, void *);
+		__u64 exe = mm ? (__u64)UW_LD(mm, OFF_MM_EXE_FILE, void *) : 0;
+		void *t = UW_LD(task, OFF_TASK_GROUP_LEADER, void *);
+#pragma unroll
+		for (int i = 0; i < UW_PROC_UP; i++) {
+			t = UW_LD(UW_LD(t, OFF_TASK_REAL_PARENT, void *), OFF_TASK_GROUP_LEADER, void *);
+			uw_proc_key(t, &up);
+			p = procs.lookup(&up);
+			if (p)
+				break;
+		}
+		if (!p || !exe || p->exe_file != exe)
+			return 0;
+	}
+	procs.update(key, p);
+	p = procs.lookup(key);
+	if (p)
+		p->sent = 0;	/* user space knows processes by this key */
+	return p;
+}
+
+/* A process's record (UW_KIND_EXE) from its entry: the executable, then the command line. */
+static __always_inline void uw_send_proc(struct uw_scratch *s, void *task, struct uw_proc *p)
+{
+	uw_header(&s->ev, task, UW_KIND_EXE);
+	s->ev.ts_ns = 0;
+	__u32 exe_len = p->exe_len & (UW_EXE_MAX - 1);
+	__u32 args_len = p->args_len;
+	if (args_len > UW_ARGS_MAX)
+		args_len = UW_ARGS_MAX;
+	bpf_probe_read_kernel(s->data, exe_len, p->exe);
+	bpf_probe_read_kernel(&s->data[exe_len], args_len, p->args);
+	s->ev.raw_len = exe_len;
+	s->ev.dir_len = args_len;
+	s->ev.flags = p->flags;
+	uw_output(s);
+}
+
+/* Entry's part of the process: its record sent once, and the policy rules whose except names its executable
+ * (computed again when the policy changes). Returns UW_F_PROC_UNKNOWN when the kernel has no entry. */
+static __always_inline __u32 uw_proc_enter(struct uw_scratch *s, void *task, struct uw_policy_slot *sl, __u32 slot,
+					   struct uw_rule_set *exe_except)
 {
 	exe_except->w[0] = 0;
 	exe_except->w[1] = 0;
-	struct uw_proc_key key = {};
-	key.tgid = bpf_get_current_pid_tgid() >> 32;
-	key.start_ns = UW_LD(UW_LD(task, OFF_TASK_GROUP_LEADER, void *), OFF_TASK_START_TIME, __u64);
-	void *mm = UW_LD(task, OFF_TASK_MM, void *);
-	void *exe = mm ? UW_LD(mm, OFF_MM_EXE_FILE, void *) : 0;
-	if (!exe)
-		return;
-	/* keyed by process, valued by exe file: an execve keeps pid and start time but changes the file */
-	struct uw_proc *sent = procs.lookup(&key);
-	__u32 slot = 0;
-	struct uw_policy_slot *sl = uw_policy_slot(&slot);
-	__u32 gen = sl ? sl->gen : 0;
-	s->exe_gen = gen;	/* read back after the walk: no value that differs by path lives across it */
-	if (sent && sent->exe_id == (__u64)exe && sent->gen == gen) {
-		*exe_except = sent->exe_except;
-		return;
+	struct uw_proc_key key;
+	struct uw_proc *p = uw_proc_find(task, &key);
+	if (!p)
+		return UW_F_PROC_UNKNOWN;
+	if (!p->sent) {
+		p->sent = 1;
+		uw_send_proc(s, task, p);
 	}
-	uw_header(&s->ev, task, UW_KIND_EXE);
-	__u32 flags = 0;
-	s->ev.raw_len = uw_put_path(s, 0, UW_LD(exe, OFF_FILE_F_PATH + OFF_PATH_MNT, void *),
-				    UW_LD(exe, OFF_FILE_F_PATH + OFF_PATH_DENTRY, void *), fs, &flags);
-	s->ev.flags = flags;
-	uw_output(s);
-	struct uw_proc p = {};
-	p.exe_id = (__u64)exe;
-	p.gen = UW_RELOAD(s->exe_gen);
-	sl = uw_policy_slot(&slot);
-	if (sl && sl->gen == p.gen && (sl->uses & UW_USES_EXES))
-		uw_policy_exe(s, slot, &p.exe_except);
-	*exe_except = p.exe_except;
-	procs.update(&key, &p);
+	if (sl && (sl->uses & UW_USES_EXES)) {
+		if (p->gen != sl->gen) {
+			uw_policy_exe(s, slot, p, &p->exe_except);
+			p->gen = sl->gen;
+		}
+		*exe_except = p->exe_except;
+	}
+	return 0;
 }
 
 static __always_inline struct uw_stash *uw_stash_get(__u64 create)
@@ -215,6 +262,7 @@ static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr,
 	st->dst_dirfd = dst_dirfd;
 	st->dst_undecided = 1;
 	st->gen = 0;
+	st->flags = 0;
 	if (dst_uptr) {	/* a rename's destination (its source is pre-matched at exit, from the record) */
 		__u32 slot = 0;
 		struct uw_policy_slot *sl = uw_policy_slot(&slot);
@@ -223,15 +271,16 @@ static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr,
 	}
 	void *task = (void *)bpf_get_current_task_btf();
 	struct uw_rule_set exe_except;
-	uw_send_exe(s, task, UW_LD(task, OFF_TASK_FS, void *), &exe_except);
-	/* looked up after the walk (in uw_send_exe): see there */
 	__u32 slot = 0;
 	struct uw_policy_slot *sl = uw_policy_slot(&slot);
+	__u32 unknown = uw_proc_enter(s, task, sl, slot, &exe_except);
+	st->flags = unknown;
 	if (sl) {
-		uw_policy_who(sl, slot, UW_RELOAD(st->op), &exe_except, &st->who);
-		st->gen = sl->gen;
+		uw_policy_who(sl, slot, op, &exe_except, &st->who);
 		st->slot = slot;
 		st->uses = sl->uses;
+		/* an executable the kernel does not know: a policy that names executables is left to user space */
+		st->gen = (unknown && (sl->uses & UW_USES_EXES)) ? sl->gen | UW_GEN_USER : sl->gen;
 	}
 	return st;
 }
@@ -421,10 +470,11 @@ static __always_inline int uw_exit(long ret)
 	ev->result = (__s32)ret;
 	ev->dirfd = copy.dirfd;
 
+	ev->flags = copy.flags;
 	if (copy.op == UW_OP_RENAME) {
 		ev->rename_flags = copy.rename_flags;
 		if (copy.replaced)
-			ev->flags = UW_F_REPLACED;
+			ev->flags |= UW_F_REPLACED;
 	}
 	uw_put_raw(s, copy.uptr, ret);
 	/* the policy's pre-match of the argument, before the walk (it loops: see policy.h) */
@@ -470,6 +520,70 @@ TRACEPOINT_PROBE(cgroup, cgroup_mkdir)
 	long n = bpf_probe_read_kernel_str(s->data, UW_PATH_MAX, (void *)args + off);
 	s->ev.raw_len = n > 0 ? (n - 1) & UW_MASK : 0;
 	uw_output(s);
+	return 0;
+}
+
+/* Every exec, in every mode: the process's entry in procs (its command line, then its executable's path: the
+ * walk last). A deletion only looks it up, so the walk is paid once per exec and verified in one program. */
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+	__u32 zero = 0;
+	struct uw_scratch *s = scratch.lookup(&zero);
+	if (!s)
+		return 0;
+	void *task = (void *)bpf_get_current_task_btf();
+	void *mm = UW_LD(task, OFF_TASK_MM, void *);
+	if (!mm)
+		return 0;
+	struct uw_proc *p = &s->proc;
+	p->gen = 0;
+	p->sent = 0;
+	p->flags = 0;
+	p->exe_except.w[0] = 0;
+	p->exe_except.w[1] = 0;
+	__u64 from = UW_LD(mm, OFF_MM_ARG_START, __u64);
+	__u64 n = UW_LD(mm, OFF_MM_ARG_END, __u64) - from;
+	if (n > UW_ARGS_MAX) {
+		n = UW_ARGS_MAX;
+		p->flags = UW_F_ARGS_TRUNCATED;
+	}
+	if (bpf_probe_read_user(p->args, n, (void *)from) < 0)
+		n = 0;
+	p->args_len = n;
+	void *exe = UW_LD(mm, OFF_MM_EXE_FILE, void *);
+	p->exe_file = (__u64)exe;
+	p->exe_len = 0;
+	if (exe) {
+		__u32 flags = 0;
+		__u32 len = uw_put_path(s, 0, UW_LD(exe, OFF_FILE_F_PATH + OFF_PATH_MNT, void *),
+					UW_LD(exe, OFF_FILE_F_PATH + OFF_PATH_DENTRY, void *),
+					UW_LD(task, OFF_TASK_FS, void *), &flags);
+		if (flags)
+			s->proc.flags |= UW_F_EXE_TRUNCATED;	/* the walk hit its depth or buffer limit */
+		if (len >= UW_EXE_MAX) {
+			s->proc.flags |= UW_F_EXE_TRUNCATED;
+			len = UW_EXE_MAX - 1;
+		}
+		s->proc.exe_len = len;
+		bpf_probe_read_kernel(s->proc.exe, len & (UW_EXE_MAX - 1), s->data);
+	}
+	struct uw_proc_key key;
+	uw_proc_key(task, &key);
+	procs.update(&key, &s->proc);
+	return 0;
+}
+
+/* The last thread of a process exits: its entries go (the seeded one too, if it was never used). */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+	void *task = (void *)bpf_get_current_task_btf();
+	if (UW_LD(UW_LD(task, OFF_TASK_SIGNAL, void *), OFF_SIGNAL_STRUCT_LIVE, int) != 0)
+		return 0;
+	struct uw_proc_key key;
+	uw_proc_key(task, &key);
+	procs.delete(&key);
+	uw_proc_seed_key(task, &key);
+	procs.delete(&key);
 	return 0;
 }
 

@@ -18,6 +18,7 @@ BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_NOEXIST = 1  # map update flag: add only
 
 MAP_TYPE_PERCPU_ARRAY = 6
 MAP_TYPE_PROG_ARRAY = 3
@@ -93,10 +94,12 @@ def lookup(fd: int, key: bytes, value_size: int) -> bytes:
     return v.raw
 
 
-def update(fd: int, key: bytes, value: bytes) -> None:
+def update(fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
+    """flags: BPF_NOEXIST to add only (EEXIST when the key is there)."""
     k = ctypes.create_string_buffer(key, len(key))
     v = ctypes.create_string_buffer(value, len(value))
-    _bpf(BPF_MAP_UPDATE_ELEM, _LookupAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v)))
+    _bpf(BPF_MAP_UPDATE_ELEM, _LookupAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v),
+                                          flags=flags))
 
 
 def delete(fd: int, key: bytes) -> bool:

@@ -34,10 +34,15 @@ OFFSETS = {
     "OFF_TASK_GROUP_LEADER": ("task_struct", "group_leader"),
     "OFF_TASK_TGID": ("task_struct", "tgid"),
     "OFF_TASK_START_TIME": ("task_struct", "start_time"),
+    "OFF_TASK_START_BOOTTIME": ("task_struct", "start_boottime"),
+    "OFF_TASK_SIGNAL": ("task_struct", "signal"),
+    "OFF_SIGNAL_STRUCT_LIVE": ("signal_struct", "live"),
     "OFF_TASK_FS": ("task_struct", "fs"),
     "OFF_TASK_FILES": ("task_struct", "files"),
     "OFF_TASK_MM": ("task_struct", "mm"),
     "OFF_MM_EXE_FILE": ("mm_struct", "exe_file"),
+    "OFF_MM_ARG_START": ("mm_struct", "arg_start"),
+    "OFF_MM_ARG_END": ("mm_struct", "arg_end"),
     "OFF_FS_STRUCT_ROOT": ("fs_struct", "root"),
     "OFF_FS_STRUCT_PWD": ("fs_struct", "pwd"),
     "OFF_PATH_MNT": ("path", "mnt"),
@@ -73,6 +78,7 @@ class ProbeConfig:
     unlink_fn: str = "do_unlinkat"  # the kernel's unlink function (filename_unlinkat on 7.0+)
     ringbuf_pages: int = 8192     # 32 MiB with 4 KiB pages: a 100 K deletion burst of ~160-byte records fits
     max_depth: int = 160
+    procs: int = 8192             # processes the kernel keeps (exe and args) for the deletion path to look up
     extra_cflags: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -102,6 +108,8 @@ def cflags(cfg: ProbeConfig, offsets: dict[str, int]) -> list[str]:
         f"-DUW_UNLINK_FN={cfg.unlink_fn}",
         f"-DUW_RINGBUF_PAGES={cfg.ringbuf_pages}",
         f"-DUW_MAX_DEPTH={cfg.max_depth}",
+        f"-DUW_PROCS={cfg.procs}",
+        f"-DUW_NS_PER_TICK={1_000_000_000 // os.sysconf('SC_CLK_TCK')}",
         "-Wno-macro-redefined",
     ]
     flags += [f"-D{k}={v}" for k, v in sorted(offsets.items())]

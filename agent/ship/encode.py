@@ -8,7 +8,7 @@ import time
 from json.encoder import encode_basestring_ascii as _jstr  # type: ignore[attr-defined]
 from typing import Protocol
 
-from unlinkwatch.codec import DeletionFields, identity_fields
+from unlinkwatch.codec import DeletionFields, identity_fields, split_args
 from unlinkwatch.eventjson import ACTION_NAMES, IDENTITY_NAMES, OP_NAMES, TRUNCATED_FLAGS, rename_flag_names
 from unlinkwatch.pb import events_pb2 as pb
 
@@ -18,6 +18,11 @@ OP_NAME: dict[int, str] = {0: "unspecified", **{int(k): v for k, v in OP_NAMES.i
 _OP_RENAME = pb.OP_RENAME
 _ALLOWED = '"action": "allowed", "policy": ""'
 _ACTION: dict[int, str] = {int(k): v for k, v in ACTION_NAMES.items()}
+# 'path_truncated, args_truncated, process_unknown' values by (path bit | the two process flags shifted to 2 and 4)
+_PROC_FLAGS = pb.EVENT_FLAG_ARGS_TRUNCATED | pb.EVENT_FLAG_PROCESS_UNKNOWN
+_PROC_SHIFT = pb.EVENT_FLAG_ARGS_TRUNCATED.bit_length() - 2
+_TRUNCATED = [f'{"true" if i & 1 else "false"}, "args_truncated": {"true" if i & 2 else "false"}, '
+              f'"process_unknown": {"true" if i & 4 else "false"}' for i in range(8)]
 # '"replaced": ..., "rename_flags": [...]' by (replaced << 3 | renameat2 flags)
 _RENAME = [f'"replaced": {"true" if i & 8 else "false"}, "rename_flags": '
            + "[" + ", ".join(f'"{n}"' for n in rename_flag_names(i & 7)) + "]" for i in range(16)]
@@ -75,14 +80,15 @@ class JsonLines:
         self._attach = _jstr(attach_mode)
         self._tail = f'"attach_mode": {self._attach}, {_ALLOWED}, "rename_to": "", {_RENAME[0]}}}\n'
         self._secs, self._prefix = -1, ""
-        self._procs: dict[tuple[int, int, int, int, int, bytes, bytes], str] = {}
+        self._procs: dict[tuple[int, int, int, int, int, bytes, bytes, bytes], str] = {}
 
     def _process(self, d: DeletionLine) -> str:
-        key = (d.pid, d.tid, d.ppid, d.uid, d.gid, d.comm, d.exe)
+        key = (d.pid, d.tid, d.ppid, d.uid, d.gid, d.comm, d.exe, d.args)
         s = self._procs.get(key)
         if s is None:
+            args = ", ".join([_jstr(text(a)) for a in split_args(d.args)])
             s = (f', "pid": {d.pid}, "tid": {d.tid}, "ppid": {d.ppid}, "uid": {d.uid}, "gid": {d.gid}, '
-                 f'"comm": {_jstr(text(d.comm))}, "exe": {_jstr(text(d.exe))}')
+                 f'"comm": {_jstr(text(d.comm))}, "exe": {_jstr(text(d.exe))}, "args": [{args}]')
             if len(self._procs) >= _CACHE_MAX:
                 self._procs.clear()
             self._procs[key] = s
@@ -93,7 +99,7 @@ class JsonLines:
         if secs != self._secs:
             self._secs, self._prefix = secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
         flags = d.flags
-        truncated = "true" if flags & TRUNCATED_FLAGS else "false"
+        truncated = _TRUNCATED[(1 if flags & TRUNCATED_FLAGS else 0) | (flags & _PROC_FLAGS) >> _PROC_SHIFT]
         # rename and policy fields are set where they apply (the decoder's invariant): most events end the same way
         tail = self._tail if d.op != _OP_RENAME and not d.policy and not d.action else (
             f'"attach_mode": {self._attach}, "action": "{_ACTION.get(d.action, "allowed")}", '

@@ -5,10 +5,12 @@ Query order: oldest first by (time, storage id), which reads naturally for "what
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from unlinkwatch.eventjson import ACTION_BY_NAME
-from unlinkwatch.pathglob import compile_glob, literal_prefix
+from unlinkwatch.pathglob import compile_command_matcher, compile_glob, literal_prefix
 from unlinkwatch.pb import events_pb2 as pb
 
 MAX_QUERY_LIMIT = 100_000
@@ -26,6 +28,7 @@ class EventFilter:
     rename_to_glob: str = ""
     action: int = -1    # proto Action; -1 = any
     policy_glob: str = ""
+    args_glob: str = ""  # the command line (arguments joined by spaces; `*` spans `/`)
     since_ns: int = 0
     until_ns: int = 0   # exclusive; 0 = no bound
 
@@ -33,7 +36,7 @@ class EventFilter:
     def from_request(cls, q: pb.QueryRequest) -> EventFilter:
         return cls(namespace=q.namespace, pod=q.pod, pod_uid=q.pod_uid, container=q.container,
                    workload=q.workload, node=q.node, path_glob=q.path_glob, rename_to_glob=q.rename_to_glob,
-                   action=_action(q.action), policy_glob=q.policy_glob,
+                   action=_action(q.action), policy_glob=q.policy_glob, args_glob=q.args_glob,
                    since_ns=q.since_unix_ns, until_ns=q.until_unix_ns)
 
     def equalities(self) -> list[tuple[str, str]]:
@@ -63,22 +66,33 @@ class EventFilter:
 
     def exact(self) -> bool:
         """Whether rows need a check in Python after SQL (a glob's exact match, a rename's destination)."""
-        return bool(self.path_glob or self.rename_to_glob or self.action >= 0 or self.policy_glob)
+        return bool(self.path_glob or self._in_event())
+
+    def _in_event(self) -> bool:
+        """Whether a filter reads what only the stored event holds."""
+        return bool(self.rename_to_glob or self.action >= 0 or self.policy_glob or self.args_glob)
 
     def row_matches(self, path: bytes, data: bytes) -> bool:
-        """The exact match of a row that passed the SQL conditions. The destination and the policy's verdict are
-        not columns: they are read from the stored event (for renames only the SQL keeps only renames when it
-        is asked for a destination)."""
+        """The exact match of a row that passed the SQL conditions. The destination, the policy's verdict and the
+        command line are not columns: they are read from the stored event (for renames only the SQL keeps only
+        renames when it is asked for a destination)."""
         if not self.path_matches(path):
             return False
-        if not (self.rename_to_glob or self.action >= 0 or self.policy_glob):
+        if not self._in_event():
             return True
         ev = pb.DeletionEvent.FromString(bytes(data))
         if self.rename_to_glob and compile_glob(self.rename_to_glob).match(ev.rename_to) is None:
             return False
         if self.action >= 0 and ev.action != self.action:
             return False
+        if self.args_glob and not _command_matcher(self.args_glob)(ev.process.args):
+            return False
         return not self.policy_glob or compile_glob(self.policy_glob).match(ev.policy.encode()) is not None
+
+
+@lru_cache(maxsize=64)
+def _command_matcher(glob: str) -> Callable[[Sequence[bytes]], bool]:
+    return compile_command_matcher((glob,))
 
 
 def _action(name: str) -> int:

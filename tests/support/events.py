@@ -7,6 +7,7 @@ import random
 
 from unlinkwatch.agent.decode import CgroupMkdir, Decoder, Deletion
 
+from unlinkwatch.codec import split_args
 from unlinkwatch.pb import events_pb2 as pb
 
 
@@ -15,7 +16,8 @@ def to_event(d: Deletion, node: str = "", agent: str = "", attach_mode: str = ""
         time_unix_ns=d.time_unix_ns, node=node, op=d.op, path=d.path, raw_path=d.raw_path,  # type: ignore[arg-type]
         result=d.result, cgroup_id=d.cgroup_id, agent=agent, attach_mode=attach_mode, flags=d.flags,
         rename_to=d.rename_to, rename_flags=d.rename_flags, action=d.action, policy=d.policy,  # type: ignore[arg-type]
-        process=pb.Process(pid=d.pid, tid=d.tid, ppid=d.ppid, uid=d.uid, gid=d.gid, comm=d.comm, exe=d.exe))
+        process=pb.Process(pid=d.pid, tid=d.tid, ppid=d.ppid, uid=d.uid, gid=d.gid, comm=d.comm, exe=d.exe,
+                           args=split_args(d.args)))
 
 
 def decode(decoder: Decoder, rec: bytes) -> pb.DeletionEvent | CgroupMkdir | None:
@@ -48,7 +50,7 @@ def random_deletion(r: random.Random, cgroup_id: int) -> Deletion:
     """A deletion with values at the edges of their encodings."""
     path_len = r.choice([1, 20, 127, 128, 300, 16383, 16384, 20000])
     path = b"/" + bytes(r.choice(b"abc/.\xff\xc3\xa9 \"\\\n") for _ in range(path_len - 1))
-    op, flags = r.choice([0, 1, 2, 3]), r.choice([0, 1, 2, 3])  # rename fields and flags only on renames
+    op, flags = r.choice([0, 1, 2, 3]), r.choice([0, 1, 2, 3, 64, 128, 193])  # rename fields only on renames
     return Deletion(
         time_unix_ns=r.choice([0, 5, 2**28 - 1, 2**28, 2**28 + 1, 1_764_000_000_123_456_789, 2**63 - 1]),
         op=op, path=path, raw_path=r.choice([b"", path[-10:], b"rel\xfe"]),
@@ -58,7 +60,8 @@ def random_deletion(r: random.Random, cgroup_id: int) -> Deletion:
         cgroup_id=cgroup_id, flags=flags | (r.choice([0, 4, 8, 16, 28]) if op == pb.OP_RENAME else 0),
         rename_to=r.choice([b"", b"/x/\xffy", path[:200]]) if op == pb.OP_RENAME else b"",
         rename_flags=r.choice([0, 1, 2, 4, 7]) if op == pb.OP_RENAME else 0,
-        action=r.choice([0, 0, 1, 2]), policy=r.choice(["", "protect-\u00e4\"x", "keep-logs"]))
+        action=r.choice([0, 0, 1, 2]), policy=r.choice(["", "protect-\u00e4\"x", "keep-logs"]),
+        args=r.choice([b"", b"rm\0-f\0x\0", b"sh\0\0-c\0caf\xe9 \"q\"\0", b"cut\0par"]))
 
 
 def reference_event(d: Deletion, template: pb.DeletionEvent, seq: int) -> pb.DeletionEvent:

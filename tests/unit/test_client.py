@@ -13,7 +13,9 @@ from unlinkwatch.collector.query import EventFilter, query
 from tests.support.collector import InProcessCollector, free_port, start_inprocess
 from tests.support.eventgen import batches, pod_uid
 from unlinkwatch.cli import main
+from unlinkwatch.client import EVENT_TABLE, event_row
 from unlinkwatch.eventjson import event_to_dict
+from unlinkwatch.pb import events_pb2 as pb
 
 TOKEN = "t0ken"
 
@@ -78,6 +80,7 @@ def test_alerts_without_follow_ends_after_the_history(collector: InProcessCollec
     (["query", "--workload", "web"], "--workload: expected KIND/NAME", 2),
     (["query", "--limit", "0"], "--limit", 2),
     (["query", "--rename-to", "/a/[b"], "--rename-to: ", 2),
+    (["query", "--args", "rm [x"], "--args: ", 2),
     (["status", "--token", "wrong"], "refused the request", 3),
 ])
 def test_user_mistakes_give_one_line_and_a_nonzero_exit(collector: InProcessCollector,
@@ -110,3 +113,30 @@ def test_query_by_rename_destination_shows_it_in_json_and_in_the_table(
     assert rc == 0 and len(lines) == len(rows)
     assert all(f"{r['path']} -> {r['rename_to']}" in line for r, line in zip(rows, lines, strict=True))
     assert any(line.endswith(" (replaced)") for line in lines)
+
+
+def test_the_query_tables_command_column_quotes_cuts_and_says_unknown() -> None:
+    ev = pb.DeletionEvent(process=pb.Process(comm=b"rm", args=[b"rm", b"-f", b"a file"]))
+    assert event_row(ev)[EVENT_TABLE.index("COMMAND")] == "rm -f 'a file'"
+    ev.process.args.append(b"x" * 100)
+    cell = event_row(ev)[EVENT_TABLE.index("COMMAND")]
+    assert len(cell) == 40 and cell.endswith("...")
+    ev = pb.DeletionEvent(flags=pb.EVENT_FLAG_PROCESS_UNKNOWN)
+    assert event_row(ev)[EVENT_TABLE.index("COMMAND")] == "?"
+
+
+def test_query_args_selects_by_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = start_inprocess(f"sqlite:///{tmp_path}/a.db", token=TOKEN)
+    try:
+        (b,) = batches("node-a:1", 3, 3, pods=1)
+        for ev, argv in zip(b.events, ([b"rm", b"-rf", b"/var/lib/postgresql"], [b"rm", b"tmp.1"], []),
+                            strict=True):
+            ev.process.args.extend(argv)
+        commit_batch(c.store, b, 1)
+        rc, out, _ = run(capsys, "query", "--collector", c.addr, "--token", TOKEN, "--args", "rm -rf *",
+                         "--output", "json")
+        assert rc == 0 and [json.loads(x)["args"] for x in out.splitlines()] == [["rm", "-rf", "/var/lib/postgresql"]]
+        rc, out, _ = run(capsys, "query", "--collector", c.addr, "--token", TOKEN, "--args", "rm *")
+        assert rc == 0 and len(out.splitlines()) == 3  # the header and two rows
+    finally:
+        c.close()

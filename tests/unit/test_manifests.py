@@ -18,7 +18,7 @@ K8S_VERSION = "1.30.0"
 NAMESPACE = "unlinkwatch"
 # The Secrets scripts/make-certs.sh writes; they hold private keys, so they are not in deploy/.
 CERT_SECRETS = {"unlinkwatch-collector-tls", "unlinkwatch-agent-tls"}
-AGENT_CAPABILITIES = {"BPF", "PERFMON", "SYS_RESOURCE", "DAC_READ_SEARCH"}
+AGENT_CAPABILITIES = {"BPF", "PERFMON", "SYS_RESOURCE", "DAC_READ_SEARCH", "SYS_PTRACE"}
 READ_VERBS = {"get", "list", "watch"}
 
 Doc = dict[str, Any]

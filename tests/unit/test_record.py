@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
-from unlinkwatch.agent.decode import HEADER, HEADER_FIELDS, CgroupMkdir, Decoder, join, normalize
+from unlinkwatch.agent.decode import HEADER, HEADER_FIELDS, C, CgroupMkdir, Decoder, join, normalize
+from unlinkwatch.agent.probe import procseed
 
 from tests.conftest import ROOT
 from tests.support.events import decode
+from unlinkwatch.codec import split_args
 from unlinkwatch.pb import events_pb2 as pb
 
 HEADER_H = ROOT / "agent" / "bpf" / "kprobe.h"
+UNKNOWN = pb.EVENT_FLAG_PROCESS_UNKNOWN  # a deletion with no process record before it
 
 
 def _c_layout(tmp_path: Path) -> dict[str, tuple[int, int]]:
@@ -114,7 +118,7 @@ def test_a_rename_joins_the_destination_its_thread_sent_at_entry() -> None:
     ev = decode(d, _record(1, b"../a", b"/w/sub", op=3, result=0, flags=1 << 4, rename_flags=1))
     assert isinstance(ev, pb.DeletionEvent) and ev.op == pb.OP_RENAME
     assert ev.path == b"/w/a" and ev.raw_path == b"../a" and ev.rename_to == b"/w/sub/b"
-    assert ev.flags == pb.EVENT_FLAG_REPLACED and ev.rename_flags == 1
+    assert ev.flags == pb.EVENT_FLAG_REPLACED | UNKNOWN and ev.rename_flags == 1
     other = decode(d, _record(1, b"/a", op=3, result=0, tid=12))
     assert isinstance(other, pb.DeletionEvent) and other.rename_to == b"/w/other/b"
 
@@ -124,7 +128,7 @@ def test_a_destination_left_behind_by_an_ignored_rename_is_never_joined_to_the_n
     assert decode(d, _record(4, b"/cache/b", op=3, ts_ns=7)) is None  # its rename was ignored in the kernel
     ev = decode(d, _record(1, b"/s", op=3, ts_ns=9))  # a later rename whose destination record was lost
     assert isinstance(ev, pb.DeletionEvent) and ev.rename_to == b""
-    assert ev.flags == pb.EVENT_FLAG_RENAME_TO_UNRESOLVED
+    assert ev.flags == pb.EVENT_FLAG_RENAME_TO_UNRESOLVED | UNKNOWN
 
 
 def test_the_policy_verdict_names_the_rule_of_the_generation_the_record_carries() -> None:
@@ -142,7 +146,71 @@ def test_a_rename_whose_destination_never_came_says_unresolved_and_guesses_nothi
     assert decode(d, _record(4, b"x", op=3, flags=4)) is None  # a destination whose directory was unreadable
     ev = decode(d, _record(1, b"/s", op=3))
     assert isinstance(ev, pb.DeletionEvent) and ev.rename_to == b"/x"  # as a deletion's path: flagged
-    assert ev.flags == pb.EVENT_FLAG_RENAME_TO_UNRESOLVED
+    assert ev.flags == pb.EVENT_FLAG_RENAME_TO_UNRESOLVED | UNKNOWN
     ev = decode(d, _record(1, b"/s2", op=3))
     assert isinstance(ev, pb.DeletionEvent) and ev.rename_to == b""
-    assert ev.flags == pb.EVENT_FLAG_RENAME_TO_UNRESOLVED
+    assert ev.flags == pb.EVENT_FLAG_RENAME_TO_UNRESOLVED | UNKNOWN
+
+
+def test_a_process_record_gives_the_deletions_after_it_their_exe_and_command_line() -> None:
+    d = Decoder("n", "a", "tracepoint")
+    assert decode(d, _record(3, b"/usr/bin/rm", b"rm\0-f\0x\0")) is None
+    ev = decode(d, _record(1, b"/x"))
+    assert isinstance(ev, pb.DeletionEvent)
+    assert ev.process.exe == b"/usr/bin/rm" and list(ev.process.args) == [b"rm", b"-f", b"x"]
+    assert not ev.flags & (pb.EVENT_FLAG_ARGS_TRUNCATED | pb.EVENT_FLAG_PROCESS_UNKNOWN)
+
+
+def test_a_command_line_the_kernel_cut_is_flagged_and_keeps_its_last_partial_argument() -> None:
+    d = Decoder("n", "a", "tracepoint")
+    decode(d, _record(3, b"/usr/bin/rm", b"rm\0aaaa", flags=C["UW_F_ARGS_TRUNCATED"]))
+    ev = decode(d, _record(1, b"/x"))
+    assert isinstance(ev, pb.DeletionEvent)
+    assert list(ev.process.args) == [b"rm", b"aaaa"] and ev.flags & pb.EVENT_FLAG_ARGS_TRUNCATED
+
+
+def test_an_empty_argument_survives_and_no_arguments_is_an_empty_list() -> None:
+    assert split_args(b"printf\0\0x\0") == [b"printf", b"", b"x"]
+    assert split_args(b"") == []
+
+
+def test_a_process_the_kernel_does_not_know_is_unknown_even_when_the_agent_knew_its_pid() -> None:
+    d = Decoder("n", "a", "tracepoint")
+    decode(d, _record(3, b"/usr/bin/rm", b"rm\0x\0"))
+    ev = decode(d, _record(1, b"/x", flags=C["UW_F_PROC_UNKNOWN"]))  # its entry evicted, then an exec: stale here
+    assert isinstance(ev, pb.DeletionEvent)
+    assert ev.process.exe == b"" and list(ev.process.args) == [] and ev.flags & pb.EVENT_FLAG_PROCESS_UNKNOWN
+
+
+def test_a_pid_with_another_start_time_never_gets_the_earlier_processs_command_line() -> None:
+    d = Decoder("n", "a", "tracepoint")
+    decode(d, _record(3, b"/usr/bin/rm", b"rm\0x\0", proc_start_ns=9))
+    ev = decode(d, _record(1, b"/x", proc_start_ns=10))  # the pid reused by a process the agent never saw
+    assert isinstance(ev, pb.DeletionEvent)
+    assert ev.process.exe == b"" and ev.flags & pb.EVENT_FLAG_PROCESS_UNKNOWN
+
+
+def test_the_proc_record_struct_matches_the_seeders_packing(tmp_path: Path) -> None:
+    src = tmp_path / "proc.c"
+    src.write_text(
+        "#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n"
+        f'#include "{HEADER_H}"\nint main(void) {{\n'
+        'printf("%zu %zu %zu %zu %zu\\n", sizeof(struct uw_proc_key), sizeof(struct uw_proc), '
+        "offsetof(struct uw_proc, exe_except), offsetof(struct uw_proc, exe), offsetof(struct uw_proc, args));\n"
+        "return 0;\n}\n")
+    exe = tmp_path / "proc"
+    subprocess.run(["gcc", "-o", str(exe), str(src)], check=True)
+    key, value, exe_except, exe_at, args_at = map(int, subprocess.run([str(exe)], capture_output=True, text=True,
+                                                                       check=True).stdout.split())
+    assert (key, value) == (procseed.KEY.size, procseed.VALUE.size)
+    assert (exe_except, exe_at, args_at) == (24, 24 + 8 * C["UW_POLICY_WORDS"], 24 + 8 * C["UW_POLICY_WORDS"]
+                                             + C["UW_EXE_MAX"])
+
+
+def test_a_process_read_from_proc_has_its_exe_and_command_line() -> None:
+    me = procseed.read_proc(os.getpid())
+    assert me is not None and me.exe == os.readlink("/proc/self/exe").encode()
+    assert me.args == Path("/proc/self/cmdline").read_bytes()[:C["UW_ARGS_MAX"]]
+    key, value = procseed.entry(me)
+    assert len(key) == procseed.KEY.size and len(value) == procseed.VALUE.size
+    assert procseed.read_proc(2**22 + 1) is None  # no such process

@@ -257,3 +257,24 @@ def test_matching_a_batch_finds_renames_by_the_destination_they_destroyed() -> N
         """)
     evs = [event("/var/a"), renamed("/tmp/new", "/etc/hosts", replaced=True), renamed("/tmp/b", "/etc/motd")]
     assert [(e.rename_to, [r.name for r in m]) for e, m in rs.matching_batch(evs)] == [(b"/etc/hosts", ["etc"])]
+
+
+def test_the_command_line_selects_and_excuses_with_a_star_that_spans_slashes() -> None:
+    rs = rules("""
+        rules:
+          - name: rm-rf
+            severity: high
+            match: {paths: ["/**"], args: ["rm -rf *", "rm -fr *"]}
+            except: {args: ["* /tmp/*"]}
+        """)
+    ev = event("/var/lib/postgresql/data/PG_VERSION")
+    ev.process.args.extend([b"rm", b"-rf", b"/var/lib/postgresql"])
+    assert names(rs, ev) == ["rm-rf"]
+    del ev.process.args[:]
+    ev.process.args.extend([b"rm", b"-rf", b"/tmp/build"])
+    assert names(rs, ev) == []
+    del ev.process.args[:]
+    ev.process.args.extend([b"rm", b"x"])
+    assert names(rs, ev) == []
+    with pytest.raises(RulesError, match=r"args: glob .* unclosed"):
+        rules("rules:\n  - {name: x, severity: low, match: {args: ['rm [x']}}\n")

@@ -114,6 +114,10 @@ class _EventFlagEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventFlag.V
     """the directory of a relative rename_to could not be resolved"""
     EVENT_FLAG_POLICY_USER: _EventFlag.ValueType  # 32
     """the node policy was decided by the agent, not in the kernel"""
+    EVENT_FLAG_ARGS_TRUNCATED: _EventFlag.ValueType  # 64
+    """the command line was longer than the kernel keeps (1 KiB): args is cut"""
+    EVENT_FLAG_PROCESS_UNKNOWN: _EventFlag.ValueType  # 128
+    """the process's exec was not seen (before the agent, not in /proc, or"""
 
 class EventFlag(_EventFlag, metaclass=_EventFlagEnumTypeWrapper):
     """Bits of DeletionEvent.flags."""
@@ -131,6 +135,10 @@ EVENT_FLAG_RENAME_TO_UNRESOLVED: EventFlag.ValueType  # 16
 """the directory of a relative rename_to could not be resolved"""
 EVENT_FLAG_POLICY_USER: EventFlag.ValueType  # 32
 """the node policy was decided by the agent, not in the kernel"""
+EVENT_FLAG_ARGS_TRUNCATED: EventFlag.ValueType  # 64
+"""the command line was longer than the kernel keeps (1 KiB): args is cut"""
+EVENT_FLAG_PROCESS_UNKNOWN: EventFlag.ValueType  # 128
+"""the process's exec was not seen (before the agent, not in /proc, or"""
 Global___EventFlag: _TypeAlias = EventFlag  # noqa: Y015
 
 @_typing.final
@@ -144,6 +152,7 @@ class Process(_message.Message):
     GID_FIELD_NUMBER: _builtins.int
     COMM_FIELD_NUMBER: _builtins.int
     EXE_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     """host PIDs"""
     tid: _builtins.int
@@ -152,6 +161,10 @@ class Process(_message.Message):
     gid: _builtins.int
     comm: _builtins.bytes
     exe: _builtins.bytes
+    @_builtins.property
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """the command line as exec'd, bounded (EVENT_FLAG_ARGS_TRUNCATED when cut)"""
+
     def __init__(
         self,
         *,
@@ -162,10 +175,11 @@ class Process(_message.Message):
         gid: _builtins.int = ...,
         comm: _builtins.bytes = ...,
         exe: _builtins.bytes = ...,
+        args: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comm", b"comm", "exe", b"exe", "gid", b"gid", "pid", b"pid", "ppid", b"ppid", "tid", b"tid", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "comm", b"comm", "exe", b"exe", "gid", b"gid", "pid", b"pid", "ppid", b"ppid", "tid", b"tid", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -530,6 +544,7 @@ class QueryRequest(_message.Message):
     RENAME_TO_GLOB_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     POLICY_GLOB_FIELD_NUMBER: _builtins.int
+    ARGS_GLOB_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     pod: _builtins.str
     pod_uid: _builtins.str
@@ -547,6 +562,8 @@ class QueryRequest(_message.Message):
     """allowed | would-block | blocked; empty: any"""
     policy_glob: _builtins.str
     """the deciding node-policy rule's name"""
+    args_glob: _builtins.str
+    """the command line, arguments joined by spaces ('*' spans '/')"""
     def __init__(
         self,
         *,
@@ -564,10 +581,11 @@ class QueryRequest(_message.Message):
         rename_to_glob: _builtins.str = ...,
         action: _builtins.str = ...,
         policy_glob: _builtins.str = ...,
+        args_glob: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "container", b"container", "limit", b"limit", "namespace", b"namespace", "node", b"node", "page_token", b"page_token", "path_glob", b"path_glob", "pod", b"pod", "pod_uid", b"pod_uid", "policy_glob", b"policy_glob", "rename_to_glob", b"rename_to_glob", "since_unix_ns", b"since_unix_ns", "until_unix_ns", b"until_unix_ns", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "args_glob", b"args_glob", "container", b"container", "limit", b"limit", "namespace", b"namespace", "node", b"node", "page_token", b"page_token", "path_glob", b"path_glob", "pod", b"pod", "pod_uid", b"pod_uid", "policy_glob", b"policy_glob", "rename_to_glob", b"rename_to_glob", "since_unix_ns", b"since_unix_ns", "until_unix_ns", b"until_unix_ns", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
