@@ -14,6 +14,7 @@ from unlinkwatch.errors import UserError
 from .policy.model import Policy
 from .policy.runtime import enforcement
 from .probe import attach as probe
+from .probe import procseed
 from .probe.btf import VMLINUX_BTF, Btf, BtfError
 from .probe.program import ensure_tracefs, header_tree
 
@@ -50,6 +51,11 @@ def gather(attach: str) -> dict[str, Any]:
     put("syscall_tracepoints", Path("/sys/kernel/tracing/events/syscalls/sys_enter_unlinkat").exists(),
         "syscalls:sys_enter_unlinkat")
     put("headers", *_check(lambda: header_tree() or f"/lib/modules/{platform.release()}/build"))
+    readable, denied = procseed.survey()
+    put("process_seed", denied == 0,
+        f"{readable} running processes' executables readable" + (
+            f"; {denied} not (CAP_SYS_PTRACE missing, or another user namespace): their deletions will say "
+            "process_unknown" if denied else ""))
     if os.geteuid() != 0 or btf is None:
         report["agent_can_run"] = False
         return report

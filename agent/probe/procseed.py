@@ -81,3 +81,19 @@ def seed(fd: int, proc: str = "/proc") -> int:
             continue
         added += 1
     return added
+
+
+def survey(proc: str = "/proc") -> tuple[int, int]:
+    """(processes whose executable this process can read, processes it may not read): what a seed would get."""
+    readable = denied = 0
+    for name in os.listdir(proc):
+        if name.isdigit():
+            try:
+                os.readlink(f"{proc}/{name}/exe")
+            except PermissionError:
+                denied += 1
+            except OSError:
+                pass  # a kernel thread, or gone
+            else:
+                readable += 1
+    return readable, denied

@@ -214,3 +214,8 @@ def test_a_process_read_from_proc_has_its_exe_and_command_line() -> None:
     key, value = procseed.entry(me)
     assert len(key) == procseed.KEY.size and len(value) == procseed.VALUE.size
     assert procseed.read_proc(2**22 + 1) is None  # no such process
+
+
+def test_the_seed_survey_counts_this_process_among_the_readable_ones() -> None:
+    readable, denied = procseed.survey()
+    assert readable >= 1 and denied >= 0
