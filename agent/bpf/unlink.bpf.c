@@ -240,10 +240,10 @@ static __always_inline struct uw_stash *uw_stash_get(__u64 create)
 	return stash.task_storage_get(bpf_get_current_task_btf(), 0, create);
 }
 
-/* Entry: the stash first (so that nothing the entry was called with lives across the walk below: the
- * tracepoint mode's one entry program for every call is then verified once, not once per call), the policy's
- * pre-match of a rename's destination (it loops: before the walk), the process's executable sent once (the
- * walk; here, so that the exit program has only the deletion's walk to verify), the policy's rules for who. */
+/* Entry: the stash first (so that nothing the entry was called with lives across the walk of a rename's
+ * destination after it: the tracepoint mode's one entry program for every call is then verified once, not
+ * once per call), the policy's pre-match of a rename's destination (it loops: before that walk), the process's
+ * record sent once (looked up in procs: no walk), the policy's rules for who. */
 static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr, __u32 op, __u32 rename_flags,
 						  __s32 dst_dirfd, const char *dst_uptr)
 {
