@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import require_root
-from tests.support.agentproc import AgentProcess, free_port
+from tests.support.agentproc import attached_agent
 
 
 def _policy(name: str, root: Path) -> str:
@@ -23,9 +23,7 @@ def test_a_swap_of_the_data_symlink_is_in_force_within_2_s(tmp_path: Path) -> No
     (cm / "..v1" / "policy.yaml").write_text(_policy("before", tmp_path))
     (cm / "..data").symlink_to("..v1")
     (cm / "policy.yaml").symlink_to("..data/policy.yaml")
-    a = AgentProcess("--policy", str(cm / "policy.yaml"), metrics_port=free_port())
-    try:
-        a.wait_attached()
+    with attached_agent("--policy", str(cm / "policy.yaml")) as a:
         (cm / "..v2").mkdir()
         (cm / "..v2" / "policy.yaml").write_text(_policy("after", tmp_path))
         (cm / "..tmp").symlink_to("..v2")
@@ -42,5 +40,3 @@ def test_a_swap_of_the_data_symlink_is_in_force_within_2_s(tmp_path: Path) -> No
             assert time.monotonic() - swapped < 2.0, "the swapped policy was not in force within 2 s"
             time.sleep(0.1)
         assert ev["policy"] == "after"
-    finally:
-        a.stop()

@@ -14,22 +14,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, require_root
-from tests.support.agentproc import AgentProcess, by_pid, free_port, run_deleter
+from tests.support.agentproc import AgentProcess, attached_agent, by_pid, run_deleter
 from unlinkwatch import runstate
 
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[AgentProcess]:
     require_root()
-    a = AgentProcess(metrics_port=free_port())
-    try:
-        info = a.info = a.wait_attached()
-        expected = os.environ.get("UNLINKWATCH_TEST_ATTACH")
-        if expected and expected != "auto":
-            assert info["mode"] == expected
+    with attached_agent() as a:
         yield a
-    finally:
-        a.stop()
 
 
 @pytest.fixture

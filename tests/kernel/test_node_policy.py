@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_root
-from tests.support.agentproc import AgentProcess, by_pid, free_port, run_deleter
+from tests.support.agentproc import AgentProcess, attached_agent, by_pid, run_deleter
 
 FILTERED = "unlinkwatch_agent_events_filtered_total"
 
@@ -54,12 +54,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def agent(root: Path) -> Iterator[AgentProcess]:
     require_root()
-    a = AgentProcess("--policy", str(root / "policy.yaml"), metrics_port=free_port())
-    try:
-        a.info = a.wait_attached()
+    with attached_agent("--policy", str(root / "policy.yaml")) as a:
         yield a
-    finally:
-        a.stop()
 
 
 def _touch(*paths: Path) -> None:

@@ -14,18 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_root
-from tests.support.agentproc import AgentProcess, by_pid, free_port
+from tests.support.agentproc import AgentProcess, attached_agent, by_pid
 
 
 @pytest.fixture(scope="module")
 def agent() -> Iterator[AgentProcess]:
     require_root()
-    a = AgentProcess(metrics_port=free_port())
-    try:
-        a.info = a.wait_attached()
+    with attached_agent() as a:
         yield a
-    finally:
-        a.stop()
 
 
 @pytest.fixture
@@ -88,22 +84,21 @@ def test_a_process_running_before_the_agent_is_seeded_and_its_fork_is_unknown(wo
     code = (f"import os, sys\nsys.stdin.readline()\nos.unlink({str(f)!r})\npid = os.fork()\nif pid == 0:\n"
             f"    os.unlink({str(g)!r})\n    os._exit(0)\nos.waitpid(pid, 0)")
     early = subprocess.Popen([sys.executable, "-c", code, "marker"], stdin=subprocess.PIPE, text=True)
-    a = AgentProcess(metrics_port=free_port())
     try:
-        a.wait_attached()
-        assert early.stdin is not None
-        early.stdin.write("go\n")
-        early.stdin.close()
-        assert early.wait(30) == 0
-        (ev,) = a.wait_for(lambda e: e["path"] == str(f))
-        assert ev["pid"] == early.pid and ev["args"] == [sys.executable, "-c", code, "marker"]
-        assert ev["exe"] == os.path.realpath(sys.executable) and ev["process_unknown"] is False
-        # its child forked after the agent started: /proc gave no executable file to compare, so nothing is guessed
-        (child,) = a.wait_for(lambda e: e["path"] == str(g))
-        assert child["process_unknown"] is True and child["args"] == [] and child["exe"] == ""
+        with attached_agent() as a:
+            assert early.stdin is not None
+            early.stdin.write("go\n")
+            early.stdin.close()
+            assert early.wait(30) == 0
+            (ev,) = a.wait_for(lambda e: e["path"] == str(f))
+            assert ev["pid"] == early.pid and ev["args"] == [sys.executable, "-c", code, "marker"]
+            assert ev["exe"] == os.path.realpath(sys.executable) and ev["process_unknown"] is False
+            # its child forked after the agent started: /proc gave no executable file to compare, so nothing is
+            # guessed
+            (child,) = a.wait_for(lambda e: e["path"] == str(g))
+            assert child["process_unknown"] is True and child["args"] == [] and child["exe"] == ""
     finally:
         early.kill()
-        a.stop()
 
 
 def test_a_process_that_exits_at_once_still_has_its_command_line(agent: AgentProcess, work: Path) -> None:

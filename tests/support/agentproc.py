@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,21 @@ class AgentProcess:
         for t in self._threads:
             t.join(5)
         return self.proc.returncode
+
+
+@contextmanager
+def attached_agent(*extra: str) -> Iterator[AgentProcess]:
+    """An agent with a metrics port, attached in the mode the run asks for (UNLINKWATCH_TEST_ATTACH; the kernel
+    lab sets it), stopped when the block ends."""
+    a = AgentProcess(*extra, metrics_port=free_port())
+    try:
+        a.info = a.wait_attached()
+        expected = os.environ.get("UNLINKWATCH_TEST_ATTACH")
+        if expected and expected != "auto":
+            assert a.info["mode"] == expected
+        yield a
+    finally:
+        a.stop()
 
 
 def free_port() -> int:
