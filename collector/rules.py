@@ -16,7 +16,7 @@ from unlinkwatch.errors import UserError
 from unlinkwatch.eventjson import ACTION_BY_NAME, OP_BY_NAME
 from unlinkwatch.pathglob import GlobError, GlobSet, compile_command_matcher, compile_matcher
 from unlinkwatch.pb import events_pb2 as pb
-from unlinkwatch.yamlnodes import NodeReader
+from unlinkwatch.yamlnodes import NodeReader, read_file
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 RESULTS = ("success", "failure", "any")
@@ -292,12 +292,7 @@ def parse_rules(text: str, filename: str) -> RuleSet:
 
 def load_rules(path: str) -> RuleSet:
     """Read and validate a rules file. Raises RulesError (a UserError) with `FILE:LINE: problem`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise RulesError(f"{path}:1: cannot read: {e.strerror if isinstance(e, OSError) else e}") from None
-    return parse_rules(text, path)
+    return parse_rules(read_file(path, RulesError), path)
 
 
 def default_rules_text() -> str:

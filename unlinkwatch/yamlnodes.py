@@ -25,6 +25,15 @@ N = TypeVar("N", bound=Named)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 
 
+def read_file(path: str, error: Callable[[str], UserError]) -> str:
+    """A YAML file's text; one that cannot be read raises `error("PATH:1: cannot read: why")`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}:1: cannot read: {e.strerror if isinstance(e, OSError) else e}") from None
+
+
 def file_version(path: str) -> tuple[int, ...] | None:
     """What a reloader compares to see that a file changed: follows symlinks, so a ConfigMap update (a new
     `..data` target) is a new inode. None while the file is missing."""

@@ -11,7 +11,7 @@ import yaml
 from unlinkwatch.errors import UserError
 from unlinkwatch.eventjson import OP_BY_NAME
 from unlinkwatch.pathglob import GlobError, compile_globs, tokens
-from unlinkwatch.yamlnodes import NodeReader
+from unlinkwatch.yamlnodes import NodeReader, read_file
 
 ACTIONS = ("ignore", "audit", "block")
 OPS = ("unlink", "rmdir", "rename")
@@ -203,9 +203,4 @@ def parse_policy(text: str, filename: str) -> Policy:
 
 def load_policy(path: str) -> Policy:
     """Read and validate a policy file. Raises PolicyError (a UserError) with `FILE:LINE: problem`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise PolicyError(f"{path}:1: cannot read: {e.strerror if isinstance(e, OSError) else e}") from None
-    return parse_policy(text, path)
+    return parse_policy(read_file(path, PolicyError), path)
