@@ -143,20 +143,48 @@ class Deletion(NamedTuple):
     action: int = 0          # proto Action: the node policy's verdict
     policy: str = ""         # the node-policy rule that decided it
     args: bytes = b""        # the command line as exec'd, each argument NUL-terminated (codec.split_args())
+    lineage: Lineage | None = None  # its ancestry (None: the kernel sent nothing of the process)
 
 
 class Proc(NamedTuple):
-    """What the kernel sent of a process (UW_KIND_EXE) before its first deletion."""
+    """What the kernel sent of a process (UW_KIND_EXE) before its first deletion, or as an ancestor of one."""
 
     exe: bytes
     args: bytes   # each argument NUL-terminated; the last one unterminated when cut
     flags: int    # pb.EVENT_FLAG_ARGS_TRUNCATED
+    pid: int = 0
+    comm: bytes = b""
+    parent: tuple[int, int] = (0, 0)  # the parent's key (pid, start) when this was sent
+    ns_pid: int = 0     # its pid in its own pid namespace (1: a container's first process, or init)
+    ns_level: int = 0   # that namespace's depth (0: the host's)
+    unknown: bool = False  # no exec seen: pid, comm and parent only
 
 
-UNKNOWN_PROC = Proc(b"", b"", 0)
+UNKNOWN_PROC = Proc(b"", b"", 0, unknown=True)
 _EXE_ARGS_TRUNCATED = C["UW_F_ARGS_TRUNCATED"]
+_EXE_UNKNOWN = C["UW_F_PROC_UNKNOWN"]
+ANCESTRY = C["UW_ANCESTRY"]
 
 
+class Lineage:
+    """A deletion's ancestry: its parents nearest first, up to its pid namespace's first process (a
+    container's, or init), at most ANCESTRY of them. exec_session: the topmost is not that first process
+    but was started into the namespace from outside it (runc exec, kubectl exec). Compared by identity: the
+    decoder hands out one object per chain until a process record may change it, so the encoders cache by it."""
+
+    __slots__ = ("ancestors", "exec_session", "truncated")
+
+    def __init__(self, ancestors: tuple[Proc, ...], exec_session: bool, truncated: bool) -> None:
+        self.ancestors = ancestors
+        self.exec_session = exec_session
+        self.truncated = truncated
+
+    def __repr__(self) -> str:
+        chain = " < ".join(p.comm.decode(errors="replace") for p in self.ancestors)
+        return f"Lineage({chain!r}, exec_session={self.exec_session}, truncated={self.truncated})"
+
+
+_NO_ANCESTORS = Lineage((), False, False)
 _NEW = tuple.__new__
 _OUT_FLAGS = [0] * (_F_MASK + 1)
 for _f in range(_F_MASK + 1):
@@ -201,6 +229,8 @@ class Decoder:
         self.attach_mode = attach_mode
         self._procs: OrderedDict[tuple[int, int], Proc] = OrderedDict()
         self._proc_cache_size = proc_cache_size
+        # (pid, start, ppid, parent start) -> the deletion's lineage, until the next process record
+        self._lineages: dict[tuple[int, int, int, int], Lineage | None] = {}
         self._clock = MonotonicToUnix()
         self._offset = self._clock.offset()
         # the node policy's rule names by generation (its low byte, as records carry it); set by the policy runtime
@@ -213,8 +243,9 @@ class Decoder:
     def split(self, rec: bytes) -> Deletion | CgroupMkdir | None:
         """One record -> a Deletion, or a CgroupMkdir, or None for records that only update the decoder.
         Times use the clock offset of the last tick()."""
-        (ts_ns, cgroup_id, proc_start, kind, op, pid, tid, ppid, uid, gid, result, _dirfd, flags,
-         raw_len, dir_len, rename_flags, policy, action, policy_gen, comm) = HEADER.unpack_from(rec, 0)
+        (ts_ns, cgroup_id, proc_start, parent_start, kind, op, pid, tid, ppid, uid, gid, result, _dirfd, flags,
+         raw_len, dir_len, rename_flags, ns_pid, ns_level, policy, action, policy_gen,
+         comm) = HEADER.unpack_from(rec, 0)
         end = HEADER.size + raw_len
         raw = rec[HEADER.size : end]
         if kind == KIND_DELETION:
@@ -222,19 +253,23 @@ class Decoder:
             nul = comm.find(b"\0")
             rule = self._rule(policy_gen, policy) if policy else ""
             out_flags = _OUT_FLAGS[flags & _F_MASK]
-            proc = UNKNOWN_PROC if out_flags & pb.EVENT_FLAG_PROCESS_UNKNOWN else self._proc(pid, proc_start)
-            if proc is UNKNOWN_PROC:
+            proc = self._proc(pid, proc_start)
+            lineage = self._lineage(pid, proc_start, proc, ppid, parent_start)
+            if lineage is not None and lineage.truncated:
+                out_flags |= pb.EVENT_FLAG_ANCESTRY_TRUNCATED
+            if out_flags & pb.EVENT_FLAG_PROCESS_UNKNOWN or proc.unknown:
+                proc = UNKNOWN_PROC
                 out_flags |= pb.EVENT_FLAG_PROCESS_UNKNOWN
             if op != OP_RENAME:
                 return _NEW(Deletion, (
                     ts_ns + self._offset, OPS.get(op, 0), path, raw, result, pid, tid, ppid, uid, gid,
                     comm if nul < 0 else comm[:nul], proc.exe, cgroup_id, out_flags | proc.flags, b"", 0,
-                    ACTIONS.get(action, 0), rule, proc.args))
+                    ACTIONS.get(action, 0), rule, proc.args, lineage))
             to, out_flags = self._destination(tid, ts_ns, result, out_flags | proc.flags)
             return _NEW(Deletion, (
                 ts_ns + self._offset, OPS[op], path, raw, result, pid, tid, ppid, uid, gid,
                 comm if nul < 0 else comm[:nul], proc.exe, cgroup_id, out_flags, to, rename_flags,
-                ACTIONS.get(action, 0), rule, proc.args))
+                ACTIONS.get(action, 0), rule, proc.args, lineage))
         if kind == KIND_RENAME_TO:
             self._rename_to[tid] = (ts_ns, join(rec[end : end + dir_len], raw) if raw else b"",
                                     _TO_FLAGS[flags & _F_MASK])
@@ -242,15 +277,54 @@ class Decoder:
                 self._rename_to.popitem(last=False)
             return None
         if kind == KIND_EXE:
+            nul = comm.find(b"\0")
             self._procs[(pid, proc_start)] = Proc(
-                raw, rec[end : end + dir_len], pb.EVENT_FLAG_ARGS_TRUNCATED if flags & _EXE_ARGS_TRUNCATED else 0)
+                raw, rec[end : end + dir_len], pb.EVENT_FLAG_ARGS_TRUNCATED if flags & _EXE_ARGS_TRUNCATED else 0,
+                pid, comm if nul < 0 else comm[:nul], (ppid, parent_start), ns_pid, ns_level,
+                bool(flags & _EXE_UNKNOWN))
             self._procs.move_to_end((pid, proc_start))
+            self._lineages.clear()  # a chain through this process may read differently now
             if len(self._procs) > self._proc_cache_size:
                 self._procs.popitem(last=False)
             return None
         if kind == KIND_CGROUP_MKDIR:
             return CgroupMkdir(cgroup_id, raw.decode("utf-8", "surrogateescape"))
         return None
+
+    def _lineage(self, pid: int, start: int, me: Proc, ppid: int, parent_start: int) -> Lineage | None:
+        key = (pid, start, ppid, parent_start)
+        lineage = self._lineages.get(key)
+        if lineage is None:
+            lineage = self._lineages[key] = self._walk(me, (ppid, parent_start))
+            if len(self._lineages) > self._proc_cache_size:
+                self._lineages.clear()
+        return lineage
+
+    def _walk(self, me: Proc, parent: tuple[int, int]) -> Lineage | None:
+        """The ancestry from the processes the kernel sent, cut as the kernel cuts it (agent/bpf/unlink.bpf.c,
+        uw_lineage): at the pid namespace's first process, where the chain leaves the namespace, or after
+        ANCESTRY ancestors. An ancestor the kernel never sent (its record lost) ends the chain as unknown."""
+        if me is UNKNOWN_PROC:
+            return None
+        if me.ns_pid == 1:
+            return _NO_ANCESTORS  # the namespace's first process: no parent inside it
+        chain: list[Proc] = []
+        key = parent
+        while key[0]:
+            p = self._procs.get(key)
+            if p is None:
+                chain.append(Proc(b"", b"", 0, key[0], unknown=True))
+                return Lineage(tuple(chain), False, False)
+            self._procs.move_to_end(key)  # in use: an ancestor the kernel will not send again
+            if p.ns_level < me.ns_level:
+                return Lineage(tuple(chain), True, False)  # entered from outside: an exec session
+            if len(chain) == ANCESTRY:
+                return Lineage(tuple(chain), False, True)
+            chain.append(p)
+            if p.ns_pid == 1:
+                break
+            key = p.parent
+        return Lineage(tuple(chain), False, False)
 
     def _proc(self, pid: int, proc_start: int) -> Proc:
         key = (pid, proc_start)

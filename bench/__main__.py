@@ -33,7 +33,7 @@ KEEP_FREE = 20 * GB          # disk left free besides a step's own data
 PG_WAL = 4 * GB              # the bench's PostgreSQL clusters run with max_wal_size=4GB
 QUICK_ARGS = {"ingest": ["--events", "50000"], "query": ["--events", "200000", "--pods", "1000", "--queries", "50"]}
 OTHERS = ("identity", "ingest", "query", "rules")  # bench/<name>.py with main() -> None, written separately
-STEPS = ("overhead", "e2e", "startup", *OTHERS)
+STEPS = ("overhead", "e2e", "startup", "exec", *OTHERS)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -197,6 +197,18 @@ def run_startup(args: argparse.Namespace, binary: Path, report: Report) -> None:
                samples)
 
 
+def run_exec(args: argparse.Namespace, report: Report) -> None:
+    """A shell loop of /bin/true and one of rm (a process per deleted file) under bare and the agent."""
+    n = 1000 if args.quick else 5000
+    baseline = overhead.BaselineAgent(args.baseline) if args.baseline else None
+    for loop in overhead.EXEC_LOOPS:
+        print(f"exec loop {loop}: {n:,} processes x {args.rounds} rounds", file=sys.stderr)
+        with overhead.baseline_tree(baseline) if baseline else contextlib.nullcontext():
+            results = overhead.exec_compare(loop, n, args.rounds, baseline)
+        report.add(f"Exec loop `{loop}` ({n:,} processes, tmpfs, medians of {args.rounds} interleaved rounds)",
+                   overhead.EXEC_HEADERS, overhead.table(results, n), [asdict(r) for r in results])
+
+
 def run_other(name: str, quick: bool = False) -> str | None:
     """Run bench/<name>.py's main() if that module exists; the error text if it failed."""
     try:
@@ -248,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):  # ended like Ctrl-C, with the same cleanup
         signal.signal(sig, _interrupt)
-    if os.geteuid() != 0 and {"overhead", "e2e", "startup"} & set(args.steps):
+    if os.geteuid() != 0 and {"overhead", "e2e", "startup", "exec"} & set(args.steps):
         print("python -m bench: the overhead, e2e and startup steps need root (mounts, BPF, audit)", file=sys.stderr)
         return 2
     for step in args.steps:
@@ -278,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_e2e(args, binary, report)
         elif step == "startup":
             run_startup(args, binary, report)
+        elif step == "exec":
+            run_exec(args, report)
         else:
             err = run_other(step, args.quick)
             if err:

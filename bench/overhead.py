@@ -500,3 +500,55 @@ def startup_sample(binary: Path, n: int) -> dict[str, Any]:
             agent.stop()
     return {"exec_to_attached_s": agent.startup_s, "agent_reported_s": reported, "idle_rss_mib": idle / 1024,
             "rss_after_load_mib": after / 1024, "hwm_mib": hwm / 1024, "unlinks": n}
+
+
+# Exec-heavy workloads (`python -m bench --only exec`): a process per iteration, so what is paid once per
+# process (sched_process_exec and _exit, the lineage a process's first deletion sends) dominates.
+EXEC_LOOPS = {
+    "true": 'i=0; while [ "$i" -lt "$1" ]; do /bin/true; i=$((i+1)); done',  # exec and exit only
+    "rm": 'for f in "$2"/e*; do rm "$f"; done',  # each process deletes once: its lineage is synced every time
+}
+EXEC_HEADERS = ["config", "execs/s (median)", "slowdown vs bare", "completeness", "drops reported", "true loss",
+                "tracer CPU us/exec", "peak RSS MiB", "kernel ns/exec", "note"]
+
+
+def measure_exec(tracer: Tracer, loop: str, n: int, fsdir: Path, record: bool) -> Sample:
+    with scratch_dir() as tmp:
+        files = fsdir / f"exec-{os.getpid()}"
+        files.mkdir()
+        if loop == "rm":
+            for i in range(n):
+                (files / f"e{i:07d}").touch()
+        tracer.start(tmp, record)
+        try:
+            pids = tracer_pids(tracer)
+            cpu0 = sum(peers.cpu_seconds(p) for p in pids)
+            k0 = bpf_run_ns(pids) if record else 0.0
+            t0 = time.perf_counter()
+            subprocess.run(["sh", "-c", EXEC_LOOPS[loop], "sh", str(n), str(files)], check=True)
+            rate = n / (time.perf_counter() - t0)
+            wait_quiet(pids)
+            cpu = sum(peers.cpu_seconds(p) for p in pids) - cpu0
+            kernel = (bpf_run_ns(pids) - k0) / n if record and tracer.bpf else None
+            hwm = sum(peers.status_kib(p, "VmHWM") for p in pids)
+        finally:
+            tracer.stop()
+            subprocess.run(["rm", "-rf", str(files)], check=False)
+        return Sample(rate=rate, cpu_s=cpu, hwm_kib=hwm, kernel_ns=kernel)
+
+
+def exec_compare(loop: str, n: int, rounds: int, baseline: BaselineAgent | None = None) -> list[ConfigResult]:
+    """bare, the tracepoint agent (and a baseline revision's), interleaved; kernel ns per exec from bpf_stats."""
+    tracers: list[Tracer] = [Tracer(), UnlinkwatchAgent("tracepoint"), *([baseline] if baseline else [])]
+    results = {t.name: ConfigResult(t.name, f"exec loop {loop}") for t in tracers}
+    with workload.FILESYSTEMS["tmpfs"](max_files=n) as fsdir:
+        for r in range(rounds):
+            for t in tracers:
+                s = measure_exec(t, loop, n, fsdir, record=False)
+                results[t.name].samples.append(s)
+                print(f"  [exec {loop} round {r + 1}/{rounds}] {t.name}: {s.rate:,.0f} execs/s", file=sys.stderr)
+        with bpf_stats_enabled():
+            for t in tracers:
+                if t.name != "bare":
+                    results[t.name].record = measure_exec(t, loop, n, fsdir, record=True)
+    return list(results.values())

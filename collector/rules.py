@@ -20,8 +20,8 @@ from unlinkwatch.yamlnodes import NodeReader, read_file
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 RESULTS = ("success", "failure", "any")
-COND_KEYS = ("paths", "rename_to", "ops", "result", "namespaces", "pod_labels", "comm", "exe", "args", "action",
-             "policy")
+COND_KEYS = ("paths", "rename_to", "ops", "result", "namespaces", "pod_labels", "comm", "exe", "args", "ancestors",
+             "exec_session", "action", "policy")
 RULE_KEYS = ("name", "severity", "description", "match", "except", "enabled")
 TOP_KEYS = ("rules", "fold_window", "fold_samples")  # plus "x-..." keys: free, e.g. for YAML anchors
 DEFAULT_FOLD_WINDOW_NS = 10_000_000_000
@@ -213,6 +213,11 @@ class _Loader(NodeReader):
         if "args" in keys:
             args = self.command_globs(keys["args"][1], f"{what}.args")
             checks.append(lambda ev: args(ev.process.args))
+        if "ancestors" in keys:
+            checks.append(self.ancestors(keys["ancestors"][1], f"{what}.ancestors"))
+        if "exec_session" in keys:
+            want = self.boolean(keys["exec_session"][1], f"{what}.exec_session")
+            checks.append(lambda ev: ev.exec_session == want)
         if "action" in keys:
             actions: set[int] = set()
             for name in self.strings(keys["action"][1], f"{what}.action"):
@@ -226,6 +231,21 @@ class _Loader(NodeReader):
             policy = self.globs(keys["policy"][1], f"{what}.policy", False)
             checks.append(lambda ev: bool(ev.policy) and policy(ev.policy.encode()))
         return Condition(tuple(checks), paths, path_globs)
+
+    def ancestors(self, node: yaml.Node, what: str) -> Check:
+        """Any ancestor's comm matches a glob, or its exe one that starts with '/'."""
+        globs = self.strings(node, what)
+        comm = self.globs(node, what, False) if any(not g.startswith("/") for g in globs) else None
+        exes = [g for g in globs if g.startswith("/")]
+        try:
+            exe = compile_matcher(exes) if exes else None
+        except GlobError as e:
+            raise self.fail(node, f"{what}: {e}") from None
+
+        def check(ev: pb.DeletionEvent) -> bool:
+            return any((comm is not None and comm(a.comm)) or (exe is not None and exe(a.exe)) for a in ev.ancestry)
+
+        return check
 
     def labels(self, node: yaml.Node, what: str) -> Check:
         pairs = self.label_globs(node, what)

@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", metavar="GLOB", help="the node-policy rule that decided")
     p.add_argument("--args", metavar="GLOB",
                    help="the deleting process's command line, arguments joined by spaces ('*' spans '/')")
+    p.add_argument("--ancestor", metavar="GLOB",
+                   help="some ancestor of the deleting process: its comm, or its exe for a glob starting with '/'")
+    p.add_argument("--exec-session", action="store_true",
+                   help="only deletions from exec sessions into containers (kubectl exec)")
     p.add_argument("--since", metavar="DURATION|TIME")
     p.add_argument("--until", metavar="TIME")
     p.add_argument("--limit", type=int, default=1000)

@@ -68,7 +68,9 @@ def query_request(args: argparse.Namespace) -> pb.QueryRequest:
         raise UserError("--until: must be later than --since")
     rename_to = getattr(args, "rename_to", None)
     policy = getattr(args, "policy", None)
-    for flag, glob in (("--path", args.path), ("--rename-to", rename_to), ("--policy", policy)):
+    ancestor = getattr(args, "ancestor", None)
+    for flag, glob in (("--path", args.path), ("--rename-to", rename_to), ("--policy", policy),
+                       ("--ancestor", ancestor)):
         if glob:
             from unlinkwatch.pathglob import compile_glob
 
@@ -90,7 +92,8 @@ def query_request(args: argparse.Namespace) -> pb.QueryRequest:
                            container=args.container or "", workload=args.workload or "", node=args.node or "",
                            path_glob=args.path or "", since_unix_ns=since, until_unix_ns=until, limit=args.limit,
                            rename_to_glob=rename_to or "", action=getattr(args, "action", None) or "",
-                           policy_glob=policy or "", args_glob=command or "")
+                           policy_glob=policy or "", args_glob=command or "", ancestor_glob=ancestor or "",
+                           exec_session=bool(getattr(args, "exec_session", False)))
 
 
 EVENT_TABLE = ("TIME", "NODE", "POD", "CONTAINER", "OP", "RESULT", "PROCESS", "COMMAND", "PATH")
@@ -120,7 +123,7 @@ def event_row(ev: pb.DeletionEvent) -> tuple[str, ...]:
     if ev.action:  # the node policy's verdict
         path += f" [{d['action']}: {d['policy']}]"
     return (d["time"], d["node"], pod, d["container"] or "-", d["op"], str(d["result"]),
-            f"{d['comm']}({d['pid']})", command_cell(d), path)
+            f"{d['comm']}({d['pid']})" + (" [exec]" if d["exec_session"] else ""), command_cell(d), path)
 
 
 def _print_table(out: TextIO, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

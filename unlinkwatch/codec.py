@@ -61,10 +61,12 @@ T_TIME, T_NODE, T_OP, T_PATH, T_RAW, T_RESULT, T_PROCESS, T_AGENT, T_SEQ, T_FLAG
                           "flags", "attach_mode"))
 T_RENAME_TO, T_RENAME_FLAGS = tag(_EV, "rename_to"), tag(_EV, "rename_flags")
 T_ACTION, T_POLICY = tag(_EV, "action"), tag(_EV, "policy")
+T_ANCESTRY, T_EXEC_SESSION = tag(_EV, "ancestry"), tag(_EV, "exec_session")
 _ALL_FLAGS = 2 * max(pb.EventFlag.values()) - 1
 _OP_RENAME = pb.OP_RENAME
 TP_PID, TP_TID, TP_PPID, TP_UID, TP_GID, TP_COMM, TP_EXE, TP_ARGS = (
     tag(_PROC, f) for f in ("pid", "tid", "ppid", "uid", "gid", "comm", "exe", "args"))
+TP_UNKNOWN = tag(_PROC, "unknown")
 T_BATCH_EVENTS = tag(pb.EventBatch.DESCRIPTOR, "events")
 T_RESPONSE_EVENTS = tag(pb.QueryResponse.DESCRIPTOR, "events")
 T_RESPONSE_TOKEN = tag(pb.QueryResponse.DESCRIPTOR, "next_page_token")
@@ -117,6 +119,32 @@ class _HighBits28(_HighBits):
         return _CONT14[lo & 0x3FFF] + _CONT14[lo >> 14] + self.enc
 
 
+class AncestorFields(Protocol):
+    """What EventWriter reads of one ancestor."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def comm(self) -> bytes: ...
+    @property
+    def exe(self) -> bytes: ...
+    @property
+    def args(self) -> bytes: ...  # each argument NUL-terminated (the last one unterminated when cut)
+    @property
+    def unknown(self) -> bool: ...
+
+
+class LineageFields(Protocol):
+    """A deletion's ancestry; hashed by identity (the decoder reuses one object per chain)."""
+
+    @property
+    def ancestors(self) -> Sequence[AncestorFields]: ...
+    @property
+    def exec_session(self) -> bool: ...
+    @property
+    def truncated(self) -> bool: ...
+
+
 class DeletionFields(Protocol):
     """What EventWriter reads of a deletion (the agent's decoded record)."""
 
@@ -156,6 +184,8 @@ class DeletionFields(Protocol):
     def action(self) -> int: ...
     @property
     def policy(self) -> str: ...
+    @property
+    def lineage(self) -> LineageFields | None: ...
 
 
 def split_args(args: bytes) -> list[bytes]:
@@ -192,6 +222,24 @@ class EventWriter:
         self._procs: dict[tuple[int, int, int, int, int, bytes, bytes, bytes], bytes] = {}
         self._op: dict[int, bytes] = {int(op): uint(T_OP, op) for op in pb.Op.values()}
         self._flags = {f: uint(T_FLAGS, f) for f in range(_ALL_FLAGS + 1)}
+        self._lineages: dict[LineageFields, bytes] = {}
+
+    def _lineage(self, lineage: LineageFields | None) -> bytes:
+        if lineage is None:
+            return b""
+        wire = self._lineages.get(lineage)
+        if wire is None:
+            parts = []
+            for a in lineage.ancestors:
+                body = (uint(TP_PID, a.pid) + field(TP_COMM, a.comm) + field(TP_EXE, a.exe)
+                        + b"".join([TP_ARGS + varint(len(x)) + x for x in split_args(a.args)])
+                        + uint(TP_UNKNOWN, int(a.unknown)))
+                parts.append(T_ANCESTRY + varint(len(body)) + body)
+            wire = b"".join(parts) + uint(T_EXEC_SESSION, int(lineage.exec_session))
+            if len(self._lineages) >= _CACHE_MAX:
+                self._lineages.clear()
+            self._lineages[lineage] = wire
+        return wire
 
     def _process(self, d: DeletionFields) -> bytes:
         key = (d.pid, d.tid, d.ppid, d.uid, d.gid, d.comm, d.exe, d.args)
@@ -216,6 +264,7 @@ class EventWriter:
             self._process(d), ident, self._agent, T_SEQ, self._seq.varint(seq), self._flags[d.flags], self._tail,
             self._rename(d) if d.op == _OP_RENAME else b"",  # rename fields are set on renames only
             self._policy(d) if d.action or d.policy else b"",  # set where a node-policy rule decided
+            self._lineage(d.lineage),
         ))
 
     @staticmethod

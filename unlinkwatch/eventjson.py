@@ -72,6 +72,11 @@ def parse_rfc3339_ns(s: str) -> int:
     return secs * 1_000_000_000 + ns
 
 
+def ancestor_to_dict(a: pb.Process) -> dict[str, Any]:
+    return {"pid": a.pid, "comm": text(a.comm), "exe": text(a.exe), "args": [text(x) for x in a.args],
+            "unknown": a.unknown}
+
+
 def event_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
     p, pod, c = ev.process, ev.pod, ev.container
     return {
@@ -89,6 +94,9 @@ def event_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
         "comm": text(p.comm),
         "exe": text(p.exe),
         "args": [text(a) for a in p.args],
+        "ancestry": [ancestor_to_dict(a) for a in ev.ancestry],
+        "exec_session": ev.exec_session,
+        "ancestry_truncated": bool(ev.flags & pb.EVENT_FLAG_ANCESTRY_TRUNCATED),
         "cgroup_id": ev.cgroup_id,
         "container_id": c.id,
         "pod_uid": pod.uid,
@@ -129,7 +137,9 @@ def dict_to_event(d: dict[str, Any]) -> pb.DeletionEvent:
         flags=(pb.EVENT_FLAG_PATH_TRUNCATED if d.get("path_truncated") else 0)
         | (pb.EVENT_FLAG_REPLACED if d.get("replaced") else 0)
         | (pb.EVENT_FLAG_ARGS_TRUNCATED if d.get("args_truncated") else 0)
-        | (pb.EVENT_FLAG_PROCESS_UNKNOWN if d.get("process_unknown") else 0),
+        | (pb.EVENT_FLAG_PROCESS_UNKNOWN if d.get("process_unknown") else 0)
+        | (pb.EVENT_FLAG_ANCESTRY_TRUNCATED if d.get("ancestry_truncated") else 0),
+        exec_session=bool(d.get("exec_session")),
         rename_to=untext(d.get("rename_to", "")),
         rename_flags=rename_flag_bits(d.get("rename_flags") or ()),
         action=ACTION_BY_NAME.get(d.get("action", ""), pb.ACTION_UNSPECIFIED),
@@ -140,6 +150,9 @@ def dict_to_event(d: dict[str, Any]) -> pb.DeletionEvent:
     ev.process.comm = untext(d.get("comm", ""))
     ev.process.exe = untext(d.get("exe", ""))
     ev.process.args.extend(untext(a) for a in d.get("args") or ())
+    for a in d.get("ancestry") or ():
+        ev.ancestry.add(pid=int(a.get("pid", 0)), comm=untext(a.get("comm", "")), exe=untext(a.get("exe", "")),
+                        args=[untext(x) for x in a.get("args") or ()], unknown=bool(a.get("unknown")))
     ev.container.id = d.get("container_id", "")
     ev.container.name = d.get("container", "")
     ev.container.image = d.get("image", "")

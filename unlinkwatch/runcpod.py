@@ -132,6 +132,12 @@ class RuncContainer:
             time.sleep(0.02)
         raise RuntimeError(f"runc container did not start: {self._proc.stderr.read() if self._proc.stderr else ''}")
 
+    def exec(self, args: list[str], timeout: float = 30.0) -> RuncResult:
+        """`runc exec` into the running container (what `kubectl exec` comes down to on the node)."""
+        p = subprocess.run(self._cmd("exec", self.name, *args), capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+        return RuncResult(p.returncode, p.stdout, p.stderr)
+
     def wait(self, timeout: float = 30.0) -> RuncResult:
         assert self._proc is not None
         out, err = self._proc.communicate(timeout=timeout)

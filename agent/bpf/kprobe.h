@@ -13,10 +13,13 @@ enum uw_kind {
 	UW_KIND_DELETION = 1,	  /* a deletion or rename; data = raw path (a rename's source), then the resolved
 				   * directory */
 	UW_KIND_CGROUP_MKDIR = 2, /* a new cgroup2 directory; cgroup_id, data = its path */
-	UW_KIND_EXE = 3,	  /* a process, before its first deletion's record (struct uw_proc, sent once per
-				   * entry of procs): data = its executable's path (raw_len), then its command line
-				   * as exec'd, each argument NUL-terminated (dir_len); flags UW_F_EXE_TRUNCATED,
-				   * UW_F_ARGS_TRUNCATED */
+	UW_KIND_EXE = 3,	  /* a process, or one of its ancestors, before the process's first deletion's
+				   * record (struct uw_proc, sent once per entry of procs, and again when its parent
+				   * changed): data = its executable's path (raw_len), then its command line as
+				   * exec'd, each argument NUL-terminated (dir_len); pid, proc_start_ns, ppid,
+				   * parent_start_ns, ns_pid, ns_level and comm are the process's (uid, gid and
+				   * cgroup_id are 0); flags UW_F_EXE_TRUNCATED, UW_F_ARGS_TRUNCATED,
+				   * UW_F_PROC_UNKNOWN (no exec seen: pid, comm and parent only) */
 	UW_KIND_RENAME_TO = 4,	  /* a rename's destination, sent at entry: data as for a deletion; the rename's
 				   * own record (same tid) follows it in the ring */
 };
@@ -54,6 +57,7 @@ struct uw_event {
 	__u64 ts_ns;		/* bpf_ktime_get_ns() at entry (CLOCK_MONOTONIC) */
 	__u64 cgroup_id;	/* bpf_get_current_cgroup_id(): cgroup2 inode number */
 	__u64 proc_start_ns;	/* task->start_time of the thread group leader: with pid, a process key */
+	__u64 parent_start_ns;	/* the same of the parent (real_parent's group leader): with ppid, its key */
 	__u32 kind;		/* enum uw_kind */
 	__u32 op;		/* enum uw_op */
 	__u32 pid;		/* host tgid */
@@ -67,6 +71,9 @@ struct uw_event {
 	__u32 raw_len;
 	__u32 dir_len;
 	__u32 rename_flags;	/* renameat2 flags as passed: RENAME_NOREPLACE 1, EXCHANGE 2, WHITEOUT 4 */
+	__u32 ns_pid;		/* UW_KIND_EXE: the process's pid in its own pid namespace (1: a container's first
+				 * process, or init); 0 in other records */
+	__u32 ns_level;		/* UW_KIND_EXE: the depth of that namespace (0: the host's) */
 	__u16 policy;		/* 1 + the index of the node-policy rule that decided, 0 for none */
 	__u8 action;		/* enum uw_action */
 	__u8 policy_gen;	/* which loaded policy `policy` indexes (reloads bump it) */
@@ -137,6 +144,8 @@ struct uw_policy_cgroup {
  * the nearest ancestor with the same executable file. The deletion path only looks it up. */
 #define UW_EXE_MAX 512		/* bytes of an executable's path kept per process (less one) */
 #define UW_ARGS_MAX 1024	/* bytes of a command line kept per process */
+#define UW_ANCESTRY 8		/* ancestors a deletion's lineage reaches (the kernel sends one more: where it
+				 * leaves the process's pid namespace, so that user space can tell an exec session) */
 #define UW_PROC_SEEDED (1ULL << 63)	/* uw_proc_key.start of an entry seeded from /proc: with the process's start
 					 * (task->start_boottime) in clock ticks, as /proc/PID/stat gives it */
 
@@ -149,9 +158,14 @@ struct uw_proc_key {
 struct uw_proc {
 	__u64 exe_file;		/* mm->exe_file at exec, as an identity only (0 when seeded): a forked child
 				 * inherits the entry of an ancestor only when its executable file is the same */
+	__u64 pstart;		/* the parent's key (ptgid, pstart) when the record was last sent: a deletion
+				 * whose parent differs sends the lineage again */
+	__u32 ptgid;
+	__u32 pad;
 	__u32 gen;		/* the policy generation exe_except was computed for (0: not yet) */
 	__u32 sent;		/* its UW_KIND_EXE record has gone to user space */
-	__u32 flags;		/* UW_F_EXE_TRUNCATED, UW_F_ARGS_TRUNCATED */
+	__u32 flags;		/* UW_F_EXE_TRUNCATED, UW_F_ARGS_TRUNCATED; UW_F_PROC_UNKNOWN: a placeholder (no exec
+				 * seen), so that what is known of the process (pid, comm, parent) is sent once */
 	__u16 exe_len;
 	__u16 args_len;
 	struct uw_rule_set exe_except;	/* the policy rules whose except names this executable */

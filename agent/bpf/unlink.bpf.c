@@ -72,6 +72,19 @@ struct uw_stash {
 	const char *dst_uptr;
 };
 
+/* One process of a deletion's lineage (the deleting process first, then its parents), as uw_lineage() found it */
+struct uw_link {
+	void *task;		/* the thread group leader */
+	struct uw_proc_key key;
+	__u64 seed_start;	/* its seeded key's start */
+	__u64 exe_file;		/* mm->exe_file, 0 for none */
+	__u64 pstart;		/* the parent's key */
+	__u32 ptgid;
+	__u32 ns_pid;		/* its pid in its own pid namespace */
+	__u32 ns_level;		/* and that namespace's depth */
+	__u32 pad;
+};
+
 struct uw_scratch {
 	struct uw_event ev;		/* must stay first: the record is ev followed by data */
 	char data[2 * UW_PATH_MAX];	/* raw path, then the resolved directory */
@@ -85,6 +98,7 @@ struct uw_scratch {
 	struct uw_prematch src;			/* the exit's pre-match of its argument: in map memory, so the
 						 * walk after it is verified once, not once per way through it */
 	struct uw_proc proc;			/* the exec program builds a process's entry here */
+	struct uw_link chain[UW_ANCESTRY + 2];	/* a deletion's lineage (uw_lineage) */
 };
 
 BPF_RINGBUF_OUTPUT(events, UW_RINGBUF_PAGES);
@@ -114,6 +128,10 @@ static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kin
 	ev->gid = uid_gid >> 32;
 	ev->ppid = UW_LD(UW_LD(task, OFF_TASK_REAL_PARENT, void *), OFF_TASK_TGID, __u32);
 	ev->proc_start_ns = UW_LD(UW_LD(task, OFF_TASK_GROUP_LEADER, void *), OFF_TASK_START_TIME, __u64);
+	ev->parent_start_ns = UW_LD(UW_LD(UW_LD(task, OFF_TASK_REAL_PARENT, void *), OFF_TASK_GROUP_LEADER, void *),
+				    OFF_TASK_START_TIME, __u64);
+	ev->ns_pid = 0;
+	ev->ns_level = 0;
 	ev->op = 0;
 	ev->result = 0;
 	ev->dirfd = 0;
@@ -158,73 +176,151 @@ static __always_inline void uw_proc_seed_key(void *task, struct uw_proc_key *key
 	key->start = UW_PROC_SEEDED | (UW_LD(leader, OFF_TASK_START_BOOTTIME, __u64) / UW_NS_PER_TICK);
 }
 
-/* The current process's entry in procs. A process that exec'd before the agent started has a seeded entry
- * instead, and a child forked without exec has none: either gets a copy under its own key, the child's from
- * the nearest ancestor with an entry when that ancestor's executable file is its own (else it is unknown, never
- * guessed). 0 when unknown. */
-static __always_inline struct uw_proc *uw_proc_find(void *task, struct uw_proc_key *key)
-{
-	uw_proc_key(task, key);
-	struct uw_proc *p = procs.lookup(key);
-	if (p)
-		return p;
-	struct uw_proc_key up = {};
-	uw_proc_seed_key(task, &up);
-	p = procs.lookup(&up);
-	if (!p) {
-		void *mm = UW_LD(task, OFF_TASK_MM, void *);
-		__u64 exe = mm ? (__u64)UW_LD(mm, OFF_MM_EXE_FILE, void *) : 0;
-		void *t = UW_LD(task, OFF_TASK_GROUP_LEADER, void *);
-#pragma unroll
-		for (int i = 0; i < UW_PROC_UP; i++) {
-			t = UW_LD(UW_LD(t, OFF_TASK_REAL_PARENT, void *), OFF_TASK_GROUP_LEADER, void *);
-			uw_proc_key(t, &up);
-			p = procs.lookup(&up);
-			if (p)
-				break;
-		}
-		if (!p || !exe || p->exe_file != exe)
-			return 0;
-	}
-	procs.update(key, p);
-	p = procs.lookup(key);
-	if (p)
-		p->sent = 0;	/* user space knows processes by this key */
-	return p;
-}
-
 /* A process's record (UW_KIND_EXE) from its entry: the executable, then the command line. */
-static __always_inline void uw_send_proc(struct uw_scratch *s, void *task, struct uw_proc *p)
+static __always_inline void uw_send_proc(struct uw_scratch *s, struct uw_link *l, struct uw_proc *p)
 {
-	uw_header(&s->ev, task, UW_KIND_EXE);
-	s->ev.ts_ns = 0;
+	struct uw_event *ev = &s->ev;
+	ev->ts_ns = 0;
+	ev->cgroup_id = 0;
+	ev->proc_start_ns = l->key.start;
+	ev->parent_start_ns = l->pstart;
+	ev->kind = UW_KIND_EXE;
+	ev->op = 0;
+	ev->pid = l->key.tgid;
+	ev->tid = l->key.tgid;
+	ev->ppid = l->ptgid;
+	ev->uid = 0;
+	ev->gid = 0;
+	ev->result = 0;
+	ev->dirfd = 0;
+	ev->rename_flags = 0;
+	ev->ns_pid = l->ns_pid;
+	ev->ns_level = l->ns_level;
+	ev->policy = 0;
+	ev->action = UW_ACTION_ALLOWED;
+	ev->policy_gen = 0;
+	bpf_probe_read_kernel(ev->comm, sizeof(ev->comm), l->task + OFF_TASK_COMM);
 	__u32 exe_len = p->exe_len & (UW_EXE_MAX - 1);
 	__u32 args_len = p->args_len;
 	if (args_len > UW_ARGS_MAX)
 		args_len = UW_ARGS_MAX;
 	bpf_probe_read_kernel(s->data, exe_len, p->exe);
 	bpf_probe_read_kernel(&s->data[exe_len], args_len, p->args);
-	s->ev.raw_len = exe_len;
-	s->ev.dir_len = args_len;
-	s->ev.flags = p->flags;
+	ev->raw_len = exe_len;
+	ev->dir_len = args_len;
+	ev->flags = p->flags;
 	uw_output(s);
 }
 
-/* Entry's part of the process: its record sent once, and the policy rules whose except names its executable
- * (computed again when the policy changes). Returns UW_F_PROC_UNKNOWN when the kernel has no entry. */
+/* The deleting process and its ancestors, nearest first, into s->chain: up to and including its pid
+ * namespace's first process (ns pid 1: a container's, or init), the first ancestor outside that namespace
+ * (where an exec session entered it), or UW_ANCESTRY ancestors. Returns how many. */
+static __always_inline __u32 uw_lineage(struct uw_scratch *s, void *task)
+{
+	void *t = UW_LD(task, OFF_TASK_GROUP_LEADER, void *);
+	__u32 level = 0, n = 0;
+#pragma unroll
+	for (int i = 0; i < UW_ANCESTRY + 2; i++) {
+		struct uw_link *l = &s->chain[i];
+		void *pid = UW_LD(t, OFF_TASK_THREAD_PID, void *);
+		__u32 lvl = pid ? UW_LD(pid, OFF_PID_LEVEL, __u32) : 0;
+		l->task = t;
+		l->key.tgid = UW_LD(t, OFF_TASK_TGID, __u32);
+		l->key.pad = 0;
+		l->key.start = UW_LD(t, OFF_TASK_START_TIME, __u64);
+		l->seed_start = UW_PROC_SEEDED | (UW_LD(t, OFF_TASK_START_BOOTTIME, __u64) / UW_NS_PER_TICK);
+		void *mm = UW_LD(t, OFF_TASK_MM, void *);
+		l->exe_file = mm ? (__u64)UW_LD(mm, OFF_MM_EXE_FILE, void *) : 0;
+		l->ns_level = lvl;
+		l->ns_pid = pid ? uw_u32(pid, OFF_PID_NUMBERS + (lvl & 31) * UW_UPID_SIZE + OFF_UPID_NR) : 0;
+		void *pt = UW_LD(UW_LD(t, OFF_TASK_REAL_PARENT, void *), OFF_TASK_GROUP_LEADER, void *);
+		l->ptgid = UW_LD(pt, OFF_TASK_TGID, __u32);
+		l->pstart = UW_LD(pt, OFF_TASK_START_TIME, __u64);
+		n = i + 1;
+		if (i == 0)
+			level = lvl;
+		else if (lvl < level)
+			break;	/* outside the deleting process's pid namespace */
+		if (l->ns_pid == 1 || l->ptgid == 0 || i == UW_ANCESTRY + 1)
+			break;
+		t = pt;
+	}
+	return n;
+}
+
+/* The entries of the lineage in s->chain (n links), from the top down: each gets an entry in procs (its own
+ * from its exec; else its seeded one; else, forked without exec, the nearest ancestor's with the same
+ * executable file; else a placeholder marked unknown), and its record goes to user space unless it went
+ * already with the same parent. Returns the deleting process's entry. */
+static __always_inline struct uw_proc *uw_lineage_sync(struct uw_scratch *s, __u32 n)
+{
+	struct uw_proc *p = 0, *inherit = 0;
+#pragma unroll
+	for (int i = UW_ANCESTRY + 1; i >= 0; i--) {
+		if (i >= n)
+			continue;
+		struct uw_link *l = &s->chain[i];
+		p = procs.lookup(&l->key);
+		if (!p || (p->flags & UW_F_PROC_UNKNOWN)) {	/* none, or a placeholder: seeded since? */
+			struct uw_proc_key seeded = {.tgid = l->key.tgid, .start = l->seed_start};
+			struct uw_proc *q = procs.lookup(&seeded);
+			if (!q && !p && inherit && l->exe_file && inherit->exe_file == l->exe_file)
+				q = inherit;
+			if (q || !p) {
+				if (q) {
+					procs.update(&l->key, q);
+				} else {
+					struct uw_proc *ph = &s->proc;
+					ph->exe_file = l->exe_file;
+					ph->flags = UW_F_PROC_UNKNOWN;
+					ph->gen = 0;
+					ph->exe_len = 0;
+					ph->args_len = 0;
+					ph->exe_except.w[0] = 0;
+					ph->exe_except.w[1] = 0;
+					procs.update(&l->key, ph);
+				}
+				p = procs.lookup(&l->key);
+				if (!p)
+					continue;
+				p->sent = 0;
+			}
+		}
+		if (!p->sent || p->ptgid != l->ptgid || p->pstart != l->pstart) {
+			p->sent = 1;
+			p->ptgid = l->ptgid;
+			p->pstart = l->pstart;
+			uw_send_proc(s, l, p);
+		}
+		if (!(p->flags & UW_F_PROC_UNKNOWN))
+			inherit = p;
+	}
+	return p;
+}
+
+/* Entry's part of the process: its lineage's records sent (once per process, and again when its parent
+ * changed), and the policy rules whose except names its executable (computed again when the policy changes).
+ * Returns UW_F_PROC_UNKNOWN when the kernel has no exec of the process. */
 static __always_inline __u32 uw_proc_enter(struct uw_scratch *s, void *task, struct uw_policy_slot *sl, __u32 slot,
 					   struct uw_rule_set *exe_except)
 {
 	exe_except->w[0] = 0;
 	exe_except->w[1] = 0;
 	struct uw_proc_key key;
-	struct uw_proc *p = uw_proc_find(task, &key);
-	if (!p)
-		return UW_F_PROC_UNKNOWN;
-	if (!p->sent) {
-		p->sent = 1;
-		uw_send_proc(s, task, p);
+	uw_proc_key(task, &key);
+	struct uw_proc *p = procs.lookup(&key);
+	void *pt = UW_LD(UW_LD(task, OFF_TASK_REAL_PARENT, void *), OFF_TASK_GROUP_LEADER, void *);
+	int sync = !p || !p->sent || p->ptgid != UW_LD(pt, OFF_TASK_TGID, __u32) ||
+		   p->pstart != UW_LD(pt, OFF_TASK_START_TIME, __u64);
+	if (!sync && (p->flags & UW_F_PROC_UNKNOWN)) {	/* a placeholder: seeded since (agent/probe/procseed.py)? */
+		struct uw_proc_key seeded;
+		uw_proc_seed_key(task, &seeded);
+		sync = procs.lookup(&seeded) != 0;
 	}
+	if (sync)
+		p = uw_lineage_sync(s, uw_lineage(s, task));
+	if (!p || (p->flags & UW_F_PROC_UNKNOWN))
+		return UW_F_PROC_UNKNOWN;
 	if (sl && (sl->uses & UW_USES_EXES)) {
 		if (p->gen != sl->gen) {
 			uw_policy_exe(s, slot, p, &p->exe_except);

@@ -111,6 +111,13 @@ class Btf:
         tid = self._by_name.get((KIND_STRUCT, struct_name))
         return tid is not None and self._find(tid, member) is not None
 
+    def size(self, struct_name: str) -> int:
+        """sizeof(struct struct_name)."""
+        tid = self._by_name.get((KIND_STRUCT, struct_name))
+        if tid is None:
+            raise BtfError(f"struct {struct_name} not in BTF")
+        return self._types[tid][3]
+
     def offset(self, struct_name: str, member: str) -> int:
         """Byte offset of `member` (dotted paths allowed: "f_path.dentry") in `struct struct_name`."""
         tid = self._by_name.get((KIND_STRUCT, struct_name))

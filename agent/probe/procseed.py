@@ -18,7 +18,8 @@ EXE_MAX = C["UW_EXE_MAX"]
 ARGS_MAX = C["UW_ARGS_MAX"]
 SEEDED = C["UW_PROC_SEEDED"]
 KEY = struct.Struct("<IIQ")  # tgid, pad, start
-VALUE = struct.Struct(f"<QIIIHH{C['UW_POLICY_WORDS']}Q{EXE_MAX}s{ARGS_MAX}s")
+# exe_file, pstart, ptgid, pad, gen, sent, flags, exe_len, args_len, exe_except, exe, args
+VALUE = struct.Struct(f"<QQIIIIIHH{C['UW_POLICY_WORDS']}Q{EXE_MAX}s{ARGS_MAX}s")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def read_proc(pid: int, proc: str = "/proc") -> SeededProc | None:
 
 def entry(p: SeededProc) -> tuple[bytes, bytes]:
     """The procs key and value of a seeded process."""
-    value = VALUE.pack(0, 0, 0, p.flags, len(p.exe), len(p.args), *([0] * C["UW_POLICY_WORDS"]), p.exe, p.args)
+    value = VALUE.pack(0, 0, 0, 0, 0, 0, p.flags, len(p.exe), len(p.args), *([0] * C["UW_POLICY_WORDS"]), p.exe, p.args)
     return KEY.pack(p.pid, 0, SEEDED | p.start_ticks), value
 
 

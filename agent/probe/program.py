@@ -36,6 +36,11 @@ OFFSETS = {
     "OFF_TASK_START_TIME": ("task_struct", "start_time"),
     "OFF_TASK_START_BOOTTIME": ("task_struct", "start_boottime"),
     "OFF_TASK_SIGNAL": ("task_struct", "signal"),
+    "OFF_TASK_COMM": ("task_struct", "comm"),
+    "OFF_TASK_THREAD_PID": ("task_struct", "thread_pid"),
+    "OFF_PID_LEVEL": ("pid", "level"),
+    "OFF_PID_NUMBERS": ("pid", "numbers"),
+    "OFF_UPID_NR": ("upid", "nr"),
     "OFF_SIGNAL_STRUCT_LIVE": ("signal_struct", "live"),
     "OFF_TASK_FS": ("task_struct", "fs"),
     "OFF_TASK_FILES": ("task_struct", "files"),
@@ -91,6 +96,7 @@ def kernel_offsets(btf: Btf) -> dict[str, int]:
     else:
         out.update(UW_DCHILD_HLIST=0, OFF_DENTRY_D_SUBDIRS=btf.offset("dentry", "d_subdirs"),
                    OFF_DENTRY_D_SIB_OR_CHILD=btf.offset("dentry", "d_child"))
+    out["UW_UPID_SIZE"] = btf.size("upid")  # the stride of struct pid's numbers[]
     for name, (struct_name, member) in OFFSETS.items():
         try:
             out[name] = btf.offset(struct_name, member)

@@ -8,7 +8,7 @@ import time
 from json.encoder import encode_basestring_ascii as _jstr  # type: ignore[attr-defined]
 from typing import Protocol
 
-from unlinkwatch.codec import DeletionFields, identity_fields, split_args
+from unlinkwatch.codec import DeletionFields, LineageFields, identity_fields, split_args
 from unlinkwatch.eventjson import ACTION_NAMES, IDENTITY_NAMES, OP_NAMES, TRUNCATED_FLAGS, rename_flag_names
 from unlinkwatch.pb import events_pb2 as pb
 
@@ -26,6 +26,9 @@ _TRUNCATED = [f'{"true" if i & 1 else "false"}, "args_truncated": {"true" if i &
 # '"replaced": ..., "rename_flags": [...]' by (replaced << 3 | renameat2 flags)
 _RENAME = [f'"replaced": {"true" if i & 8 else "false"}, "rename_flags": '
            + "[" + ", ".join(f'"{n}"' for n in rename_flag_names(i & 7)) + "]" for i in range(16)]
+
+
+_NO_LINEAGE = ', "ancestry": [], "exec_session": false, "ancestry_truncated": false'
 
 
 class HasTemplate(Protocol):
@@ -81,6 +84,23 @@ class JsonLines:
         self._tail = f'"attach_mode": {self._attach}, {_ALLOWED}, "rename_to": "", {_RENAME[0]}}}\n'
         self._secs, self._prefix = -1, ""
         self._procs: dict[tuple[int, int, int, int, int, bytes, bytes, bytes], str] = {}
+        self._lineages: dict[LineageFields, str] = {}
+
+    def _lineage(self, lineage: LineageFields | None) -> str:
+        if lineage is None:
+            return _NO_LINEAGE
+        s = self._lineages.get(lineage)
+        if s is None:
+            ancestors = ", ".join([
+                f'{{"pid": {a.pid}, "comm": {_jstr(text(a.comm))}, "exe": {_jstr(text(a.exe))}, "args": ['
+                + ", ".join([_jstr(text(x)) for x in split_args(a.args)])
+                + f'], "unknown": {"true" if a.unknown else "false"}}}' for a in lineage.ancestors])
+            s = (f', "ancestry": [{ancestors}], "exec_session": {"true" if lineage.exec_session else "false"}, '
+                 f'"ancestry_truncated": {"true" if lineage.truncated else "false"}')
+            if len(self._lineages) >= _CACHE_MAX:
+                self._lineages.clear()
+            self._lineages[lineage] = s
+        return s
 
     def _process(self, d: DeletionLine) -> str:
         key = (d.pid, d.tid, d.ppid, d.uid, d.gid, d.comm, d.exe, d.args)
@@ -107,5 +127,6 @@ class JsonLines:
             f'{_RENAME[(8 if flags & pb.EVENT_FLAG_REPLACED else 0) | (d.rename_flags & 7)]}}}\n')
         return (f'{{"time": "{self._prefix}.{ns:09d}Z", "node": {self._node}, "op": "{OP_NAME[d.op]}", '
                 f'"path": {_jstr(text(d.path))}, "raw_path": {_jstr(text(d.raw_path))}, "result": {d.result}'
-                f'{self._process(d)}, "cgroup_id": {d.cgroup_id}{ident}, "agent": {self._agent}, "seq": {seq}, '
+                f'{self._process(d)}{self._lineage(d.lineage)}, "cgroup_id": {d.cgroup_id}{ident}, '
+                f'"agent": {self._agent}, "seq": {seq}, '
                 f'"path_truncated": {truncated}, {tail}')

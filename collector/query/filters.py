@@ -29,6 +29,8 @@ class EventFilter:
     action: int = -1    # proto Action; -1 = any
     policy_glob: str = ""
     args_glob: str = ""  # the command line (arguments joined by spaces; `*` spans `/`)
+    ancestor_glob: str = ""  # some ancestor's comm (exe, for a glob starting with '/')
+    exec_session: bool = False  # only exec sessions
     since_ns: int = 0
     until_ns: int = 0   # exclusive; 0 = no bound
 
@@ -37,6 +39,7 @@ class EventFilter:
         return cls(namespace=q.namespace, pod=q.pod, pod_uid=q.pod_uid, container=q.container,
                    workload=q.workload, node=q.node, path_glob=q.path_glob, rename_to_glob=q.rename_to_glob,
                    action=_action(q.action), policy_glob=q.policy_glob, args_glob=q.args_glob,
+                   ancestor_glob=q.ancestor_glob, exec_session=q.exec_session,
                    since_ns=q.since_unix_ns, until_ns=q.until_unix_ns)
 
     def equalities(self) -> list[tuple[str, str]]:
@@ -70,7 +73,8 @@ class EventFilter:
 
     def _in_event(self) -> bool:
         """Whether a filter reads what only the stored event holds."""
-        return bool(self.rename_to_glob or self.action >= 0 or self.policy_glob or self.args_glob)
+        return bool(self.rename_to_glob or self.action >= 0 or self.policy_glob or self.args_glob
+                    or self.ancestor_glob or self.exec_session)
 
     def row_matches(self, path: bytes, data: bytes) -> bool:
         """The exact match of a row that passed the SQL conditions. The destination, the policy's verdict and the
@@ -87,6 +91,13 @@ class EventFilter:
             return False
         if self.args_glob and not _command_matcher(self.args_glob)(ev.process.args):
             return False
+        if self.exec_session and not ev.exec_session:
+            return False
+        if self.ancestor_glob:
+            rx = compile_glob(self.ancestor_glob)
+            field = "exe" if self.ancestor_glob.startswith("/") else "comm"
+            if not any(rx.match(getattr(a, field)) is not None for a in ev.ancestry):
+                return False
         return not self.policy_glob or compile_glob(self.policy_glob).match(ev.policy.encode()) is not None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from unlinkwatch.agent.decode import CgroupMkdir, Decoder, Deletion
+from unlinkwatch.agent.decode import CgroupMkdir, Decoder, Deletion, Lineage, Proc
 
 from unlinkwatch.codec import split_args
 from unlinkwatch.pb import events_pb2 as pb
@@ -17,7 +17,10 @@ def to_event(d: Deletion, node: str = "", agent: str = "", attach_mode: str = ""
         result=d.result, cgroup_id=d.cgroup_id, agent=agent, attach_mode=attach_mode, flags=d.flags,
         rename_to=d.rename_to, rename_flags=d.rename_flags, action=d.action, policy=d.policy,  # type: ignore[arg-type]
         process=pb.Process(pid=d.pid, tid=d.tid, ppid=d.ppid, uid=d.uid, gid=d.gid, comm=d.comm, exe=d.exe,
-                           args=split_args(d.args)))
+                           args=split_args(d.args)),
+        ancestry=[pb.Process(pid=a.pid, comm=a.comm, exe=a.exe, args=split_args(a.args), unknown=a.unknown)
+                  for a in (d.lineage.ancestors if d.lineage else ())],
+        exec_session=bool(d.lineage and d.lineage.exec_session))
 
 
 def decode(decoder: Decoder, rec: bytes) -> pb.DeletionEvent | CgroupMkdir | None:
@@ -51,6 +54,9 @@ def random_deletion(r: random.Random, cgroup_id: int) -> Deletion:
     path_len = r.choice([1, 20, 127, 128, 300, 16383, 16384, 20000])
     path = b"/" + bytes(r.choice(b"abc/.\xff\xc3\xa9 \"\\\n") for _ in range(path_len - 1))
     op, flags = r.choice([0, 1, 2, 3]), r.choice([0, 1, 2, 3, 64, 128, 193])  # rename fields only on renames
+    lineage = random_lineage(r)
+    if lineage is not None and lineage.truncated:
+        flags |= pb.EVENT_FLAG_ANCESTRY_TRUNCATED  # the decoder sets the flag with the lineage
     return Deletion(
         time_unix_ns=r.choice([0, 5, 2**28 - 1, 2**28, 2**28 + 1, 1_764_000_000_123_456_789, 2**63 - 1]),
         op=op, path=path, raw_path=r.choice([b"", path[-10:], b"rel\xfe"]),
@@ -61,7 +67,18 @@ def random_deletion(r: random.Random, cgroup_id: int) -> Deletion:
         rename_to=r.choice([b"", b"/x/\xffy", path[:200]]) if op == pb.OP_RENAME else b"",
         rename_flags=r.choice([0, 1, 2, 4, 7]) if op == pb.OP_RENAME else 0,
         action=r.choice([0, 0, 1, 2]), policy=r.choice(["", "protect-\u00e4\"x", "keep-logs"]),
-        args=r.choice([b"", b"rm\0-f\0x\0", b"sh\0\0-c\0caf\xe9 \"q\"\0", b"cut\0par"]))
+        args=r.choice([b"", b"rm\0-f\0x\0", b"sh\0\0-c\0caf\xe9 \"q\"\0", b"cut\0par"]),
+        lineage=lineage)
+
+
+def random_lineage(r: random.Random) -> Lineage | None:
+    """None (the process unknown), no ancestors, or a few at the edges of their encodings."""
+    if r.random() < 0.2:
+        return None
+    ancestors = tuple(Proc(r.choice([b"", b"/bin/sh", b"/x\xff\"y"]), r.choice([b"", b"sh\0-c\0rm x; true\0", b"cut"]),
+                           0, r.choice([1, 128, 4_194_304]), r.choice([b"", b"sh", b"k\xffz"]),
+                           unknown=r.random() < 0.2) for _ in range(r.choice([0, 1, 3, 8])))
+    return Lineage(ancestors, r.random() < 0.3, len(ancestors) == 8 and r.random() < 0.5)
 
 
 def reference_event(d: Deletion, template: pb.DeletionEvent, seq: int) -> pb.DeletionEvent:

@@ -81,6 +81,7 @@ def test_alerts_without_follow_ends_after_the_history(collector: InProcessCollec
     (["query", "--limit", "0"], "--limit", 2),
     (["query", "--rename-to", "/a/[b"], "--rename-to: ", 2),
     (["query", "--args", "rm [x"], "--args: ", 2),
+    (["query", "--ancestor", "s[h"], "--ancestor: ", 2),
     (["status", "--token", "wrong"], "refused the request", 3),
 ])
 def test_user_mistakes_give_one_line_and_a_nonzero_exit(collector: InProcessCollector,
@@ -138,5 +139,23 @@ def test_query_args_selects_by_command_line(tmp_path: Path, capsys: pytest.Captu
         assert rc == 0 and [json.loads(x)["args"] for x in out.splitlines()] == [["rm", "-rf", "/var/lib/postgresql"]]
         rc, out, _ = run(capsys, "query", "--collector", c.addr, "--token", TOKEN, "--args", "rm *")
         assert rc == 0 and len(out.splitlines()) == 3  # the header and two rows
+    finally:
+        c.close()
+
+
+def test_query_selects_by_ancestor_and_exec_session(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = start_inprocess(f"sqlite:///{tmp_path}/a.db", token=TOKEN)
+    try:
+        (b,) = batches("node-a:1", 3, 3, pods=1)
+        b.events[0].ancestry.add(pid=7, comm=b"sh", exe=b"/bin/sh")
+        b.events[0].exec_session = True
+        b.events[1].ancestry.add(pid=8, comm=b"cron", exe=b"/usr/sbin/cron")
+        commit_batch(c.store, b, 1)
+        for flags, want in ((["--ancestor", "cron"], [8]), (["--ancestor", "/bin/*"], [7]),
+                            (["--exec-session"], [7]), (["--ancestor", "c*", "--exec-session"], [])):
+            rc, out, _ = run(capsys, "query", "--collector", c.addr, "--token", TOKEN, *flags, "--output", "json")
+            assert rc == 0 and [a["pid"] for x in out.splitlines() for a in json.loads(x)["ancestry"]] == want, flags
+        rc, out, _ = run(capsys, "query", "--collector", c.addr, "--token", TOKEN, "--exec-session")
+        assert rc == 0 and "[exec]" in out.splitlines()[1]
     finally:
         c.close()

@@ -26,7 +26,10 @@ def fixture_event(case: dict[str, Any]) -> pb.DeletionEvent:
                                              exe=case.get("exe", f"/usr/bin/{comm}").encode()),
                           rename_to=case.get("rename_to", "").encode(),
                           flags=pb.EVENT_FLAG_REPLACED if case.get("replaced") else 0,
-                          rename_flags=rename_flag_bits(case.get("flags", ())))
+                          rename_flags=rename_flag_bits(case.get("flags", ())),
+                          exec_session=bool(case.get("exec_session")))
+    for comm_ in case.get("ancestors", ()):
+        ev.ancestry.add(pid=4000, comm=comm_.encode(), exe=f"/usr/bin/{comm_}".encode())
     if not case.get("host"):
         ev.pod.uid, ev.pod.name, ev.pod.namespace = "0d3c2f5e-uid", "web-1", "prod"
         ev.container.id, ev.container.name = "c" * 64, "web"

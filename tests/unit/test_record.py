@@ -82,10 +82,10 @@ def test_a_clean_absolute_path_is_returned_as_is() -> None:
 
 
 def _record(kind: int, raw: bytes, directory: bytes = b"", **kw: int) -> bytes:
-    vals = {"ts_ns": 5, "cgroup_id": 77, "proc_start_ns": 9, "kind": kind, "op": 1, "pid": 10, "tid": 11,
-            "ppid": 1, "uid": 1000, "gid": 100, "result": -2, "dirfd": -100, "flags": 0,
-            "raw_len": len(raw), "dir_len": len(directory), "rename_flags": 0, "policy": 0, "action": 0,
-            "policy_gen": 0, "comm": b"rm\0junk"}
+    vals = {"ts_ns": 5, "cgroup_id": 77, "proc_start_ns": 9, "parent_start_ns": 4, "kind": kind, "op": 1,
+            "pid": 10, "tid": 11, "ppid": 1, "uid": 1000, "gid": 100, "result": -2, "dirfd": -100, "flags": 0,
+            "raw_len": len(raw), "dir_len": len(directory), "rename_flags": 0, "ns_pid": 0, "ns_level": 0,
+            "policy": 0, "action": 0, "policy_gen": 0, "comm": b"rm\0junk"}
     vals.update(kw)
     return HEADER.pack(*(vals[f] for f in HEADER_FIELDS)) + raw + directory
 
@@ -203,7 +203,8 @@ def test_the_proc_record_struct_matches_the_seeders_packing(tmp_path: Path) -> N
     key, value, exe_except, exe_at, args_at = map(int, subprocess.run([str(exe)], capture_output=True, text=True,
                                                                        check=True).stdout.split())
     assert (key, value) == (procseed.KEY.size, procseed.VALUE.size)
-    assert (exe_except, exe_at, args_at) == (24, 24 + 8 * C["UW_POLICY_WORDS"], 24 + 8 * C["UW_POLICY_WORDS"]
+    head = procseed.VALUE.size - 8 * C["UW_POLICY_WORDS"] - C["UW_EXE_MAX"] - C["UW_ARGS_MAX"]
+    assert (exe_except, exe_at, args_at) == (head, head + 8 * C["UW_POLICY_WORDS"], head + 8 * C["UW_POLICY_WORDS"]
                                              + C["UW_EXE_MAX"])
 
 
@@ -219,3 +220,70 @@ def test_a_process_read_from_proc_has_its_exe_and_command_line() -> None:
 def test_the_seed_survey_counts_this_process_among_the_readable_ones() -> None:
     readable, denied = procseed.survey()
     assert readable >= 1 and denied >= 0
+
+
+def _exe(pid: int, start: int, ppid: int, pstart: int, ns_pid: int, level: int = 0, comm: bytes = b"sh") -> bytes:
+    return _record(3, b"/bin/" + comm, comm + b"\0-c\0", pid=pid, tid=pid, proc_start_ns=start, ppid=ppid,
+                   parent_start_ns=pstart, ns_pid=ns_pid, ns_level=level, comm=comm, flags=0)
+
+
+def _deletion_of(pid: int, start: int, ppid: int, pstart: int) -> pb.DeletionEvent:
+    return _decoded(_record(1, b"/x", pid=pid, tid=pid, proc_start_ns=start, ppid=ppid, parent_start_ns=pstart,
+                            result=0))
+
+
+_D = Decoder("n", "a", "tracepoint")
+
+
+def _decoded(rec: bytes) -> pb.DeletionEvent:
+    ev = decode(_D, rec)
+    assert isinstance(ev, pb.DeletionEvent)
+    return ev
+
+
+def test_the_ancestry_follows_the_parents_the_kernel_sent_up_to_init() -> None:
+    for rec in (_exe(1, 2, 0, 0, 1, comm=b"init"), _exe(5, 4, 1, 2, 5, comm=b"bash"), _exe(10, 9, 5, 4, 10)):
+        assert decode(_D, rec) is None
+    ev = _deletion_of(10, 9, 5, 4)
+    assert [(a.pid, a.comm, list(a.args)) for a in ev.ancestry] == [(5, b"bash", [b"bash", b"-c"]),
+                                                                    (1, b"init", [b"init", b"-c"])]
+    assert not ev.exec_session and not ev.flags & pb.EVENT_FLAG_ANCESTRY_TRUNCATED
+
+
+def test_a_chain_that_enters_the_namespace_from_outside_is_an_exec_session_cut_at_the_border() -> None:
+    # runc (host, level 0) -> sh (ns pid 12, level 1) -> rm (ns pid 13)
+    for rec in (_exe(300, 1, 1, 2, 300, 0, b"runc"), _exe(301, 2, 300, 1, 12, 1), _exe(302, 3, 301, 2, 13, 1, b"rm")):
+        decode(_D, rec)
+    ev = _deletion_of(302, 3, 301, 2)
+    assert [a.pid for a in ev.ancestry] == [301] and ev.exec_session
+
+
+def test_a_containers_first_process_ends_the_ancestry_and_is_no_exec_session() -> None:
+    for rec in (_exe(400, 1, 1, 2, 400, 0, b"shim"), _exe(401, 2, 400, 1, 1, 1), _exe(402, 3, 401, 2, 7, 1, b"rm")):
+        decode(_D, rec)
+    ev = _deletion_of(402, 3, 401, 2)
+    assert [a.pid for a in ev.ancestry] == [401] and not ev.exec_session
+    assert list(_deletion_of(401, 2, 400, 1).ancestry) == []  # the first process itself has no ancestor inside
+
+
+def test_more_than_8_parents_are_cut_and_flagged() -> None:
+    for i in range(12):
+        decode(_D, _exe(500 + i, 1, 501 + i, 1, 500 + i))
+    ev = _deletion_of(500, 1, 501, 1)
+    assert [a.pid for a in ev.ancestry] == list(range(501, 509))
+    assert ev.flags & pb.EVENT_FLAG_ANCESTRY_TRUNCATED and not ev.exec_session
+
+
+def test_an_ancestor_the_kernel_never_sent_ends_the_chain_as_unknown_never_guessed() -> None:
+    decode(_D, _exe(600, 1, 601, 1, 600))
+    ev = _deletion_of(600, 1, 601, 1)
+    assert [(a.pid, a.unknown, a.exe) for a in ev.ancestry] == [(601, True, b"")]
+
+
+def test_an_ancestor_stays_known_however_many_processes_come_after_it() -> None:
+    d = Decoder("n", "a", "tracepoint", proc_cache_size=4)
+    decode(d, _exe(700, 1, 0, 0, 1, comm=b"init"))
+    for pid in range(701, 720):  # one process after another below the same parent, as a shell loop makes them
+        decode(d, _exe(pid, 1, 700, 1, pid, comm=b"rm"))
+        ev = decode(d, _record(1, b"/x", pid=pid, tid=pid, proc_start_ns=1, ppid=700, parent_start_ns=1))
+        assert isinstance(ev, pb.DeletionEvent) and [a.comm for a in ev.ancestry] == [b"init"]

@@ -278,3 +278,32 @@ def test_the_command_line_selects_and_excuses_with_a_star_that_spans_slashes() -
     assert names(rs, ev) == []
     with pytest.raises(RulesError, match=r"args: glob .* unclosed"):
         rules("rules:\n  - {name: x, severity: low, match: {args: ['rm [x']}}\n")
+
+
+def test_ancestors_match_any_parents_comm_or_exe_and_exec_session_selects_sessions() -> None:
+    rs = rules("""
+        rules:
+          - name: from-cron
+            severity: medium
+            match: {paths: ["/var/**"], ancestors: [cron, "/usr/sbin/anacron"]}
+          - name: session
+            severity: high
+            match: {paths: ["/data/**"], exec_session: true}
+            except: {ancestors: ["backup-*"]}
+        """)
+    ev = event("/var/x")
+    ev.ancestry.add(pid=3, comm=b"sh", exe=b"/bin/sh")
+    assert names(rs, ev) == []
+    ev.ancestry.add(pid=2, comm=b"cron", exe=b"/usr/sbin/cron")
+    assert names(rs, ev) == ["from-cron"]
+    ev = event("/var/y")
+    ev.ancestry.add(pid=2, comm=b"anacron", exe=b"/usr/sbin/anacron")
+    assert names(rs, ev) == ["from-cron"]
+    ev = event("/data/db")
+    assert names(rs, ev) == []
+    ev.exec_session = True
+    assert names(rs, ev) == ["session"]
+    ev.ancestry.add(pid=9, comm=b"backup-agent")
+    assert names(rs, ev) == []
+    with pytest.raises(RulesError, match=r"exec_session must be true or false"):
+        rules("rules:\n  - {name: x, severity: low, match: {exec_session: maybe}}\n")

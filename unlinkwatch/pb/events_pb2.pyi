@@ -118,6 +118,10 @@ class _EventFlagEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventFlag.V
     """the command line was longer than the kernel keeps (1 KiB): args is cut"""
     EVENT_FLAG_PROCESS_UNKNOWN: _EventFlag.ValueType  # 128
     """the process's exec was not seen (before the agent, not in /proc, or"""
+    EVENT_FLAG_ANCESTRY_TRUNCATED: _EventFlag.ValueType  # 256
+    """evicted): exe and args are empty, never guessed
+    the ancestry went on past 8 parents
+    """
 
 class EventFlag(_EventFlag, metaclass=_EventFlagEnumTypeWrapper):
     """Bits of DeletionEvent.flags."""
@@ -139,6 +143,10 @@ EVENT_FLAG_ARGS_TRUNCATED: EventFlag.ValueType  # 64
 """the command line was longer than the kernel keeps (1 KiB): args is cut"""
 EVENT_FLAG_PROCESS_UNKNOWN: EventFlag.ValueType  # 128
 """the process's exec was not seen (before the agent, not in /proc, or"""
+EVENT_FLAG_ANCESTRY_TRUNCATED: EventFlag.ValueType  # 256
+"""evicted): exe and args are empty, never guessed
+the ancestry went on past 8 parents
+"""
 Global___EventFlag: _TypeAlias = EventFlag  # noqa: Y015
 
 @_typing.final
@@ -153,6 +161,7 @@ class Process(_message.Message):
     COMM_FIELD_NUMBER: _builtins.int
     EXE_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
+    UNKNOWN_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     """host PIDs"""
     tid: _builtins.int
@@ -161,6 +170,8 @@ class Process(_message.Message):
     gid: _builtins.int
     comm: _builtins.bytes
     exe: _builtins.bytes
+    unknown: _builtins.bool
+    """an ancestor whose exec was not seen: pid and comm only, never guessed"""
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """the command line as exec'd, bounded (EVENT_FLAG_ARGS_TRUNCATED when cut)"""
@@ -176,10 +187,11 @@ class Process(_message.Message):
         comm: _builtins.bytes = ...,
         exe: _builtins.bytes = ...,
         args: _abc.Iterable[_builtins.bytes] | None = ...,
+        unknown: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "comm", b"comm", "exe", b"exe", "gid", b"gid", "pid", b"pid", "ppid", b"ppid", "tid", b"tid", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "comm", b"comm", "exe", b"exe", "gid", b"gid", "pid", b"pid", "ppid", b"ppid", "tid", b"tid", "uid", b"uid", "unknown", b"unknown"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,6 +298,8 @@ class DeletionEvent(_message.Message):
     RENAME_FLAGS_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    ANCESTRY_FIELD_NUMBER: _builtins.int
+    EXEC_SESSION_FIELD_NUMBER: _builtins.int
     time_unix_ns: _builtins.int
     """kernel clock at the deletion, as UTC nanoseconds"""
     node: _builtins.str
@@ -311,12 +325,20 @@ class DeletionEvent(_message.Message):
     action: Global___Action.ValueType
     policy: _builtins.str
     """the node-policy rule that decided action, empty for none"""
+    exec_session: _builtins.bool
+    """the chain entered the container from outside it (runc exec, kubectl exec)"""
     @_builtins.property
     def process(self) -> Global___Process: ...
     @_builtins.property
     def container(self) -> Global___Container: ...
     @_builtins.property
     def pod(self) -> Global___Pod: ...
+    @_builtins.property
+    def ancestry(self) -> _containers.RepeatedCompositeFieldContainer[Global___Process]:
+        """The deleting process's parents, nearest first, up to its pid namespace's first process (a container's,
+        or the host's init), at most 8 (EVENT_FLAG_ANCESTRY_TRUNCATED past that): pid, comm, exe, args, unknown.
+        """
+
     def __init__(
         self,
         *,
@@ -339,10 +361,12 @@ class DeletionEvent(_message.Message):
         rename_flags: _builtins.int = ...,
         action: Global___Action.ValueType = ...,
         policy: _builtins.str = ...,
+        ancestry: _abc.Iterable[Global___Process] | None = ...,
+        exec_session: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "pod", b"pod", "process", b"process"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "attach_mode", b"attach_mode", "cgroup_id", b"cgroup_id", "container", b"container", "flags", b"flags", "identity", b"identity", "node", b"node", "op", b"op", "path", b"path", "pod", b"pod", "policy", b"policy", "process", b"process", "raw_path", b"raw_path", "rename_flags", b"rename_flags", "rename_to", b"rename_to", "result", b"result", "seq", b"seq", "time_unix_ns", b"time_unix_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "ancestry", b"ancestry", "attach_mode", b"attach_mode", "cgroup_id", b"cgroup_id", "container", b"container", "exec_session", b"exec_session", "flags", b"flags", "identity", b"identity", "node", b"node", "op", b"op", "path", b"path", "pod", b"pod", "policy", b"policy", "process", b"process", "raw_path", b"raw_path", "rename_flags", b"rename_flags", "rename_to", b"rename_to", "result", b"result", "seq", b"seq", "time_unix_ns", b"time_unix_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -545,6 +569,8 @@ class QueryRequest(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     POLICY_GLOB_FIELD_NUMBER: _builtins.int
     ARGS_GLOB_FIELD_NUMBER: _builtins.int
+    ANCESTOR_GLOB_FIELD_NUMBER: _builtins.int
+    EXEC_SESSION_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     pod: _builtins.str
     pod_uid: _builtins.str
@@ -564,6 +590,10 @@ class QueryRequest(_message.Message):
     """the deciding node-policy rule's name"""
     args_glob: _builtins.str
     """the command line, arguments joined by spaces ('*' spans '/')"""
+    ancestor_glob: _builtins.str
+    """some ancestor's comm matches (its exe, for a glob starting with '/')"""
+    exec_session: _builtins.bool
+    """only deletions from exec sessions into containers"""
     def __init__(
         self,
         *,
@@ -582,10 +612,12 @@ class QueryRequest(_message.Message):
         action: _builtins.str = ...,
         policy_glob: _builtins.str = ...,
         args_glob: _builtins.str = ...,
+        ancestor_glob: _builtins.str = ...,
+        exec_session: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "args_glob", b"args_glob", "container", b"container", "limit", b"limit", "namespace", b"namespace", "node", b"node", "page_token", b"page_token", "path_glob", b"path_glob", "pod", b"pod", "pod_uid", b"pod_uid", "policy_glob", b"policy_glob", "rename_to_glob", b"rename_to_glob", "since_unix_ns", b"since_unix_ns", "until_unix_ns", b"until_unix_ns", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "ancestor_glob", b"ancestor_glob", "args_glob", b"args_glob", "container", b"container", "exec_session", b"exec_session", "limit", b"limit", "namespace", b"namespace", "node", b"node", "page_token", b"page_token", "path_glob", b"path_glob", "pod", b"pod", "pod_uid", b"pod_uid", "policy_glob", b"policy_glob", "rename_to_glob", b"rename_to_glob", "since_unix_ns", b"since_unix_ns", "until_unix_ns", b"until_unix_ns", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
