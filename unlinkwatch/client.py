@@ -96,8 +96,9 @@ def query_request(args: argparse.Namespace) -> pb.QueryRequest:
                            exec_session=bool(getattr(args, "exec_session", False)))
 
 
-EVENT_TABLE = ("TIME", "NODE", "POD", "CONTAINER", "OP", "RESULT", "PROCESS", "COMMAND", "PATH")
+EVENT_TABLE = ("TIME", "NODE", "POD", "CONTAINER", "OP", "RESULT", "PROCESS", "COMMAND", "PARENTS", "PATH")
 COMMAND_WIDTH = 40
+PARENTS_WIDTH = 30
 
 
 def command_cell(d: dict[str, object]) -> str:
@@ -108,6 +109,16 @@ def command_cell(d: dict[str, object]) -> str:
     assert isinstance(args, list)
     cmd = shlex.join(args) + (" ..." if d["args_truncated"] else "")
     return cmd if len(cmd) <= COMMAND_WIDTH else cmd[:COMMAND_WIDTH - 3] + "..."
+
+
+def parents_cell(ev: pb.DeletionEvent) -> str:
+    """The ancestry's comms, nearest first ("sh<bash<sshd"), cut to PARENTS_WIDTH; "-" for none."""
+    cell = "<".join(text(a.comm) if not a.unknown or a.comm else "?" for a in ev.ancestry)
+    if ev.flags & pb.EVENT_FLAG_ANCESTRY_TRUNCATED:
+        cell += "<..."
+    if not cell:
+        return "-"
+    return cell if len(cell) <= PARENTS_WIDTH else cell[:PARENTS_WIDTH - 3] + "..."
 
 
 def event_row(ev: pb.DeletionEvent) -> tuple[str, ...]:
@@ -123,7 +134,8 @@ def event_row(ev: pb.DeletionEvent) -> tuple[str, ...]:
     if ev.action:  # the node policy's verdict
         path += f" [{d['action']}: {d['policy']}]"
     return (d["time"], d["node"], pod, d["container"] or "-", d["op"], str(d["result"]),
-            f"{d['comm']}({d['pid']})" + (" [exec]" if d["exec_session"] else ""), command_cell(d), path)
+            f"{d['comm']}({d['pid']})" + (" [exec]" if d["exec_session"] else ""), command_cell(d), parents_cell(ev),
+            path)
 
 
 def _print_table(out: TextIO, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:

@@ -13,23 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, require_root
-from tests.support.agentproc import AgentProcess, attached_agent, by_pid, run_deleter
+from tests.conftest import ROOT
+from tests.support.agentproc import AgentProcess, by_pid, run_deleter
 from unlinkwatch import runstate
-
-
-@pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    require_root()
-    with attached_agent() as a:
-        yield a
-
-
-@pytest.fixture
-def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("del")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_an_absolute_unlink_is_reported_with_its_process(agent: AgentProcess, work: Path) -> None:

@@ -8,27 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import require_root
 from tests.support.agentproc import AgentProcess, attached_agent, by_pid
-
-
-@pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    require_root()
-    with attached_agent() as a:
-        yield a
-
-
-@pytest.fixture
-def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("args")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_rm_reports_the_command_line_it_was_execd_with(agent: AgentProcess, work: Path) -> None:

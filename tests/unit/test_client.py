@@ -159,3 +159,13 @@ def test_query_selects_by_ancestor_and_exec_session(tmp_path: Path, capsys: pyte
         assert rc == 0 and "[exec]" in out.splitlines()[1]
     finally:
         c.close()
+
+
+def test_the_query_tables_parents_column_lists_the_ancestry_nearest_first() -> None:
+    ev = pb.DeletionEvent(process=pb.Process(comm=b"rm"))
+    assert event_row(ev)[EVENT_TABLE.index("PARENTS")] == "-"
+    for comm in (b"sh", b"bash", b""):
+        ev.ancestry.add(comm=comm, unknown=not comm)
+    assert event_row(ev)[EVENT_TABLE.index("PARENTS")] == "sh<bash<?"
+    ev.flags |= pb.EVENT_FLAG_ANCESTRY_TRUNCATED
+    assert event_row(ev)[EVENT_TABLE.index("PARENTS")] == "sh<bash<?<..."
