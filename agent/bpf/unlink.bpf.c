@@ -12,8 +12,9 @@
  *   UW_PROCS           entries of procs (processes known by their exec)
  *   UW_NS_PER_TICK     nanoseconds per clock tick (USER_HZ), the unit of a start time in /proc/PID/stat
  *   OFF_*              struct member offsets read from the running kernel's BTF at load time
- * An exec records the process (its executable and command line) in procs; a deletion's entry sends that
- * record once per process, then stashes in task-local storage; exit emits with the return
+ * An exec records the process (its executable and command line) in procs; a deletion's entry sends the
+ * records of the process and its parents once (again when its parent changed: uw_lineage), then stashes in
+ * task-local storage; exit emits with the return
  * value (unless the node policy ignores the deletion) and always clears the stash. A rename's entry also
  * sends its destination as a record of its own (UW_KIND_RENAME_TO). Each program walks one path at most,
  * and what loops comes before the walk: what follows a walk is verified once per way out of it.
@@ -38,7 +39,6 @@
 #define UW_ENAMETOOLONG 36
 #define UW_MASK (UW_PATH_MAX - 1)
 #define UW_PK_ROOM 512
-#define UW_PROC_UP 8		/* ancestors a child forked without exec looks through for its executable */
 #define UW_GEN_USER (1U << 31)	/* uw_stash.gen: the policy is left to user space (an unknown executable) */
 
 #define UW_PM_UNDECIDED 0	/* struct uw_prematch.state */
