@@ -14,7 +14,7 @@ import yaml
 
 from unlinkwatch.errors import UserError
 from unlinkwatch.eventjson import ACTION_BY_NAME, OP_BY_NAME
-from unlinkwatch.pathglob import GlobError, GlobSet, compile_command_matcher, compile_matcher
+from unlinkwatch.pathglob import GlobError, GlobSet, compile_ancestor_matcher, compile_command_matcher, compile_matcher
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.yamlnodes import NodeReader, read_file
 
@@ -234,18 +234,11 @@ class _Loader(NodeReader):
 
     def ancestors(self, node: yaml.Node, what: str) -> Check:
         """Any ancestor's comm matches a glob, or its exe one that starts with '/'."""
-        globs = self.strings(node, what)
-        comm = self.globs(node, what, False) if any(not g.startswith("/") for g in globs) else None
-        exes = [g for g in globs if g.startswith("/")]
         try:
-            exe = compile_matcher(exes) if exes else None
+            chain = compile_ancestor_matcher(self.strings(node, what))
         except GlobError as e:
             raise self.fail(node, f"{what}: {e}") from None
-
-        def check(ev: pb.DeletionEvent) -> bool:
-            return any((comm is not None and comm(a.comm)) or (exe is not None and exe(a.exe)) for a in ev.ancestry)
-
-        return check
+        return lambda ev: chain(ev.ancestry)
 
     def labels(self, node: yaml.Node, what: str) -> Check:
         pairs = self.label_globs(node, what)

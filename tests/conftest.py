@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.agentproc import AgentProcess, attached_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 # am_url (a real Alertmanager on loopback); postgres_server (one PostgreSQL cluster for the session)
@@ -73,3 +76,12 @@ def require_root() -> None:
     """Kernel and e2e tiers need root; CI runs as root, so this only skips on a developer's laptop."""
     if os.geteuid() != 0:
         pytest.skip("needs root (CI runs as root)")
+
+
+@pytest.fixture(scope="module")
+def agent() -> Iterator[AgentProcess]:
+    """One agent per test module, attached in the mode the run asks for (a module that needs an agent started
+    otherwise defines its own `agent`)."""
+    require_root()
+    with attached_agent() as a:
+        yield a

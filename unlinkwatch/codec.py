@@ -197,6 +197,11 @@ def split_args(args: bytes) -> list[bytes]:
     return parts[:-1] if args.endswith(b"\0") else parts
 
 
+def args_fields(args: bytes) -> bytes:
+    """A command line kept as the kernel keeps it, as the repeated `args` fields of a Process message."""
+    return b"".join([TP_ARGS + varint(len(a)) + a for a in split_args(args)])
+
+
 def identity_fields(template: pb.DeletionEvent) -> bytes:
     """The identity part of an event (cgroup_id, container, pod, identity) as DeletionEvent bytes, made by
     the library: EventWriter.encode appends it as it is (fields may come in any order)."""
@@ -232,7 +237,7 @@ class EventWriter:
             parts = []
             for a in lineage.ancestors:
                 body = (uint(TP_PID, a.pid) + field(TP_COMM, a.comm) + field(TP_EXE, a.exe)
-                        + b"".join([TP_ARGS + varint(len(x)) + x for x in split_args(a.args)])
+                        + args_fields(a.args)
                         + uint(TP_UNKNOWN, int(a.unknown)))
                 parts.append(T_ANCESTRY + varint(len(body)) + body)
             wire = b"".join(parts) + uint(T_EXEC_SESSION, int(lineage.exec_session))
@@ -247,7 +252,7 @@ class EventWriter:
         if wire is None:
             body = (uint(TP_PID, d.pid) + uint(TP_TID, d.tid) + uint(TP_PPID, d.ppid) + uint(TP_UID, d.uid)
                     + uint(TP_GID, d.gid) + field(TP_COMM, d.comm) + field(TP_EXE, d.exe)
-                    + b"".join([TP_ARGS + varint(len(a)) + a for a in split_args(d.args)]))
+                    + args_fields(d.args))
             wire = T_PROCESS + varint(len(body)) + body
             if len(self._procs) >= _CACHE_MAX:
                 self._procs.clear()

@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from itertools import compress
+from typing import Protocol
 
 from unlinkwatch.eventjson import untext
 
@@ -290,6 +291,26 @@ def compile_matcher(globs: Iterable[str]) -> Callable[[bytes], bool]:
     if not lits:
         return lambda s: rx.match(s) is not None
     return lambda s: s in lits or rx.match(s) is not None
+
+
+class NamedProcess(Protocol):
+    """What an ancestor matcher reads of a process (a protobuf Process, a decoded one)."""
+
+    @property
+    def comm(self) -> bytes: ...
+    @property
+    def exe(self) -> bytes: ...
+
+
+def compile_ancestor_matcher(globs: Iterable[str]) -> Callable[[Iterable[NamedProcess]], bool]:
+    """A predicate on a chain of processes true when one of them matches a glob: its comm, or its executable
+    for a glob that starts with '/' (query --ancestor, the rules' `ancestors`)."""
+    items = list(globs)
+    comm_globs = [g for g in items if not g.startswith("/")]
+    exe_globs = [g for g in items if g.startswith("/")]
+    comm = compile_matcher(comm_globs) if comm_globs else None
+    exe = compile_matcher(exe_globs) if exe_globs else None
+    return lambda chain: any((comm is not None and comm(p.comm)) or (exe is not None and exe(p.exe)) for p in chain)
 
 
 def command_line(args: Sequence[bytes]) -> bytes:

@@ -47,6 +47,11 @@ def text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def args_json(args: bytes) -> str:
+    """A command line kept as the kernel keeps it, as a JSON array of strings."""
+    return "[" + ", ".join([_jstr(text(a)) for a in split_args(args)]) + "]"
+
+
 def identity_json(template: pb.DeletionEvent) -> str:
     """The identity part of an event as the JSON members from "container_id" to "identity" (event_to_dict's
     order)."""
@@ -92,9 +97,9 @@ class JsonLines:
         s = self._lineages.get(lineage)
         if s is None:
             ancestors = ", ".join([
-                f'{{"pid": {a.pid}, "comm": {_jstr(text(a.comm))}, "exe": {_jstr(text(a.exe))}, "args": ['
-                + ", ".join([_jstr(text(x)) for x in split_args(a.args)])
-                + f'], "unknown": {"true" if a.unknown else "false"}}}' for a in lineage.ancestors])
+                f'{{"pid": {a.pid}, "comm": {_jstr(text(a.comm))}, "exe": {_jstr(text(a.exe))}, '
+                f'"args": {args_json(a.args)}, "unknown": {"true" if a.unknown else "false"}}}'
+                for a in lineage.ancestors])
             s = (f', "ancestry": [{ancestors}], "exec_session": {"true" if lineage.exec_session else "false"}, '
                  f'"ancestry_truncated": {"true" if lineage.truncated else "false"}')
             if len(self._lineages) >= _CACHE_MAX:
@@ -106,9 +111,8 @@ class JsonLines:
         key = (d.pid, d.tid, d.ppid, d.uid, d.gid, d.comm, d.exe, d.args)
         s = self._procs.get(key)
         if s is None:
-            args = ", ".join([_jstr(text(a)) for a in split_args(d.args)])
             s = (f', "pid": {d.pid}, "tid": {d.tid}, "ppid": {d.ppid}, "uid": {d.uid}, "gid": {d.gid}, '
-                 f'"comm": {_jstr(text(d.comm))}, "exe": {_jstr(text(d.exe))}, "args": [{args}]')
+                 f'"comm": {_jstr(text(d.comm))}, "exe": {_jstr(text(d.exe))}, "args": {args_json(d.args)}')
             if len(self._procs) >= _CACHE_MAX:
                 self._procs.clear()
             self._procs[key] = s

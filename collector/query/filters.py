@@ -5,12 +5,18 @@ Query order: oldest first by (time, storage id), which reads naturally for "what
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from unlinkwatch.eventjson import ACTION_BY_NAME
-from unlinkwatch.pathglob import compile_command_matcher, compile_glob, literal_prefix
+from unlinkwatch.pathglob import (
+    NamedProcess,
+    compile_ancestor_matcher,
+    compile_command_matcher,
+    compile_glob,
+    literal_prefix,
+)
 from unlinkwatch.pb import events_pb2 as pb
 
 MAX_QUERY_LIMIT = 100_000
@@ -93,17 +99,19 @@ class EventFilter:
             return False
         if self.exec_session and not ev.exec_session:
             return False
-        if self.ancestor_glob:
-            rx = compile_glob(self.ancestor_glob)
-            field = "exe" if self.ancestor_glob.startswith("/") else "comm"
-            if not any(rx.match(getattr(a, field)) is not None for a in ev.ancestry):
-                return False
+        if self.ancestor_glob and not _ancestor_matcher(self.ancestor_glob)(ev.ancestry):
+            return False
         return not self.policy_glob or compile_glob(self.policy_glob).match(ev.policy.encode()) is not None
 
 
 @lru_cache(maxsize=64)
 def _command_matcher(glob: str) -> Callable[[Sequence[bytes]], bool]:
     return compile_command_matcher((glob,))
+
+
+@lru_cache(maxsize=64)
+def _ancestor_matcher(glob: str) -> Callable[[Iterable[NamedProcess]], bool]:
+    return compile_ancestor_matcher((glob,))
 
 
 def _action(name: str) -> int:

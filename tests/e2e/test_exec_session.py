@@ -9,20 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_root
-from tests.support.agentproc import AgentProcess, attached_agent
+from tests.support.agentproc import AgentProcess
 from tests.support.runc import RuncContainer, missing
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 
 INIT = "touch /tmp/own; while [ ! -e /tmp/go ]; do sleep 0.1; done; rm /tmp/own; sleep 60"
-
-
-@pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    require_root()
-    with attached_agent() as a:
-        yield a
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
-"""Fixtures of the kernel tier: one agent per test module, attached in the mode the run asks for, and a scratch
-directory per test (a module that needs another agent defines its own `agent`)."""
+"""Fixtures of the kernel tier: a scratch directory per test (the module's agent is tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -8,16 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import require_root
-from tests.support.agentproc import AgentProcess, attached_agent
-
-
-@pytest.fixture(scope="module")
-def agent() -> Iterator[AgentProcess]:
-    require_root()
-    with attached_agent() as a:
-        yield a
 
 
 @pytest.fixture
