@@ -12,7 +12,7 @@ from typing import Any
 from unlinkwatch.errors import UserError
 
 from .policy.model import Policy
-from .policy.runtime import enforcement
+from .policy.runtime import bpf_lsm_missing, enforcement
 from .probe import attach as probe
 from .probe import procseed
 from .probe.btf import VMLINUX_BTF, Btf, BtfError
@@ -60,7 +60,8 @@ def gather(attach: str) -> dict[str, Any]:
         report["agent_can_run"] = False
         return report
     try:
-        att = probe.attach(attach, btf=btf)
+        lsm_missing = bpf_lsm_missing()
+        att = probe.attach(attach, btf=btf, lsm=not lsm_missing)
     except UserError as e:
         put("self_test", False, str(e))
         report["agent_can_run"] = False
@@ -75,7 +76,7 @@ def gather(attach: str) -> dict[str, Any]:
                 "; ".join(att.probe.degraded) or f"dcache lookup loaded ({att.probe.rename_lookup})")
         put("ring_buffer", True, f"{att.probe.ringbuf_size >> 20} MiB, BPF_MAP_TYPE_RINGBUF")
         put("self_test", True, f"synthetic unlink seen end to end in {att.startup_s:.2f} s (compile+attach+test)")
-        enforce = enforcement(Policy(()))
+        enforce = enforcement(Policy(()), lsm_missing, att.probe.enforcing, att.probe.enforce_error)
         report.update(mode=cand.mode, hook=cand.hook, startup_s=round(att.startup_s, 3),
                       misses=probe.MISSES[cand.mode], agent_can_run=True,
                       enforcement={"state": "unavailable" if enforce.state != "enforcing" else "available",

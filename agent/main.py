@@ -24,7 +24,7 @@ from .identity import IdentityConfig, IdentityResolver
 from .metrics import AgentMetrics
 from .policy.maps import PolicyMaps, PolicyMapsError
 from .policy.model import load_policy
-from .policy.runtime import PolicyRuntime, enforcement
+from .policy.runtime import PolicyRuntime, bpf_lsm_missing, enforcement
 from .probe import attach as probe
 from .probe import procseed
 from .ship.encode import OP_NAME, IdentityCodes, JsonLines
@@ -122,17 +122,20 @@ def run(args: argparse.Namespace) -> int:
     if not args.stdout and not args.collector:
         raise UserError("nothing to do: give --collector ADDR (or $UNLINKWATCH_COLLECTOR), --stdout, or both")
     policy = load_policy(args.policy) if args.policy else None  # a bad file: FILE:LINE: problem, before any work
-    enforce = enforcement(policy)
-    if args.require_enforcement and enforce.state != "enforcing":
-        raise UserError(f"--require-enforcement: block rules cannot be enforced here: "
-                        f"{enforce.reason or 'no --policy given'}")
+    lsm_missing = bpf_lsm_missing() if policy is not None else "no --policy given"
+    if args.require_enforcement and lsm_missing:
+        raise UserError(f"--require-enforcement: block rules cannot be enforced here: {lsm_missing}")
 
     metrics = AgentMetrics()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    attached = probe.attach(args.attach, ringbuf_mb=args.ringbuf_mb)
+    attached = probe.attach(args.attach, ringbuf_mb=args.ringbuf_mb, lsm=not lsm_missing)
+    enforce = enforcement(policy, lsm_missing, attached.probe.enforcing, attached.probe.enforce_error)
+    if args.require_enforcement and enforce.state != "enforcing":
+        attached.close()
+        raise UserError(f"--require-enforcement: block rules cannot be enforced here: {enforce.reason}")
     cand = attached.candidate
     seeded = seed_processes(attached)
     metrics.attach_mode.labels(cand.mode, cand.hook).set(1)

@@ -4,13 +4,15 @@
  * (moved away) and the destination, and whether an existing destination was replaced.
  *
  * Files: kprobe.h (the record, the policy maps' records), read.h (kernel memory reads), walk.h (the path
- * walk), policy.h (the node policy's decision), rename_lookup.h (tracepoint mode's rename-target lookup). Configured only with -D flags (agent/probe/program.py):
+ * walk), policy.h (the node policy's decision), rename_lookup.h (tracepoint mode's rename-target lookup),
+ * enforce.h (block rules enforced with BPF LSM). Configured only with -D flags (agent/probe/program.py):
  *   UW_MODE            1 syscall tracepoints, 2 kprobe/kretprobe, 3 fentry/fexit
  *   UW_UNLINK_FN       the kernel's unlink function for modes 2 and 3 (do_unlinkat, filename_unlinkat)
  *   UW_RINGBUF_PAGES   ring buffer size in pages
  *   UW_MAX_DEPTH       directory components walked before the path is flagged truncated
  *   UW_PROCS           entries of procs (processes known by their exec)
  *   UW_NS_PER_TICK     nanoseconds per clock tick (USER_HZ), the unit of a start time in /proc/PID/stat
+ *   UW_LSM             defined when block rules are enforced (enforce.h), with UW_AGENT_TGID, the agent's pid
  *   OFF_*              struct member offsets read from the running kernel's BTF at load time
  * An exec records the process (its executable and command line) in procs; a deletion's entry sends the
  * records of the process and its parents once (again when its parent changed: uw_lineage), then stashes in
@@ -37,6 +39,7 @@
 #define UW_RENAME_EXCHANGE 2
 #define UW_DATA_MASK (2 * UW_PATH_MAX - 1)
 #define UW_ENAMETOOLONG 36
+#define UW_EPERM 1
 #define UW_MASK (UW_PATH_MAX - 1)
 #define UW_PK_ROOM 512
 #define UW_GEN_USER (1U << 31)	/* uw_stash.gen: the policy is left to user space (an unknown executable) */
@@ -44,6 +47,24 @@
 #define UW_PM_UNDECIDED 0	/* struct uw_prematch.state */
 #define UW_PM_RELATIVE 1	/* rules hold the final name's; the directory's key is built after the walk */
 #define UW_PM_ABSOLUTE 2	/* rules are complete */
+
+#ifdef UW_LSM
+/* BPF LSM (enforce.h): what a call's LSM programs decided, kept in the stash for its exit and for inode_rename */
+struct uw_lsm_stash {
+	__u32 rule;		/* 1 + the block rule that stopped the call, 0 for none */
+	__u32 gen;		/* the policy generation that rule is from */
+	__u64 mnt;		/* rename: the mount of both names (path_rename), for inode_rename */
+	__u64 dst;		/* rename: the destination's dentry */
+	__u32 armed;		/* rename: the source decided nothing, so inode_rename decides on the destination */
+	__u32 flags;		/* rename: its flags (RENAME_EXCHANGE) */
+};
+
+struct uw_lsm_scratch {
+	struct uw_rule_set who;	/* the rules for this process and op */
+	__u32 gen;		/* the policy generation they are from */
+	__u32 arm;		/* a rename's source: arm the destination's check when the source decides nothing */
+};
+#endif
 
 /* What entry found of a path argument for the node policy (policy.h), kept in the stash until the walk */
 struct uw_prematch {
@@ -70,6 +91,9 @@ struct uw_stash {
 	__u32 flags;		/* UW_F_PROC_UNKNOWN, for the record */
 	__s32 dst_dirfd;	/* rename: the destination's dirfd and path argument, as passed */
 	const char *dst_uptr;
+#ifdef UW_LSM
+	struct uw_lsm_stash lsm;	/* enforce.h: what the LSM programs decided during this call */
+#endif
 };
 
 /* One process of a deletion's lineage (the deleting process first, then its parents), as uw_lineage() found it */
@@ -99,6 +123,9 @@ struct uw_scratch {
 						 * walk after it is verified once, not once per way through it */
 	struct uw_proc proc;			/* the exec program builds a process's entry here */
 	struct uw_link chain[UW_ANCESTRY + 2];	/* a deletion's lineage (uw_lineage) */
+#ifdef UW_LSM
+	struct uw_lsm_scratch lsm;		/* enforce.h: one LSM program's state across its walk */
+#endif
 };
 
 BPF_RINGBUF_OUTPUT(events, UW_RINGBUF_PAGES);
@@ -359,6 +386,10 @@ static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr,
 	st->dst_undecided = 1;
 	st->gen = 0;
 	st->flags = 0;
+#ifdef UW_LSM
+	st->lsm.rule = 0;
+	st->lsm.armed = 0;
+#endif
 	if (dst_uptr) {	/* a rename's destination (its source is pre-matched at exit, from the record) */
 		__u32 slot = 0;
 		struct uw_policy_slot *sl = uw_policy_slot(&slot);
@@ -512,6 +543,15 @@ static __always_inline int uw_finish(struct uw_stash *copy)
 	struct uw_scratch *s = scratch.lookup(&zero);
 	if (!s)
 		return 0;
+#ifdef UW_LSM
+	if (copy->lsm.rule && s->ev.result == -UW_EPERM) {	/* a block rule stopped it (enforce.h) */
+		s->ev.policy = copy->lsm.rule;
+		s->ev.action = UW_ACTION_BLOCKED;
+		s->ev.policy_gen = copy->lsm.gen;
+		uw_output(s);
+		return 0;
+	}
+#endif
 	if (copy->gen) {
 		__u32 slot = 0;
 		struct uw_policy_slot *sl = uw_policy_slot(&slot);
@@ -819,4 +859,8 @@ KRETFUNC_PROBE(do_renameat2, int olddfd, struct filename *from, int newdfd, stru
 	return uw_exit(ret);
 }
 
+#endif
+
+#ifdef UW_LSM
+#include "enforce.h"
 #endif

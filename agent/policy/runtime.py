@@ -33,19 +33,25 @@ class Enforcement:
     reason: str = ""
 
 
-def enforcement(policy: Policy | None, lsm_file: str = LSM_FILE) -> Enforcement:
-    """Whether block rules can stop deletions here. This agent does not enforce yet (BPF LSM is its own
-    step), so block rules run as audit; the reason says what the kernel offers."""
-    if policy is None:
-        return Enforcement("off")
+def bpf_lsm_missing(lsm_file: str = LSM_FILE) -> str:
+    """Why this kernel cannot run BPF LSM programs, or "" when "bpf" is among its active LSMs."""
     try:
         lsms = Path(lsm_file).read_text().strip().split(",")
     except OSError:
-        lsms = []
+        return f"BPF LSM: {lsm_file} is unreadable (is securityfs mounted?)"
     if "bpf" not in lsms:
-        listed = ",".join(lsms) if lsms else "unreadable"
-        return Enforcement("audit-only", f"BPF LSM is not active in this kernel ({lsm_file}: {listed})")
-    return Enforcement("audit-only", "this agent version does not enforce block rules yet")
+        return f"BPF LSM is not active in this kernel ({lsm_file}: {','.join(lsms)}; boot with lsm=...,bpf)"
+    return ""
+
+
+def enforcement(policy: Policy | None, lsm_missing: str, probe_enforcing: bool, probe_error: str = "") -> Enforcement:
+    """Whether block rules stop deletions here: enforcing when the probe's LSM programs are attached, else
+    audit-only with the reason (the kernel has no BPF LSM, or refused the programs); off without a policy."""
+    if policy is None:
+        return Enforcement("off")
+    if probe_enforcing:
+        return Enforcement("enforcing")
+    return Enforcement("audit-only", lsm_missing or probe_error or "the BPF LSM programs were not attached")
 
 
 class PolicyRuntime:

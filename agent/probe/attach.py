@@ -116,9 +116,12 @@ def self_test(ring: RingBuffer, timeout_s: float) -> tuple[bool, list[bytes]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def attach(forced: str, ringbuf_mb: int = 32, selftest_timeout_s: float = 5.0, btf: Btf | None = None) -> Attached:
+def attach(forced: str, ringbuf_mb: int = 32, selftest_timeout_s: float = 5.0, btf: Btf | None = None,
+           lsm: bool = False) -> Attached:
     """Attaches the first candidate whose self-test passes; UserError when none does. Each candidate is
-    compiled and attached by the loader child (loader.py); this process only holds the fds."""
+    compiled and attached by the loader child (loader.py); this process only holds the fds. With lsm, each
+    candidate also carries the BPF LSM programs that enforce block rules (probe.enforcing says whether the
+    kernel took them); this process is the one they never block."""
     t0 = time.monotonic()
     with Loader() as loader:
         if btf is None:
@@ -130,8 +133,8 @@ def attach(forced: str, ringbuf_mb: int = 32, selftest_timeout_s: float = 5.0, b
         pages = 1 << (pages.bit_length() - 1)  # a power of two, as the kernel requires
         for cand in chain:
             try:
-                probe = loader.load(ProbeConfig(mode=cand.mode, unlink_fn=cand.unlink_fn, ringbuf_pages=pages),
-                                    offsets)
+                probe = loader.load(ProbeConfig(mode=cand.mode, unlink_fn=cand.unlink_fn, ringbuf_pages=pages,
+                                                lsm=lsm, agent_tgid=os.getpid()), offsets)
             except ProbeError as e:
                 log.info("attach mode unavailable", extra={"fields": {"mode": cand.mode, "reason": str(e)}})
                 tried.append((cand, str(e)))

@@ -41,6 +41,8 @@ class HeldProbe:
         self.degraded: list[str] = list(meta.get("degraded", []))
         self.rename_lookup: str = meta.get("rename_lookup", "")
         self.hook: str = meta.get("hook", "")
+        self.enforcing: bool = bool(meta.get("enforcing", False))  # block rules enforced by BPF LSM programs
+        self.enforce_error: str = meta.get("enforce_error", "")
         self._tracefs_events: list[tuple[str, str]] = [(f, e) for f, e in meta.get("tracefs_events", [])]
         self.ringbuf_size: int = cfg.ringbuf_pages * os.sysconf("SC_PAGE_SIZE")
         try:
@@ -210,7 +212,8 @@ def _serve(sock: socket.socket) -> None:
                 continue
             names, fds, events = current.handover()
             reply = {"ok": True, "names": names, "degraded": current.degraded, "hook": current.hook,
-                     "rename_lookup": current.rename_lookup, "tracefs_events": events}
+                     "rename_lookup": current.rename_lookup, "tracefs_events": events,
+                     "enforcing": current.enforcing, "enforce_error": current.enforce_error}
             socket.send_fds(sock, [json.dumps(reply).encode()], fds)
     finally:
         if current is not None:

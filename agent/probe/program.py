@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from unlinkwatch.errors import UserError
 
@@ -74,6 +75,7 @@ OFFSETS = {
 OPTIONAL = {"OFF_FILENAME_UPTR", "OFF_RENAMEDATA_NEW_DENTRY"}  # only the kprobe/fentry modes read them
 
 
+LSM_HOOKS = ("path_unlink", "path_rmdir", "path_rename", "inode_rename")  # enforce.h's programs
 SYSCALLS = ("unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2")  # uw_sys_enter's and uw_sys_exit's
 
 
@@ -84,6 +86,8 @@ class ProbeConfig:
     ringbuf_pages: int = 8192     # 32 MiB with 4 KiB pages: a 100 K deletion burst of ~160-byte records fits
     max_depth: int = 160
     procs: int = 8192             # processes the kernel keeps (exe and args) for the deletion path to look up
+    lsm: bool = False             # enforce block rules with BPF LSM (enforce.h)
+    agent_tgid: int = 0           # with lsm: the process never blocked
     extra_cflags: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -118,6 +122,8 @@ def cflags(cfg: ProbeConfig, offsets: dict[str, int]) -> list[str]:
         f"-DUW_NS_PER_TICK={1_000_000_000 // os.sysconf('SC_CLK_TCK')}",
         "-Wno-macro-redefined",
     ]
+    if cfg.lsm:
+        flags += ["-DUW_LSM=1", f"-DUW_AGENT_TGID={cfg.agent_tgid}"]
     flags += [f"-D{k}={v}" for k, v in sorted(offsets.items())]
     return flags + list(cfg.extra_cflags)
 
@@ -193,10 +199,24 @@ class Probe:
         self.cfg = cfg
         self.degraded: list[str] = []  # features of this mode the kernel refused
         self.rename_lookup = ""
+        self.enforcing = False
+        self.enforce_error = ""  # why block rules are not enforced, when cfg.lsm asked for it
         self.hook = hook_label(cfg.mode, cfg.unlink_fn)
+
+        class _Bpf(BPF):  # type: ignore[misc,valid-type]
+            def _trace_autoload(self) -> None:
+                # the LSM programs are attached by _attach_lsm(), all or none, so that a kernel refusing them
+                # leaves the mode observing (block rules then run as audit) instead of failing it
+                self.attach_lsm = lambda fn_name=b"": self
+                try:
+                    super()._trace_autoload()  # type: ignore[no-untyped-call]
+                finally:
+                    del self.attach_lsm
+
+        self._bpf: Any = None
         with _captured_stderr() as err:
             try:
-                self._bpf = BPF(text=source_text().encode(), cflags=cflags(cfg, offsets))
+                self._bpf = _Bpf(text=source_text().encode(), cflags=cflags(cfg, offsets))
             except Exception as e:  # bcc raises bare Exception for compile and load failures
                 self._bpf = None
                 failure: Exception | None = e
@@ -230,8 +250,27 @@ class Probe:
                 b.attach_tracepoint(tp=f"syscalls:sys_enter_{call}".encode(), fn_name=b"uw_sys_enter")
                 b.attach_tracepoint(tp=f"syscalls:sys_exit_{call}".encode(), fn_name=b"uw_sys_exit")
             self._load_rename_lookup()
+        if self.cfg.lsm:
+            self._attach_lsm()
         # the other tracepoint and the fentry programs are attached by bcc as they load (TRACEPOINT_PROBE,
         # KFUNC_PROBE)
+
+    def _attach_lsm(self) -> None:
+        """enforce.h's programs on their LSM hooks, all or none; on failure the reason is kept for the agent."""
+        b = self._bpf
+        hook = ""
+        try:
+            with _captured_stderr() as err:
+                for hook in LSM_HOOKS:
+                    b.attach_lsm(fn_name=f"lsm__{hook}".encode())
+        except Exception as e:  # bcc raises bare Exception for load and attach failures
+            for name in list(b.lsm_fds):
+                with contextlib.suppress(Exception):
+                    b.detach_lsm(fn_name=name)
+            self.enforce_error = f"BPF LSM hook {hook} refused: {_first_error(err.getvalue()) or e}"
+            log.debug("bcc output for the LSM programs:\n%s", err.getvalue())
+            return
+        self.enforcing = True
 
     def _load_rename_lookup(self) -> None:
         """The dcache lookup that tells renames over existing targets; without it the mode still runs."""
@@ -283,7 +322,7 @@ class Probe:
             for fname, fd in by_fn.items():
                 put(f"kprobe:{ev.decode()}:{fname.decode()}", fd)
         for kind, table in (("tracepoint", b.tracepoint_fds), ("raw_tracepoint", b.raw_tracepoint_fds),
-                            ("kfunc", b.kfunc_entry_fds), ("kretfunc", b.kfunc_exit_fds)):
+                            ("kfunc", b.kfunc_entry_fds), ("kretfunc", b.kfunc_exit_fds), ("lsm", b.lsm_fds)):
             for key, fd in table.items():
                 put(f"{kind}:{key.decode()}", fd)
         return names, fds, _own_probe_events()

@@ -86,18 +86,30 @@ def test_an_ignore_rule_drops_deletions_in_the_kernel_counts_them_and_hides_no_s
     assert agent.metric("unlinkwatch_agent_events_lost_total") == lost  # filtered is never counted as lost
 
 
-def test_audit_and_block_rules_report_would_block_and_the_deletion_proceeds(agent: AgentProcess, root: Path) -> None:
+def _enforcing(agent: AgentProcess) -> bool:
+    """Whether block rules stop deletions (BPF LSM: the kernel lab; test_enforcement.py tests it fully)."""
+    return agent.metric("unlinkwatch_agent_policy_enforcing") == 1
+
+
+def _unlink(path: str) -> str:
+    """Code for run_deleter: a deletion that a block rule may refuse."""
+    return f"try:\n    os.unlink({path!r})\nexcept PermissionError:\n    pass\n"
+
+
+def test_audit_and_block_rules_report_would_block_or_blocked(agent: AgentProcess, root: Path) -> None:
     _touch(root / "etc" / "shadow", root / "etc" / "shadow2", root / ".bash_history", root / "k.pem")
-    code = "\n".join(f"os.unlink({str(p)!r})" for p in (root / "etc" / "shadow", root / "etc" / "shadow2"))
-    code += "\nos.unlink('.bash_history')\nos.unlink('k.pem')"
+    code = "".join(_unlink(str(p)) for p in (root / "etc" / "shadow", root / "etc" / "shadow2", ".bash_history"))
+    code += "os.unlink('k.pem')"
     pid = run_deleter(code, cwd=root)
     evs = agent.wait_for(by_pid(pid), count=4)
     got = {e["path"]: (e["action"], e["policy"]) for e in evs}
-    assert got == {str(root / "etc" / "shadow"): ("would-block", "protect-shadow"),
+    block = "blocked" if _enforcing(agent) else "would-block"
+    assert got == {str(root / "etc" / "shadow"): (block, "protect-shadow"),
                    str(root / "etc" / "shadow2"): ("allowed", ""),
-                   str(root / ".bash_history"): ("would-block", "protect-shadow"),
+                   str(root / ".bash_history"): (block, "protect-shadow"),
                    str(root / "k.pem"): ("would-block", "audit-keys")}
-    assert not (root / "etc" / "shadow").exists()  # no enforcement on this kernel: audit only
+    # audit only where the kernel cannot enforce
+    assert (root / "etc" / "shadow").exists() == _enforcing(agent)
 
 
 def test_an_excepted_command_name_or_executable_is_not_matched(agent: AgentProcess, root: Path) -> None:
@@ -123,11 +135,11 @@ def test_a_rule_without_host_true_leaves_host_processes_alone(agent: AgentProces
 def test_paths_with_dot_dot_are_decided_by_the_agent_the_same_way(agent: AgentProcess, root: Path) -> None:
     _touch(root / "cache" / "e", root / "etc" / "shadow")
     before = agent.metric(FILTERED)
-    code = "os.unlink('cache/sub/../e')\nos.unlink('./etc//shadow')"
+    code = "os.unlink('cache/sub/../e')\n" + _unlink("./etc//shadow")
     pid = run_deleter(code, cwd=root)
     (ev,) = agent.wait_for(by_pid(pid))
     assert ev["path"] == str(root / "etc" / "shadow") and ev["policy"] == "protect-shadow"
-    assert ev["action"] == "would-block"
+    assert ev["action"] == ("blocked" if _enforcing(agent) else "would-block")
     assert agent.wait_metric(FILTERED, before + 1) == before + 1
     time.sleep(0.5)
     assert [e["path"] for e in agent.events if e["pid"] == pid] == [str(root / "etc" / "shadow")]
@@ -139,7 +151,8 @@ def test_a_rename_is_ignored_only_when_both_its_names_are(agent: AgentProcess, r
     before = agent.metric(FILTERED)
     code = (f"os.rename({str(c / 'tmp1')!r}, {str(c / 'final1')!r})\n"          # both ignored: dropped
             f"os.rename({str(c / 'tmp2')!r}, {str(root / 'out')!r})\n"           # moved out: reported
-            f"os.rename({str(c / 'new-shadow')!r}, {str(root / 'etc' / 'shadow')!r})\n")  # over a protected file
+            f"try:\n    os.rename({str(c / 'new-shadow')!r}, {str(root / 'etc' / 'shadow')!r})\n"  # over a protected
+            "except PermissionError:\n    pass\n")
     pid = run_deleter(code)
     evs = agent.wait_for(by_pid(pid), count=2)
     time.sleep(1.0)
@@ -148,7 +161,9 @@ def test_a_rename_is_ignored_only_when_both_its_names_are(agent: AgentProcess, r
     assert got[0] == (str(c / "tmp2"), str(root / "out"), "allowed", "")
     over = got[1]
     assert over[:2] == (str(c / "new-shadow"), str(root / "etc" / "shadow")) and len(got) == 2
-    if evs[1]["replaced"]:  # tracepoint mode tells a replaced destination only when it is in the dcache
+    if _enforcing(agent):
+        assert over[2:] == ("blocked", "protect-shadow") and (c / "new-shadow").exists()
+    elif evs[1]["replaced"]:  # tracepoint mode tells a replaced destination only when it is in the dcache
         assert over[2:] == ("would-block", "protect-shadow")
     assert agent.wait_metric(FILTERED, before + 1) == before + 1
 

@@ -184,12 +184,13 @@ def test_the_agent_ships_to_the_collector_service_over_mutual_tls_with_a_host_sp
 def test_the_agent_mounts_only_the_host_paths_it_needs_and_no_kernel_headers(docs: list[Doc]) -> None:
     volumes = {v["name"]: v for v in agent(docs)["volumes"]}
     host = {v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v}
-    assert host == {"/sys/fs/cgroup", "/sys/kernel/tracing", "/sys/kernel/btf", "/var/lib/unlinkwatch/spool"}
+    assert host == {"/sys/fs/cgroup", "/sys/kernel/tracing", "/sys/kernel/btf", "/sys/kernel/security",
+                    "/var/lib/unlinkwatch/spool"}
     for path in host:
         assert not path.startswith(("/lib/modules", "/usr/src", "/sys/kernel/debug"))
     by_name = {m["name"]: m for m in agent_container(docs)["volumeMounts"]}
     for name, v in volumes.items():
-        if "hostPath" in v and v["hostPath"]["path"] in ("/sys/fs/cgroup", "/sys/kernel/btf"):
+        if "hostPath" in v and v["hostPath"]["path"] in ("/sys/fs/cgroup", "/sys/kernel/btf", "/sys/kernel/security"):
             assert by_name[name].get("readOnly") is True, name
             assert by_name[name]["mountPath"] == v["hostPath"]["path"]
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from unlinkwatch.agent.policy.image import HOST, PENDING, POD, USES, build, cgroup_rules, decide, unknown_rules
 from unlinkwatch.agent.policy.model import Pattern, PolicyError, classify, parse_policy
+from unlinkwatch.agent.policy.runtime import Enforcement, bpf_lsm_missing, enforcement
 
 from tests.conftest import ROOT
 from tests.support.agentproc import unlinkwatch_cmd
@@ -105,6 +106,21 @@ def test_require_enforcement_refuses_to_start_where_block_rules_would_run_as_aud
     assert p.returncode != 0
     (line,) = p.stderr.strip().splitlines()
     assert "--require-enforcement" in line and "cannot be enforced" in line
+
+
+def test_enforcement_is_on_only_where_the_lsm_programs_attached_and_says_why_not(tmp_path: Path) -> None:
+    lsm = tmp_path / "lsm"
+    assert "unreadable" in bpf_lsm_missing(str(lsm))
+    lsm.write_text("lockdown,capability,yama,apparmor")
+    assert "not active" in bpf_lsm_missing(str(lsm)) and "lsm=...,bpf" in bpf_lsm_missing(str(lsm))
+    lsm.write_text("lockdown,capability,yama,apparmor,bpf\n")
+    assert bpf_lsm_missing(str(lsm)) == ""
+    policy = parse_policy("policy:\n  - {name: a, action: block, paths: [/x], host: true}\n", "p.yaml")
+    assert enforcement(None, "", True) == Enforcement("off")
+    assert enforcement(policy, "", True) == Enforcement("enforcing")
+    refused = enforcement(policy, "", False, "BPF LSM hook path_unlink refused: Permission denied")
+    assert refused == Enforcement("audit-only", "BPF LSM hook path_unlink refused: Permission denied")
+    assert enforcement(policy, bpf_lsm_missing(str(tmp_path / "none")), False).reason.endswith("securityfs mounted?)")
 
 
 def test_each_lpm_entry_carries_the_rules_of_the_shorter_entries_it_extends() -> None:

@@ -1,5 +1,6 @@
 """The kernel tier under Debian's 6.1 kernel in QEMU (tests/vmlab), once per attach mode the live kernel
-lacks: kprobe/kretprobe and fentry/fexit, plus tracepoint mode on the older dentry layout (d_subdirs)."""
+lacks: kprobe/kretprobe and fentry/fexit, plus tracepoint mode on the older dentry layout (d_subdirs). The guest
+boots with BPF LSM active (LSMS), so block rules are enforced there (tests/kernel/test_enforcement.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def _lab_missing() -> str | None:
     return None
 
 
+# Debian builds BPF LSM in but leaves it off; this list turns it on beside the LSMs Debian enables by default
+LSMS = "lockdown,capability,yama,apparmor,bpf"
 VM_TIMEOUT_S = 900  # the VM's own limit (run-in-vm.sh); the waits below are longer, so the VM ends first
 
 
@@ -41,7 +44,7 @@ def test_the_kernel_tier_passes_under_the_6_1_kernel(mode: str) -> None:
     py = Path(sys.executable)
     cmd = (f"set -o pipefail; cd {ROOT} && UNLINKWATCH_TEST_ATTACH={mode} {py} -m pytest tests/kernel -q "
            "-p no:cacheprovider -rs 2>&1 | tail -n 40")
-    env = {**os.environ, "VM_TIMEOUT": str(VM_TIMEOUT_S), "VM_TIMING": "1"}
+    env = {**os.environ, "VM_TIMEOUT": str(VM_TIMEOUT_S), "VM_TIMING": "1", "VM_APPEND": f"lsm={LSMS}"}
     # the runner, its timeout and QEMU each die with their parent, so a killed or timed-out test takes them along
     p = subprocess.run([str(RUNNER), cmd], capture_output=True, text=True, env=env, timeout=VM_TIMEOUT_S + 100,
                        preexec_fn=die_with_parent)

@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Block rules enforced with BPF LSM. Compiled in (-DUW_LSM=1) only when the kernel lists "bpf" among its active
+ * LSMs and the agent runs a node policy; included last by unlink.bpf.c. The observation programs (any attach
+ * mode) still report every deletion: the stash tells their exit which block rule stopped the call, and the
+ * record says UW_ACTION_BLOCKED.
+ *
+ * The hooks, and why:
+ *   path_unlink, path_rmdir  the directory as a path (mount and dentry) and the victim's dentry: the same walk
+ *                            as a relative argument's directory, and the final name as the argument, so the
+ *                            policy's own matching (policy.h) decides, on the kernel's resolved names (no
+ *                            user memory: nothing to race). io_uring's IORING_OP_UNLINKAT comes here too.
+ *   path_rename              the source (moving a protected file away). Two walks do not fit one program, so
+ *                            when the source decides nothing it arms...
+ *   inode_rename             ...the destination's check, on the first call after it in the same rename (the
+ *                            dentry and mount kept in the stash): a protected file replaced, or exchanged.
+ * The agent's own process is never blocked (UW_AGENT_TGID). Programs run under RCU and only look maps up: no
+ * lock, nothing that sleeps. When the agent exits their links close and deletions are allowed again (fail-open).
+ * A path the kernel cannot decide (policy.h: a directory deeper than the walk, a key longer than 254 bytes) is
+ * allowed and reported as the observation decides it. */
+#ifndef UNLINKWATCH_ENFORCE_H
+#define UNLINKWATCH_ENFORCE_H
+
+#define UW_LSM_ALLOW 0
+#define UW_LSM_OPEN 1	/* allowed, and no rule but an ignore decided: a rename's destination may still decide */
+
+struct path;
+struct dentry;
+struct inode;
+
+/* The rules naming the current process's executable in an except; none for a process the kernel has no exec of
+ * (its executable cannot be proven, so it is not excepted). */
+static __always_inline void uw_lsm_exe_except(struct uw_scratch *s, void *task, struct uw_policy_slot *sl,
+					      __u32 slot, struct uw_rule_set *out)
+{
+	out->w[0] = 0;
+	out->w[1] = 0;
+	if (!(sl->uses & UW_USES_EXES))
+		return;
+	struct uw_proc_key key;
+	uw_proc_key(task, &key);
+	struct uw_proc *p = procs.lookup(&key);
+	if (!p || (p->flags & UW_F_PROC_UNKNOWN))
+		return;
+	if (p->gen != sl->gen) {
+		uw_policy_exe(s, slot, p, &p->exe_except);
+		p->gen = sl->gen;
+	}
+	*out = p->exe_except;
+}
+
+/* After the walk, looked up afresh from map memory (one verifier state whichever way the walk ended): the rule
+ * that decides, and -EPERM when it blocks. */
+static __always_inline int uw_lsm_decide(void)
+{
+	__u32 zero = 0, slot = 0;
+	struct uw_scratch *s = scratch.lookup(&zero);
+	struct uw_policy_slot *sl = uw_policy_slot(&slot);
+	if (!s || !sl || sl->gen != s->lsm.gen)
+		return UW_LSM_ALLOW;	/* a reload in between: the next call sees the new policy */
+	struct uw_rule_set rs;
+	if (uw_policy_path(s, slot, sl->uses, &s->src, &rs) < 0)
+		return s->lsm.arm ? UW_LSM_OPEN : UW_LSM_ALLOW;
+	uw_rs_and(&rs, &s->lsm.who);
+	__u32 rule = uw_first_rule(&rs);
+	if (rule && uw_rs_has(&sl->block, rule - 1)) {
+		struct uw_stash *st = uw_stash_get(0);
+		if (st) {
+			st->lsm.rule = rule;
+			st->lsm.gen = sl->gen;
+		}
+		return -UW_EPERM;
+	}
+	if (s->lsm.arm && (!rule || uw_rs_has(&sl->ignore, rule - 1)))
+		return UW_LSM_OPEN;
+	return UW_LSM_ALLOW;
+}
+
+/* The verdict on deleting `dentry` from the directory (mnt, dir) by op: -EPERM when a block rule decides. */
+static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *dentry, __u32 arm)
+{
+	if ((bpf_get_current_pid_tgid() >> 32) == UW_AGENT_TGID)
+		return UW_LSM_ALLOW;
+	__u32 zero = 0, slot = 0;
+	struct uw_scratch *s = scratch.lookup(&zero);
+	struct uw_policy_slot *sl = uw_policy_slot(&slot);
+	if (!s || !sl || !(sl->block.w[0] | sl->block.w[1]) || !mnt || !dir || !dentry)
+		return UW_LSM_ALLOW;
+	void *task = (void *)bpf_get_current_task_btf();
+	struct uw_rule_set exe_except;
+	uw_lsm_exe_except(s, task, sl, slot, &exe_except);
+	uw_policy_who(sl, slot, op, &exe_except, &s->lsm.who);
+	if (!((s->lsm.who.w[0] & sl->block.w[0]) | (s->lsm.who.w[1] & sl->block.w[1])))
+		return UW_LSM_ALLOW;	/* no block rule covers this process and op (a rename's destination neither) */
+	s->lsm.gen = sl->gen;
+	s->lsm.arm = arm;
+	/* the final name is matched as a relative argument and the directory as its base, as policy.h does */
+	struct uw_d_span ds;
+	if (bpf_probe_read_kernel(&ds, sizeof(ds), dentry + UW_D_LO) < 0)
+		return UW_LSM_ALLOW;
+	__u32 len = UW_AT(&ds, UW_D_LO, UW_D_LEN, __u32);
+	if (len == 0 || len >= UW_POLICY_KEY - 1)	/* too long for a policy key: policy.h cannot decide it either */
+		return arm ? UW_LSM_OPEN : UW_LSM_ALLOW;
+	UW_OPAQUE(len);	/* the mask below must stay: it is the verifier's bound */
+	bpf_probe_read_kernel(s->data, len & UW_NAME_MAX, UW_AT(&ds, UW_D_LO, UW_D_NAME, void *));
+	s->ev.raw_len = len;
+	s->ev.dir_len = 0;
+	s->ev.flags = 0;
+	uw_prematch(s, slot, sl->uses, 0, &s->src);	/* it loops: before the walk */
+	__u32 flags = 0;
+	s->ev.dir_len = uw_put_path(s, len, mnt, dir, UW_LD(task, OFF_TASK_FS, void *), &flags);
+	s->ev.flags = flags;
+	return uw_lsm_decide();
+}
+
+LSM_PROBE(path_unlink, const struct path *dir, struct dentry *dentry, int ret)
+{
+	if (ret)
+		return ret;
+	return uw_lsm_check(UW_OP_UNLINK, UW_LD(dir, OFF_PATH_MNT, void *), UW_LD(dir, OFF_PATH_DENTRY, void *),
+			    (void *)dentry, 0);
+}
+
+LSM_PROBE(path_rmdir, const struct path *dir, struct dentry *dentry, int ret)
+{
+	if (ret)
+		return ret;
+	return uw_lsm_check(UW_OP_RMDIR, UW_LD(dir, OFF_PATH_MNT, void *), UW_LD(dir, OFF_PATH_DENTRY, void *),
+			    (void *)dentry, 0);
+}
+
+/* Renames do not cross mounts (EXDEV is returned before this hook), so one mount serves both names. */
+LSM_PROBE(path_rename, const struct path *old_dir, struct dentry *old_dentry, const struct path *new_dir,
+	  struct dentry *new_dentry, unsigned int flags, int ret)
+{
+	if (ret)
+		return ret;
+	void *mnt = UW_LD(old_dir, OFF_PATH_MNT, void *);
+	struct uw_stash *st = uw_stash_get(0);
+	if (st) {
+		st->lsm.armed = 0;
+		st->lsm.mnt = (__u64)mnt;
+		st->lsm.dst = (__u64)new_dentry;
+		st->lsm.flags = flags;
+	}
+	int r = uw_lsm_check(UW_OP_RENAME, mnt, UW_LD(old_dir, OFF_PATH_DENTRY, void *), (void *)old_dentry, 1);
+	if (r != UW_LSM_OPEN)
+		return r;
+	st = uw_stash_get(0);
+	if (st && st->op == UW_OP_RENAME)
+		st->lsm.armed = 1;
+	return 0;
+}
+
+/* The first inode_rename of an armed rename (an exchange calls it twice, swapped; overlayfs calls it again
+ * below): the destination, when the rename destroys it. */
+LSM_PROBE(inode_rename, struct inode *old_dir, struct dentry *old_dentry, struct inode *new_dir,
+	  struct dentry *new_dentry, int ret)
+{
+	if (ret)
+		return ret;
+	struct uw_stash *st = uw_stash_get(0);
+	if (!st || st->op != UW_OP_RENAME || !st->lsm.armed)
+		return 0;
+	st->lsm.armed = 0;
+	void *dst = (void *)st->lsm.dst;
+	void *mnt = (void *)st->lsm.mnt;
+	if (!(st->lsm.flags & UW_RENAME_EXCHANGE) && !uw_ptr(dst, OFF_DENTRY_D_INODE))
+		return 0;	/* a new name: nothing destroyed */
+	return uw_lsm_check(UW_OP_RENAME, mnt, uw_ptr(dst, OFF_DENTRY_D_PARENT), dst, 0);
+}
+
+#endif /* UNLINKWATCH_ENFORCE_H */
