@@ -115,10 +115,13 @@ class PolicyMaps:
 
     def set_cgroup(self, cgid: int, mask: int) -> None:
         """The rules for one cgroup under the policy in force."""
-        masks = self._cgroups.setdefault(cgid, [0, 0])
-        if masks[self.active] != mask:
-            masks[self.active] = mask
-            self._write_cgroup(cgid)
+        masks = self._cgroups.get(cgid)
+        if masks is None:  # written even when no rule applies: a cgroup without an entry gets the unknown's rules
+            masks = self._cgroups[cgid] = [0, 0]
+        elif masks[self.active] == mask:
+            return
+        masks[self.active] = mask
+        self._write_cgroup(cgid)
 
     def forget_cgroup(self, cgid: int) -> None:
         if self._cgroups.pop(cgid, None) is not None:

@@ -65,11 +65,14 @@ def test_selectors_ignore_one_namespace_audit_another_and_fail_closed_for_an_unk
     build = _run_in_pod(stack, "build-7")
     prod = _run_in_pod(stack, "prod")
     pending = _run_in_pod(stack, None)  # the API never hears of this pod
+    dev = _run_in_pod(stack, "dev")  # a namespace no rule names
     assert _mine(stack, prod, 3) == {"/scratch/a": ("allowed", ""), "/etc/b": ("allowed", ""),
                                      "/k.key": ("would-block", "audit-keys-prod")}
     assert _mine(stack, pending, 3) == {"/scratch/a": ("allowed", ""), "/etc/b": ("allowed", ""),
                                         "/k.key": ("would-block", "audit-keys-prod")}
     assert _mine(stack, build, 2) == {"/etc/b": ("allowed", ""), "/k.key": ("allowed", "")}
+    # no rule for it is an entry too: a cgroup without one would get every audit and block rule (the unknown's)
+    assert _mine(stack, dev, 3) == {"/scratch/a": ("allowed", ""), "/etc/b": ("allowed", ""), "/k.key": ("allowed", "")}
     assert stack.agent.wait_metric('unlinkwatch_agent_events_filtered_total{policy="quiet-builds"}', 1) == 1
 
     flagged = stack.query("--action", "would-block", "--policy", "audit-*")
