@@ -34,15 +34,14 @@ LSMS = "lockdown,capability,yama,apparmor,bpf"
 VM_TIMEOUT_S = 900  # the VM's own limit (run-in-vm.sh); the waits below are longer, so the VM ends first
 
 
-@pytest.mark.timeout(VM_TIMEOUT_S + 200)
-@pytest.mark.parametrize("mode", ["kprobe", "fentry", "tracepoint"])
-def test_the_kernel_tier_passes_under_the_6_1_kernel(mode: str) -> None:
+def _in_lab(mode: str, tests: str) -> str:
+    """Runs pytest on `tests` in the guest, attaching in `mode`; returns its output after checking it passed."""
     require_root()
     missing = _lab_missing()
     if missing:
         pytest.skip(missing)
     py = Path(sys.executable)
-    cmd = (f"set -o pipefail; cd {ROOT} && UNLINKWATCH_TEST_ATTACH={mode} {py} -m pytest tests/kernel -q "
+    cmd = (f"set -o pipefail; cd {ROOT} && UNLINKWATCH_TEST_ATTACH={mode} {py} -m pytest {tests} -q "
            "-p no:cacheprovider -rs 2>&1 | tail -n 40")
     env = {**os.environ, "VM_TIMEOUT": str(VM_TIMEOUT_S), "VM_TIMING": "1", "VM_APPEND": f"lsm={LSMS}"}
     # the runner, its timeout and QEMU each die with their parent, so a killed or timed-out test takes them along
@@ -50,5 +49,19 @@ def test_the_kernel_tier_passes_under_the_6_1_kernel(mode: str) -> None:
                        preexec_fn=die_with_parent)
     out = p.stdout + p.stderr
     print(out)  # shown by -ra on failure, and kept in the CI log
-    assert p.returncode == 0, f"kernel tier in {mode} mode under the 6.1 kernel failed:\n{out[-4000:]}"
+    assert p.returncode == 0, f"{tests} in {mode} mode under the 6.1 kernel failed:\n{out[-4000:]}"
     assert " passed" in out and " failed" not in out
+    return out
+
+
+@pytest.mark.timeout(VM_TIMEOUT_S + 200)
+@pytest.mark.parametrize("mode", ["kprobe", "fentry", "tracepoint"])
+def test_the_kernel_tier_passes_under_the_6_1_kernel(mode: str) -> None:
+    out = _in_lab(mode, "tests/kernel")
+    assert "test_enforcement.py" not in out  # not skipped: the guest runs BPF LSM
+
+
+@pytest.mark.timeout(VM_TIMEOUT_S + 200)
+def test_block_rules_on_runc_pods_are_enforced_under_the_6_1_kernel() -> None:
+    out = _in_lab("fentry", "tests/e2e/test_enforcement_pods.py")
+    assert "2 passed" in out
