@@ -116,14 +116,16 @@ class UnlinkwatchAgent(Tracer):
 
 class PolicyAgent(UnlinkwatchAgent):
     """The tracepoint agent with a node policy (docs/POLICY.md): `ignore` (one ignore rule covering the
-    workload's directory: every unlink dropped in the kernel) or `audit100` (100 audit rules of every pattern
-    form, none matching the workload). `fsdir` is set by compare() before the first run. Its events column
-    counts the recorded lines plus the deletions the policy filtered: every deletion is accounted for."""
+    workload's directory: every unlink dropped in the kernel), `audit100` (100 audit rules of every pattern
+    form, none matching the workload) or `block100` (the same as block rules: enforced with BPF LSM where the
+    kernel runs it, so the LSM programs' cost shows). `fsdir` is set by compare() before the first run. Its
+    events column counts the recorded lines plus the deletions the policy filtered: every deletion is accounted
+    for."""
 
-    def __init__(self, kind: str) -> None:
-        super().__init__("tracepoint")
+    def __init__(self, kind: str, attach: str = "tracepoint") -> None:
+        super().__init__(attach)
         self.kind = kind
-        self.name = f"unlinkwatch agent (tracepoint, policy {kind})"
+        self.name = f"unlinkwatch agent ({attach}, policy {kind})"
         self.fsdir: Path | None = None
         self.filtered: float | None = None
 
@@ -131,7 +133,8 @@ class PolicyAgent(UnlinkwatchAgent):
         if self.kind == "ignore":
             return f'policy:\n  - {{name: bench-dir, action: ignore, paths: ["{self.fsdir}/**"], host: true}}\n'
         forms = ("/nonexistent-{i}/**", "/etc/never-{i}", "**/.never-{i}", "**/*.never{i}")
-        rules = [f'  - {{name: r{i}, action: audit, paths: ["{forms[i % 4].format(i=i)}"], host: true}}'
+        action = "block" if self.kind == "block100" else "audit"
+        rules = [f'  - {{name: r{i}, action: {action}, paths: ["{forms[i % 4].format(i=i)}"], host: true}}'
                  for i in range(100)]
         return "policy:\n" + "\n".join(rules) + "\n"
 
@@ -215,6 +218,7 @@ class Sample:
     events: int | None = None
     drops: int | None = None
     kernel_ns: float | None = None
+    kernel_ns_by_prog: dict[str, float] = field(default_factory=dict)  # per program, per unlink (the record run)
     parts_cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds of each process of the config
 
 
@@ -244,8 +248,12 @@ class ConfigResult:
         parts = {name: stats.median([s.parts_cpu_s.get(name, 0.0) for s in self.samples])
                  for name in (self.samples[0].parts_cpu_s if self.samples else {})}
         note = " + ".join(f"{name} {(v or 0.0) / n * 1e6:.1f}" for name, v in parts.items())
+        notes = [f"CPU us/event: {note}"] if note else []
+        if rec and len(rec.kernel_ns_by_prog) > 1:
+            by_prog = sorted(rec.kernel_ns_by_prog.items(), key=lambda kv: -kv[1])
+            notes.append("kernel ns: " + ", ".join(f"{name} {ns:,.0f}" for name, ns in by_prog if ns >= 1))
         return [self.name, self.rate(), stats.slowdown(bare, self.rate()), complete,
-                rec.drops if rec else None, loss, cpu_us, hwm, kernel, f"CPU us/event: {note}" if note else ""]
+                rec.drops if rec else None, loss, cpu_us, hwm, kernel, "; ".join(notes)]
 
 
 HEADERS = ["config", "unlinks/s (median)", "slowdown vs bare", "completeness", "drops reported", "true loss",
@@ -277,13 +285,36 @@ def wait_quiet(pids: list[int], window: float = 0.3, timeout: float = 120.0) -> 
         last = now
 
 
-def bpf_run_ns(pids: list[int]) -> float:
-    """Total run_time_ns of the BPF programs these processes attached (needs kernel.bpf_stats_enabled=1)."""
+def bpf_prog_ids(pids: list[int]) -> set[int]:
+    """The BPF programs these processes hold: their perf attachments (tracepoints, kprobes) and every program or
+    link fd (fentry, LSM), from /proc/PID/fdinfo."""
     ids = {int(str(a["prog_id"])) for pid in pids for a in peers.perf_attachments(pid) if "prog_id" in a}
+    for pid in pids:
+        for info in Path(f"/proc/{pid}/fdinfo").glob("*"):
+            with contextlib.suppress(OSError):
+                for line in info.read_text().splitlines():
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+    return ids
+
+
+def bpf_run_ns_by_prog(pids: list[int]) -> dict[str, float]:
+    """run_time_ns of each BPF program these processes hold, by program name (needs kernel.bpf_stats_enabled=1)."""
+    ids = bpf_prog_ids(pids)
     if not ids:
-        return 0.0
+        return {}
     proc = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=False)
-    return float(sum(p.get("run_time_ns", 0) for p in json.loads(proc.stdout or "[]") if p.get("id") in ids))
+    out: dict[str, float] = {}
+    for p in json.loads(proc.stdout or "[]"):
+        if p.get("id") in ids:
+            name = str(p.get("name", p["id"]))
+            out[name] = out.get(name, 0.0) + float(p.get("run_time_ns", 0))
+    return out
+
+
+def bpf_run_ns(pids: list[int]) -> float:
+    """Total run_time_ns of the BPF programs these processes hold."""
+    return sum(bpf_run_ns_by_prog(pids).values())
 
 
 @contextlib.contextmanager
@@ -353,24 +384,30 @@ def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, rec
             parts = tracer.parts() if isinstance(tracer, UnlinkwatchPipeline) else {}
             parts0 = {name: sum(peers.cpu_seconds(p) for p in ps) for name, ps in parts.items()}
             cpu0 = sum(peers.cpu_seconds(p) for p in pids)
-            k0 = bpf_run_ns(pids) if record else 0.0
+            k0 = bpf_run_ns_by_prog(pids) if record else {}
             result = workload.run(binary, n, fsdir, workers=workers, op=op)
             wait_quiet(pids)
             cpu = sum(peers.cpu_seconds(p) for p in pids) - cpu0
             parts_cpu = {name: sum(peers.cpu_seconds(p) for p in ps) - parts0[name] for name, ps in parts.items()}
-            kernel = (bpf_run_ns(pids) - k0) / n if record and tracer.bpf else None
+            by_prog: dict[str, float] = {}
+            if record and tracer.bpf:
+                k1 = bpf_run_ns_by_prog(pids)
+                by_prog = {name: (ns - k0.get(name, 0.0)) / n for name, ns in k1.items() if ns > k0.get(name, 0.0)}
+            kernel = sum(by_prog.values()) if record and tracer.bpf else None
             hwm = sum(peers.status_kib(p, "VmHWM") for p in pids)
         finally:
             tracer.stop()
         if op == "rename":
             workload.remove_files(fsdir, result.prefix)  # untraced: the tracer has stopped
         return Sample(rate=result.unlinks_per_s, cpu_s=cpu, hwm_kib=hwm, events=tracer.count_events(result.prefix),
-                      drops=tracer.drops_reported(), kernel_ns=kernel, parts_cpu_s=parts_cpu)
+                      drops=tracer.drops_reported(), kernel_ns=kernel, kernel_ns_by_prog=by_prog,
+                      parts_cpu_s=parts_cpu)
 
 
 def configurations(only: list[str] | None = None, baseline: BaselineAgent | None = None) -> list[Tracer]:
     everything: list[Tracer] = [Tracer(), *(UnlinkwatchAgent(m) for m in ATTACH_MODES), PolicyAgent("ignore"),
-                                PolicyAgent("audit100"), UnlinkwatchPipeline(), peers.Bpftrace(), peers.Auditd(),
+                                PolicyAgent("audit100"), *(PolicyAgent("block100", m) for m in ATTACH_MODES),
+                                UnlinkwatchPipeline(), peers.Bpftrace(), peers.Auditd(),
                                 peers.MinimalBcc()]
     if baseline is not None:
         everything.insert(2, baseline)
@@ -523,18 +560,22 @@ def measure_exec(tracer: Tracer, loop: str, n: int, fsdir: Path, record: bool) -
         try:
             pids = tracer_pids(tracer)
             cpu0 = sum(peers.cpu_seconds(p) for p in pids)
-            k0 = bpf_run_ns(pids) if record else 0.0
+            k0 = bpf_run_ns_by_prog(pids) if record else {}
             t0 = time.perf_counter()
             subprocess.run(["sh", "-c", EXEC_LOOPS[loop], "sh", str(n), str(files)], check=True)
             rate = n / (time.perf_counter() - t0)
             wait_quiet(pids)
             cpu = sum(peers.cpu_seconds(p) for p in pids) - cpu0
-            kernel = (bpf_run_ns(pids) - k0) / n if record and tracer.bpf else None
+            by_prog: dict[str, float] = {}
+            if record and tracer.bpf:
+                k1 = bpf_run_ns_by_prog(pids)
+                by_prog = {name: (ns - k0.get(name, 0.0)) / n for name, ns in k1.items() if ns > k0.get(name, 0.0)}
+            kernel = sum(by_prog.values()) if record and tracer.bpf else None
             hwm = sum(peers.status_kib(p, "VmHWM") for p in pids)
         finally:
             tracer.stop()
             subprocess.run(["rm", "-rf", str(files)], check=False)
-        return Sample(rate=rate, cpu_s=cpu, hwm_kib=hwm, kernel_ns=kernel)
+        return Sample(rate=rate, cpu_s=cpu, hwm_kib=hwm, kernel_ns=kernel, kernel_ns_by_prog=by_prog)
 
 
 def exec_compare(loop: str, n: int, rounds: int, baseline: BaselineAgent | None = None) -> list[ConfigResult]:
