@@ -11,8 +11,10 @@
  *                            user memory: nothing to race). io_uring's IORING_OP_UNLINKAT comes here too.
  *   path_rename              the source (moving a protected file away). Two walks do not fit one program, so
  *                            when the source decides nothing it arms...
- *   inode_rename             ...the destination's check, on the first call after it in the same rename (the
- *                            dentry and mount kept in the stash): a protected file replaced, or exchanged.
+ *   inode_rename             ...the destination's check, on the first call after it for the same destination
+ *                            dentry (kept with its mount in lsm_rename, task storage of its own, so that
+ *                            io_uring's renames, which no syscall hook sees, are checked too): a protected
+ *                            file replaced, or exchanged.
  * The agent's own process is never blocked (UW_AGENT_TGID). Programs run under RCU and only look maps up: no
  * lock, nothing that sleeps. When the agent exits their links close and deletions are allowed again (fail-open).
  * A path the kernel cannot decide (policy.h: a directory deeper than the walk, a key longer than 254 bytes) is
@@ -26,6 +28,20 @@
 struct path;
 struct dentry;
 struct inode;
+
+/* path_rename -> inode_rename of one rename, per thread */
+struct uw_lsm_rename {
+	__u64 mnt;		/* the mount of both names */
+	__u64 dst;		/* the destination's dentry */
+	__u32 armed;		/* the source decided nothing: inode_rename decides on the destination */
+	__u32 flags;		/* the rename's flags (RENAME_EXCHANGE) */
+};
+BPF_TASK_STORAGE(lsm_rename, struct uw_lsm_rename);
+
+static __always_inline struct uw_lsm_rename *uw_lsm_rename_get(__u64 create)
+{
+	return lsm_rename.task_storage_get(bpf_get_current_task_btf(), 0, create);
+}
 
 /* The rules naming the current process's executable in an except; none for a process the kernel has no exec of
  * (its executable cannot be proven, so it is not excepted). */
@@ -135,36 +151,39 @@ LSM_PROBE(path_rename, const struct path *old_dir, struct dentry *old_dentry, co
 	if (ret)
 		return ret;
 	void *mnt = UW_LD(old_dir, OFF_PATH_MNT, void *);
-	struct uw_stash *st = uw_stash_get(0);
-	if (st) {
-		st->lsm.armed = 0;
-		st->lsm.mnt = (__u64)mnt;
-		st->lsm.dst = (__u64)new_dentry;
-		st->lsm.flags = flags;
+	struct uw_lsm_rename *r = uw_lsm_rename_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (r) {
+		r->armed = 0;
+		r->mnt = (__u64)mnt;
+		r->dst = (__u64)new_dentry;
+		r->flags = flags;
 	}
-	int r = uw_lsm_check(UW_OP_RENAME, mnt, UW_LD(old_dir, OFF_PATH_DENTRY, void *), (void *)old_dentry, 1);
-	if (r != UW_LSM_OPEN)
-		return r;
-	st = uw_stash_get(0);
-	if (st && st->op == UW_OP_RENAME)
-		st->lsm.armed = 1;
+	int v = uw_lsm_check(UW_OP_RENAME, mnt, UW_LD(old_dir, OFF_PATH_DENTRY, void *), (void *)old_dentry, 1);
+	if (v != UW_LSM_OPEN)
+		return v;
+	r = uw_lsm_rename_get(0);
+	if (r)
+		r->armed = 1;
 	return 0;
 }
 
-/* The first inode_rename of an armed rename (an exchange calls it twice, swapped; overlayfs calls it again
- * below): the destination, when the rename destroys it. */
+/* The destination, when the rename destroys it. Only for the dentry path_rename saw: an exchange calls this hook
+ * twice (swapped), overlayfs again below for its upper layer, and a rename that failed between the two hooks
+ * leaves its state behind for the next. */
 LSM_PROBE(inode_rename, struct inode *old_dir, struct dentry *old_dentry, struct inode *new_dir,
 	  struct dentry *new_dentry, int ret)
 {
 	if (ret)
 		return ret;
-	struct uw_stash *st = uw_stash_get(0);
-	if (!st || st->op != UW_OP_RENAME || !st->lsm.armed)
+	struct uw_lsm_rename *r = uw_lsm_rename_get(0);
+	if (!r || !r->armed)
 		return 0;
-	st->lsm.armed = 0;
-	void *dst = (void *)st->lsm.dst;
-	void *mnt = (void *)st->lsm.mnt;
-	if (!(st->lsm.flags & UW_RENAME_EXCHANGE) && !uw_ptr(dst, OFF_DENTRY_D_INODE))
+	void *dst = (void *)r->dst;
+	if ((void *)new_dentry != dst && (void *)old_dentry != dst)
+		return 0;
+	r->armed = 0;
+	void *mnt = (void *)r->mnt;
+	if (!(r->flags & UW_RENAME_EXCHANGE) && !uw_ptr(dst, OFF_DENTRY_D_INODE))
 		return 0;	/* a new name: nothing destroyed */
 	return uw_lsm_check(UW_OP_RENAME, mnt, uw_ptr(dst, OFF_DENTRY_D_PARENT), dst, 0);
 }

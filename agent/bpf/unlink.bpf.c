@@ -49,14 +49,10 @@
 #define UW_PM_ABSOLUTE 2	/* rules are complete */
 
 #ifdef UW_LSM
-/* BPF LSM (enforce.h): what a call's LSM programs decided, kept in the stash for its exit and for inode_rename */
+/* BPF LSM (enforce.h): the block rule that stopped this call, kept in the stash for its exit */
 struct uw_lsm_stash {
-	__u32 rule;		/* 1 + the block rule that stopped the call, 0 for none */
+	__u32 rule;		/* 1 + the rule, 0 for none */
 	__u32 gen;		/* the policy generation that rule is from */
-	__u64 mnt;		/* rename: the mount of both names (path_rename), for inode_rename */
-	__u64 dst;		/* rename: the destination's dentry */
-	__u32 armed;		/* rename: the source decided nothing, so inode_rename decides on the destination */
-	__u32 flags;		/* rename: its flags (RENAME_EXCHANGE) */
 };
 
 struct uw_lsm_scratch {
@@ -388,7 +384,6 @@ static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr,
 	st->flags = 0;
 #ifdef UW_LSM
 	st->lsm.rule = 0;
-	st->lsm.armed = 0;
 #endif
 	if (dst_uptr) {	/* a rename's destination (its source is pre-matched at exit, from the record) */
 		__u32 slot = 0;

@@ -156,16 +156,23 @@ def test_an_audit_rule_lets_the_deletion_happen_and_says_would_block(agent: Agen
     assert (ev["result"], ev["action"], ev["policy"]) == (0, "would-block", "audit-logs")
 
 
-def test_io_uring_unlink_of_a_protected_file_is_blocked(agent: AgentProcess, root: Path, uring: Path) -> None:
-    target = root / "secret" / "ring"
+def test_io_uring_unlinks_and_renames_of_protected_files_are_blocked(
+        agent: AgentProcess, root: Path, uring: Path) -> None:
+    """No unlink or rename syscall is made: the LSM hooks still see them (tracepoints do not: no events there)."""
+    target, other = root / "secret" / "ring", root / "free" / "ring-other"
     target.write_text("x")
-    p = subprocess.Popen([str(uring), "unlink", str(target)], stdout=subprocess.PIPE, text=True)
-    out, _ = p.communicate()
-    if p.returncode == 3:
+    other.write_text("y")
+    runs = [subprocess.Popen([str(uring), *args], stdout=subprocess.PIPE, text=True) for args in (
+        ["unlink", str(target)], ["rename", str(target), str(root / "free" / "ring-away")],
+        ["rename", str(other), str(target)])]
+    outs = [(p.communicate()[0].strip(), p.returncode) for p in runs]
+    if any(rc == 3 for _, rc in outs):
         pytest.skip("this kernel offers no io_uring")
-    assert out.strip() == str(EPERM) and target.exists()
-    if agent.info["mode"] != "tracepoint":  # tracepoints see no io_uring deletion (the documented miss)
-        assert _event(agent, p.pid, target)["action"] == "blocked"
+    assert outs == [(str(EPERM), 0)] * 3
+    assert target.read_text() == "x" and other.exists()
+    if agent.info["mode"] != "tracepoint":
+        for p, path in zip(runs, (target, target, other), strict=True):
+            assert _event(agent, p.pid, path)["action"] == "blocked"
 
 
 def test_a_policy_reload_changes_enforcement_within_2_s(agent: AgentProcess, root: Path) -> None:

@@ -31,7 +31,7 @@ def _lab_missing() -> str | None:
 
 # Debian builds BPF LSM in but leaves it off; this list turns it on beside the LSMs Debian enables by default
 LSMS = "lockdown,capability,yama,apparmor,bpf"
-VM_TIMEOUT_S = 900  # the VM's own limit (run-in-vm.sh); the waits below are longer, so the VM ends first
+VM_TIMEOUT_S = 1500  # the VM's own limit (run-in-vm.sh); the waits below are longer, so the VM ends first
 
 
 def _in_lab(mode: str, tests: str) -> str:
