@@ -312,9 +312,10 @@ def bpf_run_ns_by_prog(pids: list[int]) -> dict[str, float]:
     return out
 
 
-def bpf_run_ns(pids: list[int]) -> float:
-    """Total run_time_ns of the BPF programs these processes hold."""
-    return sum(bpf_run_ns_by_prog(pids).values())
+def bpf_ns_per_op(pids: list[int], before: dict[str, float], n: int) -> dict[str, float]:
+    """Each program's run_time_ns since `before` (bpf_run_ns_by_prog), per one of n operations."""
+    after = bpf_run_ns_by_prog(pids)
+    return {name: (ns - before.get(name, 0.0)) / n for name, ns in after.items() if ns > before.get(name, 0.0)}
 
 
 @contextlib.contextmanager
@@ -389,10 +390,7 @@ def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, rec
             wait_quiet(pids)
             cpu = sum(peers.cpu_seconds(p) for p in pids) - cpu0
             parts_cpu = {name: sum(peers.cpu_seconds(p) for p in ps) - parts0[name] for name, ps in parts.items()}
-            by_prog: dict[str, float] = {}
-            if record and tracer.bpf:
-                k1 = bpf_run_ns_by_prog(pids)
-                by_prog = {name: (ns - k0.get(name, 0.0)) / n for name, ns in k1.items() if ns > k0.get(name, 0.0)}
+            by_prog = bpf_ns_per_op(pids, k0, n) if record and tracer.bpf else {}
             kernel = sum(by_prog.values()) if record and tracer.bpf else None
             hwm = sum(peers.status_kib(p, "VmHWM") for p in pids)
         finally:
@@ -566,10 +564,7 @@ def measure_exec(tracer: Tracer, loop: str, n: int, fsdir: Path, record: bool) -
             rate = n / (time.perf_counter() - t0)
             wait_quiet(pids)
             cpu = sum(peers.cpu_seconds(p) for p in pids) - cpu0
-            by_prog: dict[str, float] = {}
-            if record and tracer.bpf:
-                k1 = bpf_run_ns_by_prog(pids)
-                by_prog = {name: (ns - k0.get(name, 0.0)) / n for name, ns in k1.items() if ns > k0.get(name, 0.0)}
+            by_prog = bpf_ns_per_op(pids, k0, n) if record and tracer.bpf else {}
             kernel = sum(by_prog.values()) if record and tracer.bpf else None
             hwm = sum(peers.status_kib(p, "VmHWM") for p in pids)
         finally:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
 from tests.support.agentproc import AgentProcess, by_pid, run_deleter
 from unlinkwatch import runstate
 
@@ -324,15 +323,6 @@ def test_a_burst_of_5000_deletions_is_reported_whole_with_no_drops(agent: AgentP
     seqs = [e["seq"] for e in evs]
     assert seqs == sorted(seqs) and len(set(seqs)) == 5000
     assert agent.metric('unlinkwatch_agent_events_lost_total{stage="kernel"}') == 0
-
-
-@pytest.fixture(scope="module")
-def uring(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/support/uring.c built for this run: one io_uring unlink or rename, with no such syscall."""
-    exe = tmp_path_factory.mktemp("uring") / "uring"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(exe), str(ROOT / "tests" / "support" / "uring.c")],
-                   check=True)
-    return exe
 
 
 def test_io_uring_unlink_and_rename_are_seen_where_the_mode_says_it_sees_them(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from unlinkwatch.agent.policy.runtime import bpf_lsm_missing
 
-from tests.conftest import ROOT, require_root
+from tests.conftest import require_root
 from tests.support.agentproc import AgentProcess, Event, attached_agent
 
 EPERM = -errno.EPERM
@@ -57,14 +57,6 @@ def agent(root: Path) -> Iterator[AgentProcess]:
     require_root()
     with attached_agent("--policy", str(root / "policy.yaml"), "--require-enforcement") as a:
         yield a
-
-
-@pytest.fixture(scope="module")
-def uring(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    exe = tmp_path_factory.mktemp("uring") / "uring"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(exe), str(ROOT / "tests" / "support" / "uring.c")],
-                   check=True)
-    return exe
 
 
 def _run(*argv: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
