@@ -65,24 +65,33 @@ static __always_inline void uw_lsm_exe_except(struct uw_scratch *s, void *task, 
 }
 
 /* After the walk, looked up afresh from map memory (one verifier state whichever way the walk ended): the rule
- * that decides, and -EPERM when it blocks. */
+ * that decides, and -EPERM when it blocks. The check decides with the slot it started with, whole: a reload
+ * writes the other slot and flips, so a check under way at the flip still sees the policy it began with. That slot
+ * is reused (its generation first cleared, agent/policy/maps.py) only at the reload after, and never within
+ * RETIRE_S of the flip; a check still under way then (the generation changed under it) is allowed. */
 static __always_inline int uw_lsm_decide(void)
 {
-	__u32 zero = 0, slot = 0;
+	__u32 zero = 0;
 	struct uw_scratch *s = scratch.lookup(&zero);
-	struct uw_policy_slot *sl = uw_policy_slot(&slot);
-	if (!s || !sl || sl->gen != s->lsm.gen)
-		return UW_LSM_ALLOW;	/* a reload in between: the next call sees the new policy */
+	struct uw_policy_state *ps = policy_state.lookup(&zero);
+	if (!s || !ps)
+		return UW_LSM_ALLOW;
+	__u32 slot = s->lsm.slot & 1;
+	struct uw_policy_slot *sl = &ps->slot[slot];
+	if (sl->gen != s->lsm.gen)
+		return UW_LSM_ALLOW;
 	struct uw_rule_set rs;
 	if (uw_policy_path(s, slot, sl->uses, &s->src, &rs) < 0)
 		return s->lsm.arm ? UW_LSM_OPEN : UW_LSM_ALLOW;
+	if (*(volatile __u32 *)&sl->gen != s->lsm.gen)
+		return UW_LSM_ALLOW;	/* the slot was reused while its maps were looked up */
 	uw_rs_and(&rs, &s->lsm.who);
 	__u32 rule = uw_first_rule(&rs);
 	if (rule && uw_rs_has(&sl->block, rule - 1)) {
 		struct uw_stash *st = uw_stash_get(0);
 		if (st) {
 			st->lsm.rule = rule;
-			st->lsm.gen = sl->gen;
+			st->lsm.gen = s->lsm.gen;
 		}
 		return -UW_EPERM;
 	}
@@ -108,6 +117,7 @@ static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *de
 	if (!((s->lsm.who.w[0] & sl->block.w[0]) | (s->lsm.who.w[1] & sl->block.w[1])))
 		return UW_LSM_ALLOW;	/* no block rule covers this process and op (a rename's destination neither) */
 	s->lsm.gen = sl->gen;
+	s->lsm.slot = slot;
 	s->lsm.arm = arm;
 	/* the final name is matched as a relative argument and the directory as its base, as policy.h does */
 	struct uw_d_span ds;

@@ -58,7 +58,9 @@ struct uw_lsm_stash {
 struct uw_lsm_scratch {
 	struct uw_rule_set who;	/* the rules for this process and op */
 	__u32 gen;		/* the policy generation they are from */
+	__u32 slot;		/* ...and its slot: the check decides with the policy it started with */
 	__u32 arm;		/* a rename's source: arm the destination's check when the source decides nothing */
+	__u32 pad;
 };
 #endif
 

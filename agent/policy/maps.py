@@ -1,10 +1,15 @@
 """Writing a policy into the kernel's maps (agent/bpf/policy.h, records in kprobe.h) through the fds the loader
 handed over. Two slots: a new policy is written into the slot not in force, then one write of the state flips
-`active`, so no deletion ever sees half of a policy; the old slot is cleared on the next load."""
+`active`, so no deletion ever sees half of a policy; the old slot is cleared on the next load.
+
+A check under way at the flip keeps deciding with the slot it started with (agent/bpf/enforce.h). So before a
+slot is used again, its generation is cleared (a check still in it sees the change), and that happens no sooner
+than RETIRE_S after the flip that took it out of force: far longer than any check, which never sleeps."""
 
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass, field
 
 from ..decode import C
@@ -21,6 +26,7 @@ _STATE_HEAD = struct.Struct("<II")  # active, pad
 _KEY = struct.Struct(f"<IB{KEY_BYTES}s")
 _COMM = struct.Struct(f"<B{COMM_LEN}s")
 _CGROUP = struct.Struct("<Q")
+RETIRE_S = 0.05  # a slot taken out of force is reused no sooner than this (the agent reloads at most once a second)
 MAP_NAMES = ("policy_state", "policy_paths", "policy_names", "policy_exes", "policy_comms", "policy_cgroups",
              "policy_filtered")
 _SIZES = {"policy_state": (4, _STATE_HEAD.size + 2 * _SLOT.size), "policy_paths": (_KEY.size, _RS.size),
@@ -83,11 +89,13 @@ class PolicyMaps:
         self._slots = [_SlotState(), _SlotState()]
         self._cgroups: dict[int, list[int]] = {}  # cgroup id -> mask per slot
         self._ncpu = bpfsys.possible_cpus()
+        self._flipped_at = float("-inf")
 
     def load(self, image: KernelImage, cgroups: dict[int, int]) -> tuple[int, int]:
         """Writes `image` (and each cgroup's rules under it) into the slot not in force, then puts it in force.
         Returns (slot, generation)."""
         new = 1 - self.active
+        self._retire(new)
         self._clear_slot(new)
         w = self._slots[new].written = _Written()
         for data, mask in image.paths.items():
@@ -107,9 +115,9 @@ class PolicyMaps:
         slots[self.active] = self._slots[self.active].value
         slots[new] = self._slots[new].value = slot_value(image, self.gen)
         # first the new slot with the old one still in force, then the flip: each write leaves a whole policy
-        bpfsys.update(self.fd["policy_state"], struct.pack("<I", 0),
-                      _STATE_HEAD.pack(self.active, 0) + slots[0] + slots[1])
-        bpfsys.update(self.fd["policy_state"], struct.pack("<I", 0), _STATE_HEAD.pack(new, 0) + slots[0] + slots[1])
+        self._write_state(self.active, slots)
+        self._write_state(new, slots)
+        self._flipped_at = time.monotonic()
         self.active = new
         return new, self.gen
 
@@ -150,6 +158,19 @@ class PolicyMaps:
     def _write_cgroup(self, cgid: int) -> None:
         masks = self._cgroups[cgid]
         bpfsys.update(self.fd["policy_cgroups"], _CGROUP.pack(cgid), rule_set(masks[0]) + rule_set(masks[1]))
+
+    def _write_state(self, active: int, slots: list[bytes]) -> None:
+        bpfsys.update(self.fd["policy_state"], struct.pack("<I", 0), _STATE_HEAD.pack(active, 0) + slots[0] + slots[1])
+
+    def _retire(self, slot: int) -> None:
+        """Before `slot`'s maps are cleared and rewritten: RETIRE_S after the flip that took it out of force, its
+        generation goes to 0, so that a check still deciding with it allows rather than read half a policy."""
+        wait = self._flipped_at + RETIRE_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        slots = [self._slots[0].value, self._slots[1].value]
+        slots[slot] = self._slots[slot].value = slot_value(None, 0)
+        self._write_state(self.active, slots)
 
     def _clear_slot(self, slot: int) -> None:
         w = self._slots[slot].written
