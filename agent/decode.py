@@ -64,6 +64,7 @@ LAYOUT = read_layout(HEADER_H.read_text())
 HEADER, HEADER_FIELDS, C = LAYOUT.header, LAYOUT.fields, LAYOUT.constants
 KIND_DELETION, KIND_CGROUP_MKDIR, KIND_EXE = C["UW_KIND_DELETION"], C["UW_KIND_CGROUP_MKDIR"], C["UW_KIND_EXE"]
 KIND_RENAME_TO = C["UW_KIND_RENAME_TO"]
+KIND_MNT_NS = C["UW_KIND_MNT_NS"]
 OP_RENAME = C["UW_OP_RENAME"]
 OPS = {C[f"UW_OP_{name}"]: pb.Op.Value(f"OP_{name}") for name in ("UNLINK", "RMDIR", "RENAME")}
 _F = {name: C[f"UW_F_{name}"] for name in ("RAW_TRUNCATED", "DIR_TRUNCATED", "DIR_UNRESOLVED", "RAW_UNREADABLE",
@@ -144,6 +145,10 @@ class Deletion(NamedTuple):
     policy: str = ""         # the node-policy rule that decided it
     args: bytes = b""        # the command line as exec'd, each argument NUL-terminated (codec.split_args())
     lineage: Lineage | None = None  # its ancestry (None: the kernel sent nothing of the process)
+    mnt_ns: int = 0          # the process's mount namespace (its inode number)
+    chroot: bool = False     # its root is not that namespace's root
+    host_path: bytes = b""   # where the file is on the node (agent/placement/), set by the decoder or the pipeline
+    volume: str = ""         # the pod volume it was in
 
 
 class Proc(NamedTuple):
@@ -162,6 +167,7 @@ class Proc(NamedTuple):
 
 UNKNOWN_PROC = Proc(b"", b"", 0, unknown=True)
 _EXE_ARGS_TRUNCATED = C["UW_F_ARGS_TRUNCATED"]
+_CHROOT = C["UW_F_CHROOT"]
 _EXE_UNKNOWN = C["UW_F_PROC_UNKNOWN"]
 ANCESTRY = C["UW_ANCESTRY"]
 
@@ -213,6 +219,14 @@ class CgroupMkdir:
     path: str
 
 
+@dataclass(frozen=True, slots=True)
+class MntNs:
+    """A process exec'd in a mount namespace the kernel had not announced (agent/placement/ opens its table)."""
+
+    pid: int
+    mnt_ns: int
+
+
 class Decoder:
     """Turns records into Deletions; remembers the processes the kernel sends once each (by pid and start time,
     the kernel's key), least recently used first out: the kernel keeps at most UW_PROCS of them, so a process
@@ -235,16 +249,17 @@ class Decoder:
         self._offset = self._clock.offset()
         # the node policy's rule names by generation (its low byte, as records carry it); set by the policy runtime
         self.policy_names: dict[int, list[str]] = {}
+        self.host_mnt_ns = -1  # the host's mount namespace, once the pipeline places deletions (none before)
 
     def tick(self) -> None:
         """Re-reads the kernel-clock-to-wall-time offset (itself refreshed once a second); once per batch."""
         self._offset = self._clock.offset()
 
-    def split(self, rec: bytes) -> Deletion | CgroupMkdir | None:
+    def split(self, rec: bytes) -> Deletion | CgroupMkdir | MntNs | None:
         """One record -> a Deletion, or a CgroupMkdir, or None for records that only update the decoder.
         Times use the clock offset of the last tick()."""
         (ts_ns, cgroup_id, proc_start, parent_start, kind, op, pid, tid, ppid, uid, gid, result, _dirfd, flags,
-         raw_len, dir_len, rename_flags, ns_pid, ns_level, policy, action, policy_gen,
+         raw_len, dir_len, rename_flags, ns_pid, ns_level, mnt_ns, _reserved, policy, action, policy_gen,
          comm) = HEADER.unpack_from(rec, 0)
         end = HEADER.size + raw_len
         raw = rec[HEADER.size : end]
@@ -260,16 +275,19 @@ class Decoder:
             if out_flags & pb.EVENT_FLAG_PROCESS_UNKNOWN or proc.unknown:
                 proc = UNKNOWN_PROC
                 out_flags |= pb.EVENT_FLAG_PROCESS_UNKNOWN
+            chroot = bool(flags & _CHROOT)
+            # a host process in the host's namespace and root: its path is the host's (agent/placement/)
+            where = path if mnt_ns == self.host_mnt_ns and not chroot else b""
             if op != OP_RENAME:
                 return _NEW(Deletion, (
                     ts_ns + self._offset, OPS.get(op, 0), path, raw, result, pid, tid, ppid, uid, gid,
                     comm if nul < 0 else comm[:nul], proc.exe, cgroup_id, out_flags | proc.flags, b"", 0,
-                    ACTIONS.get(action, 0), rule, proc.args, lineage))
+                    ACTIONS.get(action, 0), rule, proc.args, lineage, mnt_ns, chroot, where, ""))
             to, out_flags = self._destination(tid, ts_ns, result, out_flags | proc.flags)
             return _NEW(Deletion, (
                 ts_ns + self._offset, OPS[op], path, raw, result, pid, tid, ppid, uid, gid,
                 comm if nul < 0 else comm[:nul], proc.exe, cgroup_id, out_flags, to, rename_flags,
-                ACTIONS.get(action, 0), rule, proc.args, lineage))
+                ACTIONS.get(action, 0), rule, proc.args, lineage, mnt_ns, chroot, where, ""))
         if kind == KIND_RENAME_TO:
             self._rename_to[tid] = (ts_ns, join(rec[end : end + dir_len], raw) if raw else b"",
                                     _TO_FLAGS[flags & _F_MASK])
@@ -289,6 +307,8 @@ class Decoder:
             return None
         if kind == KIND_CGROUP_MKDIR:
             return CgroupMkdir(cgroup_id, raw.decode("utf-8", "surrogateescape"))
+        if kind == KIND_MNT_NS:
+            return MntNs(pid, mnt_ns)
         return None
 
     def _lineage(self, pid: int, start: int, me: Proc, ppid: int, parent_start: int) -> Lineage | None:

@@ -6,8 +6,10 @@ import argparse
 import logging
 import os
 import secrets
+import select
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -19,14 +21,15 @@ from unlinkwatch.codec import EventWriter
 from unlinkwatch.errors import UserError
 from unlinkwatch.pb import events_pb2 as pb
 
-from .decode import CgroupMkdir, Decoder, Deletion
+from .decode import CgroupMkdir, Decoder, Deletion, MntNs
 from .identity import IdentityConfig, IdentityResolver
 from .metrics import AgentMetrics
+from .placement.resolver import Placement
 from .policy.maps import PolicyMaps, PolicyMapsError
 from .policy.model import load_policy
 from .policy.runtime import PolicyRuntime, bpf_lsm_missing, enforcement
 from .probe import attach as probe
-from .probe import procseed
+from .probe import bpfsys, procseed
 from .ship.encode import OP_NAME, IdentityCodes, JsonLines
 
 log = logging.getLogger("unlinkwatch.agent")
@@ -53,9 +56,12 @@ class Pipeline:
     straight to JSON lines and protobuf bytes (ship/encode.py, unlinkwatch/codec.py)."""
 
     def __init__(self, decoder: Decoder, identity: IdentityResolver, metrics: AgentMetrics, out: Outputs,
-                 policy: PolicyRuntime | None = None) -> None:
+                 policy: PolicyRuntime | None = None, placement: Placement | None = None) -> None:
         self.decoder = decoder
         self.policy = policy
+        self.placement = placement
+        if placement is not None:
+            decoder.host_mnt_ns = placement.host_ns
         self.identity = identity
         self.metrics = metrics
         self.out = out
@@ -66,6 +72,10 @@ class Pipeline:
 
     def process(self, records: list[bytes]) -> int:
         self.decoder.tick()
+        place = None
+        if self.placement is not None:
+            self.placement.tick()
+            place = self.placement.place
         split, identify = self.decoder.split, self.identity.identify
         codes_of, make_codes = self._codes.get, self._codes.make
         line = self._json.line if self.out.stdout is not None else None
@@ -83,12 +93,21 @@ class Pipeline:
                 if self.policy is not None:
                     self.policy.on_cgroup_mkdir(d.cgroup_id, d.path)
                 continue
+            if type(d) is MntNs:
+                if self.placement is not None:
+                    self.placement.announce(d.pid, d.mnt_ns)
+                continue
             assert type(d) is Deletion
             if d.flags & _POLICY_USER and self.policy is not None:
                 d = self.policy.apply(d)  # type: ignore[assignment]
                 if d is None:
                     continue  # an ignore rule, decided here: counted as filtered
             ident = identify(d.cgroup_id)
+            if place is not None and not d.host_path and d.mnt_ns:  # outside the host's namespace or root
+                pod = ident.pod
+                where, volume = place(d.path, d.pid, d.ppid, d.mnt_ns, d.chroot, ident.uid,
+                                      pod.volumes if pod else None, pod.host_paths if pod else None)
+                d = d._replace(host_path=where, volume=volume)
             codes = codes_of(ident) or make_codes(ident)
             seq += 1
             if line is not None:
@@ -98,6 +117,9 @@ class Pipeline:
             key = (d.op, d.result == 0)
             counts[key] = counts.get(key, 0) + 1
         self.seq = seq
+        if self.placement is not None and self.placement.unplaced:
+            self.metrics.unplaced.inc(self.placement.unplaced)
+            self.placement.unplaced = 0
         for (op, ok), n in counts.items():  # once per batch, not per event
             self.metrics.events.labels(OP_NAME[op], "success" if ok else "failure").inc(n)
         updates = self.identity.drain_updates()
@@ -181,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     out = Outputs(stdout=sys.stdout if args.stdout else None,
                   submit=shipper.submit_wire if shipper else None,
                   set_kernel_lost=shipper.set_kernel_lost if shipper else None)
-    pipeline = Pipeline(decoder, identity, metrics, out, runtime)
+    pipeline = Pipeline(decoder, identity, metrics, out, runtime, placement(args.kubelet_root, attached.probe.fds))
 
     try:
         _loop(attached, pipeline, metrics, out, stop, heartbeat)
@@ -190,9 +212,28 @@ def run(args: argparse.Namespace) -> int:
             shipper.close(timeout=5.0)
         identity.stop()
         attached.close()
+        if pipeline.placement is not None:
+            pipeline.placement.close()
         if http is not None:
             http.close()
     return 0
+
+
+def placement(kubelet_root: str, fds: dict[str, int]) -> Placement | None:
+    """The host-path and volume stage (agent/placement/); without the host's mount table, deletions outside the
+    host's namespace have an empty host_path."""
+    seen = fds.get("map:mnt_seen")
+
+    def forget(mnt_ns: int) -> None:
+        if seen is not None:
+            bpfsys.delete(seen, struct.pack("<I", mnt_ns))
+
+    try:
+        return Placement(kubelet_root=os.fsencode(kubelet_root), forget=forget)
+    except OSError as e:
+        log.warning("host paths unavailable: the host's mount table cannot be read",
+                    extra={"fields": {"error": str(e)}})
+        return None
 
 
 def seed_processes(attached: probe.Attached) -> int:
@@ -211,6 +252,10 @@ def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, o
     pipeline.process(attached.leftovers)
     lost_seen = 0
     next_lost = 0.0
+    # the kernel wakes this wait for the rare record that needs it at once (a new mount namespace); the others
+    # wait for the timer
+    ring_ready = select.epoll()
+    ring_ready.register(attached.probe.ringbuf_fd, select.EPOLLIN)
     while not stop.is_set():
         records = attached.ring.drain()
         now = time.monotonic()
@@ -232,5 +277,6 @@ def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, o
                 pipeline.process([])  # flush late identity joins while idle
             next_lost = now + LOST_POLL_S
         if not records:
-            stop.wait(IDLE_POLL_S)
+            ring_ready.poll(IDLE_POLL_S)
+    ring_ready.close()
     pipeline.process(attached.ring.drain())  # what arrived before the signal

@@ -31,6 +31,9 @@ class AgentMetrics:
         self.filtered = Counter("unlinkwatch_agent_events_filtered", "Deletions an ignore rule of the node policy "
                                 "dropped (in the kernel, or by the agent where the kernel could not decide)",
                                 ["policy"], registry=r)
+        self.unplaced = Counter("unlinkwatch_agent_events_unplaced", "Deletions outside the host's mount namespace "
+                                "with no host_path: their namespace was gone before its mount table was read",
+                                registry=r)
         self.policy_rules = Gauge("unlinkwatch_agent_policy_rules", "Rules of the node policy in force", registry=r)
         self.policy_enforcing = Gauge("unlinkwatch_agent_policy_enforcing",
                                       "1 when the kernel enforces block rules, 0 when they run as audit",

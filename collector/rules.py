@@ -21,7 +21,7 @@ from unlinkwatch.yamlnodes import NodeReader, read_file
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 RESULTS = ("success", "failure", "any")
 COND_KEYS = ("paths", "rename_to", "ops", "result", "namespaces", "pod_labels", "comm", "exe", "args", "ancestors",
-             "exec_session", "action", "policy")
+             "exec_session", "action", "policy", "volumes", "host_paths")
 RULE_KEYS = ("name", "severity", "description", "match", "except", "enabled")
 TOP_KEYS = ("rules", "fold_window", "fold_samples")  # plus "x-..." keys: free, e.g. for YAML anchors
 DEFAULT_FOLD_WINDOW_NS = 10_000_000_000
@@ -230,6 +230,12 @@ class _Loader(NodeReader):
         if "policy" in keys:
             policy = self.globs(keys["policy"][1], f"{what}.policy", False)
             checks.append(lambda ev: bool(ev.policy) and policy(ev.policy.encode()))
+        if "volumes" in keys:  # the pod volume the file was in: "emptyDir/cache", "hostPath/*", "rootfs"
+            volumes = self.globs(keys["volumes"][1], f"{what}.volumes", False)
+            checks.append(lambda ev: bool(ev.volume) and volumes(ev.volume.encode()))
+        if "host_paths" in keys:  # where it lived on the node
+            host_paths = self.globs(keys["host_paths"][1], f"{what}.host_paths", True)
+            checks.append(lambda ev: bool(ev.host_path) and host_paths(ev.host_path))
         return Condition(tuple(checks), paths, path_globs)
 
     def ancestors(self, node: yaml.Node, what: str) -> Check:

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attach", default="auto", choices=["auto", "kprobe", "fentry", "tracepoint"])
     p.add_argument("--kube", default="auto", choices=["auto", "off"])
     p.add_argument("--kubeconfig", metavar="PATH")
+    p.add_argument("--kubelet-root", default="/var/lib/kubelet", metavar="DIR",
+                   help="the kubelet's directory, whose pods/ name each pod's volumes (default: /var/lib/kubelet)")
     p.add_argument("--spool", metavar="DIR", help="disk spool so collector outages and restarts lose nothing")
     p.add_argument("--spool-max-mb", type=int, default=512, metavar="MB")
     p.add_argument("--stdout", action="store_true", help="print events as JSON lines on stdout")
@@ -106,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="some ancestor of the deleting process: its comm, or its exe for a glob starting with '/'")
     p.add_argument("--exec-session", action="store_true",
                    help="only deletions from exec sessions into containers (kubectl exec)")
+    p.add_argument("--volume", metavar="GLOB", help="the pod volume, TYPE/NAME: emptyDir/cache, hostPath/*, rootfs")
+    p.add_argument("--host-path", metavar="GLOB", help="where the file lived on the node")
     p.add_argument("--since", metavar="DURATION|TIME")
     p.add_argument("--until", metavar="TIME")
     p.add_argument("--limit", type=int, default=1000)

@@ -69,8 +69,9 @@ def query_request(args: argparse.Namespace) -> pb.QueryRequest:
     rename_to = getattr(args, "rename_to", None)
     policy = getattr(args, "policy", None)
     ancestor = getattr(args, "ancestor", None)
+    volume, host_path = getattr(args, "volume", None), getattr(args, "host_path", None)
     for flag, glob in (("--path", args.path), ("--rename-to", rename_to), ("--policy", policy),
-                       ("--ancestor", ancestor)):
+                       ("--ancestor", ancestor), ("--volume", volume), ("--host-path", host_path)):
         if glob:
             from unlinkwatch.pathglob import compile_glob
 
@@ -93,7 +94,8 @@ def query_request(args: argparse.Namespace) -> pb.QueryRequest:
                            path_glob=args.path or "", since_unix_ns=since, until_unix_ns=until, limit=args.limit,
                            rename_to_glob=rename_to or "", action=getattr(args, "action", None) or "",
                            policy_glob=policy or "", args_glob=command or "", ancestor_glob=ancestor or "",
-                           exec_session=bool(getattr(args, "exec_session", False)))
+                           exec_session=bool(getattr(args, "exec_session", False)), volume_glob=volume or "",
+                           host_path_glob=host_path or "")
 
 
 EVENT_TABLE = ("TIME", "NODE", "POD", "CONTAINER", "OP", "RESULT", "PROCESS", "COMMAND", "PARENTS", "PATH")

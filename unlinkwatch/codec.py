@@ -62,6 +62,7 @@ T_TIME, T_NODE, T_OP, T_PATH, T_RAW, T_RESULT, T_PROCESS, T_AGENT, T_SEQ, T_FLAG
 T_RENAME_TO, T_RENAME_FLAGS = tag(_EV, "rename_to"), tag(_EV, "rename_flags")
 T_ACTION, T_POLICY = tag(_EV, "action"), tag(_EV, "policy")
 T_ANCESTRY, T_EXEC_SESSION = tag(_EV, "ancestry"), tag(_EV, "exec_session")
+T_HOST_PATH, T_VOLUME = tag(_EV, "host_path"), tag(_EV, "volume")
 _ALL_FLAGS = 2 * max(pb.EventFlag.values()) - 1
 _OP_RENAME = pb.OP_RENAME
 TP_PID, TP_TID, TP_PPID, TP_UID, TP_GID, TP_COMM, TP_EXE, TP_ARGS = (
@@ -186,6 +187,10 @@ class DeletionFields(Protocol):
     def policy(self) -> str: ...
     @property
     def lineage(self) -> LineageFields | None: ...
+    @property
+    def host_path(self) -> bytes: ...
+    @property
+    def volume(self) -> str: ...
 
 
 def split_args(args: bytes) -> list[bytes]:
@@ -270,6 +275,8 @@ class EventWriter:
             self._rename(d) if d.op == _OP_RENAME else b"",  # rename fields are set on renames only
             self._policy(d) if d.action or d.policy else b"",  # set where a node-policy rule decided
             self._lineage(d.lineage),
+            T_HOST_PATH + varint(len(d.host_path)) + d.host_path if d.host_path else b"",
+            field(T_VOLUME, d.volume.encode()) if d.volume else b"",
         ))
 
     @staticmethod

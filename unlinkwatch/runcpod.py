@@ -67,6 +67,7 @@ class RuncContainer:
         self.name = f"uw-{self.container_id[:16]}"
         self._proc: subprocess.Popen[str] | None = None
         self._rec: runstate.Record | None = None
+        self.binds: list[tuple[Path, str]] = []  # (host directory, path in the container): a pod's volumes
 
     @property
     def cgroup_dir(self) -> str:
@@ -89,6 +90,8 @@ class RuncContainer:
         cfg["root"]["readonly"] = False
         cfg["linux"]["cgroupsPath"] = self.cgroup_path
         cfg["linux"]["namespaces"] = [ns for ns in cfg["linux"]["namespaces"] if ns["type"] != "network"]
+        cfg["mounts"] += [{"destination": dst, "type": "bind", "source": str(src), "options": ["rbind", "rw"]}
+                          for src, dst in self.binds]
         cfg_path.write_text(json.dumps(cfg))
 
     def _cmd(self, *args: str) -> list[str]:

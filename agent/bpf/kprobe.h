@@ -22,6 +22,9 @@ enum uw_kind {
 				   * UW_F_PROC_UNKNOWN (no exec seen: pid, comm and parent only) */
 	UW_KIND_RENAME_TO = 4,	  /* a rename's destination, sent at entry: data as for a deletion; the rename's
 				   * own record (same tid) follows it in the ring */
+	UW_KIND_MNT_NS = 5,	  /* a process exec'd in a mount namespace not announced before (mnt_ns, pid; no
+				   * data), sent with a wake-up: user space opens the namespace's mount table through
+				   * the process while it runs (agent/placement/) */
 };
 
 enum uw_op {
@@ -43,6 +46,7 @@ enum uw_op {
 					 * started and was not seeded, or its entry was evicted): exe and args unknown */
 #define UW_F_EXE_TRUNCATED (1U << 7)	/* UW_KIND_EXE: the executable's path was cut at UW_EXE_MAX - 1 bytes */
 #define UW_F_ARGS_TRUNCATED (1U << 8)	/* UW_KIND_EXE: the command line was cut at UW_ARGS_MAX bytes */
+#define UW_F_CHROOT (1U << 9)		/* the process's root is not its mount namespace's root (chroot, pivot) */
 
 /* the node policy's verdict on a deletion (agent/bpf/policy.h) */
 enum uw_action {
@@ -74,6 +78,9 @@ struct uw_event {
 	__u32 ns_pid;		/* UW_KIND_EXE: the process's pid in its own pid namespace (1: a container's first
 				 * process, or init); 0 in other records */
 	__u32 ns_level;		/* UW_KIND_EXE: the depth of that namespace (0: the host's) */
+	__u32 mnt_ns;		/* UW_KIND_DELETION: the process's mount namespace (the inode of /proc/PID/ns/mnt), whose
+				 * mount table user space maps `path` to the host with (agent/placement/) */
+	__u32 reserved;
 	__u16 policy;		/* 1 + the index of the node-policy rule that decided, 0 for none */
 	__u8 action;		/* enum uw_action */
 	__u8 policy_gen;	/* which loaded policy `policy` indexes (reloads bump it) */

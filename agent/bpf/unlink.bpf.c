@@ -136,6 +136,7 @@ BPF_HASH(rename_replaced, __u32, __u32, 1024);
 #endif
 BPF_PERCPU_ARRAY(scratch, struct uw_scratch, 1);
 BPF_TABLE("lru_hash", struct uw_proc_key, struct uw_proc, procs, UW_PROCS);	/* kprobe.h */
+BPF_TABLE("lru_hash", __u32, __u8, mnt_seen, 4096);	/* mount namespaces announced (UW_KIND_MNT_NS) */
 
 #include "read.h"
 #include "walk.h"
@@ -157,6 +158,8 @@ static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kin
 				    OFF_TASK_START_TIME, __u64);
 	ev->ns_pid = 0;
 	ev->ns_level = 0;
+	ev->mnt_ns = 0;
+	ev->reserved = 0;
 	ev->op = 0;
 	ev->result = 0;
 	ev->dirfd = 0;
@@ -170,17 +173,22 @@ static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kin
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 }
 
-static __always_inline void uw_output(struct uw_scratch *s)
+static __always_inline void uw_output_flags(struct uw_scratch *s, __u64 wakeup)
 {
 	/* each length is below UW_PATH_MAX by construction: the mask is exact and bounds the read */
 	__u64 size = ((s->ev.raw_len + s->ev.dir_len) & UW_DATA_MASK) + sizeof(struct uw_event);
-	/* no wake-up: user space drains the ring on a short timer, so no record pays for one */
-	if (events.ringbuf_output(&s->ev, size, BPF_RB_NO_WAKEUP) < 0) {
+	if (events.ringbuf_output(&s->ev, size, wakeup) < 0) {
 		__u32 zero = 0;
 		__u64 *n = lost.lookup(&zero);
 		if (n)
 			*n += 1;
 	}
+}
+
+/* No wake-up: user space drains the ring on a short timer, so no record pays for one. */
+static __always_inline void uw_output(struct uw_scratch *s)
+{
+	uw_output_flags(s, BPF_RB_NO_WAKEUP);
 }
 
 /* The key of the current process in procs: its thread group leader's pid and start time. */
@@ -456,6 +464,44 @@ static __always_inline void uw_put_raw(struct uw_scratch *s, const char *uptr, l
 	ev->flags |= flags;
 }
 
+/* The process's mount namespace, and UW_F_CHROOT when its root is not that namespace's root: user space maps the
+ * path to where it is on the host through that namespace's mount table (agent/placement/). The namespace's root
+ * mount is usually not the root the processes see: the real root filesystem is mounted on top of it (the host's
+ * on the initial rootfs, a container's pivoted root), so the root counts as the namespace's when it is the root
+ * of a mount that sits, through mounts each on the root of the one below, on the namespace's root mount. */
+#define UW_ROOT_STACK 4
+static __always_inline void *uw_mnt_ns(void *task)
+{
+	return UW_LD(UW_LD(task, OFF_TASK_NSPROXY, void *), OFF_NSPROXY_MNT_NS, void *);
+}
+
+static __always_inline void uw_put_mnt_ns(struct uw_event *ev, void *task, void *fs)
+{
+	void *ns = uw_mnt_ns(task);
+	if (!ns)
+		return;
+	ev->mnt_ns = UW_LD(ns, OFF_MNT_NS_INUM, __u32);
+	void *ns_root = UW_LD(ns, OFF_MNT_NS_ROOT, void *);	/* struct mount * */
+	void *vfs = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT, void *);
+	if (UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *) != UW_LD(vfs, OFF_VFSMOUNT_MNT_ROOT, void *)) {
+		ev->flags |= UW_F_CHROOT;	/* a directory inside a filesystem */
+		return;
+	}
+	void *m = vfs - OFF_MOUNT_MNT;
+#pragma unroll
+	for (int i = 0; i < UW_ROOT_STACK; i++) {
+		if (m == ns_root)
+			return;
+		void *parent = uw_ptr(m, OFF_MOUNT_MNT_PARENT);	/* probe reads: m is computed from a member */
+		if (parent == m ||
+		    uw_ptr(m, OFF_MOUNT_MNT_MOUNTPOINT) != uw_ptr(parent, OFF_MOUNT_MNT + OFF_VFSMOUNT_MNT_ROOT))
+			break;
+		m = parent;
+	}
+	if (m != ns_root)
+		ev->flags |= UW_F_CHROOT;	/* a mount elsewhere in the tree */
+}
+
 /* After uw_put_raw(): for a relative path, the directory it is relative to, with dir_len and flags set. */
 static __always_inline void uw_put_dir(struct uw_scratch *s, __s32 dirfd, void *task, void *fs)
 {
@@ -604,6 +650,7 @@ static __always_inline int uw_exit(long ret)
 	ev->dirfd = copy.dirfd;
 
 	ev->flags = copy.flags;
+	uw_put_mnt_ns(ev, task, fs);
 	if (copy.op == UW_OP_RENAME) {
 		ev->rename_flags = copy.rename_flags;
 		if (copy.replaced)
@@ -703,6 +750,17 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	struct uw_proc_key key;
 	uw_proc_key(task, &key);
 	procs.update(&key, &s->proc);
+	/* the first exec in a mount namespace: user space opens its mount table while this process runs (a short-lived
+	 * container may be gone by its first deletion's record), so it wakes up for this one record */
+	void *ns = uw_mnt_ns(task);
+	__u32 inum = ns ? UW_LD(ns, OFF_MNT_NS_INUM, __u32) : 0;
+	__u8 one = 1;
+	if (inum && !mnt_seen.lookup(&inum)) {
+		mnt_seen.update(&inum, &one);
+		uw_header(&s->ev, task, UW_KIND_MNT_NS);
+		s->ev.mnt_ns = inum;
+		uw_output_flags(s, BPF_RB_FORCE_WAKEUP);
+	}
 	return 0;
 }
 

@@ -36,6 +36,8 @@ class PodInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     containers: Mapping[str, ContainerInfo] = field(default_factory=dict)  # by container id
     deleted_at: float = 0.0  # monotonic time of deletion; 0 while the pod exists
+    volumes: Mapping[str, str] = field(default_factory=dict)  # name -> its type, the pod spec's key (emptyDir)
+    host_paths: Mapping[str, bytes] = field(default_factory=dict)  # hostPath volumes: name -> the host's path
 
 
 def strip_runtime(container_id: str) -> str:
@@ -71,9 +73,18 @@ def pod_info(pod: Mapping[str, Any], workload: str, previous: PodInfo | None = N
     while len(containers) > MAX_CONTAINER_IDS_PER_POD:
         containers.pop(next(iter(containers)))
     labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    volumes: dict[str, str] = {}
+    host_paths: dict[str, bytes] = {}
+    for v in spec.get("volumes") or []:
+        name = str(v.get("name", ""))
+        kind = next((k for k in v if k != "name"), "")
+        volumes[name] = kind
+        if kind == "hostPath":
+            host_paths[name] = str((v.get("hostPath") or {}).get("path", "")).encode()
     return PodInfo(uid=str(meta.get("uid", "")), name=str(meta.get("name", "")),
                    namespace=str(meta.get("namespace", "")), workload=workload,
-                   labels=MappingProxyType(labels), containers=MappingProxyType(containers))
+                   labels=MappingProxyType(labels), containers=MappingProxyType(containers),
+                   volumes=MappingProxyType(volumes), host_paths=MappingProxyType(host_paths))
 
 
 class PodIndex:

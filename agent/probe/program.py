@@ -44,6 +44,9 @@ OFFSETS = {
     "OFF_UPID_NR": ("upid", "nr"),
     "OFF_SIGNAL_STRUCT_LIVE": ("signal_struct", "live"),
     "OFF_TASK_FS": ("task_struct", "fs"),
+    "OFF_TASK_NSPROXY": ("task_struct", "nsproxy"),
+    "OFF_NSPROXY_MNT_NS": ("nsproxy", "mnt_ns"),
+    "OFF_MNT_NS_ROOT": ("mnt_namespace", "root"),
     "OFF_TASK_FILES": ("task_struct", "files"),
     "OFF_TASK_MM": ("task_struct", "mm"),
     "OFF_MM_EXE_FILE": ("mm_struct", "exe_file"),
@@ -101,6 +104,7 @@ def kernel_offsets(btf: Btf) -> dict[str, int]:
         out.update(UW_DCHILD_HLIST=0, OFF_DENTRY_D_SUBDIRS=btf.offset("dentry", "d_subdirs"),
                    OFF_DENTRY_D_SIB_OR_CHILD=btf.offset("dentry", "d_child"))
     out["UW_UPID_SIZE"] = btf.size("upid")  # the stride of struct pid's numbers[]
+    out["OFF_MNT_NS_INUM"] = btf.offset("mnt_namespace", "ns") + btf.offset("ns_common", "inum")
     for name, (struct_name, member) in OFFSETS.items():
         try:
             out[name] = btf.offset(struct_name, member)

@@ -130,7 +130,8 @@ class JsonLines:
             f'"policy": {_jstr(d.policy)}, "rename_to": {_jstr(text(d.rename_to))}, '
             f'{_RENAME[(8 if flags & pb.EVENT_FLAG_REPLACED else 0) | (d.rename_flags & 7)]}}}\n')
         return (f'{{"time": "{self._prefix}.{ns:09d}Z", "node": {self._node}, "op": "{OP_NAME[d.op]}", '
-                f'"path": {_jstr(text(d.path))}, "raw_path": {_jstr(text(d.raw_path))}, "result": {d.result}'
+                f'"path": {_jstr(text(d.path))}, "raw_path": {_jstr(text(d.raw_path))}, '
+                f'"host_path": {_jstr(text(d.host_path))}, "volume": {_jstr(d.volume)}, "result": {d.result}'
                 f'{self._process(d)}{self._lineage(d.lineage)}, "cgroup_id": {d.cgroup_id}{ident}, '
                 f'"agent": {self._agent}, "seq": {seq}, '
                 f'"path_truncated": {truncated}, {tail}')

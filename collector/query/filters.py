@@ -37,6 +37,8 @@ class EventFilter:
     args_glob: str = ""  # the command line (arguments joined by spaces; `*` spans `/`)
     ancestor_glob: str = ""  # some ancestor's comm (exe, for a glob starting with '/')
     exec_session: bool = False  # only exec sessions
+    volume_glob: str = ""  # the pod volume ("emptyDir/cache"; '*' matches within a part, so "hostPath/*")
+    host_path_glob: str = ""  # where the file lived on the node
     since_ns: int = 0
     until_ns: int = 0   # exclusive; 0 = no bound
 
@@ -45,7 +47,8 @@ class EventFilter:
         return cls(namespace=q.namespace, pod=q.pod, pod_uid=q.pod_uid, container=q.container,
                    workload=q.workload, node=q.node, path_glob=q.path_glob, rename_to_glob=q.rename_to_glob,
                    action=_action(q.action), policy_glob=q.policy_glob, args_glob=q.args_glob,
-                   ancestor_glob=q.ancestor_glob, exec_session=q.exec_session,
+                   ancestor_glob=q.ancestor_glob, exec_session=q.exec_session, volume_glob=q.volume_glob,
+                   host_path_glob=q.host_path_glob,
                    since_ns=q.since_unix_ns, until_ns=q.until_unix_ns)
 
     def equalities(self) -> list[tuple[str, str]]:
@@ -80,7 +83,7 @@ class EventFilter:
     def _in_event(self) -> bool:
         """Whether a filter reads what only the stored event holds."""
         return bool(self.rename_to_glob or self.action >= 0 or self.policy_glob or self.args_glob
-                    or self.ancestor_glob or self.exec_session)
+                    or self.ancestor_glob or self.exec_session or self.volume_glob or self.host_path_glob)
 
     def row_matches(self, path: bytes, data: bytes) -> bool:
         """The exact match of a row that passed the SQL conditions. The destination, the policy's verdict and the
@@ -100,6 +103,10 @@ class EventFilter:
         if self.exec_session and not ev.exec_session:
             return False
         if self.ancestor_glob and not _ancestor_matcher(self.ancestor_glob)(ev.ancestry):
+            return False
+        if self.volume_glob and compile_glob(self.volume_glob).match(ev.volume.encode()) is None:
+            return False
+        if self.host_path_glob and compile_glob(self.host_path_glob).match(ev.host_path) is None:
             return False
         return not self.policy_glob or compile_glob(self.policy_glob).match(ev.policy.encode()) is not None
 

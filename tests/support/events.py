@@ -20,7 +20,7 @@ def to_event(d: Deletion, node: str = "", agent: str = "", attach_mode: str = ""
                            args=split_args(d.args)),
         ancestry=[pb.Process(pid=a.pid, comm=a.comm, exe=a.exe, args=split_args(a.args), unknown=a.unknown)
                   for a in (d.lineage.ancestors if d.lineage else ())],
-        exec_session=bool(d.lineage and d.lineage.exec_session))
+        exec_session=bool(d.lineage and d.lineage.exec_session), host_path=d.host_path, volume=d.volume)
 
 
 def decode(decoder: Decoder, rec: bytes) -> pb.DeletionEvent | CgroupMkdir | None:
@@ -68,7 +68,8 @@ def random_deletion(r: random.Random, cgroup_id: int) -> Deletion:
         rename_flags=r.choice([0, 1, 2, 4, 7]) if op == pb.OP_RENAME else 0,
         action=r.choice([0, 0, 1, 2]), policy=r.choice(["", "protect-\u00e4\"x", "keep-logs"]),
         args=r.choice([b"", b"rm\0-f\0x\0", b"sh\0\0-c\0caf\xe9 \"q\"\0", b"cut\0par"]),
-        lineage=lineage)
+        lineage=lineage, host_path=r.choice([b"", path, b"/var/lib/kubelet/pods/u/volumes/x\xff \"y"]),
+        volume=r.choice(["", "emptyDir/cache", "rootfs", "hostPath/v\u00e4r\"x"]))
 
 
 def random_lineage(r: random.Random) -> Lineage | None:

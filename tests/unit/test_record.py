@@ -85,7 +85,7 @@ def _record(kind: int, raw: bytes, directory: bytes = b"", **kw: int) -> bytes:
     vals = {"ts_ns": 5, "cgroup_id": 77, "proc_start_ns": 9, "parent_start_ns": 4, "kind": kind, "op": 1,
             "pid": 10, "tid": 11, "ppid": 1, "uid": 1000, "gid": 100, "result": -2, "dirfd": -100, "flags": 0,
             "raw_len": len(raw), "dir_len": len(directory), "rename_flags": 0, "ns_pid": 0, "ns_level": 0,
-            "policy": 0, "action": 0, "policy_gen": 0, "comm": b"rm\0junk"}
+            "mnt_ns": 0, "reserved": 0, "policy": 0, "action": 0, "policy_gen": 0, "comm": b"rm\0junk"}
     vals.update(kw)
     return HEADER.pack(*(vals[f] for f in HEADER_FIELDS)) + raw + directory
 
@@ -99,6 +99,18 @@ def test_a_deletion_record_decodes_to_an_event_with_its_exe_from_an_earlier_reco
     assert ev.process.exe == b"/usr/bin/rm" and ev.process.comm == b"rm" and ev.process.tid == 11
     assert ev.cgroup_id == 77 and ev.node == "node-a" and ev.agent == "node-a:1"
     assert ev.time_unix_ns > 1_600_000_000 * 10**9
+
+
+def test_a_host_process_in_the_hosts_mount_namespace_has_its_path_as_host_path_and_others_wait_for_placement(
+) -> None:
+    d = Decoder("n", "a", "tracepoint")
+    d.host_mnt_ns = 4026531841
+    host = d.split(_record(1, b"/var/x", mnt_ns=4026531841))
+    chrooted = d.split(_record(1, b"/var/x", mnt_ns=4026531841, flags=C["UW_F_CHROOT"]))
+    other = d.split(_record(1, b"/var/x", mnt_ns=4026532999))
+    assert host.host_path == b"/var/x" and host.mnt_ns == 4026531841 and not host.chroot  # type: ignore[union-attr]
+    assert chrooted.host_path == b"" and chrooted.chroot  # type: ignore[union-attr]
+    assert other.host_path == b"" and other.mnt_ns == 4026532999  # type: ignore[union-attr]
 
 
 def test_truncation_flags_survive_decoding() -> None:

@@ -115,6 +115,24 @@ def test_a_list_of_excepts_excuses_only_when_all_keys_of_one_entry_match() -> No
     assert names(rs, event("/var/lib/kubelet/pods/u/volumes/kubernetes.io~projected/t/..data", comm="bash")) == []
 
 
+def test_volumes_and_host_paths_select_where_the_deleted_file_lived() -> None:
+    rs = rules("""
+        rules:
+          - name: persistent-data
+            severity: high
+            match: {volumes: ["csi/*", "persistentVolumeClaim/*"]}
+          - name: host-logs
+            severity: medium
+            match: {host_paths: ["/var/log/**"]}
+        """)
+    ev = event("/data/db/x")
+    assert names(rs, ev) == []
+    ev.volume, ev.host_path = "csi/pv-9", b"/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/pv-9/mount/db/x"
+    assert names(rs, ev) == ["persistent-data"]
+    ev.volume, ev.host_path = "hostPath/varlog", b"/var/log/syslog"
+    assert names(rs, ev) == ["host-logs"]
+
+
 def test_the_node_policys_verdict_and_rule_select_events() -> None:
     rs = rules("""
         rules:

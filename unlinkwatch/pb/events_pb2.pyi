@@ -300,6 +300,8 @@ class DeletionEvent(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     ANCESTRY_FIELD_NUMBER: _builtins.int
     EXEC_SESSION_FIELD_NUMBER: _builtins.int
+    HOST_PATH_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
     time_unix_ns: _builtins.int
     """kernel clock at the deletion, as UTC nanoseconds"""
     node: _builtins.str
@@ -327,6 +329,17 @@ class DeletionEvent(_message.Message):
     """the node-policy rule that decided action, empty for none"""
     exec_session: _builtins.bool
     """the chain entered the container from outside it (runc exec, kubectl exec)"""
+    host_path: _builtins.bytes
+    """Where the file lived on the node, as the host's mount namespace sees it: a pod volume's directory under the
+    kubelet's, a hostPath's own path, the overlayfs layer of a container's root filesystem that held it (the
+    upper directory, or the image layer when the deletion left a whiteout). Equal to path for a host process
+    in the host's mount namespace and root; empty when the host cannot reach it or its table could not be read.
+    """
+    volume: _builtins.str
+    """The pod volume it was in, "<type>/<name>" with the pod spec's key as the type (emptyDir/cache,
+    configMap/app-config, hostPath/varlog, csi/<pv>), "rootfs" for the container's own filesystem; empty
+    outside pods.
+    """
     @_builtins.property
     def process(self) -> Global___Process: ...
     @_builtins.property
@@ -363,10 +376,12 @@ class DeletionEvent(_message.Message):
         policy: _builtins.str = ...,
         ancestry: _abc.Iterable[Global___Process] | None = ...,
         exec_session: _builtins.bool = ...,
+        host_path: _builtins.bytes = ...,
+        volume: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "pod", b"pod", "process", b"process"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "ancestry", b"ancestry", "attach_mode", b"attach_mode", "cgroup_id", b"cgroup_id", "container", b"container", "exec_session", b"exec_session", "flags", b"flags", "identity", b"identity", "node", b"node", "op", b"op", "path", b"path", "pod", b"pod", "policy", b"policy", "process", b"process", "raw_path", b"raw_path", "rename_flags", b"rename_flags", "rename_to", b"rename_to", "result", b"result", "seq", b"seq", "time_unix_ns", b"time_unix_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "ancestry", b"ancestry", "attach_mode", b"attach_mode", "cgroup_id", b"cgroup_id", "container", b"container", "exec_session", b"exec_session", "flags", b"flags", "host_path", b"host_path", "identity", b"identity", "node", b"node", "op", b"op", "path", b"path", "pod", b"pod", "policy", b"policy", "process", b"process", "raw_path", b"raw_path", "rename_flags", b"rename_flags", "rename_to", b"rename_to", "result", b"result", "seq", b"seq", "time_unix_ns", b"time_unix_ns", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -571,6 +586,8 @@ class QueryRequest(_message.Message):
     ARGS_GLOB_FIELD_NUMBER: _builtins.int
     ANCESTOR_GLOB_FIELD_NUMBER: _builtins.int
     EXEC_SESSION_FIELD_NUMBER: _builtins.int
+    VOLUME_GLOB_FIELD_NUMBER: _builtins.int
+    HOST_PATH_GLOB_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     pod: _builtins.str
     pod_uid: _builtins.str
@@ -594,6 +611,10 @@ class QueryRequest(_message.Message):
     """some ancestor's comm matches (its exe, for a glob starting with '/')"""
     exec_session: _builtins.bool
     """only deletions from exec sessions into containers"""
+    volume_glob: _builtins.str
+    """the pod volume, "<type>/<name>" (emptyDir/cache, persistentVolumeClaim/*, rootfs)"""
+    host_path_glob: _builtins.str
+    """where the file lived on the node"""
     def __init__(
         self,
         *,
@@ -614,10 +635,12 @@ class QueryRequest(_message.Message):
         args_glob: _builtins.str = ...,
         ancestor_glob: _builtins.str = ...,
         exec_session: _builtins.bool = ...,
+        volume_glob: _builtins.str = ...,
+        host_path_glob: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "ancestor_glob", b"ancestor_glob", "args_glob", b"args_glob", "container", b"container", "exec_session", b"exec_session", "limit", b"limit", "namespace", b"namespace", "node", b"node", "page_token", b"page_token", "path_glob", b"path_glob", "pod", b"pod", "pod_uid", b"pod_uid", "policy_glob", b"policy_glob", "rename_to_glob", b"rename_to_glob", "since_unix_ns", b"since_unix_ns", "until_unix_ns", b"until_unix_ns", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "ancestor_glob", b"ancestor_glob", "args_glob", b"args_glob", "container", b"container", "exec_session", b"exec_session", "host_path_glob", b"host_path_glob", "limit", b"limit", "namespace", b"namespace", "node", b"node", "page_token", b"page_token", "path_glob", b"path_glob", "pod", b"pod", "pod_uid", b"pod_uid", "policy_glob", b"policy_glob", "rename_to_glob", b"rename_to_glob", "since_unix_ns", b"since_unix_ns", "until_unix_ns", b"until_unix_ns", "volume_glob", b"volume_glob", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,126 @@
+"""Where a deleted file lived on the node (pure): a path as its process saw it -> the same file as the host's mount
+namespace sees it, through mount tables (/proc/PID/mountinfo, proc(5)).
+
+A path is found in its process's table (the mount whose mount point is its longest prefix, the last one mounted
+there when several are). Inside that mount's filesystem it is the mount's root plus the rest of the path. On the
+host, the mount of the same device whose root is the longest prefix of that gives the host path. An overlayfs
+(a container's root filesystem) maps to its layers instead: the upper directory for a file the container made,
+or the lower layer that holds an image's file (the caller says which, from the whiteout the deletion left), unless
+the overlayfs is the host's own root (a live image, a VM), which the host reaches as it is."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(field: bytes) -> bytes:
+    """mountinfo writes space, tab, newline and backslash as \\ooo."""
+    return _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), field)
+
+
+class Mount(NamedTuple):
+    mount_id: int
+    dev: str        # "major:minor" of the filesystem
+    root: bytes     # the directory of the filesystem mounted here ("/" for all of it; a bind mount's source)
+    point: bytes    # where, relative to the reading process's root
+    fstype: str
+    source: bytes
+    options: str    # the superblock's options as written (escaped: overlay_layers() reads them)
+
+
+def parse_mountinfo(text: bytes) -> list[Mount]:
+    """The lines of a mountinfo file, in its order (a later mount on the same point is on top)."""
+    out = []
+    for line in text.splitlines():
+        head, sep, tail = line.partition(b" - ")
+        f, t = head.split(b" "), tail.split(b" ")
+        if not sep or len(f) < 6 or len(t) < 3:
+            continue
+        out.append(Mount(int(f[0]), f[2].decode(), _unescape(f[3]), _unescape(f[4]), t[0].decode(),
+                         _unescape(t[1]), t[2].decode("utf-8", "surrogateescape")))
+    return out
+
+
+def under(path: bytes, prefix: bytes) -> bytes | None:
+    """The rest of `path` below directory `prefix` ("" for the prefix itself, "/x" below it), or None."""
+    if prefix == b"/":
+        return path if path != b"/" else b""
+    if path == prefix:
+        return b""
+    if path.startswith(prefix) and path[len(prefix) : len(prefix) + 1] == b"/":
+        return path[len(prefix) :]
+    return None
+
+
+def _join(base: bytes, rest: bytes) -> bytes:
+    return (base.rstrip(b"/") + rest) or b"/"
+
+
+class MountTable:
+    def __init__(self, mounts: Iterable[Mount]) -> None:
+        self.mounts = list(mounts)
+        # for find(): the longest mount point first, and for one point the last mounted first
+        self._by_point = sorted(enumerate(self.mounts), key=lambda im: (-len(im[1].point), -im[0]))
+        self._by_dev: dict[str, list[Mount]] = {}
+        for m in self.mounts:
+            self._by_dev.setdefault(m.dev, []).append(m)
+
+    def find(self, path: bytes) -> tuple[Mount, bytes] | None:
+        """The mount `path` is on, and the rest of the path below its mount point."""
+        for _, m in self._by_point:
+            rest = under(path, m.point)
+            if rest is not None:
+                return m, rest
+        return None
+
+    def is_root(self, dev: str) -> bool:
+        """Whether `dev` is the filesystem mounted at "/" here."""
+        found = self.find(b"/")
+        return found is not None and found[0].dev == dev
+
+    def visible(self, dev: str, fs_path: bytes) -> bytes | None:
+        """Where `fs_path` (a path inside the filesystem `dev`) can be reached in this table: through the mount of
+        that device whose root is its longest prefix."""
+        best: tuple[int, bytes] | None = None
+        for m in self._by_dev.get(dev, ()):
+            rest = under(fs_path, m.root)
+            if rest is not None and (best is None or len(m.root) > best[0]):
+                best = (len(m.root), _join(m.point, rest))
+        return best[1] if best else None
+
+
+def overlay_layers(options: str) -> tuple[bytes, list[bytes]]:
+    """An overlayfs mount's upper directory and lower layers (top first), from its superblock options: values are
+    octal-escaped, and a ":" inside a lower layer's name is written "\\:"."""
+    upper, lowers = b"", []
+    for opt in options.split(","):
+        key, _, value = opt.partition("=")
+        raw = value.encode("utf-8", "surrogateescape")
+        if key == "upperdir":
+            upper = _unescape(raw)
+        elif key in ("lowerdir", "lowerdir+"):
+            lowers += [_unescape(p).replace(b"\\:", b":") for p in re.split(rb"(?<!\\):", raw) if p]
+    return upper, lowers
+
+
+# (upper, lowers, path inside the overlay) -> which layer held the deleted file: its host path
+Layer = Callable[[bytes, list[bytes], bytes], bytes]
+
+
+def host_path(path: bytes, table: MountTable, host: MountTable, layer: Layer) -> tuple[bytes, Mount | None]:
+    """`path` as a process with mount table `table` saw it -> (its path on the host, the mount it was on); b""
+    when the host cannot reach the file (a filesystem mounted only inside the process's namespace)."""
+    found = table.find(path)
+    if found is None:
+        return b"", None
+    m, rest = found
+    fs_path = _join(m.root, rest)
+    if m.fstype == "overlay" and not host.is_root(m.dev):  # the host's own root may be an overlayfs too
+        upper, lowers = overlay_layers(m.options)
+        if upper or lowers:
+            return layer(upper, lowers, fs_path), m
+    return host.visible(m.dev, fs_path) or b"", m
