@@ -146,8 +146,8 @@ class Placement:
     def announce(self, pid: int, mnt_ns: int) -> None:
         """The kernel saw the first exec in `mnt_ns` (UW_KIND_MNT_NS): its table is opened now, through that
         process, and kept, so that deletions in it are placed even once all its processes are gone."""
-        if mnt_ns != self.host_ns and mnt_ns not in self._tables:
-            self._table(pid, 0, mnt_ns, scan=False)
+        if mnt_ns != self.host_ns and mnt_ns not in self._tables and self._table(pid, 0, mnt_ns, scan=False) is None:
+            self._forget(mnt_ns)  # gone already: the kernel announces the namespace again at its next exec
 
     def place(self, path: bytes, pid: int, ppid: int, mnt_ns: int, chroot: bool, pod_uid: str,
               volumes: Mapping[str, str] | None = None, host_paths: Mapping[str, bytes] | None = None
