@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unlinkwatch.mountinfo import read_mountinfo
+
 STATE_DIR = Path(os.environ.get("UNLINKWATCH_RUNSTATE_DIR", "/var/tmp/unlinkwatch-runstate"))
 # Temp dirs and images the project names with these prefixes (in /tmp and /var/tmp).
 TEMP_PREFIXES = ("uwbench-", "uw-pg-", "uw-am-", "unlinkwatch-demo-", "unlinkwatch-test-", "uwtest-",
@@ -144,8 +146,8 @@ def _run(cmd: list[str]) -> bool:
 
 def _mounts() -> list[str]:
     """Mount points, deepest first."""
-    pts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    return sorted({p.replace("\\040", " ") for p in pts}, key=lambda p: -p.count("/"))
+    pts = {os.fsdecode(m.point) for m in read_mountinfo()}
+    return sorted(pts, key=lambda p: -p.count("/"))
 
 
 def _ours(path: str) -> bool:
@@ -247,14 +249,7 @@ def _rmdir_up(path: str, stop_at: str) -> bool:
 
 def cgroup_mountpoints() -> list[str]:
     """Every cgroup v1 and v2 mount point: runc makes the container's path in each hierarchy."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] in ("cgroup", "cgroup2"):
-                out.append(fields[4])
-    return out
+    return [os.fsdecode(m.point) for m in read_mountinfo() if m.fstype in ("cgroup", "cgroup2")]
 
 
 def remove_everywhere(cgroup_path: str) -> bool:

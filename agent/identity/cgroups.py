@@ -6,16 +6,16 @@ import contextlib
 import ctypes
 import errno
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from unlinkwatch import mountinfo
+
 FILEID_KERNFS = 0xFE
 ROOT_CGROUP_ID = 1  # the cgroup2 root's kernfs id; v1-only processes report it too
-_OCTAL = re.compile(r"\\([0-7]{3})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,21 +24,11 @@ class Cgroup2Mount:
     root: str = "/"  # the hierarchy path mounted there ("/" unless inside a cgroup namespace)
 
 
-def _unescape(field: str) -> str:
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
 def parse_mountinfo(text: str) -> Cgroup2Mount | None:
     """The cgroup2 mount in /proc/self/mountinfo text; pure v2 and hybrid layouts; None when absent."""
-    found: list[Cgroup2Mount] = []
-    for line in text.splitlines():
-        fields = line.split()
-        if "-" not in fields:
-            continue
-        sep = fields.index("-")
-        if sep < 5 or len(fields) <= sep + 1 or fields[sep + 1] != "cgroup2":
-            continue
-        found.append(Cgroup2Mount(mountpoint=_unescape(fields[4]), root=_unescape(fields[3])))
+    found = [Cgroup2Mount(mountpoint=m.point.decode("utf-8", "surrogateescape"),
+                          root=m.root.decode("utf-8", "surrogateescape"))
+             for m in mountinfo.parse_mountinfo(text.encode("utf-8", "surrogateescape")) if m.fstype == "cgroup2"]
     if not found:
         return None
     # Prefer the conventional places over extra bind mounts elsewhere.

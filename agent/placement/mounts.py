@@ -12,37 +12,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
 
-_ESCAPE = re.compile(rb"\\([0-7]{3})")
-
-
-def _unescape(field: bytes) -> bytes:
-    """mountinfo writes space, tab, newline and backslash as \\ooo."""
-    return _ESCAPE.sub(lambda m: bytes([int(m[1], 8)]), field)
-
-
-class Mount(NamedTuple):
-    mount_id: int
-    dev: str        # "major:minor" of the filesystem
-    root: bytes     # the directory of the filesystem mounted here ("/" for all of it; a bind mount's source)
-    point: bytes    # where, relative to the reading process's root
-    fstype: str
-    source: bytes
-    options: str    # the superblock's options as written (escaped: overlay_layers() reads them)
-
-
-def parse_mountinfo(text: bytes) -> list[Mount]:
-    """The lines of a mountinfo file, in its order (a later mount on the same point is on top)."""
-    out = []
-    for line in text.splitlines():
-        head, sep, tail = line.partition(b" - ")
-        f, t = head.split(b" "), tail.split(b" ")
-        if not sep or len(f) < 6 or len(t) < 3:
-            continue
-        out.append(Mount(int(f[0]), f[2].decode(), _unescape(f[3]), _unescape(f[4]), t[0].decode(),
-                         _unescape(t[1]), t[2].decode("utf-8", "surrogateescape")))
-    return out
+from unlinkwatch.mountinfo import Mount, unescape
 
 
 def under(path: bytes, prefix: bytes) -> bytes | None:
@@ -101,9 +72,9 @@ def overlay_layers(options: str) -> tuple[bytes, list[bytes]]:
         key, _, value = opt.partition("=")
         raw = value.encode("utf-8", "surrogateescape")
         if key == "upperdir":
-            upper = _unescape(raw)
+            upper = unescape(raw)
         elif key in ("lowerdir", "lowerdir+"):
-            lowers += [_unescape(p).replace(b"\\:", b":") for p in re.split(rb"(?<!\\):", raw) if p]
+            lowers += [unescape(p).replace(b"\\:", b":") for p in re.split(rb"(?<!\\):", raw) if p]
     return upper, lowers
 
 

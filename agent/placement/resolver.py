@@ -19,7 +19,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 
-from .mounts import Mount, MountTable, host_path, parse_mountinfo
+from unlinkwatch.mountinfo import Mount, parse_mountinfo
+
+from .mounts import MountTable, host_path
 from .volumes import KUBELET_ROOT, ROOTFS, host_path_volume, kubelet_volume
 
 MAX_NAMESPACES = 4096

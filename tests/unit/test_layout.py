@@ -14,7 +14,7 @@ AGENT = "unlinkwatch.agent"
 COLLECTOR = "unlinkwatch.collector"
 # Top to bottom: a module may import modules of its own layer-group or below, never above; the groups of one
 # layer never import each other. Modules not listed (metrics, package __init__s) are shared within the side.
-AGENT_LAYERS = [["main", "doctor"], ["policy"], ["probe"], ["decode"], ["identity"], ["ship"]]
+AGENT_LAYERS = [["main", "doctor"], ["policy"], ["probe"], ["decode"], ["identity", "placement"], ["ship"]]
 COLLECTOR_LAYERS = [["main"], ["server"], ["ingest", "query", "retention"], ["store", "alerts"], ["rules", "sinks"]]
 SHARED_LIBRARY = ["codec", "eventjson", "pathglob", "timeparse", "tlsconfig", "errors", "logs", "observability", "pb",
                   "client", "runstate", "kubestub", "yamlnodes"]

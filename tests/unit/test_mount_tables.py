@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from unlinkwatch.agent.identity.kube import pod_info
-from unlinkwatch.agent.placement.mounts import MountTable, host_path, overlay_layers, parse_mountinfo, under
+from unlinkwatch.agent.placement.mounts import MountTable, host_path, overlay_layers, under
 from unlinkwatch.agent.placement.volumes import host_path_volume, kubelet_volume
 
 from unlinkwatch.kubestub import make_pod
+from unlinkwatch.mountinfo import parse_mountinfo
 
 HOST = parse_mountinfo(b"""\
 22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
