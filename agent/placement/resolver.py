@@ -133,14 +133,15 @@ class Placement:
         except OSError:
             return False
 
-    def _close(self, mnt_ns: int) -> None:
+    def _close(self, mnt_ns: int, forget: bool = True) -> None:
         """Lets the namespace go; its number may then be reused, so the kernel may announce it again."""
         t = self._tables.pop(mnt_ns)
         self._poll.unregister(t.fd)
         del self._by_fd[t.fd]
         os.close(t.fd)
         self._dirs.clear()
-        self._forget(mnt_ns)
+        if forget:
+            self._forget(mnt_ns)
 
     def _layer(self, upper: bytes, lowers: list[bytes], fs_path: bytes) -> bytes:
         return which_layer(upper, lowers, fs_path, self.host_root)
@@ -148,7 +149,11 @@ class Placement:
     def announce(self, pid: int, mnt_ns: int) -> None:
         """The kernel saw the first exec in `mnt_ns` (UW_KIND_MNT_NS): its table is opened now, through that
         process, and kept, so that deletions in it are placed even once all its processes are gone."""
-        if mnt_ns != self.host_ns and mnt_ns not in self._tables and self._table(pid, 0, mnt_ns, scan=False) is None:
+        if mnt_ns == self.host_ns:
+            return
+        if mnt_ns in self._tables:  # opened through an earlier process (runc's init), maybe before its pivot_root:
+            self._close(mnt_ns, forget=False)  # the file shows mounts relative to its opener's root
+        if self._table(pid, 0, mnt_ns, scan=False) is None:
             self._forget(mnt_ns)  # gone already: the kernel announces the namespace again at its next exec
 
     def place(self, path: bytes, pid: int, ppid: int, mnt_ns: int, chroot: bool, pod_uid: str,
