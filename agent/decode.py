@@ -149,6 +149,14 @@ class Deletion(NamedTuple):
     chroot: bool = False     # its root is not that namespace's root
     host_path: bytes = b""   # where the file is on the node (agent/placement/), set by the decoder or the pipeline
     volume: str = ""         # the pod volume it was in
+    # what was destroyed (file_type 0: the kernel could not read it): values as in the proto, dev as the kernel's
+    # major << 20 | minor
+    inode: int = 0
+    dev: int = 0
+    file_type: int = 0
+    size: int = 0
+    nlink: int = 0
+    freed: bool = False
 
 
 class Proc(NamedTuple):
@@ -168,6 +176,13 @@ class Proc(NamedTuple):
 UNKNOWN_PROC = Proc(b"", b"", 0, unknown=True)
 _EXE_ARGS_TRUNCATED = C["UW_F_ARGS_TRUNCATED"]
 _CHROOT = C["UW_F_CHROOT"]
+_VICTIM = C["UW_F_VICTIM"]
+_S_IFMT = 0o170000
+# i_mode's type -> pb.FileType
+FILE_TYPES = {0o100000: pb.FILE_TYPE_FILE, 0o040000: pb.FILE_TYPE_DIR, 0o120000: pb.FILE_TYPE_SYMLINK,
+              0o010000: pb.FILE_TYPE_FIFO, 0o140000: pb.FILE_TYPE_SOCKET, 0o020000: pb.FILE_TYPE_CHAR,
+              0o060000: pb.FILE_TYPE_BLOCK}
+_NO_VICTIM = (0, 0, 0, 0, 0, False)
 _EXE_UNKNOWN = C["UW_F_PROC_UNKNOWN"]
 ANCESTRY = C["UW_ANCESTRY"]
 
@@ -259,8 +274,8 @@ class Decoder:
         """One record -> a Deletion, or a CgroupMkdir, or None for records that only update the decoder.
         Times use the clock offset of the last tick()."""
         (ts_ns, cgroup_id, proc_start, parent_start, kind, op, pid, tid, ppid, uid, gid, result, _dirfd, flags,
-         raw_len, dir_len, rename_flags, ns_pid, ns_level, mnt_ns, _reserved, policy, action, policy_gen,
-         comm) = HEADER.unpack_from(rec, 0)
+         raw_len, dir_len, rename_flags, ns_pid, ns_level, mnt_ns, nlink, dev, ino, size, mode, _reserved, policy,
+         action, policy_gen, comm) = HEADER.unpack_from(rec, 0)
         end = HEADER.size + raw_len
         raw = rec[HEADER.size : end]
         if kind == KIND_DELETION:
@@ -278,16 +293,22 @@ class Decoder:
             chroot = bool(flags & _CHROOT)
             # a host process in the host's namespace and root: its path is the host's (agent/placement/)
             where = path if mnt_ns == self.host_mnt_ns and not chroot else b""
+            if flags & _VICTIM:
+                ftype = FILE_TYPES.get(mode & _S_IFMT, 0)
+                freed = result == 0 and (nlink <= 1 or ftype == pb.FILE_TYPE_DIR)
+                victim: tuple[int, int, int, int, int, bool] = (ino, dev, ftype, size, nlink, freed)
+            else:
+                victim = _NO_VICTIM
             if op != OP_RENAME:
                 return _NEW(Deletion, (
                     ts_ns + self._offset, OPS.get(op, 0), path, raw, result, pid, tid, ppid, uid, gid,
                     comm if nul < 0 else comm[:nul], proc.exe, cgroup_id, out_flags | proc.flags, b"", 0,
-                    ACTIONS.get(action, 0), rule, proc.args, lineage, mnt_ns, chroot, where, ""))
+                    ACTIONS.get(action, 0), rule, proc.args, lineage, mnt_ns, chroot, where, "", *victim))
             to, out_flags = self._destination(tid, ts_ns, result, out_flags | proc.flags)
             return _NEW(Deletion, (
                 ts_ns + self._offset, OPS[op], path, raw, result, pid, tid, ppid, uid, gid,
                 comm if nul < 0 else comm[:nul], proc.exe, cgroup_id, out_flags, to, rename_flags,
-                ACTIONS.get(action, 0), rule, proc.args, lineage, mnt_ns, chroot, where, ""))
+                ACTIONS.get(action, 0), rule, proc.args, lineage, mnt_ns, chroot, where, "", *victim))
         if kind == KIND_RENAME_TO:
             self._rename_to[tid] = (ts_ns, join(rec[end : end + dir_len], raw) if raw else b"",
                                     _TO_FLAGS[flags & _F_MASK])

@@ -72,8 +72,11 @@ def gather(attach: str) -> dict[str, Any]:
             put(f"mode_{c.mode}", False, why)
         put(f"mode_{cand.mode}", True, f"attached to {cand.hook}")
         if cand.mode == "tracepoint":
-            put("rename_lookup", not att.probe.degraded,
-                "; ".join(att.probe.degraded) or f"dcache lookup loaded ({att.probe.rename_lookup})")
+            put("rename_lookup", bool(att.probe.rename_lookup),
+                f"dcache lookup loaded ({att.probe.rename_lookup})" if att.probe.rename_lookup else
+                "; ".join(d for d in att.probe.degraded if d.startswith("renames")))
+            ext4 = [d for d in att.probe.degraded if d.startswith("what an unlink destroys")]
+            put("destroyed_ext4", not ext4, "; ".join(ext4) or "ext4 unlinks read their inode (ext4_unlink_enter)")
         put("ring_buffer", True, f"{att.probe.ringbuf_size >> 20} MiB, BPF_MAP_TYPE_RINGBUF")
         put("self_test", True, f"synthetic unlink seen end to end in {att.startup_s:.2f} s (compile+attach+test)")
         enforce = enforcement(Policy(()), lsm_missing, att.probe.enforcing, att.probe.enforce_error)

@@ -104,9 +104,7 @@ class Pipeline:
                     continue  # an ignore rule, decided here: counted as filtered
             ident = identify(d.cgroup_id)
             if place is not None and not d.host_path and d.mnt_ns:  # outside the host's namespace or root
-                pod = ident.pod
-                where, volume = place(d.path, d.pid, d.ppid, d.mnt_ns, d.chroot, ident.uid,
-                                      pod.volumes if pod else None, pod.host_paths if pod else None)
+                where, volume = place(d.path, d.pid, d.ppid, d.mnt_ns, d.chroot, ident.uid, ident.pod)
                 d = d._replace(host_path=where, volume=volume)
             codes = codes_of(ident) or make_codes(ident)
             seq += 1

@@ -13,7 +13,7 @@ from importlib import resources
 import yaml
 
 from unlinkwatch.errors import UserError
-from unlinkwatch.eventjson import ACTION_BY_NAME, OP_BY_NAME
+from unlinkwatch.eventjson import ACTION_BY_NAME, FILE_TYPE_BY_NAME, OP_BY_NAME
 from unlinkwatch.pathglob import GlobError, GlobSet, compile_ancestor_matcher, compile_command_matcher, compile_matcher
 from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.yamlnodes import NodeReader, read_file
@@ -21,7 +21,7 @@ from unlinkwatch.yamlnodes import NodeReader, read_file
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 RESULTS = ("success", "failure", "any")
 COND_KEYS = ("paths", "rename_to", "ops", "result", "namespaces", "pod_labels", "comm", "exe", "args", "ancestors",
-             "exec_session", "action", "policy", "volumes", "host_paths")
+             "exec_session", "action", "policy", "volumes", "host_paths", "freed", "min_size", "file_types")
 RULE_KEYS = ("name", "severity", "description", "match", "except", "enabled")
 TOP_KEYS = ("rules", "fold_window", "fold_samples")  # plus "x-..." keys: free, e.g. for YAML anchors
 DEFAULT_FOLD_WINDOW_NS = 10_000_000_000
@@ -236,6 +236,22 @@ class _Loader(NodeReader):
         if "host_paths" in keys:  # where it lived on the node
             host_paths = self.globs(keys["host_paths"][1], f"{what}.host_paths", True)
             checks.append(lambda ev: bool(ev.host_path) and host_paths(ev.host_path))
+        # what was destroyed: these match only where the kernel read it (file_type set)
+        if "freed" in keys:
+            freed = self.boolean(keys["freed"][1], f"{what}.freed")
+            checks.append(lambda ev: bool(ev.file_type) and ev.freed == freed)
+        if "min_size" in keys:
+            min_size = self.size(keys["min_size"][1], f"{what}.min_size")
+            checks.append(lambda ev: bool(ev.file_type) and ev.size >= min_size)
+        if "file_types" in keys:
+            types: set[int] = set()
+            for name in self.strings(keys["file_types"][1], f"{what}.file_types"):
+                if name not in FILE_TYPE_BY_NAME:
+                    raise self.fail(keys["file_types"][1], f"{what}.file_types: unknown type {name!r} "
+                                                            f"({', '.join(FILE_TYPE_BY_NAME)})")
+                types.add(FILE_TYPE_BY_NAME[name])
+            frozen_types = frozenset(types)
+            checks.append(lambda ev: ev.file_type in frozen_types)
         return Condition(tuple(checks), paths, path_globs)
 
     def ancestors(self, node: yaml.Node, what: str) -> Check:

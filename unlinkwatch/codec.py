@@ -63,6 +63,8 @@ T_RENAME_TO, T_RENAME_FLAGS = tag(_EV, "rename_to"), tag(_EV, "rename_flags")
 T_ACTION, T_POLICY = tag(_EV, "action"), tag(_EV, "policy")
 T_ANCESTRY, T_EXEC_SESSION = tag(_EV, "ancestry"), tag(_EV, "exec_session")
 T_HOST_PATH, T_VOLUME = tag(_EV, "host_path"), tag(_EV, "volume")
+T_INODE, T_DEV, T_FILE_TYPE, T_SIZE, T_NLINK, T_FREED = (
+    tag(_EV, f) for f in ("inode", "dev", "file_type", "size", "nlink", "freed"))
 _ALL_FLAGS = 2 * max(pb.EventFlag.values()) - 1
 _OP_RENAME = pb.OP_RENAME
 TP_PID, TP_TID, TP_PPID, TP_UID, TP_GID, TP_COMM, TP_EXE, TP_ARGS = (
@@ -191,6 +193,23 @@ class DeletionFields(Protocol):
     def host_path(self) -> bytes: ...
     @property
     def volume(self) -> str: ...
+    @property
+    def inode(self) -> int: ...
+    @property
+    def dev(self) -> int: ...
+    @property
+    def file_type(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def nlink(self) -> int: ...
+    @property
+    def freed(self) -> bool: ...
+
+
+def dev_name(dev: int) -> str:
+    """A device number as the kernel keeps it (major << 20 | minor) as "major:minor"."""
+    return f"{dev >> 20}:{dev & 0xFFFFF}"
 
 
 def split_args(args: bytes) -> list[bytes]:
@@ -233,6 +252,7 @@ class EventWriter:
         self._op: dict[int, bytes] = {int(op): uint(T_OP, op) for op in pb.Op.values()}
         self._flags = {f: uint(T_FLAGS, f) for f in range(_ALL_FLAGS + 1)}
         self._lineages: dict[LineageFields, bytes] = {}
+        self._devs: dict[int, bytes] = {}
 
     def _lineage(self, lineage: LineageFields | None) -> bytes:
         if lineage is None:
@@ -277,7 +297,17 @@ class EventWriter:
             self._lineage(d.lineage),
             T_HOST_PATH + varint(len(d.host_path)) + d.host_path if d.host_path else b"",
             field(T_VOLUME, d.volume.encode()) if d.volume else b"",
+            self._victim(d) if d.file_type else b"",  # set where the kernel read what was destroyed
         ))
+
+    def _victim(self, d: DeletionFields) -> bytes:
+        dev = self._devs.get(d.dev)
+        if dev is None:
+            if len(self._devs) >= _CACHE_MAX:
+                self._devs.clear()
+            dev = self._devs[d.dev] = field(T_DEV, dev_name(d.dev).encode())
+        return (uint(T_INODE, d.inode) + dev + uint(T_FILE_TYPE, d.file_type)
+                + uint(T_SIZE, d.size & 0xFFFFFFFFFFFFFFFF) + uint(T_NLINK, d.nlink) + uint(T_FREED, int(d.freed)))
 
     @staticmethod
     def _policy(d: DeletionFields) -> bytes:

@@ -14,6 +14,11 @@ OP_NAMES = {pb.OP_UNLINK: "unlink", pb.OP_RMDIR: "rmdir", pb.OP_RENAME: "rename"
 OP_BY_NAME = {v: k for k, v in OP_NAMES.items()}
 ACTION_NAMES = {pb.ACTION_UNSPECIFIED: "allowed", pb.ACTION_WOULD_BLOCK: "would-block", pb.ACTION_BLOCKED: "blocked"}
 ACTION_BY_NAME = {v: k for k, v in ACTION_NAMES.items()}
+FILE_TYPE_NAMES = {pb.FILE_TYPE_FILE: "file", pb.FILE_TYPE_DIR: "dir", pb.FILE_TYPE_SYMLINK: "symlink",
+                   pb.FILE_TYPE_FIFO: "fifo", pb.FILE_TYPE_SOCKET: "socket", pb.FILE_TYPE_CHAR: "char",
+                   pb.FILE_TYPE_BLOCK: "block"}
+FILE_TYPE_BY_NAME = {v: k for k, v in FILE_TYPE_NAMES.items()}
+VICTIM_KEYS = ("inode", "dev", "file_type", "size", "nlink", "freed")  # null when the kernel could not read them
 IDENTITY_NAMES = {
     pb.IDENTITY_STATE_RESOLVED: "resolved",
     pb.IDENTITY_STATE_LATE: "late",
@@ -77,6 +82,14 @@ def ancestor_to_dict(a: pb.Process) -> dict[str, Any]:
             "unknown": a.unknown}
 
 
+def victim_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
+    """What the deletion destroyed, each key null when the kernel could not read it."""
+    if not ev.file_type:
+        return dict.fromkeys(VICTIM_KEYS)
+    return {"inode": ev.inode, "dev": ev.dev, "file_type": FILE_TYPE_NAMES.get(ev.file_type, "unknown"),
+            "size": ev.size, "nlink": ev.nlink, "freed": ev.freed}
+
+
 def event_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
     p, pod, c = ev.process, ev.pod, ev.container
     return {
@@ -87,6 +100,7 @@ def event_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
         "raw_path": text(ev.raw_path),
         "host_path": text(ev.host_path),
         "volume": ev.volume,
+        **victim_to_dict(ev),
         "result": ev.result,
         "pid": p.pid,
         "tid": p.tid,
@@ -132,6 +146,12 @@ def dict_to_event(d: dict[str, Any]) -> pb.DeletionEvent:
         raw_path=untext(d.get("raw_path", d.get("path", ""))),
         host_path=untext(d.get("host_path", "")),
         volume=d.get("volume", ""),
+        inode=int(d.get("inode") or 0),
+        dev=d.get("dev") or "",
+        file_type=FILE_TYPE_BY_NAME.get(d.get("file_type") or "", pb.FILE_TYPE_UNSPECIFIED),
+        size=int(d.get("size") or 0),
+        nlink=int(d.get("nlink") or 0),
+        freed=bool(d.get("freed")),
         result=int(d.get("result", 0)),
         cgroup_id=int(d.get("cgroup_id", 0)),
         identity=IDENTITY_BY_NAME.get(d.get("identity", ""), pb.IDENTITY_STATE_UNSPECIFIED),

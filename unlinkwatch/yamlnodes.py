@@ -25,6 +25,10 @@ N = TypeVar("N", bound=Named)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 
 
+_SIZE_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30,
+               "Ti": 1 << 40}
+
+
 def read_file(path: str, error: Callable[[str], UserError]) -> str:
     """A YAML file's text; one that cannot be read raises `error("PATH:1: cannot read: why")`."""
     try:
@@ -145,6 +149,16 @@ class NodeReader:
         if not isinstance(val, bool):
             raise self.fail(node, f"{what} must be true or false")
         return val
+
+    def size(self, node: yaml.Node, what: str) -> int:
+        """Bytes: an integer, or a Kubernetes quantity (512Ki, 1Mi, 2Gi; 10k, 5M, 1G)."""
+        val = self.scalar(node) if isinstance(node, yaml.ScalarNode) else None
+        if isinstance(val, int) and not isinstance(val, bool) and val >= 0:
+            return val
+        m = re.fullmatch(r"(\d+)\s*(Ki|Mi|Gi|Ti|k|M|G|T)?", val) if isinstance(val, str) else None
+        if m is None:
+            raise self.fail(node, f"{what} must be a size in bytes: 4096, 512Ki, 1Mi, 2Gi, 10M")
+        return int(m[1]) * _SIZE_UNITS[m[2] or ""]
 
     def label_globs(self, node: yaml.Node, what: str) -> tuple[tuple[str, re.Pattern[bytes]], ...]:
         """`{label: glob over its value}` as (label, compiled glob) pairs; never empty."""

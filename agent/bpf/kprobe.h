@@ -47,6 +47,8 @@ enum uw_op {
 #define UW_F_EXE_TRUNCATED (1U << 7)	/* UW_KIND_EXE: the executable's path was cut at UW_EXE_MAX - 1 bytes */
 #define UW_F_ARGS_TRUNCATED (1U << 8)	/* UW_KIND_EXE: the command line was cut at UW_ARGS_MAX bytes */
 #define UW_F_CHROOT (1U << 9)		/* the process's root is not its mount namespace's root (chroot, pivot) */
+#define UW_F_VICTIM (1U << 10)		/* nlink, dev, ino, size and mode are set: the kernel read the inode the
+					 * deletion destroys (agent/bpf/unlink.bpf.c says where, per attach mode) */
 
 /* the node policy's verdict on a deletion (agent/bpf/policy.h) */
 enum uw_action {
@@ -80,7 +82,14 @@ struct uw_event {
 	__u32 ns_level;		/* UW_KIND_EXE: the depth of that namespace (0: the host's) */
 	__u32 mnt_ns;		/* UW_KIND_DELETION: the process's mount namespace (the inode of /proc/PID/ns/mnt), whose
 				 * mount table user space maps `path` to the host with (agent/placement/) */
-	__u32 reserved;
+	/* UW_F_VICTIM: what the deletion destroys (a rename: the destination it replaces), read from its inode in
+	 * the kernel before the deletion; zero otherwise */
+	__u32 nlink;		/* i_nlink */
+	__u32 dev;		/* i_sb->s_dev: major << 20 | minor */
+	__u64 ino;		/* i_ino */
+	__s64 size;		/* i_size in bytes */
+	__u16 mode;		/* i_mode: the file type and permissions */
+	__u16 reserved;
 	__u16 policy;		/* 1 + the index of the node-policy rule that decided, 0 for none */
 	__u8 action;		/* enum uw_action */
 	__u8 policy_gen;	/* which loaded policy `policy` indexes (reloads bump it) */

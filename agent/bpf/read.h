@@ -57,4 +57,28 @@ struct uw_d_span {
 	__u64 w[(UW_D_HI - UW_D_LO + 7) / 8];
 };
 
+/* An inode's facts for the record (struct uw_victim): one read of the span holding i_mode, i_sb, i_ino, i_nlink and
+ * i_size (88 bytes in the kernels we know), one of the superblock's s_dev. */
+#define UW_I_LO UW_MIN(UW_MIN(OFF_INODE_I_MODE, OFF_INODE_I_SB), UW_MIN(OFF_INODE_I_INO, \
+	UW_MIN(OFF_INODE_I_NLINK, OFF_INODE_I_SIZE)))
+#define UW_I_HI UW_MAX(UW_MAX(OFF_INODE_I_MODE + 2, OFF_INODE_I_SB + 8), UW_MAX(OFF_INODE_I_INO + 8, \
+	UW_MAX(OFF_INODE_I_NLINK + 4, OFF_INODE_I_SIZE + 8)))
+struct uw_i_span {
+	__u64 w[(UW_I_HI - UW_I_LO + 7) / 8];
+};
+_Static_assert(sizeof(struct uw_i_span) <= 256, "the inode fields are too far apart for one read");
+
+static __always_inline void uw_read_victim(void *inode, struct uw_victim *v)
+{
+	struct uw_i_span sp;
+	if (bpf_probe_read_kernel(&sp, sizeof(sp), inode + UW_I_LO) < 0)
+		return;
+	v->mode = UW_AT(&sp, UW_I_LO, OFF_INODE_I_MODE, __u16);
+	v->ino = UW_AT(&sp, UW_I_LO, OFF_INODE_I_INO, __u64);
+	v->nlink = UW_AT(&sp, UW_I_LO, OFF_INODE_I_NLINK, __u32);
+	v->size = UW_AT(&sp, UW_I_LO, OFF_INODE_I_SIZE, __s64);
+	v->dev = uw_u32(UW_AT(&sp, UW_I_LO, OFF_INODE_I_SB, void *), OFF_SUPER_BLOCK_S_DEV);
+	v->flag = UW_F_VICTIM;
+}
+
 #endif /* UNLINKWATCH_READ_H */

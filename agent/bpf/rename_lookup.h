@@ -48,10 +48,11 @@ static __always_inline void *uw_next_child(void *node, void *parent)
 #endif
 }
 
-static __always_inline void uw_mark_replaced(__u32 tid)
+static __always_inline void uw_mark_replaced(__u32 tid, void *inode)
 {
-	__u32 one = 1;
-	rename_replaced.update(&tid, &one);
+	struct uw_victim v = {};
+	uw_read_victim(inode, &v);
+	rename_replaced.update(&tid, &v);
 }
 
 /* Enters a mount whose mountpoint is `dentry` in `mnt`, if one is mounted there. */
@@ -181,7 +182,7 @@ static __always_inline int uw_lookup_body(void *ctx, const int nchildren)
 		if (!inode)
 			return 0;	/* a negative dentry: the name does not exist */
 		if (lk->last) {
-			uw_mark_replaced(lk->tid);
+			uw_mark_replaced(lk->tid, inode);
 			return 0;
 		}
 		__u16 mode = 0;

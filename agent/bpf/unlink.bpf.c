@@ -71,6 +71,20 @@ struct uw_prematch {
 	__u32 state;
 };
 
+/* What a deletion destroys, read from its inode before the deletion (uw_read_victim): the record's fields under
+ * UW_F_VICTIM. Where, per mode: kprobe and fentry on vfs_unlink and vfs_rmdir (the first call of the syscall: the
+ * inode its process sees, an overlayfs one in a container), vfs_rename's destination; tracepoints see no inode of
+ * their own, so ext4's unlink tracepoint (the real filesystem's inode) and a rename's dcache lookup */
+struct uw_victim {
+	__u64 ino;
+	__s64 size;
+	__u32 dev;
+	__u32 nlink;
+	__u16 mode;
+	__u16 pad;
+	__u32 flag;		/* UW_F_VICTIM once read, 0 before */
+};
+
 struct uw_stash {
 	__u64 ts_ns;
 	const char *uptr;	/* user pointer of the path argument (the source, for rename) */
@@ -89,6 +103,7 @@ struct uw_stash {
 	__u32 flags;		/* UW_F_PROC_UNKNOWN, for the record */
 	__s32 dst_dirfd;	/* rename: the destination's dirfd and path argument, as passed */
 	const char *dst_uptr;
+	struct uw_victim v;	/* what the call destroys */
 #ifdef UW_LSM
 	struct uw_lsm_stash lsm;	/* enforce.h: what the LSM programs decided during this call */
 #endif
@@ -132,7 +147,7 @@ BPF_TASK_STORAGE(stash, struct uw_stash);	/* entry -> exit, per thread; op 0 whe
 #if UW_MODE == UW_MODE_TRACEPOINT
 /* renames only (tracepoint mode): the tail-called dcache lookup marks its thread in a tid-keyed hash, as
  * it did before the stash moved to task storage, so the step's verifier cost is unchanged */
-BPF_HASH(rename_replaced, __u32, __u32, 1024);
+BPF_HASH(rename_replaced, __u32, struct uw_victim, 1024);
 #endif
 BPF_PERCPU_ARRAY(scratch, struct uw_scratch, 1);
 BPF_TABLE("lru_hash", struct uw_proc_key, struct uw_proc, procs, UW_PROCS);	/* kprobe.h */
@@ -159,6 +174,11 @@ static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kin
 	ev->ns_pid = 0;
 	ev->ns_level = 0;
 	ev->mnt_ns = 0;
+	ev->nlink = 0;
+	ev->dev = 0;
+	ev->ino = 0;
+	ev->size = 0;
+	ev->mode = 0;
 	ev->reserved = 0;
 	ev->op = 0;
 	ev->result = 0;
@@ -392,6 +412,7 @@ static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr,
 	st->dst_undecided = 1;
 	st->gen = 0;
 	st->flags = 0;
+	__builtin_memset(&st->v, 0, sizeof(st->v));
 #ifdef UW_LSM
 	st->lsm.rule = 0;
 #endif
@@ -626,8 +647,10 @@ static __always_inline int uw_exit(long ret)
 #if UW_MODE == UW_MODE_TRACEPOINT
 	if (copy.op == UW_OP_RENAME) {
 		__u32 tid = (__u32)bpf_get_current_pid_tgid();
-		if (rename_replaced.lookup(&tid)) {
+		struct uw_victim *found = rename_replaced.lookup(&tid);
+		if (found) {
 			copy.replaced = 1;
+			copy.v = *found;
 			rename_replaced.delete(&tid);
 		}
 	}
@@ -649,7 +672,12 @@ static __always_inline int uw_exit(long ret)
 	ev->result = (__s32)ret;
 	ev->dirfd = copy.dirfd;
 
-	ev->flags = copy.flags;
+	ev->flags = copy.flags | copy.v.flag;
+	ev->nlink = copy.v.nlink;
+	ev->dev = copy.v.dev;
+	ev->ino = copy.v.ino;
+	ev->size = copy.v.size;
+	ev->mode = copy.v.mode;
 	uw_put_mnt_ns(ev, task, fs);
 	if (copy.op == UW_OP_RENAME) {
 		ev->rename_flags = copy.rename_flags;
@@ -672,9 +700,25 @@ static __always_inline int uw_exit(long ret)
 static __always_inline void uw_rename_target(void *new_dentry)
 {
 	struct uw_stash *st = uw_stash_get(0);
-	if (st && st->op == UW_OP_RENAME && !(st->rename_flags & UW_RENAME_EXCHANGE) && new_dentry &&
-	    uw_ptr(new_dentry, OFF_DENTRY_D_INODE))
-		st->replaced = 1;
+	if (!st || st->op != UW_OP_RENAME || (st->rename_flags & UW_RENAME_EXCHANGE) || !new_dentry)
+		return;
+	void *inode = uw_ptr(new_dentry, OFF_DENTRY_D_INODE);
+	if (!inode)
+		return;
+	st->replaced = 1;
+	uw_read_victim(inode, &st->v);
+}
+
+/* The inode an unlink or rmdir of the stashed call is about to destroy (the first one the call reaches: an
+ * overlayfs deletion reaches the layer's own afterwards). */
+static __always_inline void uw_victim(void *dentry, __u32 op)
+{
+	struct uw_stash *st = uw_stash_get(0);
+	if (!st || st->op != op || st->v.flag || !dentry)
+		return;
+	void *inode = uw_ptr(dentry, OFF_DENTRY_D_INODE);
+	if (inode)
+		uw_read_victim(inode, &st->v);
 }
 
 static __always_inline int uw_rename_enter(int olddfd, const char *from, int newdfd, const char *to,
@@ -790,6 +834,14 @@ struct uw_sys_exit_args {
 };
 int uw_sys_exit(struct uw_sys_exit_args *args) { return uw_exit(args->ret); }
 
+/* ext4_unlink_enter(struct inode *parent, struct dentry *dentry), raw: the one tracepoint that shows the inode an
+ * unlink destroys, on ext4 (below an overlayfs, the layer's inode). program.py attaches it where it exists. */
+int uw_ext4_unlink(struct bpf_raw_tracepoint_args *ctx)
+{
+	uw_victim((void *)ctx->args[1], UW_OP_UNLINK);
+	return 0;
+}
+
 #include "rename_lookup.h"
 
 /* Likewise one program for every syscalls:sys_enter_* tracepoint it needs, telling the calls apart by number.
@@ -879,6 +931,18 @@ int uw_vfs_rename_entry(struct pt_regs *ctx, struct renamedata *rd)
 	uw_rename_target(uw_ptr((void *)rd, OFF_RENAMEDATA_NEW_DENTRY));
 	return 0;
 }
+/* vfs_unlink(idmap, dir, dentry, delegated_inode) and vfs_rmdir(idmap, dir, dentry): the third argument since
+ * 5.12 (a user_namespace before 6.3, an idmap after) */
+int uw_vfs_unlink_entry(struct pt_regs *ctx, void *idmap, void *dir, void *dentry)
+{
+	uw_victim(dentry, UW_OP_UNLINK);
+	return 0;
+}
+int uw_vfs_rmdir_entry(struct pt_regs *ctx, void *idmap, void *dir, void *dentry)
+{
+	uw_victim(dentry, UW_OP_RMDIR);
+	return 0;
+}
 int uw_exit_ret(struct pt_regs *ctx) { return uw_exit(PT_REGS_RC(ctx)); }
 
 #elif UW_MODE == UW_MODE_FENTRY
@@ -906,6 +970,16 @@ KFUNC_PROBE(do_renameat2, int olddfd, struct filename *from, int newdfd, struct 
 KFUNC_PROBE(vfs_rename, struct renamedata *rd)
 {
 	uw_rename_target(uw_ptr((void *)rd, OFF_RENAMEDATA_NEW_DENTRY));
+	return 0;
+}
+KFUNC_PROBE(vfs_unlink, void *idmap, void *dir, void *dentry)
+{
+	uw_victim(dentry, UW_OP_UNLINK);
+	return 0;
+}
+KFUNC_PROBE(vfs_rmdir, void *idmap, void *dir, void *dentry)
+{
+	uw_victim(dentry, UW_OP_RMDIR);
 	return 0;
 }
 KRETFUNC_PROBE(do_renameat2, int olddfd, struct filename *from, int newdfd, struct filename *to,

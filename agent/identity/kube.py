@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .claims import ClaimResolver, pod_claims
 from .owners import OwnerResolver
 
 log = logging.getLogger("unlinkwatch.agent.kube")
@@ -38,6 +39,10 @@ class PodInfo:
     deleted_at: float = 0.0  # monotonic time of deletion; 0 while the pod exists
     volumes: Mapping[str, str] = field(default_factory=dict)  # name -> its type, the pod spec's key (emptyDir)
     host_paths: Mapping[str, bytes] = field(default_factory=dict)  # hostPath volumes: name -> the host's path
+    # volumes on a claim: name -> "persistentVolumeClaim/<claim>" or "ephemeral/<name>" (the claim <pod>-<name>)
+    claims: Mapping[str, str] = field(default_factory=dict)
+    pvs: Mapping[str, str] = field(default_factory=dict)  # the bound PV's name -> the volume's name
+
 
 
 def strip_runtime(container_id: str) -> str:
@@ -50,8 +55,10 @@ def _statuses(status: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
         yield from status.get(key) or []
 
 
-def pod_info(pod: Mapping[str, Any], workload: str, previous: PodInfo | None = None) -> PodInfo:
-    """Pod object (dict, as the API serves it) -> PodInfo; keeps ids of containers that restarted."""
+def pod_info(pod: Mapping[str, Any], workload: str, previous: PodInfo | None = None,
+             pvs: Mapping[str, str] | None = None) -> PodInfo:
+    """Pod object (dict, as the API serves it) -> PodInfo; keeps ids of containers that restarted. `pvs`: the PV
+    bound to each claim volume that has one (PV name -> volume name)."""
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     images: dict[str, str] = {}
@@ -81,10 +88,12 @@ def pod_info(pod: Mapping[str, Any], workload: str, previous: PodInfo | None = N
         volumes[name] = kind
         if kind == "hostPath":
             host_paths[name] = str((v.get("hostPath") or {}).get("path", "")).encode()
+    claims = {name: label for name, (_claim, label) in pod_claims(pod).items()}
     return PodInfo(uid=str(meta.get("uid", "")), name=str(meta.get("name", "")),
                    namespace=str(meta.get("namespace", "")), workload=workload,
                    labels=MappingProxyType(labels), containers=MappingProxyType(containers),
-                   volumes=MappingProxyType(volumes), host_paths=MappingProxyType(host_paths))
+                   volumes=MappingProxyType(volumes), host_paths=MappingProxyType(host_paths),
+                   claims=MappingProxyType(claims), pvs=MappingProxyType(dict(pvs or {})))
 
 
 class PodIndex:
@@ -210,10 +219,13 @@ def api_client(kubeconfig: str | None) -> Any:
 
 
 def make_fetch(api: Any, timeout: float = 5.0) -> Callable[[str, str, str], Mapping[str, Any] | None]:
-    """fetch(kind, ns, name) for OwnerResolver: ReplicaSets and Jobs, None on any failure."""
+    """fetch(kind, ns, name) for OwnerResolver and ClaimResolver: ReplicaSets, Jobs and claims, None on any
+    failure."""
     client = _k8s().client
     apps, batch = client.AppsV1Api(api), client.BatchV1Api(api)
-    readers = {"ReplicaSet": apps.read_namespaced_replica_set, "Job": batch.read_namespaced_job}
+    core = client.CoreV1Api(api)
+    readers = {"ReplicaSet": apps.read_namespaced_replica_set, "Job": batch.read_namespaced_job,
+               "PersistentVolumeClaim": core.read_namespaced_persistent_volume_claim}
 
     def fetch(kind: str, ns: str, name: str) -> Mapping[str, Any] | None:
         reader = readers.get(kind)
@@ -253,6 +265,7 @@ class PodWatcher:
         self._resp: Any = None
         self._core: Any = None
         self._owners: OwnerResolver | None = None
+        self._claims: ClaimResolver | None = None
         self.synced = threading.Event()  # set once the first list has been indexed
         self.connected = False
         self.lists = 0
@@ -312,7 +325,9 @@ class PodWatcher:
         client = _k8s().client
         api = self._factory(self.kubeconfig)
         self._core = client.CoreV1Api(api)
-        self._owners = OwnerResolver(make_fetch(api))
+        fetch = make_fetch(api)
+        self._owners = OwnerResolver(fetch)
+        self._claims = ClaimResolver(fetch)
 
     def _selector(self) -> str:
         return f"spec.nodeName={self.node}"
@@ -320,7 +335,8 @@ class PodWatcher:
     def _info(self, pod: Mapping[str, Any]) -> PodInfo:
         assert self._owners is not None
         uid = str((pod.get("metadata") or {}).get("uid", ""))
-        return pod_info(pod, self._owners.workload(pod), self.index.pod(uid))
+        assert self._claims is not None
+        return pod_info(pod, self._owners.workload(pod), self.index.pod(uid), self._claims.pvs(pod))
 
     def _list(self) -> str:
         resp = self._core.list_pod_for_all_namespaces(field_selector=self._selector(), _preload_content=False,

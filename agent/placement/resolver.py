@@ -18,12 +18,37 @@ import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from unlinkwatch.mountinfo import Mount, parse_mountinfo
 
 from .mounts import MountTable, host_path
-from .volumes import KUBELET_ROOT, ROOTFS, host_path_volume, kubelet_volume
+from .volumes import KUBELET_ROOT, ROOTFS, host_path_volume, kubelet_volume, pod_volume
 
+
+class PodVolumes(Protocol):
+    """What the pod watch knows of a pod's volumes (agent/identity/kube.py, PodInfo)."""
+
+    @property
+    def volumes(self) -> Mapping[str, str]: ...  # name -> the pod spec's key for its type
+    @property
+    def host_paths(self) -> Mapping[str, bytes]: ...  # hostPath volumes: name -> the host's path
+    @property
+    def claims(self) -> Mapping[str, str]: ...  # claim volumes: name -> "persistentVolumeClaim/<claim>"
+    @property
+    def pvs(self) -> Mapping[str, str]: ...  # bound PV name -> volume name
+
+
+@dataclass(frozen=True)
+class _NoVolumes:
+    volumes: Mapping[str, str] = field(default_factory=dict)
+    host_paths: Mapping[str, bytes] = field(default_factory=dict)
+    claims: Mapping[str, str] = field(default_factory=dict)
+    pvs: Mapping[str, str] = field(default_factory=dict)
+
+
+_NO_VOLUMES = _NoVolumes()
 MAX_NAMESPACES = 4096
 MAX_DIRS = 65536
 SCAN_EVERY_S = 1.0  # a namespace none of whose known processes is left: /proc scanned at most this often
@@ -34,9 +59,10 @@ SWEEP_S = 1.0
 
 
 class _Table:
-    def __init__(self, f: int, pid: int) -> None:
+    def __init__(self, f: int, pid: int, mnt_ns: int = 0) -> None:
         self.fd = f
         self.pid = pid  # the process it was opened through
+        self.mnt_ns = mnt_ns
         self.used = time.monotonic()
         self.table = MountTable(parse_mountinfo(_read(f)))
 
@@ -115,8 +141,15 @@ class Placement:
         changed = self._poll.poll(0)
         for fd, _ in changed:
             t = self._by_fd.get(fd)
-            if t is not None:
+            if t is None:
+                continue
+            # A namespace whose process is gone is being torn down (its mounts go with its last process, on newer
+            # kernels even while this file is open): its last view stands, for the deletions still in the queue
+            if t is self._host or self._in(t.pid, t.mnt_ns):
+                table = t.table
                 t.reread()
+                if t is not self._host and not self._in(t.pid, t.mnt_ns):
+                    t.table = table
         if changed:
             self._dirs.clear()
         now = time.monotonic()
@@ -157,8 +190,7 @@ class Placement:
             self._forget(mnt_ns)  # gone already: the kernel announces the namespace again at its next exec
 
     def place(self, path: bytes, pid: int, ppid: int, mnt_ns: int, chroot: bool, pod_uid: str,
-              volumes: Mapping[str, str] | None = None, host_paths: Mapping[str, bytes] | None = None
-              ) -> tuple[bytes, str]:
+              pod: PodVolumes | None = None) -> tuple[bytes, str]:
         """(host path, volume) of a deleted `path`; pod_uid is empty for a process outside pods. The namespace's
         table is read through the deleting process, its parent, or any process in it."""
         if not path or not mnt_ns:
@@ -174,7 +206,7 @@ class Placement:
         where, mount = self._cached(path, pid, ppid, mnt_ns)
         if not pod_uid or not where:
             return where, ""
-        return where, self._volume(where, mount, pod_uid, volumes or {}, host_paths or {})
+        return where, self._volume(where, mount, pod_uid, pod or _NO_VOLUMES)
 
     def _cached(self, path: bytes, pid: int, ppid: int, mnt_ns: int) -> tuple[bytes, Mount | None]:
         d, _, name = path.rpartition(b"/")
@@ -205,7 +237,7 @@ class Placement:
                 break
         else:
             return None
-        t = self._tables[mnt_ns] = _Table(fd, p)
+        t = self._tables[mnt_ns] = _Table(fd, p, mnt_ns)
         self._by_fd[fd] = t
         self._poll.register(fd, select.POLLPRI)
         if len(self._tables) > MAX_NAMESPACES:
@@ -260,15 +292,10 @@ class Placement:
                 continue
         return None
 
-    def _volume(self, where: bytes, mount: Mount | None, pod_uid: str, volumes: Mapping[str, str],
-                host_paths: Mapping[str, bytes]) -> str:
+    def _volume(self, where: bytes, mount: Mount | None, pod_uid: str, pod: PodVolumes) -> str:
         if mount is not None and mount.point == b"/":
             return ROOTFS
         kv = kubelet_volume(where, self.kubelet_root)
         if kv is not None:
-            vol = kv[1]
-            kind, _, name = vol.partition("/")
-            if kind == "subPath":
-                return f"{volumes.get(name) or kind}/{name}"
-            return vol
-        return host_path_volume(where, host_paths)
+            return pod_volume(kv[1], pod.volumes, pod.claims, pod.pvs)
+        return host_path_volume(where, pod.host_paths)

@@ -52,6 +52,19 @@ def kubelet_volume(host_path: bytes, root: bytes = KUBELET_ROOT) -> tuple[str, s
     return None
 
 
+def pod_volume(label: str, volumes: Mapping[str, str], claims: Mapping[str, str], pvs: Mapping[str, str]) -> str:
+    """A kubelet directory's "type/name" (kubelet_volume()) as the pod spec names it: a PV's directory as its
+    claim ("persistentVolumeClaim/<claim>", "ephemeral/<volume>") where the pod's claim volume is bound to that
+    PV (`pvs`: PV name -> volume name), a subPath as its volume."""
+    kind, _, name = label.partition("/")
+    if kind == "subPath":
+        return claims.get(name) or f"{volumes.get(name) or kind}/{name}"
+    volume = pvs.get(name)
+    if volume is not None and volume in claims:
+        return claims[volume]
+    return label
+
+
 def host_path_volume(host_path: bytes, host_paths: Mapping[str, bytes]) -> str:
     """"hostPath/<name>" for the pod's hostPath volume (name -> path) that holds `host_path`, the deepest one."""
     best = ""

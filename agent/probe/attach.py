@@ -28,7 +28,8 @@ RMDIR_WAIT_S = 2.0  # the self-test's directory event, once its file's was seen
 # What each mode cannot see, for doctor and the README.
 MISSES = {
     "tracepoint": "io_uring IORING_OP_UNLINKAT/RENAMEAT (no syscall); `replaced` of a rename over a target not in "
-                  "the dcache",
+                  "the dcache; what was destroyed (inode, size, freed) except for ext4 unlinks and renames over a "
+                  "target in the dcache",
     "kprobe": "nothing known on the unlink path; ~10x the per-call cost of fentry",
     "fentry": "nothing known on the unlink path",
 }

@@ -60,6 +60,11 @@ OFFSETS = {
     "OFF_DENTRY_D_NAME": ("dentry", "d_name"),
     "OFF_DENTRY_D_INODE": ("dentry", "d_inode"),
     "OFF_INODE_I_MODE": ("inode", "i_mode"),
+    "OFF_INODE_I_INO": ("inode", "i_ino"),
+    "OFF_INODE_I_NLINK": ("inode", "__i_nlink"),
+    "OFF_INODE_I_SIZE": ("inode", "i_size"),
+    "OFF_INODE_I_SB": ("inode", "i_sb"),
+    "OFF_SUPER_BLOCK_S_DEV": ("super_block", "s_dev"),
     "OFF_MOUNT_MNT_MOUNTS": ("mount", "mnt_mounts"),
     "OFF_MOUNT_MNT_CHILD": ("mount", "mnt_child"),
     "OFF_QSTR_LEN": ("qstr", "len"),
@@ -248,12 +253,15 @@ class Probe:
             b.attach_kretprobe(event=b"do_rmdir", fn_name=b"uw_exit_ret")
             b.attach_kprobe(event=b"do_renameat2", fn_name=b"uw_renameat2_entry")
             b.attach_kprobe(event=b"vfs_rename", fn_name=b"uw_vfs_rename_entry")
+            b.attach_kprobe(event=b"vfs_unlink", fn_name=b"uw_vfs_unlink_entry")
+            b.attach_kprobe(event=b"vfs_rmdir", fn_name=b"uw_vfs_rmdir_entry")
             b.attach_kretprobe(event=b"do_renameat2", fn_name=b"uw_exit_ret")
         elif self.cfg.mode == "tracepoint":
             for call in SYSCALLS:
                 b.attach_tracepoint(tp=f"syscalls:sys_enter_{call}".encode(), fn_name=b"uw_sys_enter")
                 b.attach_tracepoint(tp=f"syscalls:sys_exit_{call}".encode(), fn_name=b"uw_sys_exit")
             self._load_rename_lookup()
+            self._attach_ext4_unlink()
         if self.cfg.lsm:
             self._attach_lsm()
         # the other tracepoint and the fentry programs are attached by bcc as they load (TRACEPOINT_PROBE,
@@ -275,6 +283,18 @@ class Probe:
             log.debug("bcc output for the LSM programs:\n%s", err.getvalue())
             return
         self.enforcing = True
+
+    def _attach_ext4_unlink(self) -> None:
+        """ext4's unlink tracepoint, the tracepoint mode's one view of the inode an unlink destroys (inode, size,
+        links); without it (no ext4, or its tracepoints compiled out) the mode runs without them."""
+        try:
+            with _captured_stderr() as err:
+                self._bpf.attach_raw_tracepoint(tp=b"ext4_unlink_enter", fn_name=b"uw_ext4_unlink")
+        except Exception as e:  # bcc raises bare Exception
+            reason = _first_error(err.getvalue()) or str(e)
+            self.degraded.append(f"what an unlink destroys (inode, size, links) is not read: ext4_unlink_enter: "
+                                 f"{reason}")
+            log.debug("ext4_unlink_enter refused: %s", reason)
 
     def _load_rename_lookup(self) -> None:
         """The dcache lookup that tells renames over existing targets; without it the mode still runs."""

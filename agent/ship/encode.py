@@ -8,8 +8,16 @@ import time
 from json.encoder import encode_basestring_ascii as _jstr  # type: ignore[attr-defined]
 from typing import Protocol
 
-from unlinkwatch.codec import DeletionFields, LineageFields, identity_fields, split_args
-from unlinkwatch.eventjson import ACTION_NAMES, IDENTITY_NAMES, OP_NAMES, TRUNCATED_FLAGS, rename_flag_names
+from unlinkwatch.codec import DeletionFields, LineageFields, dev_name, identity_fields, split_args
+from unlinkwatch.eventjson import (
+    ACTION_NAMES,
+    FILE_TYPE_NAMES,
+    IDENTITY_NAMES,
+    OP_NAMES,
+    TRUNCATED_FLAGS,
+    VICTIM_KEYS,
+    rename_flag_names,
+)
 from unlinkwatch.pb import events_pb2 as pb
 
 _CACHE_MAX = 4096
@@ -18,6 +26,7 @@ OP_NAME: dict[int, str] = {0: "unspecified", **{int(k): v for k, v in OP_NAMES.i
 _OP_RENAME = pb.OP_RENAME
 _ALLOWED = '"action": "allowed", "policy": ""'
 _ACTION: dict[int, str] = {int(k): v for k, v in ACTION_NAMES.items()}
+_FILE_TYPE: dict[int, str] = {int(k): v for k, v in FILE_TYPE_NAMES.items()}
 # 'path_truncated, args_truncated, process_unknown' values by (path bit | the two process flags shifted to 2 and 4)
 _PROC_FLAGS = pb.EVENT_FLAG_ARGS_TRUNCATED | pb.EVENT_FLAG_PROCESS_UNKNOWN
 _PROC_SHIFT = pb.EVENT_FLAG_ARGS_TRUNCATED.bit_length() - 2
@@ -29,6 +38,7 @@ _RENAME = [f'"replaced": {"true" if i & 8 else "false"}, "rename_flags": '
 
 
 _NO_LINEAGE = ', "ancestry": [], "exec_session": false, "ancestry_truncated": false'
+_NO_VICTIM = "".join(f', "{k}": null' for k in VICTIM_KEYS)
 
 
 class HasTemplate(Protocol):
@@ -107,6 +117,11 @@ class JsonLines:
             self._lineages[lineage] = s
         return s
 
+    def _victim(self, d: DeletionLine) -> str:
+        return (f', "inode": {d.inode}, "dev": "{dev_name(d.dev)}", "file_type": '
+                f'"{_FILE_TYPE.get(d.file_type, "unknown")}", "size": {d.size}, "nlink": {d.nlink}, '
+                f'"freed": {"true" if d.freed else "false"}')
+
     def _process(self, d: DeletionLine) -> str:
         key = (d.pid, d.tid, d.ppid, d.uid, d.gid, d.comm, d.exe, d.args)
         s = self._procs.get(key)
@@ -131,7 +146,8 @@ class JsonLines:
             f'{_RENAME[(8 if flags & pb.EVENT_FLAG_REPLACED else 0) | (d.rename_flags & 7)]}}}\n')
         return (f'{{"time": "{self._prefix}.{ns:09d}Z", "node": {self._node}, "op": "{OP_NAME[d.op]}", '
                 f'"path": {_jstr(text(d.path))}, "raw_path": {_jstr(text(d.raw_path))}, '
-                f'"host_path": {_jstr(text(d.host_path))}, "volume": {_jstr(d.volume)}, "result": {d.result}'
+                f'"host_path": {_jstr(text(d.host_path))}, "volume": {_jstr(d.volume)}'
+                f'{self._victim(d) if d.file_type else _NO_VICTIM}, "result": {d.result}'
                 f'{self._process(d)}{self._lineage(d.lineage)}, "cgroup_id": {d.cgroup_id}{ident}, '
                 f'"agent": {self._agent}, "seq": {seq}, '
                 f'"path_truncated": {truncated}, {tail}')

@@ -5,6 +5,7 @@ What the collector keeps: `host_path` and `volume` of each event."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 
@@ -82,3 +83,77 @@ def test_each_deletion_in_a_pod_says_where_it_lived_on_the_node_and_in_which_vol
     assert [r["path"] for r in by_volume] == ["/host/log/old.log"]
     on_node = stack.query("--pod-uid", c.pod_uid, "--host-path", f"{work}/kubelet/**")
     assert sorted(r["volume"] for r in on_node) == ["configMap/app-config", "emptyDir/cache"]
+
+
+def test_a_claims_volume_is_named_by_its_claim_and_each_volume_says_what_was_destroyed(stack: Stack) -> None:
+    """A persistent volume (a loop-mounted ext4 at its CSI mount path, the PV bound to a claim the API stand-in
+    serves), a secret in the kubelet's atomic-writer layout (`..data` -> a timestamped directory, each key a
+    symlink through it) and a projected service-account token."""
+    work = stack.work
+    c = RuncContainer(work)
+    vols = work / "kubelet" / "pods" / c.pod_uid / "volumes"
+    pv_mount = vols / "kubernetes.io~csi" / "pv-data-1" / "mount"
+    tls = vols / "kubernetes.io~secret" / "tls"
+    token = vols / "kubernetes.io~projected" / "kube-api-access-x9z"
+    for d in (pv_mount, tls / "..2026_12_06_01_02_03.000000001", token):
+        d.mkdir(parents=True)
+    (tls / "..2026_12_06_01_02_03.000000001" / "tls.key").write_text("key")
+    (tls / "..data").symlink_to("..2026_12_06_01_02_03.000000001")
+    (tls / "tls.key").symlink_to("..data/tls.key")
+    (token / "token").write_text("eyJ")
+    image = work / "pv.img"
+    loop = runstate.record("loop", image=str(image))
+    with open(image, "wb") as f:
+        f.truncate(32 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    mounted = runstate.record("mount", path=str(pv_mount))
+    subprocess.run(["mount", "-o", "loop", str(image), str(pv_mount)], check=True)
+    try:
+        (pv_mount / "db").mkdir()
+        (pv_mount / "db" / "big").write_bytes(b"\0" * (1 << 20))
+        (pv_mount / "db" / "linked").write_text("x")
+        (pv_mount / "db" / "other-name").hardlink_to(pv_mount / "db" / "linked")
+        before = {n: os.stat(pv_mount / "db" / n) for n in ("big", "linked")}
+        c.binds = [(pv_mount, "/data"), (tls, "/etc/tls"), (token, "/var/run/secrets/kubernetes.io/serviceaccount")]
+        stack.api.add_object({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                              "metadata": {"name": "data-db-0", "namespace": "prod", "uid": "claim-uid"},
+                              "spec": {"volumeName": "pv-data-1"}, "status": {"phase": "Bound"}},
+                             "persistentvolumeclaims")
+        pod = make_pod("db-0", "prod", uid=c.pod_uid, containers=[("db", "postgres:16", c.container_id)])
+        pod["spec"]["volumes"] = [
+            {"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}},
+            {"name": "tls", "secret": {"secretName": "db-tls"}},
+            {"name": "kube-api-access-x9z", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}]
+        stack.api.add_pod(pod)
+        stack.pods_added += 1
+        stack.agent.wait_metric("unlinkwatch_agent_pods_known", stack.pods_added)
+        c.prepare(["sh", "-c", "sleep 1; cd /data/db && rm big linked && rm /etc/tls/tls.key /etc/tls/..data/tls.key "
+                               "/var/run/secrets/kubernetes.io/serviceaccount/token"])
+        try:
+            c.launch()
+            res = c.wait()
+            assert res.exit_code == 0, res.stderr
+        finally:
+            c.delete()
+    finally:
+        subprocess.run(["umount", str(pv_mount)], check=False)
+        mounted.done()
+        runstate.detach_loops(image)
+        loop.done()
+
+    rows = {r["path"]: r for r in stack.wait_query(5, "--pod-uid", c.pod_uid) if r["comm"] == "rm"}
+    assert {p: (r["host_path"], r["volume"]) for p, r in rows.items()} == {
+        "/data/db/big": (f"{pv_mount}/db/big", "persistentVolumeClaim/data-db-0"),
+        "/data/db/linked": (f"{pv_mount}/db/linked", "persistentVolumeClaim/data-db-0"),
+        "/etc/tls/tls.key": (f"{tls}/tls.key", "secret/tls"),
+        "/etc/tls/..data/tls.key": (f"{tls}/..data/tls.key", "secret/tls"),
+        "/var/run/secrets/kubernetes.io/serviceaccount/token": (f"{token}/token", "projected/kube-api-access-x9z"),
+    }
+    big, linked = rows["/data/db/big"], rows["/data/db/linked"]
+    # ext4: read in every attach mode (its unlink tracepoint where only tracepoints are allowed)
+    assert (big["inode"], big["size"], big["nlink"], big["file_type"], big["freed"]) == (
+        before["big"].st_ino, 1 << 20, 1, "file", True)
+    assert big["dev"] == f"{os.major(before['big'].st_dev)}:{os.minor(before['big'].st_dev)}"
+    assert (linked["inode"], linked["nlink"], linked["freed"]) == (before["linked"].st_ino, 2, False)
+    claimed = stack.query("--pod-uid", c.pod_uid, "--volume", "persistentVolumeClaim/*")
+    assert sorted(r["path"] for r in claimed) == ["/data/db/big", "/data/db/linked"]

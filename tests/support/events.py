@@ -7,12 +7,12 @@ import random
 
 from unlinkwatch.agent.decode import CgroupMkdir, Decoder, Deletion, Lineage, Proc
 
-from unlinkwatch.codec import split_args
+from unlinkwatch.codec import dev_name, split_args
 from unlinkwatch.pb import events_pb2 as pb
 
 
 def to_event(d: Deletion, node: str = "", agent: str = "", attach_mode: str = "") -> pb.DeletionEvent:
-    return pb.DeletionEvent(
+    ev = pb.DeletionEvent(
         time_unix_ns=d.time_unix_ns, node=node, op=d.op, path=d.path, raw_path=d.raw_path,  # type: ignore[arg-type]
         result=d.result, cgroup_id=d.cgroup_id, agent=agent, attach_mode=attach_mode, flags=d.flags,
         rename_to=d.rename_to, rename_flags=d.rename_flags, action=d.action, policy=d.policy,  # type: ignore[arg-type]
@@ -21,6 +21,10 @@ def to_event(d: Deletion, node: str = "", agent: str = "", attach_mode: str = ""
         ancestry=[pb.Process(pid=a.pid, comm=a.comm, exe=a.exe, args=split_args(a.args), unknown=a.unknown)
                   for a in (d.lineage.ancestors if d.lineage else ())],
         exec_session=bool(d.lineage and d.lineage.exec_session), host_path=d.host_path, volume=d.volume)
+    if d.file_type:
+        ev.inode, ev.dev, ev.file_type, ev.size = d.inode, dev_name(d.dev), d.file_type, d.size  # type: ignore[assignment]
+        ev.nlink, ev.freed = d.nlink, d.freed
+    return ev
 
 
 def decode(decoder: Decoder, rec: bytes) -> pb.DeletionEvent | CgroupMkdir | None:
@@ -69,7 +73,18 @@ def random_deletion(r: random.Random, cgroup_id: int) -> Deletion:
         action=r.choice([0, 0, 1, 2]), policy=r.choice(["", "protect-\u00e4\"x", "keep-logs"]),
         args=r.choice([b"", b"rm\0-f\0x\0", b"sh\0\0-c\0caf\xe9 \"q\"\0", b"cut\0par"]),
         lineage=lineage, host_path=r.choice([b"", path, b"/var/lib/kubelet/pods/u/volumes/x\xff \"y"]),
-        volume=r.choice(["", "emptyDir/cache", "rootfs", "hostPath/v\u00e4r\"x"]))
+        volume=r.choice(["", "emptyDir/cache", "rootfs", "hostPath/v\u00e4r\"x"]),
+        **random_victim(r))
+
+
+def random_victim(r: random.Random) -> dict[str, object]:
+    """What a deletion destroyed, at the edges of its encodings; often not read (file_type 0)."""
+    file_type = r.choice([0, 0, 1, 2, 3, 4, 5, 6, 7])
+    if not file_type:
+        return {}
+    return {"inode": r.choice([1, 127, 128, 2**32 + 1, 2**64 - 1]), "dev": r.choice([0, 8 << 20 | 1, 2**32 - 1]),
+            "file_type": file_type, "size": r.choice([0, 1, 2**20, 2**63 - 1]), "nlink": r.choice([0, 1, 2, 2**32 - 1]),
+            "freed": r.choice([False, True])}
 
 
 def random_lineage(r: random.Random) -> Lineage | None:

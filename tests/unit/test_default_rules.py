@@ -27,7 +27,7 @@ def fixture_event(case: dict[str, Any]) -> pb.DeletionEvent:
                           rename_to=case.get("rename_to", "").encode(),
                           flags=pb.EVENT_FLAG_REPLACED if case.get("replaced") else 0,
                           rename_flags=rename_flag_bits(case.get("flags", ())),
-                          exec_session=bool(case.get("exec_session")))
+                          exec_session=bool(case.get("exec_session")), volume=case.get("volume", ""))
     for comm_ in case.get("ancestors", ()):
         ev.ancestry.add(pid=4000, comm=comm_.encode(), exe=f"/usr/bin/{comm_}".encode())
     if not case.get("host"):

@@ -96,14 +96,14 @@ def test_every_namespaced_object_lives_in_the_unlinkwatch_namespace(docs: list[D
             assert d["metadata"].get("namespace") == NAMESPACE, d["metadata"]["name"]
 
 
-def test_the_agent_cluster_role_only_reads_pods_replicasets_and_jobs(docs: list[Doc]) -> None:
+def test_the_agent_cluster_role_only_reads_pods_replicasets_jobs_and_claims(docs: list[Doc]) -> None:
     role = one(docs, "ClusterRole", "unlinkwatch-agent")
     granted = set()
     for rule in role["rules"]:
         assert set(rule["verbs"]) <= READ_VERBS, rule
         assert "*" not in rule["resources"] and "*" not in rule["apiGroups"]
         granted |= {(g, r) for g in rule["apiGroups"] for r in rule["resources"]}
-    assert granted == {("", "pods"), ("apps", "replicasets"), ("batch", "jobs")}
+    assert granted == {("", "pods"), ("apps", "replicasets"), ("batch", "jobs"), ("", "persistentvolumeclaims")}
 
 
 def test_no_role_anywhere_grants_a_write_verb(docs: list[Doc]) -> None:

@@ -8,12 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from unlinkwatch.agent.decode import HEADER, HEADER_FIELDS, C, CgroupMkdir, Decoder, join, normalize
+from unlinkwatch.agent.decode import HEADER, HEADER_FIELDS, C, CgroupMkdir, Decoder, Deletion, join, normalize
 from unlinkwatch.agent.probe import procseed
 
 from tests.conftest import ROOT
-from tests.support.events import decode
+from tests.support.events import decode, to_event
 from unlinkwatch.codec import split_args
+from unlinkwatch.eventjson import event_to_dict
 from unlinkwatch.pb import events_pb2 as pb
 
 HEADER_H = ROOT / "agent" / "bpf" / "kprobe.h"
@@ -85,7 +86,8 @@ def _record(kind: int, raw: bytes, directory: bytes = b"", **kw: int) -> bytes:
     vals = {"ts_ns": 5, "cgroup_id": 77, "proc_start_ns": 9, "parent_start_ns": 4, "kind": kind, "op": 1,
             "pid": 10, "tid": 11, "ppid": 1, "uid": 1000, "gid": 100, "result": -2, "dirfd": -100, "flags": 0,
             "raw_len": len(raw), "dir_len": len(directory), "rename_flags": 0, "ns_pid": 0, "ns_level": 0,
-            "mnt_ns": 0, "reserved": 0, "policy": 0, "action": 0, "policy_gen": 0, "comm": b"rm\0junk"}
+            "mnt_ns": 0, "nlink": 0, "dev": 0, "ino": 0, "size": 0, "mode": 0, "reserved": 0, "policy": 0,
+            "action": 0, "policy_gen": 0, "comm": b"rm\0junk"}
     vals.update(kw)
     return HEADER.pack(*(vals[f] for f in HEADER_FIELDS)) + raw + directory
 
@@ -111,6 +113,27 @@ def test_a_host_process_in_the_hosts_mount_namespace_has_its_path_as_host_path_a
     assert host.host_path == b"/var/x" and host.mnt_ns == 4026531841 and not host.chroot  # type: ignore[union-attr]
     assert chrooted.host_path == b"" and chrooted.chroot  # type: ignore[union-attr]
     assert other.host_path == b"" and other.mnt_ns == 4026532999  # type: ignore[union-attr]
+
+
+def test_what_a_deletion_destroyed_decodes_to_inode_dev_type_size_links_and_whether_it_was_freed() -> None:
+    d = Decoder("n", "a", "fentry")
+    victim = C["UW_F_VICTIM"]
+    one = d.split(_record(1, b"/f", flags=victim, result=0, ino=12, dev=8 << 20 | 3, size=1 << 20, nlink=1,
+                          mode=0o100644))
+    linked = d.split(_record(1, b"/f", flags=victim, result=0, ino=13, dev=1, size=4, nlink=2, mode=0o100600))
+    directory = d.split(_record(1, b"/d", op=2, flags=victim, result=0, ino=14, nlink=2, mode=0o040755))
+    failed = d.split(_record(1, b"/f", flags=victim, result=-13, ino=15, nlink=1, mode=0o100644))
+    unread = d.split(_record(1, b"/f", result=0, ino=99, nlink=1, mode=0o100644))
+    assert isinstance(one, Deletion) and isinstance(linked, Deletion) and isinstance(directory, Deletion)
+    assert (one.inode, one.dev, one.file_type, one.size, one.nlink, one.freed) == (
+        12, 8 << 20 | 3, pb.FILE_TYPE_FILE, 1 << 20, 1, True)
+    assert linked.nlink == 2 and not linked.freed  # another name still holds the data
+    assert directory.file_type == pb.FILE_TYPE_DIR and directory.freed
+    assert isinstance(failed, Deletion) and failed.inode == 15 and not failed.freed  # nothing was destroyed
+    assert isinstance(unread, Deletion) and (unread.inode, unread.file_type, unread.freed) == (0, 0, False)
+    ev = to_event(one)
+    assert (ev.dev, ev.file_type, ev.freed) == ("8:3", pb.FILE_TYPE_FILE, True)
+    assert event_to_dict(to_event(unread))["freed"] is None  # unknown is null in JSON, never false
 
 
 def test_truncation_flags_survive_decoding() -> None:

@@ -53,6 +53,9 @@ BAD = [
     ("fold_window: soon\nrules: []\n", 1, "not a duration"),
     ("fold_samples: 0\nrules: []\n", 1, "fold_samples"),
     ("rules:\n  - name: a\n    severity: high\n    match: {comm: [x]}\n    enabled: maybe\n", 5, "true or false"),
+    ("rules:\n  - name: a\n    severity: high\n    match:\n      min_size: 1MB\n", 5, "must be a size in bytes"),
+    ("rules:\n  - name: a\n    severity: high\n    match:\n      file_types: [regular]\n", 5,
+     "unknown type 'regular'"),
 ]
 
 
@@ -131,6 +134,29 @@ def test_volumes_and_host_paths_select_where_the_deleted_file_lived() -> None:
     assert names(rs, ev) == ["persistent-data"]
     ev.volume, ev.host_path = "hostPath/varlog", b"/var/log/syslog"
     assert names(rs, ev) == ["host-logs"]
+
+
+def test_freed_min_size_and_file_types_select_what_was_destroyed_and_never_an_event_where_it_was_not_read(
+) -> None:
+    rs = rules("""
+        rules:
+          - name: big-data-gone
+            severity: high
+            match: {freed: true, min_size: 1Mi}
+          - name: still-linked
+            severity: low
+            match: {freed: false, file_types: [file, symlink]}
+        """)
+    ev = event("/data/x")
+    assert names(rs, ev) == []  # not read: neither freed nor not freed
+    ev.file_type, ev.size, ev.nlink, ev.freed = pb.FILE_TYPE_FILE, 1 << 20, 1, True
+    assert names(rs, ev) == ["big-data-gone"]
+    ev.size = (1 << 20) - 1
+    assert names(rs, ev) == []
+    ev.nlink, ev.freed = 2, False
+    assert names(rs, ev) == ["still-linked"]
+    ev.file_type = pb.FILE_TYPE_DIR
+    assert names(rs, ev) == []
 
 
 def test_the_node_policys_verdict_and_rule_select_events() -> None:

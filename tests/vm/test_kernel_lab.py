@@ -63,7 +63,7 @@ _CAPTURE, _ENFORCE = "tests/kernel/test_capture.py", "tests/kernel/test_enforcem
 LAB_FILES = {
     "fentry": ["tests/kernel"],
     # its own entry hooks; the policy's ignore and audit decisions at its exit
-    "kprobe": [_CAPTURE, "tests/kernel/test_node_policy.py", _ENFORCE],
+    "kprobe": [_CAPTURE, "tests/kernel/test_node_policy.py", _ENFORCE, "tests/kernel/test_destroyed.py"],
     # the older dentry layout (the rename lookup, the walk) and BPF LSM beside syscall tracepoints
     "tracepoint": [_CAPTURE, _ENFORCE],
 }

@@ -95,6 +95,35 @@ IDENTITY_STATE_HOST: IdentityState.ValueType  # 4
 """not in a pod"""
 Global___IdentityState: _TypeAlias = IdentityState  # noqa: Y015
 
+class _FileType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FileTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FileType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FILE_TYPE_UNSPECIFIED: _FileType.ValueType  # 0
+    """not read"""
+    FILE_TYPE_FILE: _FileType.ValueType  # 1
+    FILE_TYPE_DIR: _FileType.ValueType  # 2
+    FILE_TYPE_SYMLINK: _FileType.ValueType  # 3
+    FILE_TYPE_FIFO: _FileType.ValueType  # 4
+    FILE_TYPE_SOCKET: _FileType.ValueType  # 5
+    FILE_TYPE_CHAR: _FileType.ValueType  # 6
+    FILE_TYPE_BLOCK: _FileType.ValueType  # 7
+
+class FileType(_FileType, metaclass=_FileTypeEnumTypeWrapper): ...
+
+FILE_TYPE_UNSPECIFIED: FileType.ValueType  # 0
+"""not read"""
+FILE_TYPE_FILE: FileType.ValueType  # 1
+FILE_TYPE_DIR: FileType.ValueType  # 2
+FILE_TYPE_SYMLINK: FileType.ValueType  # 3
+FILE_TYPE_FIFO: FileType.ValueType  # 4
+FILE_TYPE_SOCKET: FileType.ValueType  # 5
+FILE_TYPE_CHAR: FileType.ValueType  # 6
+FILE_TYPE_BLOCK: FileType.ValueType  # 7
+Global___FileType: _TypeAlias = FileType  # noqa: Y015
+
 class _EventFlag:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -302,6 +331,12 @@ class DeletionEvent(_message.Message):
     EXEC_SESSION_FIELD_NUMBER: _builtins.int
     HOST_PATH_FIELD_NUMBER: _builtins.int
     VOLUME_FIELD_NUMBER: _builtins.int
+    INODE_FIELD_NUMBER: _builtins.int
+    DEV_FIELD_NUMBER: _builtins.int
+    FILE_TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    NLINK_FIELD_NUMBER: _builtins.int
+    FREED_FIELD_NUMBER: _builtins.int
     time_unix_ns: _builtins.int
     """kernel clock at the deletion, as UTC nanoseconds"""
     node: _builtins.str
@@ -339,6 +374,22 @@ class DeletionEvent(_message.Message):
     """The pod volume it was in, "<type>/<name>" with the pod spec's key as the type (emptyDir/cache,
     configMap/app-config, hostPath/varlog, csi/<pv>), "rootfs" for the container's own filesystem; empty
     outside pods.
+    """
+    inode: _builtins.int
+    """What the deletion destroyed (a rename: the destination it replaced), read from its inode in the kernel just
+    before: set only where the attach mode could read it (file_type FILE_TYPE_UNSPECIFIED: not read; see the
+    README's attach-mode table). inode and dev ("major:minor") are the filesystem's as the process saw it
+    (an overlayfs one for a container's root filesystem in the kprobe and fentry modes).
+    """
+    dev: _builtins.str
+    file_type: Global___FileType.ValueType
+    size: _builtins.int
+    """bytes, before the deletion"""
+    nlink: _builtins.int
+    """hard links before the deletion"""
+    freed: _builtins.bool
+    """The deletion took the inode's last name (nlink was 1, or a directory) and succeeded: its data is gone once no
+    process holds it open.
     """
     @_builtins.property
     def process(self) -> Global___Process: ...
@@ -378,10 +429,16 @@ class DeletionEvent(_message.Message):
         exec_session: _builtins.bool = ...,
         host_path: _builtins.bytes = ...,
         volume: _builtins.str = ...,
+        inode: _builtins.int = ...,
+        dev: _builtins.str = ...,
+        file_type: Global___FileType.ValueType = ...,
+        size: _builtins.int = ...,
+        nlink: _builtins.int = ...,
+        freed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "pod", b"pod", "process", b"process"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "ancestry", b"ancestry", "attach_mode", b"attach_mode", "cgroup_id", b"cgroup_id", "container", b"container", "exec_session", b"exec_session", "flags", b"flags", "host_path", b"host_path", "identity", b"identity", "node", b"node", "op", b"op", "path", b"path", "pod", b"pod", "policy", b"policy", "process", b"process", "raw_path", b"raw_path", "rename_flags", b"rename_flags", "rename_to", b"rename_to", "result", b"result", "seq", b"seq", "time_unix_ns", b"time_unix_ns", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "ancestry", b"ancestry", "attach_mode", b"attach_mode", "cgroup_id", b"cgroup_id", "container", b"container", "dev", b"dev", "exec_session", b"exec_session", "file_type", b"file_type", "flags", b"flags", "freed", b"freed", "host_path", b"host_path", "identity", b"identity", "inode", b"inode", "nlink", b"nlink", "node", b"node", "op", b"op", "path", b"path", "pod", b"pod", "policy", b"policy", "process", b"process", "raw_path", b"raw_path", "rename_flags", b"rename_flags", "rename_to", b"rename_to", "result", b"result", "seq", b"seq", "size", b"size", "time_unix_ns", b"time_unix_ns", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
