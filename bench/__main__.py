@@ -34,6 +34,8 @@ PG_WAL = 4 * GB              # the bench's PostgreSQL clusters run with max_wal_
 QUICK_ARGS = {"ingest": ["--events", "50000"], "query": ["--events", "200000", "--pods", "1000", "--queries", "50"]}
 OTHERS = ("identity", "ingest", "query", "rules")  # bench/<name>.py with main() -> None, written separately
 STEPS = ("overhead", "e2e", "startup", "exec", *OTHERS)
+QUIET_BUSY = 0.10      # --quiet-check: the share of all CPUs' time something else may take before the run
+QUIET_SAMPLE_S = 3.0
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -56,6 +58,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--e2e-seconds", type=float, default=None,
                    help="seconds each end-to-end rate is held (default 10; quick 2)")
     p.add_argument("--out", type=Path, default=OUT_DIR, help="directory for results.json and results.md")
+    p.add_argument("--quiet-check", action="store_true",
+                   help=f"refuse to run when the machine is busy before it: more than {QUIET_BUSY:.0%} of the CPUs "
+                        f"busy over {QUIET_SAMPLE_S:.0f} s, or other processes' BPF tracers attached")
     args = p.parse_args(argv)
     args.n = args.n or (20_000 if args.quick else 200_000)
     args.rounds = args.rounds or (3 if args.quick else 5)
@@ -76,6 +81,31 @@ def machine() -> dict[str, Any]:
     return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "nproc": os.cpu_count(),
             "memory_gib": round(mem_kib / 1024 / 1024, 1), "kernel": platform.release(),
             "load_before": os.getloadavg()[0], "foreign_bpf_tracers_before": others}
+
+
+def cpu_busy(seconds: float = QUIET_SAMPLE_S) -> float:
+    """The share of all CPUs' time spent not idle (nor waiting for I/O) over `seconds`, from /proc/stat."""
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def quiet_refusal() -> str | None:
+    """Why the machine is too busy for figures worth reporting, or None."""
+    busy = cpu_busy()
+    if busy > QUIET_BUSY:
+        return (f"the machine is busy: {busy:.0%} of its CPUs' time over {QUIET_SAMPLE_S:.0f} s went to other work "
+                f"(--quiet-check allows {QUIET_BUSY:.0%}); the figures would be noise")
+    others = sorted({int(str(a["pid"])) for a in _all_attachments()})
+    if others:
+        return f"other processes have BPF tracers attached ({', '.join(map(str, others))}): they slow every row"
+    print(f"quiet check: {busy:.1%} of the CPUs busy over {QUIET_SAMPLE_S:.0f} s, no other BPF tracers",
+          file=sys.stderr)
+    return None
 
 
 def _all_attachments() -> list[dict[str, object]]:
@@ -265,6 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for step in args.steps:
         why = short_of(step, args)
+        if why:
+            print(f"python -m bench: {why}", file=sys.stderr)
+            return 2
+    if args.quiet_check:
+        why = quiet_refusal()
         if why:
             print(f"python -m bench: {why}", file=sys.stderr)
             return 2

@@ -54,10 +54,11 @@ class UnlinkwatchAgent(Tracer):
 
     bpf = True
 
-    def __init__(self, attach: str = "tracepoint", collector: str | None = None) -> None:
+    def __init__(self, attach: str = "tracepoint", collector: str | None = None, to_file: bool = False) -> None:
         super().__init__()
-        self.attach, self.collector = attach, collector
-        self.name = f"unlinkwatch agent ({attach})"
+        self.attach, self.collector, self.to_file = attach, collector, to_file
+        # to_file: the JSON lines go to a file on the same disk in every round, as a new user first runs it
+        self.name = f"unlinkwatch agent ({attach}{', --stdout to a file' if to_file else ''})"
         self.lost: float | None = None
         self.startup_s: float | None = None
 
@@ -74,7 +75,7 @@ class UnlinkwatchAgent(Tracer):
         self.metrics = f"127.0.0.1:{free_port()}"
         self.out = workdir / "agent.jsonl"
         t0 = time.monotonic()
-        proc = self._spawn(self.command(), stdout=self.out if record and not self.collector else None,
+        proc = self._spawn(self.command(), stdout=self.out if (record or self.to_file) and not self.collector else None,
                            env=self.env(), cwd=workdir)
         self.wait_ready(proc, t0)
 
@@ -403,7 +404,8 @@ def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, rec
 
 
 def configurations(only: list[str] | None = None, baseline: BaselineAgent | None = None) -> list[Tracer]:
-    everything: list[Tracer] = [Tracer(), *(UnlinkwatchAgent(m) for m in ATTACH_MODES), PolicyAgent("ignore"),
+    everything: list[Tracer] = [Tracer(), *(UnlinkwatchAgent(m) for m in ATTACH_MODES),
+                                UnlinkwatchAgent("tracepoint", to_file=True), PolicyAgent("ignore"),
                                 PolicyAgent("audit100"), *(PolicyAgent("block100", m) for m in ATTACH_MODES),
                                 UnlinkwatchPipeline(), peers.Bpftrace(), peers.Auditd(),
                                 peers.MinimalBcc()]

@@ -78,3 +78,22 @@ def test_the_rename_workload_renames_every_file_and_leaves_them_for_removal(tmp_
     assert result.n == 300 and result.unlinks_per_s > 0
     assert sorted(p.name for p in d.iterdir()) == sorted(f"ren-{w}-{i}~" for w in (0, 1) for i in range(150))
     assert workload.remove_files(d, "ren") == 300 and list(d.iterdir()) == []
+
+
+def test_the_stdout_to_a_file_and_shipping_configurations_are_rows_of_their_own() -> None:
+    from bench.overhead import configurations
+
+    names = [t.name for t in configurations(["a file", "collector"])]
+    assert "unlinkwatch agent (tracepoint, --stdout to a file)" in names
+    assert "unlinkwatch agent + collector (SQLite)" in names
+
+
+def test_the_quiet_check_refuses_a_busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.__main__ as main
+
+    monkeypatch.setattr(main, "cpu_busy", lambda seconds=0.0: 0.5)
+    why = main.quiet_refusal()
+    assert why is not None and "50%" in why
+    monkeypatch.setattr(main, "cpu_busy", lambda seconds=0.0: 0.01)
+    monkeypatch.setattr(main, "_all_attachments", lambda: [{"pid": 4242}])
+    assert "4242" in (main.quiet_refusal() or "")
