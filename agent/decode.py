@@ -157,6 +157,7 @@ class Deletion(NamedTuple):
     size: int = 0
     nlink: int = 0
     freed: bool = False
+    rename_to_host_path: bytes = b""  # op rename: where the destination is on the node (as host_path for path)
 
 
 class Proc(NamedTuple):
@@ -303,12 +304,13 @@ class Decoder:
                 return _NEW(Deletion, (
                     ts_ns + self._offset, OPS.get(op, 0), path, raw, result, pid, tid, ppid, uid, gid,
                     comm if nul < 0 else comm[:nul], proc.exe, cgroup_id, out_flags | proc.flags, b"", 0,
-                    ACTIONS.get(action, 0), rule, proc.args, lineage, mnt_ns, chroot, where, "", *victim))
+                    ACTIONS.get(action, 0), rule, proc.args, lineage, mnt_ns, chroot, where, "", *victim, b""))
             to, out_flags = self._destination(tid, ts_ns, result, out_flags | proc.flags)
             return _NEW(Deletion, (
                 ts_ns + self._offset, OPS[op], path, raw, result, pid, tid, ppid, uid, gid,
                 comm if nul < 0 else comm[:nul], proc.exe, cgroup_id, out_flags, to, rename_flags,
-                ACTIONS.get(action, 0), rule, proc.args, lineage, mnt_ns, chroot, where, "", *victim))
+                ACTIONS.get(action, 0), rule, proc.args, lineage, mnt_ns, chroot, where, "", *victim,
+                to if where else b""))
         if kind == KIND_RENAME_TO:
             self._rename_to[tid] = (ts_ns, join(rec[end : end + dir_len], raw) if raw else b"",
                                     _TO_FLAGS[flags & _F_MASK])

@@ -60,6 +60,7 @@ T_TIME, T_NODE, T_OP, T_PATH, T_RAW, T_RESULT, T_PROCESS, T_AGENT, T_SEQ, T_FLAG
     tag(_EV, f) for f in ("time_unix_ns", "node", "op", "path", "raw_path", "result", "process", "agent", "seq",
                           "flags", "attach_mode"))
 T_RENAME_TO, T_RENAME_FLAGS = tag(_EV, "rename_to"), tag(_EV, "rename_flags")
+T_RENAME_TO_HOST_PATH = tag(_EV, "rename_to_host_path")
 T_ACTION, T_POLICY = tag(_EV, "action"), tag(_EV, "policy")
 T_ANCESTRY, T_EXEC_SESSION = tag(_EV, "ancestry"), tag(_EV, "exec_session")
 T_HOST_PATH, T_VOLUME = tag(_EV, "host_path"), tag(_EV, "volume")
@@ -205,6 +206,8 @@ class DeletionFields(Protocol):
     def nlink(self) -> int: ...
     @property
     def freed(self) -> bool: ...
+    @property
+    def rename_to_host_path(self) -> bytes: ...
 
 
 def dev_name(dev: int) -> str:
@@ -316,7 +319,8 @@ class EventWriter:
     @staticmethod
     def _rename(d: DeletionFields) -> bytes:
         to = d.rename_to
-        return field(T_RENAME_TO, to) + uint(T_RENAME_FLAGS, d.rename_flags)
+        return (field(T_RENAME_TO, to) + uint(T_RENAME_FLAGS, d.rename_flags)
+                + field(T_RENAME_TO_HOST_PATH, d.rename_to_host_path))
 
 
 def batch_bytes(header: pb.EventBatch, events: Sequence[bytes]) -> bytes:

@@ -131,6 +131,7 @@ def event_to_dict(ev: pb.DeletionEvent) -> dict[str, Any]:
         "action": ACTION_NAMES.get(ev.action, "allowed"),
         "policy": ev.policy,
         "rename_to": text(ev.rename_to),
+        "rename_to_host_path": text(ev.rename_to_host_path),
         "replaced": bool(ev.flags & pb.EVENT_FLAG_REPLACED),
         "rename_flags": rename_flag_names(ev.rename_flags),
     }
@@ -165,6 +166,7 @@ def dict_to_event(d: dict[str, Any]) -> pb.DeletionEvent:
         | (pb.EVENT_FLAG_ANCESTRY_TRUNCATED if d.get("ancestry_truncated") else 0),
         exec_session=bool(d.get("exec_session")),
         rename_to=untext(d.get("rename_to", "")),
+        rename_to_host_path=untext(d.get("rename_to_host_path", "")),
         rename_flags=rename_flag_bits(d.get("rename_flags") or ()),
         action=ACTION_BY_NAME.get(d.get("action", ""), pb.ACTION_UNSPECIFIED),
         policy=d.get("policy", ""),

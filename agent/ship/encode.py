@@ -96,7 +96,8 @@ class JsonLines:
         self._node = _jstr(node)
         self._agent = _jstr(agent_id)
         self._attach = _jstr(attach_mode)
-        self._tail = f'"attach_mode": {self._attach}, {_ALLOWED}, "rename_to": "", {_RENAME[0]}}}\n'
+        self._tail = (f'"attach_mode": {self._attach}, {_ALLOWED}, "rename_to": "", "rename_to_host_path": "", '
+                      f'{_RENAME[0]}}}\n')
         self._secs, self._prefix = -1, ""
         self._procs: dict[tuple[int, int, int, int, int, bytes, bytes, bytes], str] = {}
         self._lineages: dict[LineageFields, str] = {}
@@ -143,6 +144,7 @@ class JsonLines:
         tail = self._tail if d.op != _OP_RENAME and not d.policy and not d.action else (
             f'"attach_mode": {self._attach}, "action": "{_ACTION.get(d.action, "allowed")}", '
             f'"policy": {_jstr(d.policy)}, "rename_to": {_jstr(text(d.rename_to))}, '
+            f'"rename_to_host_path": {_jstr(text(d.rename_to_host_path))}, '
             f'{_RENAME[(8 if flags & pb.EVENT_FLAG_REPLACED else 0) | (d.rename_flags & 7)]}}}\n')
         return (f'{{"time": "{self._prefix}.{ns:09d}Z", "node": {self._node}, "op": "{OP_NAME[d.op]}", '
                 f'"path": {_jstr(text(d.path))}, "raw_path": {_jstr(text(d.raw_path))}, '

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import require_root
+from tests.conftest import ROOT, require_root
 from tests.support.runc import RuncContainer, missing
 from tests.support.stack import Stack, running_stack
 from unlinkwatch import runstate
@@ -39,6 +39,8 @@ def test_each_deletion_in_a_pod_says_where_it_lived_on_the_node_and_in_which_vol
     for d in (cache, config, hostlog):
         d.mkdir(parents=True)
     (cache / "x").touch()
+    (cache / "sub").mkdir()
+    (cache / "sub" / "y").touch()
     (config / "app.yaml").touch()
     (hostlog / "old.log").touch()
     c.binds = [(cache, "/cache"), (config, "/etc/app"), (hostlog, "/host/log")]
@@ -52,8 +54,10 @@ def test_each_deletion_in_a_pod_says_where_it_lived_on_the_node_and_in_which_vol
     # the root filesystem: the image's files in a lower layer, the container's own in the upper one. The container
     # ends right after its last `rm`: its mount table was opened at its first exec (UW_KIND_MNT_NS) and kept
     c.prepare(["sh", "-c", "sleep 1; touch /tmp/made-here && rm /cache/x /etc/app/app.yaml /host/log/old.log "
-                           "/etc/from-image /tmp/made-here"])
+                           "/etc/from-image /tmp/made-here && /bin/dirfd_unlink /cache/sub y"])
     rootfs, lower, upper, wd = (c.bundle / n for n in ("rootfs", "lower", "upper", "work"))
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(rootfs / "bin" / "dirfd_unlink"),
+                    str(ROOT / "tests" / "support" / "dirfd_unlink.c")], check=True)
     rootfs.rename(lower)
     (lower / "etc" / "from-image").write_text("image")
     for d in (rootfs, upper, wd):
@@ -79,10 +83,13 @@ def test_each_deletion_in_a_pod_says_where_it_lived_on_the_node_and_in_which_vol
         "/etc/from-image": (f"{lower}/etc/from-image", "rootfs"),
         "/tmp/made-here": (f"{upper}/tmp/made-here", "rootfs"),
     }
+    (at,) = [r for r in stack.wait_query(6, "--pod-uid", c.pod_uid) if r["comm"] == "dirfd_unlink"]
+    assert (at["path"], at["raw_path"], at["host_path"], at["volume"]) == (
+        "/cache/sub/y", "y", f"{cache}/sub/y", "emptyDir/cache")  # unlinkat(dirfd, "y")
     by_volume = stack.query("--pod-uid", c.pod_uid, "--volume", "*Path/*")
     assert [r["path"] for r in by_volume] == ["/host/log/old.log"]
     on_node = stack.query("--pod-uid", c.pod_uid, "--host-path", f"{work}/kubelet/**")
-    assert sorted(r["volume"] for r in on_node) == ["configMap/app-config", "emptyDir/cache"]
+    assert sorted(r["volume"] for r in on_node) == ["configMap/app-config", "emptyDir/cache", "emptyDir/cache"]
 
 
 def test_a_claims_volume_is_named_by_its_claim_and_each_volume_says_what_was_destroyed(stack: Stack) -> None:
@@ -113,7 +120,9 @@ def test_a_claims_volume_is_named_by_its_claim_and_each_volume_says_what_was_des
         (pv_mount / "db" / "big").write_bytes(b"\0" * (1 << 20))
         (pv_mount / "db" / "linked").write_text("x")
         (pv_mount / "db" / "other-name").hardlink_to(pv_mount / "db" / "linked")
-        before = {n: os.stat(pv_mount / "db" / n) for n in ("big", "linked")}
+        (pv_mount / "db" / "old").write_bytes(b"o" * 2048)
+        (pv_mount / "db" / "new").write_bytes(b"n")
+        before = {n: os.stat(pv_mount / "db" / n) for n in ("big", "linked", "old")}
         c.binds = [(pv_mount, "/data"), (tls, "/etc/tls"), (token, "/var/run/secrets/kubernetes.io/serviceaccount")]
         stack.api.add_object({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                               "metadata": {"name": "data-db-0", "namespace": "prod", "uid": "claim-uid"},
@@ -127,8 +136,8 @@ def test_a_claims_volume_is_named_by_its_claim_and_each_volume_says_what_was_des
         stack.api.add_pod(pod)
         stack.pods_added += 1
         stack.agent.wait_metric("unlinkwatch_agent_pods_known", stack.pods_added)
-        c.prepare(["sh", "-c", "sleep 1; cd /data/db && rm big linked && rm /etc/tls/tls.key /etc/tls/..data/tls.key "
-                               "/var/run/secrets/kubernetes.io/serviceaccount/token"])
+        c.prepare(["sh", "-c", "sleep 1; cd /data/db && rm big linked && mv new old && rm /etc/tls/tls.key "
+                               "/etc/tls/..data/tls.key /var/run/secrets/kubernetes.io/serviceaccount/token"])
         try:
             c.launch()
             res = c.wait()
@@ -141,7 +150,9 @@ def test_a_claims_volume_is_named_by_its_claim_and_each_volume_says_what_was_des
         runstate.detach_loops(image)
         loop.done()
 
-    rows = {r["path"]: r for r in stack.wait_query(5, "--pod-uid", c.pod_uid) if r["comm"] == "rm"}
+    everything = stack.wait_query(6, "--pod-uid", c.pod_uid)
+    rows = {r["path"]: r for r in everything if r["comm"] == "rm"}
+    (moved,) = [r for r in everything if r["op"] == "rename"]
     assert {p: (r["host_path"], r["volume"]) for p, r in rows.items()} == {
         "/data/db/big": (f"{pv_mount}/db/big", "persistentVolumeClaim/data-db-0"),
         "/data/db/linked": (f"{pv_mount}/db/linked", "persistentVolumeClaim/data-db-0"),
@@ -155,5 +166,9 @@ def test_a_claims_volume_is_named_by_its_claim_and_each_volume_says_what_was_des
         before["big"].st_ino, 1 << 20, 1, "file", True)
     assert big["dev"] == f"{os.major(before['big'].st_dev)}:{os.minor(before['big'].st_dev)}"
     assert (linked["inode"], linked["nlink"], linked["freed"]) == (before["linked"].st_ino, 2, False)
+    # a rename over a file: the destination it destroyed, where it lived on the node
+    assert (moved["path"], moved["rename_to"], moved["replaced"]) == ("/data/db/new", "/data/db/old", True)
+    assert (moved["host_path"], moved["rename_to_host_path"]) == (f"{pv_mount}/db/new", f"{pv_mount}/db/old")
+    assert (moved["inode"], moved["size"], moved["freed"]) == (before["old"].st_ino, 2048, True)
     claimed = stack.query("--pod-uid", c.pod_uid, "--volume", "persistentVolumeClaim/*")
-    assert sorted(r["path"] for r in claimed) == ["/data/db/big", "/data/db/linked"]
+    assert sorted(r["path"] for r in claimed) == ["/data/db/big", "/data/db/linked", "/data/db/new"]

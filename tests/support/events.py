@@ -24,6 +24,7 @@ def to_event(d: Deletion, node: str = "", agent: str = "", attach_mode: str = ""
     if d.file_type:
         ev.inode, ev.dev, ev.file_type, ev.size = d.inode, dev_name(d.dev), d.file_type, d.size  # type: ignore[assignment]
         ev.nlink, ev.freed = d.nlink, d.freed
+    ev.rename_to_host_path = d.rename_to_host_path
     return ev
 
 
@@ -74,6 +75,7 @@ def random_deletion(r: random.Random, cgroup_id: int) -> Deletion:
         args=r.choice([b"", b"rm\0-f\0x\0", b"sh\0\0-c\0caf\xe9 \"q\"\0", b"cut\0par"]),
         lineage=lineage, host_path=r.choice([b"", path, b"/var/lib/kubelet/pods/u/volumes/x\xff \"y"]),
         volume=r.choice(["", "emptyDir/cache", "rootfs", "hostPath/v\u00e4r\"x"]),
+        rename_to_host_path=r.choice([b"", b"/var/lib/kubelet/pods/u/volumes/x/\xffz"]) if op == pb.OP_RENAME else b"",
         **random_victim(r))
 
 

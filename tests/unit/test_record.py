@@ -113,6 +113,9 @@ def test_a_host_process_in_the_hosts_mount_namespace_has_its_path_as_host_path_a
     assert host.host_path == b"/var/x" and host.mnt_ns == 4026531841 and not host.chroot  # type: ignore[union-attr]
     assert chrooted.host_path == b"" and chrooted.chroot  # type: ignore[union-attr]
     assert other.host_path == b"" and other.mnt_ns == 4026532999  # type: ignore[union-attr]
+    d.split(_record(4, b"/var/y", op=3, mnt_ns=4026531841))
+    moved = d.split(_record(1, b"/var/x", op=3, result=0, mnt_ns=4026531841))
+    assert isinstance(moved, Deletion) and (moved.rename_to, moved.rename_to_host_path) == (b"/var/y", b"/var/y")
 
 
 def test_what_a_deletion_destroyed_decodes_to_inode_dev_type_size_links_and_whether_it_was_freed() -> None:

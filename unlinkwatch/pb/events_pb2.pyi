@@ -337,6 +337,7 @@ class DeletionEvent(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     NLINK_FIELD_NUMBER: _builtins.int
     FREED_FIELD_NUMBER: _builtins.int
+    RENAME_TO_HOST_PATH_FIELD_NUMBER: _builtins.int
     time_unix_ns: _builtins.int
     """kernel clock at the deletion, as UTC nanoseconds"""
     node: _builtins.str
@@ -391,6 +392,8 @@ class DeletionEvent(_message.Message):
     """The deletion took the inode's last name (nlink was 1, or a directory) and succeeded: its data is gone once no
     process holds it open.
     """
+    rename_to_host_path: _builtins.bytes
+    """op rename: where rename_to is on the node, as host_path is for path (the file a rename over it destroyed)."""
     @_builtins.property
     def process(self) -> Global___Process: ...
     @_builtins.property
@@ -435,10 +438,11 @@ class DeletionEvent(_message.Message):
         size: _builtins.int = ...,
         nlink: _builtins.int = ...,
         freed: _builtins.bool = ...,
+        rename_to_host_path: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "pod", b"pod", "process", b"process"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "ancestry", b"ancestry", "attach_mode", b"attach_mode", "cgroup_id", b"cgroup_id", "container", b"container", "dev", b"dev", "exec_session", b"exec_session", "file_type", b"file_type", "flags", b"flags", "freed", b"freed", "host_path", b"host_path", "identity", b"identity", "inode", b"inode", "nlink", b"nlink", "node", b"node", "op", b"op", "path", b"path", "pod", b"pod", "policy", b"policy", "process", b"process", "raw_path", b"raw_path", "rename_flags", b"rename_flags", "rename_to", b"rename_to", "result", b"result", "seq", b"seq", "size", b"size", "time_unix_ns", b"time_unix_ns", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent", b"agent", "ancestry", b"ancestry", "attach_mode", b"attach_mode", "cgroup_id", b"cgroup_id", "container", b"container", "dev", b"dev", "exec_session", b"exec_session", "file_type", b"file_type", "flags", b"flags", "freed", b"freed", "host_path", b"host_path", "identity", b"identity", "inode", b"inode", "nlink", b"nlink", "node", b"node", "op", b"op", "path", b"path", "pod", b"pod", "policy", b"policy", "process", b"process", "raw_path", b"raw_path", "rename_flags", b"rename_flags", "rename_to", b"rename_to", "rename_to_host_path", b"rename_to_host_path", "result", b"result", "seq", b"seq", "size", b"size", "time_unix_ns", b"time_unix_ns", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
