@@ -44,7 +44,6 @@ class PodInfo:
     pvs: Mapping[str, str] = field(default_factory=dict)  # the bound PV's name -> the volume's name
 
 
-
 def strip_runtime(container_id: str) -> str:
     """'containerd://<id>' -> '<id>' (also cri-o://, docker://)."""
     return container_id.split("://", 1)[-1]
