@@ -16,7 +16,7 @@ from .policy.runtime import bpf_lsm_missing, enforcement
 from .probe import attach as probe
 from .probe import procseed
 from .probe.btf import VMLINUX_BTF, Btf, BtfError
-from .probe.program import ensure_tracefs, header_tree
+from .probe.program import DEGRADED_EXT4_UNLINK, DEGRADED_RENAME_LOOKUP, ensure_tracefs, header_tree
 
 
 def _check(fn: Any) -> tuple[bool, str]:
@@ -74,8 +74,8 @@ def gather(attach: str) -> dict[str, Any]:
         if cand.mode == "tracepoint":
             put("rename_lookup", bool(att.probe.rename_lookup),
                 f"dcache lookup loaded ({att.probe.rename_lookup})" if att.probe.rename_lookup else
-                "; ".join(d for d in att.probe.degraded if d.startswith("renames")))
-            ext4 = [d for d in att.probe.degraded if d.startswith("what an unlink destroys")]
+                "; ".join(d for d in att.probe.degraded if d.startswith(DEGRADED_RENAME_LOOKUP)))
+            ext4 = [d for d in att.probe.degraded if d.startswith(DEGRADED_EXT4_UNLINK)]
             put("destroyed_ext4", not ext4, "; ".join(ext4) or "ext4 unlinks read their inode (ext4_unlink_enter)")
         put("ring_buffer", True, f"{att.probe.ringbuf_size >> 20} MiB, BPF_MAP_TYPE_RINGBUF")
         put("self_test", True, f"synthetic unlink seen end to end in {att.startup_s:.2f} s (compile+attach+test)")

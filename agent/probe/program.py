@@ -83,6 +83,9 @@ OFFSETS = {
 OPTIONAL = {"OFF_FILENAME_UPTR", "OFF_RENAMEDATA_NEW_DENTRY"}  # only the kprobe/fentry modes read them
 
 
+# How each feature a mode's kernel refused begins its line in Probe.degraded (doctor reports them apart)
+DEGRADED_RENAME_LOOKUP = "renames over existing targets are not reported"
+DEGRADED_EXT4_UNLINK = "what an unlink destroys (inode, size, links) is not read"
 LSM_HOOKS = ("path_unlink", "path_rmdir", "path_rename", "inode_rename")  # enforce.h's programs
 SYSCALLS = ("unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2")  # uw_sys_enter's and uw_sys_exit's
 
@@ -292,8 +295,7 @@ class Probe:
                 self._bpf.attach_raw_tracepoint(tp=b"ext4_unlink_enter", fn_name=b"uw_ext4_unlink")
         except Exception as e:  # bcc raises bare Exception
             reason = _first_error(err.getvalue()) or str(e)
-            self.degraded.append(f"what an unlink destroys (inode, size, links) is not read: ext4_unlink_enter: "
-                                 f"{reason}")
+            self.degraded.append(f"{DEGRADED_EXT4_UNLINK}: ext4_unlink_enter: {reason}")
             log.debug("ext4_unlink_enter refused: %s", reason)
 
     def _load_rename_lookup(self) -> None:
@@ -312,7 +314,7 @@ class Probe:
             b[b"uw_tail"][ctypes.c_int(0)] = ctypes.c_int(step.fd)
             self.rename_lookup = name.decode()
             return
-        self.degraded.append("renames over existing targets are not reported: the kernel's verifier refused the "
+        self.degraded.append(f"{DEGRADED_RENAME_LOOKUP}: the kernel's verifier refused the "
                              "dcache lookup (" + "; ".join(errors) + ")")
         log.warning("rename-over-target detection unavailable", extra={"fields": {"errors": errors}})
 
