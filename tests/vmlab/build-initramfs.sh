@@ -21,6 +21,6 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
 done
 install -m 755 "$HERE/guest-init.sh" "$W/init"
 install -m 644 "$HERE/guest-stage2.sh" "$W/stage2.sh"
-(cd "$W" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 > "$OUT.tmp"
-mv "$OUT.tmp" "$OUT"
+(cd "$W" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 > "$OUT.tmp.$$"
+mv "$OUT.tmp.$$" "$OUT"  # atomic: two runs may build it at once
 echo "$OUT"
