@@ -81,7 +81,7 @@ def test_ext4_deletions_report_the_inode_device_size_and_links_they_destroyed(ag
                                                                              work: Path) -> None:
     run = _on_ext4(work)
     seen, mnt = run["seen"], work / "mnt"
-    evs = {Path(e["path"]).name: e for e in agent.wait_for(by_pid(run["pid"]), count=7)}
+    evs = {Path(e["path"]).name: e for e in agent.wait_for(by_pid(run["pid"]), count=6)}
     (jailed,) = agent.wait_for(by_pid(run["child"]))
     mode = jailed["attach_mode"]
     big, linked, target = evs["big"], evs["linked"], evs["new"]
