@@ -40,8 +40,8 @@ def _lab_missing() -> str | None:
 
 # Debian builds BPF LSM in but leaves it off; this list turns it on beside the LSMs Debian enables by default
 LSMS = "lockdown,capability,yama,apparmor,bpf"
-# an agent's first start in a guest took 151 s while the other lane's machine ran (tracepoint mode, in CI);
-# the later ones 35-45 s, and 80-105 s alone
+# an agent's first start in a guest takes 80-105 s with the host to itself, and took 151 s in CI while the other
+# lane's machine ran (tracepoint mode); later starts take 35-45 s
 ATTACH_TIMEOUT_S = 400
 VM_TIMEOUT_S = 1500  # the VM's own limit (run-in-vm.sh); the waits below are longer, so the VM ends first
 
