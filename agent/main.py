@@ -37,8 +37,9 @@ _POLICY_USER = pb.EVENT_FLAG_POLICY_USER
 
 IDLE_POLL_S = 0.02  # the ring is drained at least this often: bounds deletion-to-output latency
 LOST_POLL_S = 0.5
-# records per pass of the loop: a batch's records, deletions and lines are live at once, and a bigger batch
-# costs more per record (fresh memory for each, and the cyclic GC's passes over them), not less
+# records per call of Pipeline.process: a batch's deletions and lines are live at once, and a bigger batch costs
+# more per record (fresh memory for each), not less. The ring is still drained whole at each pass: what is copied
+# out is space the kernel can reserve again, so a burst waits in the agent's memory rather than being dropped.
 BATCH_RECORDS = 4096
 HEALTHY_WITHIN_S = 10.0
 
@@ -261,11 +262,10 @@ def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, o
     ring_ready = select.epoll()
     ring_ready.register(attached.probe.ringbuf_fd, select.EPOLLIN)
     while not stop.is_set():
-        records = attached.ring.drain(BATCH_RECORDS)
+        records = attached.ring.drain()
         now = time.monotonic()
         heartbeat[0] = now
-        if records:
-            pipeline.process(records)
+        _process(pipeline, records)
         if now >= next_lost:
             if pipeline.policy is not None:
                 pipeline.policy.tick(now)
@@ -283,5 +283,9 @@ def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, o
         if not records:
             ring_ready.poll(IDLE_POLL_S)
     ring_ready.close()
-    while records := attached.ring.drain(BATCH_RECORDS):  # what arrived before the signal
-        pipeline.process(records)
+    _process(pipeline, attached.ring.drain())  # what arrived before the signal
+
+
+def _process(pipeline: Pipeline, records: list[bytes]) -> None:
+    for start in range(0, len(records), BATCH_RECORDS):
+        pipeline.process(records[start : start + BATCH_RECORDS])
