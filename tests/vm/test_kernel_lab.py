@@ -64,6 +64,7 @@ class LabRuns:
         self._procs: list[subprocess.Popen[str]] = []
         self._closing = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lab")
+        self._jobs = jobs
         self._runs = {key: self._pool.submit(self._run, mode, tests) for key, (mode, tests) in jobs.items()}
 
     def _run(self, mode: str, tests: str) -> tuple[int, str]:
@@ -81,8 +82,9 @@ class LabRuns:
             out, _ = proc.communicate()
         return proc.returncode, out
 
-    def result(self, key: str, mode: str, tests: str) -> str:
-        """The run's output after checking it passed."""
+    def result(self, key: str) -> str:
+        """The output of the run `key` of the jobs, after checking it passed."""
+        mode, tests = self._jobs[key]
         rc, out = self._runs[key].result()
         print(out)  # shown by -ra on failure, and kept in the CI log
         assert rc == 0, f"{tests} in {mode} mode under the 6.1 kernel failed:\n{out[-4000:]}"
@@ -110,9 +112,9 @@ LAB_FILES = {
 }
 
 
-_PODS = ("fentry", "tests/e2e/test_enforcement_pods.py")
-# the longest first, so that the other lane takes the rest
-JOBS = {mode: (mode, " ".join(files)) for mode, files in LAB_FILES.items()} | {"pods": _PODS}
+# key -> (mode, tests); the longest first, so that the other lane takes the rest
+JOBS = {mode: (mode, " ".join(files)) for mode, files in LAB_FILES.items()} | {
+    "pods": ("fentry", "tests/e2e/test_enforcement_pods.py")}
 WAIT_S = 2 * VM_TIMEOUT_S + 300  # a run may wait for the one before it in its lane
 
 
@@ -130,7 +132,7 @@ def lab() -> Iterator[LabRuns]:
 @pytest.mark.timeout(WAIT_S)
 @pytest.mark.parametrize("mode", list(LAB_FILES))
 def test_the_kernel_tier_passes_under_the_6_1_kernel(lab: LabRuns, mode: str) -> None:
-    out = lab.result(mode, *JOBS[mode])
+    out = lab.result(mode)
     skipped = [line for line in out.splitlines() if "SKIPPED" in line and "test_enforcement" in line]
     assert not skipped, skipped  # not skipped: the guest runs BPF LSM
 
@@ -145,5 +147,5 @@ def test_every_kernel_tier_file_runs_in_the_lab() -> None:
 
 @pytest.mark.timeout(WAIT_S)
 def test_block_rules_on_runc_pods_are_enforced_under_the_6_1_kernel(lab: LabRuns) -> None:
-    out = lab.result("pods", *_PODS)
+    out = lab.result("pods")
     assert "2 passed" in out
