@@ -51,12 +51,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if found:
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
-            tr.write_line("")
-            tr.write_sep("=", "the suite left these behind (make clean-host removes them)", red=True)
-            for line in found:
-                tr.write_line(f"LEAK {line}")
             tr.stats.setdefault("leaked", []).extend(found)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The leaks, after the slowest tests and just before the short summary: the end of a log names them."""
+    found = terminalreporter.stats.get("leaked", [])
+    if found:
+        terminalreporter.write_sep("=", "the suite left these behind (make clean-host removes them)", red=True)
+        for line in found:
+            terminalreporter.write_line(f"LEAK {line}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
