@@ -27,10 +27,12 @@ if [ ! -s "$INITRD" ] || [ "$HERE/guest-init.sh" -nt "$INITRD" ] || [ "$HERE/gue
   timeout 120 "$HERE/build-initramfs.sh" "$KVER" "$INITRD" >/dev/null || { echo "initramfs build failed" >&2; exit 125; }
 fi
 
-# A run killed with SIGKILL cannot clean up: its run dir names its owner, and the next run removes it.
+# A run killed with SIGKILL cannot clean up: its run dir names its owner, and the next run removes it. A dir with
+# no owner yet may be a run starting beside this one (the lab runs two at a time): it goes once a minute old.
 for old in "$CACHE"/run.*; do
   [ -d "$old" ] || continue
   owner=$(cat "$old/owner" 2>/dev/null || echo 0)
+  if [ "$owner" = 0 ] && [ -z "$(find "$old" -maxdepth 0 -mmin +1)" ]; then continue; fi
   if [ "$owner" = 0 ] || ! kill -0 "$owner" 2>/dev/null; then rm -rf "$old"; fi
 done
 RUN=$(mktemp -d "$CACHE/run.XXXXXX")
