@@ -337,10 +337,10 @@ class BaselineAgent(UnlinkwatchAgent):
     """The agent of another revision of this repository (`--baseline REV`), checked out in a temporary
     worktree and run with this virtualenv's Python: before and after a change, interleaved in one run."""
 
-    def __init__(self, rev: str, attach: str = "tracepoint") -> None:
-        super().__init__(attach)
+    def __init__(self, rev: str, attach: str = "tracepoint", to_file: bool = False) -> None:
+        super().__init__(attach, to_file=to_file)
         self.rev = rev
-        self.name = f"unlinkwatch agent ({attach}, baseline {rev})"
+        self.name = f"unlinkwatch agent ({attach}{', --stdout to a file' if to_file else ''}, baseline {rev})"
         self.tree: Path | None = None
 
     def check(self) -> None:
