@@ -31,6 +31,7 @@ from .policy.runtime import PolicyRuntime, bpf_lsm_missing, enforcement
 from .probe import attach as probe
 from .probe import bpfsys, procseed
 from .ship.encode import OP_NAME, IdentityCodes, JsonLines
+from .ship.stdout import StdoutLines
 
 log = logging.getLogger("unlinkwatch.agent")
 _POLICY_USER = pb.EVENT_FLAG_POLICY_USER
@@ -71,6 +72,7 @@ class Pipeline:
         self.out = out
         self.seq = 0
         self._json = JsonLines(decoder.node, decoder.agent_id, decoder.attach_mode)
+        self._stdout = StdoutLines(out.stdout) if out.stdout is not None else None
         self._wire = EventWriter(decoder.node, decoder.agent_id, decoder.attach_mode)
         self._codes = IdentityCodes()
 
@@ -82,9 +84,9 @@ class Pipeline:
             place = self.placement.place
         split, identify = self.decoder.split, self.identity.identify
         codes_of, make_codes = self._codes.get, self._codes.make
-        line = self._json.line if self.out.stdout is not None else None
+        line = self._json.pieces if self._stdout is not None else None
         encode = self._wire.encode if self.out.submit is not None else None
-        lines: list[str] = []
+        lines: list[bytes] = []  # each line in three pieces
         wire: list[bytes] = []
         counts: dict[tuple[int, bool], int] = {}
         first_seq = seq = self.seq
@@ -116,7 +118,7 @@ class Pipeline:
             codes = codes_of(ident) or make_codes(ident)
             seq += 1
             if line is not None:
-                lines.append(line(d, codes[1], seq))
+                lines += line(d, codes[1], seq)
             if encode is not None:
                 wire.append(encode(d, codes[0], seq))
             key = (d.op, d.result == 0)
@@ -128,9 +130,8 @@ class Pipeline:
         for (op, ok), n in counts.items():  # once per batch, not per event
             self.metrics.events.labels(OP_NAME[op], "success" if ok else "failure").inc(n)
         updates = self.identity.drain_updates()
-        if self.out.stdout is not None and lines:
-            self.out.stdout.write("".join(lines))
-            self.out.stdout.flush()
+        if self._stdout is not None and lines:
+            self._stdout.write(lines)
         if self.out.submit is not None and (wire or updates):
             self.out.submit(first_seq + 1, wire, updates)
         return seq - first_seq

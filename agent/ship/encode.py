@@ -37,7 +37,7 @@ _RENAME = [f'"replaced": {"true" if i & 8 else "false"}, "rename_flags": '
            + "[" + ", ".join(f'"{n}"' for n in rename_flag_names(i & 7)) + "]" for i in range(16)]
 
 
-_NO_LINEAGE = ', "ancestry": [], "exec_session": false, "ancestry_truncated": false'
+_NO_LINEAGE = b', "ancestry": [], "exec_session": false, "ancestry_truncated": false'
 _NO_VICTIM = "".join(f', "{k}": null' for k in VICTIM_KEYS)
 
 
@@ -90,7 +90,10 @@ class IdentityCodes:
 
 
 class JsonLines:
-    """The JSON line of CONTRACT.md for one agent. `ident` is identity_json() of the event's cgroup."""
+    """The JSON line of CONTRACT.md for one agent, as three pieces of bytes to be written one after the other
+    (os.writev): the fields up to the process's, the ancestry, the rest. The ancestry is most of a line's bytes
+    (every ancestor's command line) and the same for every deletion by one process: its bytes are made once and
+    never copied again in user space. `ident` is identity_json() of the event's cgroup."""
 
     def __init__(self, node: str, agent_id: str, attach_mode: str) -> None:
         self._node = _jstr(node)
@@ -100,9 +103,9 @@ class JsonLines:
                       f'{_RENAME[0]}}}\n')
         self._secs, self._prefix = -1, ""
         self._procs: dict[tuple[int, int, int, int, int, bytes, bytes, bytes], str] = {}
-        self._lineages: dict[LineageFields, str] = {}
+        self._lineages: dict[LineageFields, bytes] = {}
 
-    def _lineage(self, lineage: LineageFields | None) -> str:
+    def _lineage(self, lineage: LineageFields | None) -> bytes:
         if lineage is None:
             return _NO_LINEAGE
         s = self._lineages.get(lineage)
@@ -112,7 +115,7 @@ class JsonLines:
                 f'"args": {args_json(a.args)}, "unknown": {"true" if a.unknown else "false"}}}'
                 for a in lineage.ancestors])
             s = (f', "ancestry": [{ancestors}], "exec_session": {"true" if lineage.exec_session else "false"}, '
-                 f'"ancestry_truncated": {"true" if lineage.truncated else "false"}')
+                 f'"ancestry_truncated": {"true" if lineage.truncated else "false"}').encode()
             if len(self._lineages) >= _CACHE_MAX:
                 self._lineages.clear()
             self._lineages[lineage] = s
@@ -135,6 +138,11 @@ class JsonLines:
         return s
 
     def line(self, d: DeletionLine, ident: str, seq: int) -> str:
+        """The whole line (the pieces joined)."""
+        return b"".join(self.pieces(d, ident, seq)).decode()
+
+    def pieces(self, d: DeletionLine, ident: str, seq: int) -> tuple[bytes, bytes, bytes]:
+        """The line as three pieces; every byte is ASCII (strings are JSON-escaped as such)."""
         secs, ns = divmod(d.time_unix_ns, 1_000_000_000)
         if secs != self._secs:
             self._secs, self._prefix = secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
@@ -146,10 +154,14 @@ class JsonLines:
             f'"policy": {_jstr(d.policy)}, "rename_to": {_jstr(text(d.rename_to))}, '
             f'"rename_to_host_path": {_jstr(text(d.rename_to_host_path))}, '
             f'{_RENAME[(8 if flags & pb.EVENT_FLAG_REPLACED else 0) | (d.rename_flags & 7)]}}}\n')
-        return (f'{{"time": "{self._prefix}.{ns:09d}Z", "node": {self._node}, "op": "{OP_NAME[d.op]}", '
-                f'"path": {_jstr(text(d.path))}, "raw_path": {_jstr(text(d.raw_path))}, '
-                f'"host_path": {_jstr(text(d.host_path))}, "volume": {_jstr(d.volume)}'
-                f'{self._victim(d) if d.file_type else _NO_VICTIM}, "result": {d.result}'
-                f'{self._process(d)}{self._lineage(d.lineage)}, "cgroup_id": {d.cgroup_id}{ident}, '
-                f'"agent": {self._agent}, "seq": {seq}, '
-                f'"path_truncated": {truncated}, {tail}')
+        path = _jstr(text(d.path))
+        # a host process's host path is its path, the same object (the decoder's): escaped once
+        host_path = path if d.host_path is d.path else _jstr(text(d.host_path))
+        return ((f'{{"time": "{self._prefix}.{ns:09d}Z", "node": {self._node}, "op": "{OP_NAME[d.op]}", '
+                 f'"path": {path}, "raw_path": {_jstr(text(d.raw_path))}, '
+                 f'"host_path": {host_path}, "volume": {_jstr(d.volume)}'
+                 f'{self._victim(d) if d.file_type else _NO_VICTIM}, "result": {d.result}'
+                 f'{self._process(d)}').encode(),
+                self._lineage(d.lineage),
+                (f', "cgroup_id": {d.cgroup_id}{ident}, "agent": {self._agent}, "seq": {seq}, '
+                 f'"path_truncated": {truncated}, {tail}').encode())

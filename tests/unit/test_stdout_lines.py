@@ -1,0 +1,51 @@
+"""--stdout's writer (agent/ship/stdout.py): every piece, in order, however many and however the kernel takes them."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+
+import pytest
+from unlinkwatch.agent.ship import stdout
+from unlinkwatch.agent.ship.stdout import IOV_MAX, StdoutLines, write_all
+
+
+def _read_all(fd: int, out: list[bytes]) -> None:
+    while chunk := os.read(fd, 1 << 16):
+        out.append(chunk)
+
+
+def _through_a_pipe(pieces: list[bytes]) -> bytes:
+    r, w = os.pipe()
+    got: list[bytes] = []
+    reader = threading.Thread(target=_read_all, args=(r, got))
+    reader.start()
+    try:
+        write_all(w, pieces)
+    finally:
+        os.close(w)
+        reader.join()
+        os.close(r)
+    return b"".join(got)
+
+
+def test_more_pieces_than_one_writev_takes_arrive_whole_and_in_order() -> None:
+    pieces = [b"%d:" % i + b"x" * (i % 300) for i in range(3 * IOV_MAX + 7)]
+    assert _through_a_pipe(pieces) == b"".join(pieces)
+
+
+def test_a_short_write_goes_on_from_the_byte_where_it_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    def half_of_it(fd: int, chunk: list[bytes]) -> int:  # what a signal or a nearly full disk does to writev
+        data = b"".join(chunk)
+        return os.write(fd, data[: len(data) // 2])
+
+    monkeypatch.setattr(stdout.os, "writev", half_of_it)
+    pieces = [b"line %d\n" % i for i in range(2500)]
+    assert _through_a_pipe(pieces) == b"".join(pieces)
+
+
+def test_a_stream_without_a_file_descriptor_gets_the_text() -> None:
+    s = io.StringIO()
+    StdoutLines(s).write([b'{"a": ', b"1", b"}\n"])
+    assert s.getvalue() == '{"a": 1}\n'
