@@ -234,10 +234,11 @@ class ConfigResult:
     def rate(self) -> float | None:
         return stats.median([s.rate for s in self.samples])
 
-    def row(self, bare: float | None, n: int) -> list[stats.Cell]:
+    def row(self, bare: float | None, n: int, bare_rates: list[float] | None = None) -> list[stats.Cell]:
+        """The table's row; `bare_rates`: bare's rate in each round, for the per-round slowdowns."""
         if self.unavailable:
             why = self.unavailable.split(": ")[-1][:70]
-            return [self.name, None, None, None, None, None, None, None, None, f"unavailable: {why}"]
+            return [self.name, None, None, None, None, None, None, None, None, None, f"unavailable: {why}"]
         rec = self.record or (self.samples[-1] if self.samples else None)
         events = rec.events if rec else None
         complete = None if events is None else events / n
@@ -253,12 +254,15 @@ class ConfigResult:
         if rec and len(rec.kernel_ns_by_prog) > 1:
             by_prog = sorted(rec.kernel_ns_by_prog.items(), key=lambda kv: -kv[1])
             notes.append("kernel ns: " + ", ".join(f"{name} {ns:,.0f}" for name, ns in by_prog if ns >= 1))
-        return [self.name, self.rate(), stats.slowdown(bare, self.rate()), complete,
+        paired = stats.paired_slowdown(bare_rates or [], [s.rate for s in self.samples])
+        return [self.name, self.rate(), stats.slowdown(bare, self.rate()),
+                None if self.name == "bare" else paired, complete,
                 rec.drops if rec else None, loss, cpu_us, hwm, kernel, "; ".join(notes)]
 
 
-HEADERS = ["config", "unlinks/s (median)", "slowdown vs bare", "completeness", "drops reported", "true loss",
-           "tracer CPU us/event", "peak RSS MiB", "kernel ns/unlink", "note"]
+PAIRED = "per round: median (range)"
+HEADERS = ["config", "unlinks/s (median)", "slowdown vs bare", PAIRED, "completeness", "drops reported",
+           "true loss", "tracer CPU us/event", "peak RSS MiB", "kernel ns/unlink", "note"]
 
 
 def tracer_pids(tracer: Tracer) -> list[int]:
@@ -452,8 +456,9 @@ def compare(fs: str, binary: Path, n: int, rounds: int, workers: int, only: list
 
 
 def table(results: list[ConfigResult], n: int) -> list[list[stats.Cell]]:
-    bare = next((r.rate() for r in results if r.name == "bare"), None)
-    return [r.row(bare, n) for r in results]
+    bare = next((r for r in results if r.name == "bare"), None)
+    rates = [s.rate for s in bare.samples] if bare else []
+    return [r.row(bare.rate() if bare else None, n, rates) for r in results]
 
 
 @contextlib.contextmanager
@@ -545,8 +550,8 @@ EXEC_LOOPS = {
     "true": 'i=0; while [ "$i" -lt "$1" ]; do /bin/true; i=$((i+1)); done',  # exec and exit only
     "rm": 'for f in "$2"/e*; do rm "$f"; done',  # each process deletes once: its lineage is synced every time
 }
-EXEC_HEADERS = ["config", "execs/s (median)", "slowdown vs bare", "completeness", "drops reported", "true loss",
-                "tracer CPU us/exec", "peak RSS MiB", "kernel ns/exec", "note"]
+EXEC_HEADERS = ["config", "execs/s (median)", "slowdown vs bare", PAIRED, "completeness", "drops reported",
+                "true loss", "tracer CPU us/exec", "peak RSS MiB", "kernel ns/exec", "note"]
 
 
 def measure_exec(tracer: Tracer, loop: str, n: int, fsdir: Path, record: bool) -> Sample:

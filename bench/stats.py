@@ -29,6 +29,16 @@ def slowdown(bare_rate: float | None, rate: float | None) -> float | None:
     return bare_rate / rate
 
 
+def paired_slowdown(bare_rates: Sequence[float], rates: Sequence[float]) -> str | None:
+    """Each round's slowdown (that round's bare rate / this configuration's rate in the same round), as
+    "median (lowest-highest)": rounds interleave the configurations, so a drift of the machine's speed moves a
+    round's bare run and its tracers' runs together and the pairing cancels it; the range is the noise left."""
+    per_round = [b / r for b, r in zip(bare_rates, rates, strict=False) if b and r]
+    if not per_round:
+        return None
+    return f"{statistics.median(per_round):.2f} ({min(per_round):.2f}-{max(per_round):.2f})"
+
+
 def ratio(part: float | None, whole: float | None) -> float | None:
     if part is None or not whole:
         return None

@@ -51,7 +51,20 @@ def test_config_row_reports_completeness_and_true_loss() -> None:
     r = overhead.ConfigResult("x", "tmpfs", samples=[overhead.Sample(rate=100.0, cpu_s=0.002, hwm_kib=2048)],
                               record=overhead.Sample(rate=90.0, cpu_s=0.0, hwm_kib=0, events=990, drops=4))
     row = r.row(bare=200.0, n=1000)
-    assert row[1:8] == [100.0, 2.0, 0.99, 4, 10, pytest.approx(2.0), 2.0]
+    assert row[1:9] == [100.0, 2.0, None, 0.99, 4, 10, pytest.approx(2.0), 2.0]
+
+
+def test_the_per_round_slowdown_pairs_each_round_with_that_rounds_bare_run() -> None:
+    # the machine slows down in round 2: bare and the tracer together, so each round's own ratio stays 1.25
+    bare = overhead.ConfigResult("bare", "tmpfs", samples=[overhead.Sample(rate=r, cpu_s=0.0, hwm_kib=0)
+                                                           for r in (300.0, 200.0, 310.0)])
+    agent = overhead.ConfigResult("agent", "tmpfs", samples=[overhead.Sample(rate=r, cpu_s=0.0, hwm_kib=0)
+                                                             for r in (240.0, 160.0, 248.0)])
+    rows = overhead.table([bare, agent], n=1000)
+    assert rows[0][3] is None
+    assert rows[1][2] == pytest.approx(300.0 / 240.0) and rows[1][3] == "1.25 (1.25-1.25)"
+    assert stats.paired_slowdown([300.0, 200.0], [150.0, 200.0]) == "1.50 (1.00-2.00)"
+    assert stats.paired_slowdown([], []) is None
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
