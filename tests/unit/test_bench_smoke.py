@@ -110,3 +110,12 @@ def test_the_quiet_check_refuses_a_busy_machine(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(main, "cpu_busy", lambda seconds=0.0: 0.01)
     monkeypatch.setattr(main, "_all_attachments", lambda: [{"pid": 4242}])
     assert "4242" in (main.quiet_refusal() or "")
+
+
+def test_the_recording_passes_give_the_median_kernel_ns_and_the_worst_completeness() -> None:
+    passes = [overhead.Sample(rate=r, cpu_s=0.0, hwm_kib=h, events=e, drops=d, kernel_ns=k,
+                              kernel_ns_by_prog={"exit": k - 100, "enter": 100.0})
+              for r, h, e, d, k in ((10.0, 5, 1000, 0, 600.0), (12.0, 7, 998, 2, 900.0), (11.0, 6, 1000, 0, 650.0))]
+    merged = overhead.merge_records(passes)
+    assert (merged.rate, merged.hwm_kib, merged.events, merged.drops) == (11.0, 7, 998, 2)
+    assert merged.kernel_ns == 650.0 and merged.kernel_ns_by_prog == {"exit": 550.0, "enter": 100.0}
