@@ -15,8 +15,9 @@ from .policy.model import Policy
 from .policy.runtime import bpf_lsm_missing, enforcement
 from .probe import attach as probe
 from .probe import procseed
+from .probe import tracefs as tracefs_mount
 from .probe.btf import VMLINUX_BTF, Btf, BtfError
-from .probe.program import DEGRADED_EXT4_UNLINK, DEGRADED_RENAME_LOOKUP, ensure_tracefs, header_tree
+from .probe.program import DEGRADED_EXT4_UNLINK, DEGRADED_RENAME_LOOKUP, header_tree
 
 
 def _check(fn: Any) -> tuple[bool, str]:
@@ -28,6 +29,16 @@ def _check(fn: Any) -> tuple[bool, str]:
 
 
 def gather(attach: str) -> dict[str, Any]:
+    """Every check; a tracefs that doctor had to mount is unmounted when they are done."""
+    mounted: list[bool] = []
+    try:
+        return _gather(attach, mounted)
+    finally:
+        if any(mounted):
+            tracefs_mount.release()
+
+
+def _gather(attach: str, mounted: list[bool]) -> dict[str, Any]:
     report: dict[str, Any] = {"kernel": platform.release(), "checks": {}}
     checks: dict[str, dict[str, Any]] = report["checks"]
 
@@ -39,8 +50,8 @@ def gather(attach: str) -> dict[str, Any]:
     put("btf", ok, detail)
     btf = Btf.load() if ok else None
     def tracefs() -> str:
-        ensure_tracefs()
-        return "mounted"
+        mounted.append(tracefs_mount.ensure())
+        return "mounted (by doctor, for its checks)" if mounted[-1] else "mounted"
 
     put("tracefs", *_check(tracefs))
     put("kprobes", probe.kprobes_available(),

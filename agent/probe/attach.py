@@ -16,6 +16,7 @@ from pathlib import Path
 from unlinkwatch.errors import UserError
 
 from ..decode import successful_deletion_by
+from . import tracefs
 from .btf import Btf
 from .loader import HeldProbe, Loader
 from .program import ProbeConfig, ProbeError, hook_label, kernel_offsets
@@ -53,10 +54,13 @@ class Attached:
     startup_s: float
     leftovers: list[bytes]  # records read during the self-test that belong to others: not to be lost
     tried: list[tuple[Candidate, str]] = field(default_factory=list)
+    tracefs_mounted: bool = False  # attach() mounted tracefs: close() unmounts it
 
     def close(self) -> None:
         self.ring.close()
         self.probe.close()
+        if self.tracefs_mounted:
+            tracefs.release()
 
 
 def kprobes_available() -> bool:
@@ -122,8 +126,23 @@ def attach(forced: str, ringbuf_mb: int = 32, selftest_timeout_s: float = 5.0, b
     """Attaches the first candidate whose self-test passes; UserError when none does. Each candidate is
     compiled and attached by the loader child (loader.py); this process only holds the fds. With lsm, each
     candidate also carries the BPF LSM programs that enforce block rules (probe.enforcing says whether the
-    kernel took them); this process is the one they never block."""
+    kernel took them); this process is the one they never block. Where tracefs was not mounted, it is mounted
+    first (kprobe events and syscall tracepoints are found there) and unmounted by Attached.close(), or here when
+    no mode attaches."""
     t0 = time.monotonic()
+    mounted = tracefs.ensure()
+    try:
+        attached = _attach(forced, ringbuf_mb, selftest_timeout_s, btf, lsm, t0)
+    except BaseException:
+        if mounted:
+            tracefs.release()
+        raise
+    attached.tracefs_mounted = mounted
+    return attached
+
+
+def _attach(forced: str, ringbuf_mb: int, selftest_timeout_s: float, btf: Btf | None, lsm: bool,
+            t0: float) -> Attached:
     with Loader() as loader:
         if btf is None:
             fns, offsets = loader.kernel_facts(UNLINK_FUNCTIONS)  # BTF is read in the child too

@@ -19,6 +19,7 @@ from typing import Any
 
 from unlinkwatch.errors import UserError
 
+from . import tracefs
 from .btf import Btf, BtfError
 
 log = logging.getLogger("unlinkwatch.probe")
@@ -152,15 +153,6 @@ def header_tree() -> str | None:
                     "(run `make setup`, or set UNLINKWATCH_KERNEL_HEADERS)")
 
 
-def ensure_tracefs() -> None:
-    if Path("/sys/kernel/tracing/events").is_dir() or Path("/sys/kernel/debug/tracing/events").is_dir():
-        return
-    rc = os.system("mount -t tracefs nodev /sys/kernel/tracing >/dev/null 2>&1")
-    if rc != 0 or not Path("/sys/kernel/tracing/events").is_dir():
-        raise UserError("tracefs is not mounted and could not be mounted: "
-                        "mount -t tracefs nodev /sys/kernel/tracing")
-
-
 def hook_label(mode: str, unlink_fn: str) -> str:
     """What a mode attaches to, as the agent reports it (doctor, logs, the attach-mode metric)."""
     if mode == "tracepoint":
@@ -200,7 +192,7 @@ class Probe:
     def __init__(self, cfg: ProbeConfig, offsets: dict[str, int]) -> None:
         if os.geteuid() != 0:
             raise UserError("loading eBPF needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE)")
-        ensure_tracefs()
+        tracefs.ensure()  # mounted by the agent already (attach.py); a mount made here would outlive this process
         tree = header_tree()
         if tree:
             os.environ["BCC_KERNEL_SOURCE"] = tree
