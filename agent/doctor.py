@@ -9,6 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from unlinkwatch import runstate
 from unlinkwatch.errors import UserError
 
 from .policy.model import Policy
@@ -30,15 +31,15 @@ def _check(fn: Any) -> tuple[bool, str]:
 
 def gather(attach: str) -> dict[str, Any]:
     """Every check; a tracefs that doctor had to mount is unmounted when they are done."""
-    mounted: list[bool] = []
+    mounted: list[runstate.Record] = []
     try:
         return _gather(attach, mounted)
     finally:
-        if any(mounted):
-            tracefs_mount.release()
+        for rec in mounted:
+            tracefs_mount.release(rec)
 
 
-def _gather(attach: str, mounted: list[bool]) -> dict[str, Any]:
+def _gather(attach: str, mounted: list[runstate.Record]) -> dict[str, Any]:
     report: dict[str, Any] = {"kernel": platform.release(), "checks": {}}
     checks: dict[str, dict[str, Any]] = report["checks"]
 
@@ -50,8 +51,11 @@ def _gather(attach: str, mounted: list[bool]) -> dict[str, Any]:
     put("btf", ok, detail)
     btf = Btf.load() if ok else None
     def tracefs() -> str:
-        mounted.append(tracefs_mount.ensure())
-        return "mounted (by doctor, for its checks)" if mounted[-1] else "mounted"
+        rec = tracefs_mount.ensure()
+        if rec is None:
+            return "mounted"
+        mounted.append(rec)
+        return "mounted (by doctor, for its checks)"
 
     put("tracefs", *_check(tracefs))
     put("kprobes", probe.kprobes_available(),

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unlinkwatch import runstate
 from unlinkwatch.errors import UserError
 
 from ..decode import successful_deletion_by
@@ -54,13 +55,14 @@ class Attached:
     startup_s: float
     leftovers: list[bytes]  # records read during the self-test that belong to others: not to be lost
     tried: list[tuple[Candidate, str]] = field(default_factory=list)
-    tracefs_mounted: bool = False  # attach() mounted tracefs: close() unmounts it
+    tracefs_mount: runstate.Record | None = None  # attach() mounted tracefs: close() unmounts it
 
     def close(self) -> None:
         self.ring.close()
         self.probe.close()
-        if self.tracefs_mounted:
-            tracefs.release()
+        if self.tracefs_mount is not None:
+            tracefs.release(self.tracefs_mount)
+            self.tracefs_mount = None
 
 
 def kprobes_available() -> bool:
@@ -134,10 +136,10 @@ def attach(forced: str, ringbuf_mb: int = 32, selftest_timeout_s: float = 5.0, b
     try:
         attached = _attach(forced, ringbuf_mb, selftest_timeout_s, btf, lsm, t0)
     except BaseException:
-        if mounted:
-            tracefs.release()
+        if mounted is not None:
+            tracefs.release(mounted)
         raise
-    attached.tracefs_mounted = mounted
+    attached.tracefs_mount = mounted
     return attached
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_root
+from tests.conftest import ROOT, require_root
 from tests.support.agentproc import attached_agent, unlinkwatch_cmd
 
 TRACEFS = "/sys/kernel/tracing"
@@ -48,3 +48,13 @@ def test_doctor_mounts_a_missing_tracefs_for_its_checks_and_unmounts_it_after(no
     assert report["checks"]["tracefs"] == {"ok": True, "detail": "mounted (by doctor, for its checks)"}
     assert report["agent_can_run"], out.stderr
     assert not _mounted()
+
+
+def test_the_tracefs_of_an_agent_killed_with_sigkill_is_unmounted_by_clean_host(no_tracefs: None) -> None:
+    with attached_agent() as a:
+        a.proc.kill()  # no chance to unmount
+        a.proc.wait()
+        assert _mounted()
+    out = subprocess.run(["make", "-s", "clean-host"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"unmounted {TRACEFS}" in out.stdout and not _mounted()
