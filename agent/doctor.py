@@ -9,7 +9,6 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from unlinkwatch import runstate
 from unlinkwatch.errors import UserError
 
 from .policy.model import Policy
@@ -31,7 +30,7 @@ def _check(fn: Any) -> tuple[bool, str]:
 
 def gather(attach: str) -> dict[str, Any]:
     """Every check; a tracefs that doctor had to mount is unmounted when they are done."""
-    mounted: list[runstate.Record] = []
+    mounted: list[tracefs_mount.Mounted] = []
     try:
         return _gather(attach, mounted)
     finally:
@@ -39,7 +38,7 @@ def gather(attach: str) -> dict[str, Any]:
             tracefs_mount.release(rec)
 
 
-def _gather(attach: str, mounted: list[runstate.Record]) -> dict[str, Any]:
+def _gather(attach: str, mounted: list[tracefs_mount.Mounted]) -> dict[str, Any]:
     report: dict[str, Any] = {"kernel": platform.release(), "checks": {}}
     checks: dict[str, dict[str, Any]] = report["checks"]
 

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unlinkwatch import runstate
 from unlinkwatch.errors import UserError
 
 from ..decode import successful_deletion_by
@@ -55,7 +54,7 @@ class Attached:
     startup_s: float
     leftovers: list[bytes]  # records read during the self-test that belong to others: not to be lost
     tried: list[tuple[Candidate, str]] = field(default_factory=list)
-    tracefs_mount: runstate.Record | None = None  # attach() mounted tracefs: close() unmounts it
+    tracefs_mount: tracefs.Mounted | None = None  # attach() mounted tracefs: close() unmounts it
 
     def close(self) -> None:
         self.ring.close()

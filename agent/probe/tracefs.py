@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from unlinkwatch import runstate
@@ -18,23 +19,37 @@ TRACEFS = "/sys/kernel/tracing"
 _EVENTS = (Path(TRACEFS, "events"), Path("/sys/kernel/debug/tracing/events"))
 
 
-def ensure() -> runstate.Record | None:
-    """Makes tracefs available; the mount's record when this call mounted it (release() it when done)."""
+@dataclass(frozen=True)
+class Mounted:
+    """A tracefs this process mounted, and its record (None where none could be written: a read-only root)."""
+
+    record: runstate.Record | None
+
+
+def ensure() -> Mounted | None:
+    """Makes tracefs available; the mount when this call made it (release() it when done)."""
     if any(p.is_dir() for p in _EVENTS):
         return None
-    rec = runstate.record("mount", path=TRACEFS)
+    try:
+        rec: runstate.Record | None = runstate.record("mount", path=TRACEFS)
+    except OSError as e:
+        log.warning("tracefs mount not recorded: make clean-host cannot undo it after a kill",
+                    extra={"fields": {"error": str(e)}})
+        rec = None
     done = subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], capture_output=True, check=False)
     if done.returncode != 0 or not _EVENTS[0].is_dir():
-        rec.done()
+        if rec is not None:
+            rec.done()
         raise UserError(f"tracefs is not mounted and could not be mounted: mount -t tracefs nodev {TRACEFS}")
-    return rec
+    return Mounted(rec)
 
 
-def release(rec: runstate.Record) -> None:
+def release(mounted: Mounted) -> None:
     """Unmounts the tracefs ensure() mounted; leaves it mounted (and recorded), with a warning, while something
     still uses it."""
     done = subprocess.run(["umount", TRACEFS], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         log.warning("tracefs left mounted", extra={"fields": {"path": TRACEFS, "error": done.stderr.strip()}})
         return
-    rec.done()
+    if mounted.record is not None:
+        mounted.record.done()

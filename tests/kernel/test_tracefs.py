@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, require_root
-from tests.support.agentproc import attached_agent, unlinkwatch_cmd
+from tests.support.agentproc import AgentProcess, attached_agent, unlinkwatch_cmd
 
 TRACEFS = "/sys/kernel/tracing"
 
@@ -58,3 +58,15 @@ def test_the_tracefs_of_an_agent_killed_with_sigkill_is_unmounted_by_clean_host(
     out = subprocess.run(["make", "-s", "clean-host"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert f"unmounted {TRACEFS}" in out.stdout and not _mounted()
+
+
+def test_where_the_mount_cannot_be_recorded_the_agent_still_mounts_it_and_unmounts_it(no_tracefs: None) -> None:
+    # the DaemonSet's root filesystem is read-only: no runstate record can be written there
+    a = AgentProcess(env={"UNLINKWATCH_RUNSTATE_DIR": "/proc/self/unwritable"})
+    try:
+        a.wait_attached()
+        assert _mounted()
+        assert any("tracefs mount not recorded" in line for line in a.log)
+    finally:
+        assert a.stop() == 0, "\n".join(a.log[-20:])
+    assert not _mounted()
