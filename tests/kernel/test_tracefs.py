@@ -9,11 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from unlinkwatch.agent.probe.tracefs import TRACEFS
 
 from tests.conftest import ROOT, require_root
 from tests.support.agentproc import AgentProcess, attached_agent, unlinkwatch_cmd
-
-TRACEFS = "/sys/kernel/tracing"
 
 
 def _mounted() -> bool:

@@ -8,7 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from unlinkwatch import runstate
+from unlinkwatch.agent.probe import tracefs
+from unlinkwatch.agent.probe.tracefs import TRACEFS
+
 from unlinkwatch.runcpod import (  # noqa: F401 - the tests' names for them
     BUSYBOX,
     RuncContainer,
@@ -66,21 +68,16 @@ class HandMadeCgroup:
         _rmdir_up(self.dir, cgroup2_mountpoint())
 
 
-TRACEFS = "/sys/kernel/tracing"
-
-
 class CgroupMkdirTrace:
     """The kernel's cgroup:cgroup_mkdir records for the cgroup2 hierarchy, from a private tracefs instance. A tracefs
     it has to mount is unmounted again when it ends (recorded, for make clean-host, should the run be killed)."""
 
     def __init__(self, name: str | None = None) -> None:
         self.dir = f"{TRACEFS}/instances/{name or 'uw-identity-' + secrets.token_hex(4)}"
-        self._mount: runstate.Record | None = None
+        self._mount: tracefs.Mounted | None = None
 
     def __enter__(self) -> CgroupMkdirTrace:
-        if not os.path.exists(f"{TRACEFS}/instances"):
-            self._mount = runstate.record("mount", path=TRACEFS)
-            subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], check=True)
+        self._mount = tracefs.ensure()  # the agent's own: recorded first, for make clean-host
         os.mkdir(self.dir)
         ev = f"{self.dir}/events/cgroup/cgroup_mkdir"
         Path(ev, "filter").write_text("root == 0\n")  # the default (cgroup2) hierarchy only
@@ -101,5 +98,4 @@ class CgroupMkdirTrace:
         Path(self.dir, "events/cgroup/cgroup_mkdir/enable").write_text("0\n")
         os.rmdir(self.dir)
         if self._mount is not None:
-            subprocess.run(["umount", TRACEFS], check=True)
-            self._mount.done()
+            tracefs.release(self._mount)
