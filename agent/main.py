@@ -257,6 +257,7 @@ def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, o
           stop: threading.Event, heartbeat: list[float]) -> None:
     pipeline.process(attached.leftovers)
     lost_seen = 0
+    dirc_seen = (0, 0)
     next_lost = 0.0
     # the kernel wakes this wait for the rare record that needs it at once (a new mount namespace); the others
     # wait for the timer
@@ -278,6 +279,11 @@ def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, o
                 lost_seen = lost
             if out.set_kernel_lost is not None:
                 out.set_kernel_lost(lost_seen)
+            dirc = attached.probe.dir_cache()
+            for result, n, seen in zip(("hit", "miss"), dirc, dirc_seen, strict=True):
+                if n > seen:
+                    metrics.dir_cache.labels(result).inc(n - seen)
+            dirc_seen = dirc
             if not records:
                 pipeline.process([])  # flush late identity joins while idle
             next_lost = now + LOST_POLL_S

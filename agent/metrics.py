@@ -41,5 +41,10 @@ class AgentMetrics:
         self.policy_reload_failures = Counter("unlinkwatch_agent_policy_reload_failures",
                                               "Policy file changes refused (the policy in force stayed)",
                                               registry=r)
+        self.dir_cache = Counter("unlinkwatch_agent_dir_cache", "Base directories of relative deletions (cwd or "
+                                 "dirfd) by how the kernel resolved them: from its directory cache (hit) or by "
+                                 "walking the dentries (miss)", ["result"], registry=r)
+        for result in ("hit", "miss"):
+            self.dir_cache.labels(result)
         self.startup_seconds = Gauge("unlinkwatch_agent_startup_seconds",
                                      "Compile + attach + self-test time", registry=r)

@@ -89,10 +89,6 @@ static __always_inline int uw_rs_has(const struct uw_rule_set *rs, __u32 rule)
 	return (rs->w[(rule >> 6) & (UW_POLICY_WORDS - 1)] >> (rule & 63)) & 1;
 }
 
-/* keeps an index opaque, so the compiler cannot turn it into a pointer it increments (which the verifier
- * cannot bound) */
-#define UW_OPAQUE(x) asm volatile("" : "+r"(x))
-
 /* Bit i set when byte i of w (little-endian) is c: exact, without a branch (SWAR zero-byte test, then the
  * eight high bits gathered by one multiplication). */
 static __always_inline __u32 uw_bytes_eq(__u64 w, __u64 c)

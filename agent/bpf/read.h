@@ -12,6 +12,10 @@
  * tracking one exact state per way the value was computed, which would blow up its complexity */
 #define UW_RELOAD(x) (*(volatile typeof(x) *)&(x))
 
+/* keeps a value opaque, so the compiler can neither turn an index into a pointer it increments nor drop a mask
+ * because an earlier check implies it (the verifier bounds a value by the mask, not by that check) */
+#define UW_OPAQUE(x) asm volatile("" : "+r"(x))
+
 static __always_inline void *uw_ptr(void *base, long off)
 {
 	void *p = 0;

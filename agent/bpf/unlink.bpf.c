@@ -127,6 +127,9 @@ struct uw_scratch {
 	char data[2 * UW_PATH_MAX];	/* raw path, then the resolved directory */
 	char walk[UW_PATH_MAX + UW_NAME_MAX + 1]; /* directory built backwards from the leaf */
 	__u32 pos;				/* uw_walk's write position */
+	__u64 dirc_key;				/* walk.h: the address of the directory cache's dentry */
+	__u32 dirc_idx;				/* walk.h: its slot */
+	__u32 dirc_armed;			/* walk.h: the slot is filled after the walk */
 	struct uw_policy_key pkey;		/* policy.h: the absolute path */
 	char pkey_room[UW_PK_ROOM];		/* so that the verifier sees every masked key index in bounds */
 	struct uw_policy_key nkey;		/* policy.h: the final name reversed */
@@ -152,6 +155,28 @@ BPF_HASH(rename_replaced, __u32, struct uw_victim, 1024);
 BPF_PERCPU_ARRAY(scratch, struct uw_scratch, 1);
 BPF_TABLE("lru_hash", struct uw_proc_key, struct uw_proc, procs, UW_PROCS);	/* kprobe.h */
 BPF_TABLE("lru_hash", __u32, __u8, mnt_seen, 4096);	/* mount namespaces announced (UW_KIND_MNT_NS) */
+
+/* walk.h's directory cache: the control (one entry) and the per-CPU slots */
+#define UW_DIRC_SLOTS 64
+#define UW_DIRC_MAX 256			/* the longest directory path a slot holds, with room for none past it */
+#define UW_DIRC_URING_NS 1000000000ULL	/* the cache is off for this long after each io_uring rename or unlink */
+struct uw_dirc_ctl {
+	__u64 gen;	/* bumped by every change that can move a directory */
+	__u64 until;	/* ktime before which the cache is not used (io_uring), 0 for none */
+	__u64 on;	/* set by user space once every source of a bump is attached */
+};
+struct uw_dirc_entry {
+	__u64 gen;
+	void *dentry, *mnt, *root_dentry, *root_mnt;
+	void *d_parent, *d_inode, *m_parent, *m_point, *m_root;
+	__u64 d_hash_len;
+	__u32 len;
+	__u32 ok;	/* the path is filled: 0 while its walk runs */
+	char path[UW_DIRC_MAX];
+};
+BPF_ARRAY(dirc_ctl, struct uw_dirc_ctl, 1);
+BPF_PERCPU_ARRAY(dirc, struct uw_dirc_entry, UW_DIRC_SLOTS);
+BPF_PERCPU_ARRAY(dirc_stats, __u64, 2);	/* base directories found in the cache [0], and walked [1] */
 
 #include "read.h"
 #include "walk.h"
@@ -535,7 +560,7 @@ static __always_inline void uw_put_dir(struct uw_scratch *s, __s32 dirfd, void *
 		void *mnt = 0, *dentry = 0;
 		uw_base_dir(task, fs, dirfd, &mnt, &dentry);
 		if (mnt && dentry)
-			ev->dir_len = uw_put_path(s, raw_len, mnt, dentry, fs, &flags);
+			ev->dir_len = uw_put_dir_path(s, raw_len, mnt, dentry, fs, &flags);
 		else
 			flags |= UW_F_DIR_UNRESOLVED;
 	}
@@ -657,6 +682,8 @@ static __always_inline int uw_exit(long ret)
 #endif
 	if (ret != 0)
 		copy.replaced = 0;	/* a failed rename replaced nothing */
+	else if (copy.op != UW_OP_UNLINK)
+		uw_dirc_bump(0);	/* a directory may have moved or gone: walk.h's cache starts again */
 
 	__u32 zero = 0;
 	struct uw_scratch *s = scratch.lookup(&zero);
@@ -822,7 +849,34 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	return 0;
 }
 
+/* walk.h's directory cache, in every mode: a mount, umount, move_mount, pivot_root, unshare or setns returned
+ * (program.py attaches this to their syscalls:sys_exit_* tracepoints) */
+int uw_dirc_changed(void *args)
+{
+	uw_dirc_bump(0);
+	return 0;
+}
+
 #if UW_MODE == UW_MODE_TRACEPOINT
+
+/* walk.h's directory cache: io_uring's renames and unlinks pass no syscall tracepoint, so its io_uring_submit_req
+ * and io_uring_complete tracepoints (their records both start with ctx and req) bump the generation and keep the
+ * cache off for a while: a completion is not always traced (IOSQE_CQE_SKIP_SUCCESS) */
+#define UW_IORING_OP_RENAMEAT 35
+#define UW_IORING_OP_UNLINKAT 36
+struct uw_uring_args {
+	__u64 common;
+	void *ctx;
+	void *req;
+};
+int uw_dirc_uring(struct uw_uring_args *args)
+{
+	__u8 op = 0;
+	bpf_probe_read_kernel(&op, 1, args->req + OFF_IO_KIOCB_OPCODE);
+	if (op == UW_IORING_OP_RENAMEAT || op == UW_IORING_OP_UNLINKAT)
+		uw_dirc_bump(UW_DIRC_URING_NS);
+	return 0;
+}
 
 /* One program for every syscalls:sys_exit_* tracepoint it needs (they share one format: the common
  * fields, int __syscall_nr at 8, long ret at 16), attached six times by program.py: the verifier checks it
@@ -944,6 +998,13 @@ int uw_vfs_rmdir_entry(struct pt_regs *ctx, void *idmap, void *dir, void *dentry
 	return 0;
 }
 int uw_exit_ret(struct pt_regs *ctx) { return uw_exit(PT_REGS_RC(ctx)); }
+/* vfs_rename returned: every rename, the kernel's own (nfsd, ksmbd, overlayfs) too, for walk.h's cache */
+int uw_vfs_changed_ret(struct pt_regs *ctx)
+{
+	if (PT_REGS_RC(ctx) == 0)
+		uw_dirc_bump(0);
+	return 0;
+}
 
 #elif UW_MODE == UW_MODE_FENTRY
 
@@ -986,6 +1047,13 @@ KRETFUNC_PROBE(do_renameat2, int olddfd, struct filename *from, int newdfd, stru
 	       unsigned int flags, int ret)
 {
 	return uw_exit(ret);
+}
+/* vfs_rename returned: every rename, the kernel's own (nfsd, ksmbd, overlayfs) too, for walk.h's cache */
+KRETFUNC_PROBE(vfs_rename, struct renamedata *rd, int ret)
+{
+	if (ret == 0)
+		uw_dirc_bump(0);
+	return 0;
 }
 
 #endif

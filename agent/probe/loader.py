@@ -48,12 +48,17 @@ class HeldProbe:
         try:
             self.ringbuf_fd = fds["map:events"]
             self._lost = PercpuU64(fds["map:lost"])
+            self._dirc = (PercpuU64(fds["map:dirc_stats"], 0), PercpuU64(fds["map:dirc_stats"], 1))
         except (KeyError, OSError) as e:
             self.close()
-            raise ProbeError(f"{cfg.mode}: the loader handed over no usable ring buffer / drop counter ({e})") from e
+            raise ProbeError(f"{cfg.mode}: the loader handed over no usable ring buffer / counters ({e})") from e
 
     def kernel_lost(self) -> int:
         return self._lost.sum()
+
+    def dir_cache(self) -> tuple[int, int]:
+        """(found in the kernel's directory cache, walked): the base directories of relative deletions."""
+        return self._dirc[0].sum(), self._dirc[1].sum()
 
     def close(self) -> None:
         fds, self.fds = self.fds, {}

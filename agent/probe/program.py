@@ -80,8 +80,10 @@ OFFSETS = {
     "OFF_FILE_F_PATH": ("file", "f_path"),
     "OFF_FILENAME_UPTR": ("filename", "uptr"),
     "OFF_RENAMEDATA_NEW_DENTRY": ("renamedata", "new_dentry"),
+    "OFF_IO_KIOCB_OPCODE": ("io_kiocb", "opcode"),
 }
-OPTIONAL = {"OFF_FILENAME_UPTR", "OFF_RENAMEDATA_NEW_DENTRY"}  # only the kprobe/fentry modes read them
+# only the kprobe/fentry modes read the first two; io_kiocb is absent where io_uring is compiled out
+OPTIONAL = {"OFF_FILENAME_UPTR", "OFF_RENAMEDATA_NEW_DENTRY", "OFF_IO_KIOCB_OPCODE"}
 
 
 # How each feature a mode's kernel refused begins its line in Probe.degraded (doctor reports them apart)
@@ -89,6 +91,10 @@ DEGRADED_RENAME_LOOKUP = "renames over existing targets are not reported"
 DEGRADED_EXT4_UNLINK = "what an unlink destroys (inode, size, links) is not read"
 LSM_HOOKS = ("path_unlink", "path_rmdir", "path_rename", "inode_rename")  # enforce.h's programs
 SYSCALLS = ("unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2")  # uw_sys_enter's and uw_sys_exit's
+# walk.h's directory cache: the syscalls that can move a directory other than by renaming it (uw_dirc_changed)
+MOUNT_SYSCALLS = ("mount", "umount", "move_mount", "pivot_root", "unshare", "setns")
+URING_TRACEPOINTS = ("io_uring_submit_req", "io_uring_complete")  # tracepoint mode's view of io_uring renames
+DEGRADED_DIR_CACHE = "the directory cache is off (every relative deletion walks its directory)"
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class ProbeConfig:
     max_depth: int = 160
     procs: int = 8192             # processes the kernel keeps (exe and args) for the deletion path to look up
     lsm: bool = False             # enforce block rules with BPF LSM (enforce.h)
+    dir_cache: bool = True        # walk.h's directory cache (off: UNLINKWATCH_DIR_CACHE=off, for comparisons)
     agent_tgid: int = 0           # with lsm: the process never blocked
     extra_cflags: tuple[str, ...] = field(default_factory=tuple)
 
@@ -201,6 +208,7 @@ class Probe:
         except ImportError as e:
             raise UserError("the bcc Python package is missing: apt-get install python3-bpfcc") from e
         self.cfg = cfg
+        self.offsets = offsets
         self.degraded: list[str] = []  # features of this mode the kernel refused
         self.rename_lookup = ""
         self.enforcing = False
@@ -251,16 +259,45 @@ class Probe:
             b.attach_kprobe(event=b"vfs_unlink", fn_name=b"uw_vfs_unlink_entry")
             b.attach_kprobe(event=b"vfs_rmdir", fn_name=b"uw_vfs_rmdir_entry")
             b.attach_kretprobe(event=b"do_renameat2", fn_name=b"uw_exit_ret")
+            b.attach_kretprobe(event=b"vfs_rename", fn_name=b"uw_vfs_changed_ret")
         elif self.cfg.mode == "tracepoint":
             for call in SYSCALLS:
                 b.attach_tracepoint(tp=f"syscalls:sys_enter_{call}".encode(), fn_name=b"uw_sys_enter")
                 b.attach_tracepoint(tp=f"syscalls:sys_exit_{call}".encode(), fn_name=b"uw_sys_exit")
             self._load_rename_lookup()
             self._attach_ext4_unlink()
+        self._start_dir_cache()
         if self.cfg.lsm:
             self._attach_lsm()
         # the other tracepoint and the fentry programs are attached by bcc as they load (TRACEPOINT_PROBE,
         # KFUNC_PROBE)
+
+    def _start_dir_cache(self) -> None:
+        """walk.h's directory cache is turned on only once every change it must see is attached: the mount
+        syscalls in every mode, and io_uring's tracepoints in tracepoint mode (the other modes see io_uring's
+        renames in the kernel functions they hook). Without one of them, the mode runs with the walk alone."""
+        if not self.cfg.dir_cache:
+            return
+        b = self._bpf
+        where = ""
+        try:
+            with _captured_stderr() as err:
+                for call in MOUNT_SYSCALLS:
+                    where = f"syscalls:sys_exit_{call}"
+                    b.attach_tracepoint(tp=where.encode(), fn_name=b"uw_dirc_changed")
+                if self.cfg.mode == "tracepoint" and self.offsets.get("OFF_IO_KIOCB_OPCODE"):
+                    for tp in URING_TRACEPOINTS:
+                        where = f"io_uring:{tp}"
+                        b.attach_tracepoint(tp=where.encode(), fn_name=b"uw_dirc_uring")
+        except Exception as e:  # bcc raises bare Exception
+            reason = _first_error(err.getvalue()) or str(e)
+            self.degraded.append(f"{DEGRADED_DIR_CACHE}: {where}: {reason}")
+            log.debug("directory cache off: %s: %s", where, reason)
+            return
+        ctl = b[b"dirc_ctl"]
+        v = ctl[ctypes.c_int(0)]
+        v.on = 1
+        ctl[ctypes.c_int(0)] = v
 
     def _attach_lsm(self) -> None:
         """enforce.h's programs on their LSM hooks, all or none; on failure the reason is kept for the agent."""
