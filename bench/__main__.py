@@ -61,8 +61,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="seconds each end-to-end rate is held (default 10; quick 2)")
     p.add_argument("--out", type=Path, default=OUT_DIR, help="directory for results.json and results.md")
     p.add_argument("--quiet-check", action="store_true",
-                   help=f"refuse to run when the machine is busy before it: more than {QUIET_BUSY:.0%} of the CPUs "
-                        f"busy over {QUIET_SAMPLE_S:.0f} s, or other processes' BPF tracers attached")
+                   help=f"refuse to run when the machine is busy before it: more than {QUIET_BUSY * 100:.0f}%% of "
+                        f"the CPUs busy over {QUIET_SAMPLE_S:.0f} s, or other processes' BPF tracers attached")
     args = p.parse_args(argv)
     args.n = args.n or (20_000 if args.quick else 200_000)
     args.rounds = args.rounds or (3 if args.quick else 5)

@@ -23,6 +23,13 @@ def test_full_mode_defaults_to_200k_unlinks_and_five_rounds() -> None:
     assert (args.n, args.rounds, args.steps, args.rates) == (200_000, 5, ["overhead"], [100.0, 200.0])
 
 
+def test_help_prints_every_option_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        bench_main.parse_args(["--help"])
+    assert e.value.code == 0
+    assert "--quiet-check" in capsys.readouterr().out
+
+
 def test_unknown_step_is_refused() -> None:
     with pytest.raises(SystemExit):
         bench_main.parse_args(["--only", "nonsense"])
