@@ -5,9 +5,11 @@ What the collector keeps: `host_path` and `volume` of each event."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -27,6 +29,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (work / "kubelet").mkdir()
     with running_stack(work, "--kubelet-root", str(work / "kubelet")) as s:
         yield s
+
+
+def show(rows: list[dict[str, Any]]) -> None:
+    """The stored events, one JSON line each, for `pytest -rP` (a record of what the collector kept)."""
+    for r in rows:
+        print(json.dumps(r, sort_keys=True))
 
 
 def test_each_deletion_in_a_pod_says_where_it_lived_on_the_node_and_in_which_volume(stack: Stack) -> None:
@@ -74,8 +82,9 @@ def test_each_deletion_in_a_pod_says_where_it_lived_on_the_node_and_in_which_vol
         rec.done()
         c.delete()
 
-    rows = {r["path"]: (r["host_path"], r["volume"])
-            for r in stack.wait_query(5, "--pod-uid", c.pod_uid) if r["comm"] == "rm"}
+    stored = stack.wait_query(5, "--pod-uid", c.pod_uid)
+    show(stored)
+    rows = {r["path"]: (r["host_path"], r["volume"]) for r in stored if r["comm"] == "rm"}
     assert rows == {
         "/cache/x": (f"{cache}/x", "emptyDir/cache"),
         "/etc/app/app.yaml": (f"{config}/app.yaml", "configMap/app-config"),
@@ -151,6 +160,7 @@ def test_a_claims_volume_is_named_by_its_claim_and_each_volume_says_what_was_des
         loop.done()
 
     everything = stack.wait_query(6, "--pod-uid", c.pod_uid)
+    show(everything)
     rows = {r["path"]: r for r in everything if r["comm"] == "rm"}
     (moved,) = [r for r in everything if r["op"] == "rename"]
     assert {p: (r["host_path"], r["volume"]) for p, r in rows.items()} == {
