@@ -104,6 +104,10 @@ struct uw_stash {
 	__s32 dst_dirfd;	/* rename: the destination's dirfd and path argument, as passed */
 	const char *dst_uptr;
 	struct uw_victim v;	/* what the call destroys */
+	void *root_ns, *root_mnt, *root_dentry;	/* uw_put_mnt_ns: the last answer, and what it depends on */
+	__u64 root_gen;
+	__u32 root_chroot;
+	__u32 pad3;
 #ifdef UW_LSM
 	struct uw_lsm_stash lsm;	/* enforce.h: what the LSM programs decided during this call */
 #endif
@@ -521,31 +525,51 @@ static __always_inline void *uw_mnt_ns(void *task)
 	return UW_LD(UW_LD(task, OFF_TASK_NSPROXY, void *), OFF_NSPROXY_MNT_NS, void *);
 }
 
-static __always_inline void uw_put_mnt_ns(struct uw_event *ev, void *task, void *fs)
+static __always_inline __u32 uw_chroot(void *ns, void *fs)
 {
-	void *ns = uw_mnt_ns(task);
-	if (!ns)
-		return;
-	ev->mnt_ns = UW_LD(ns, OFF_MNT_NS_INUM, __u32);
 	void *ns_root = UW_LD(ns, OFF_MNT_NS_ROOT, void *);	/* struct mount * */
 	void *vfs = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT, void *);
-	if (UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *) != UW_LD(vfs, OFF_VFSMOUNT_MNT_ROOT, void *)) {
-		ev->flags |= UW_F_CHROOT;	/* a directory inside a filesystem */
-		return;
-	}
+	if (UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *) != UW_LD(vfs, OFF_VFSMOUNT_MNT_ROOT, void *))
+		return UW_F_CHROOT;	/* a directory inside a filesystem */
 	void *m = vfs - OFF_MOUNT_MNT;
 #pragma unroll
 	for (int i = 0; i < UW_ROOT_STACK; i++) {
 		if (m == ns_root)
-			return;
+			return 0;
 		void *parent = uw_ptr(m, OFF_MOUNT_MNT_PARENT);	/* probe reads: m is computed from a member */
 		if (parent == m ||
 		    uw_ptr(m, OFF_MOUNT_MNT_MOUNTPOINT) != uw_ptr(parent, OFF_MOUNT_MNT + OFF_VFSMOUNT_MNT_ROOT))
 			break;
 		m = parent;
 	}
-	if (m != ns_root)
-		ev->flags |= UW_F_CHROOT;	/* a mount elsewhere in the tree */
+	return m != ns_root ? UW_F_CHROOT : 0;	/* a mount elsewhere in the tree */
+}
+
+/* The answer is kept in the thread's stash with what it depends on (the namespace, the root, and walk.h's
+ * generation, which every mount change bumps), so a thread's deletions after its first pay no probe read for it. */
+static __always_inline void uw_put_mnt_ns(struct uw_event *ev, void *task, void *fs, struct uw_stash *st)
+{
+	void *ns = uw_mnt_ns(task);
+	if (!ns)
+		return;
+	ev->mnt_ns = UW_LD(ns, OFF_MNT_NS_INUM, __u32);
+	void *root_mnt = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT, void *);
+	void *root_dentry = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *);
+	__u32 zero = 0;
+	struct uw_dirc_ctl *c = dirc_ctl.lookup(&zero);
+	__u64 gen = c ? UW_RELOAD(c->gen) : 0;
+	if (c && c->on && st->root_ns == ns && st->root_mnt == root_mnt && st->root_dentry == root_dentry &&
+	    st->root_gen == gen) {
+		ev->flags |= st->root_chroot;
+		return;
+	}
+	__u32 chroot = uw_chroot(ns, fs);
+	ev->flags |= chroot;
+	st->root_ns = ns;
+	st->root_mnt = root_mnt;
+	st->root_dentry = root_dentry;
+	st->root_gen = gen;
+	st->root_chroot = chroot;
 }
 
 /* After uw_put_raw(): for a relative path, the directory it is relative to, with dir_len and flags set. */
@@ -705,7 +729,7 @@ static __always_inline int uw_exit(long ret)
 	ev->ino = copy.v.ino;
 	ev->size = copy.v.size;
 	ev->mode = copy.v.mode;
-	uw_put_mnt_ns(ev, task, fs);
+	uw_put_mnt_ns(ev, task, fs, st);
 	if (copy.op == UW_OP_RENAME) {
 		ev->rename_flags = copy.rename_flags;
 		if (copy.replaced)

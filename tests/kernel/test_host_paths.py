@@ -90,6 +90,19 @@ def test_a_chrooted_process_reports_its_own_path_and_the_hosts(agent: AgentProce
     assert ev["host_path"] == f"{root}/x" and ev["raw_path"] == "/x"
 
 
+def test_a_thread_that_chroots_between_two_deletions_is_placed_by_each_root(agent: AgentProcess, work: Path) -> None:
+    """The kernel keeps a thread's last chroot answer with the root it was for: a new root is a new answer."""
+    root = work / "jail2"
+    root.mkdir()
+    (work / "before").touch()
+    (root / "after").touch()
+    pid = run_deleter(f"os.unlink({str(work / 'before')!r})\nos.chroot({str(root)!r})\nos.unlink('/after')\n"
+                      "import time\ntime.sleep(1)")  # alive while the agent reads its root
+    evs = sorted(agent.wait_for(lambda e: e["pid"] == pid, count=2), key=lambda e: e["seq"])
+    assert [(e["path"], e["host_path"]) for e in evs] == [
+        (str(work / "before"), str(work / "before")), ("/after", f"{root}/after")]
+
+
 def test_a_namespace_whose_processes_are_gone_is_let_go_within_seconds(agent: AgentProcess, work: Path) -> None:
     """The agent's open mount table keeps a namespace, and every mount in it, alive: it lets go of a dead one
     (agent/placement/resolver.py, LINGER_S) so that a finished pod's volumes can be unmounted and detached."""
