@@ -36,20 +36,30 @@ def ensure() -> Mounted | None:
         log.warning("tracefs mount not recorded: make clean-host cannot undo it after a kill",
                     extra={"fields": {"error": str(e)}})
         rec = None
-    done = subprocess.run(["mount", "-t", "tracefs", "nodev", TRACEFS], capture_output=True, check=False)
-    if done.returncode != 0 or not _EVENTS[0].is_dir():
+    cmd = ["mount", "-t", "tracefs", "nodev", TRACEFS]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        why = done.stderr.strip() if done.returncode != 0 else ""
+    except OSError as e:  # no mount(8) in this image
+        why = f"{cmd[0]}: {e.strerror}"
+    if why or not _EVENTS[0].is_dir():
         if rec is not None:
             rec.done()
-        raise UserError(f"tracefs is not mounted and could not be mounted: mount -t tracefs nodev {TRACEFS}")
+        raise UserError(f"tracefs is not mounted and could not be mounted ({' '.join(cmd)}: "
+                        f"{why or 'no events directory after it'}); mount it on the node")
     return Mounted(rec)
 
 
 def release(mounted: Mounted) -> None:
     """Unmounts the tracefs ensure() mounted; leaves it mounted (and recorded), with a warning, while something
     still uses it."""
-    done = subprocess.run(["umount", TRACEFS], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        log.warning("tracefs left mounted", extra={"fields": {"path": TRACEFS, "error": done.stderr.strip()}})
+    try:
+        done = subprocess.run(["umount", TRACEFS], capture_output=True, text=True, check=False)
+        why = done.stderr.strip() if done.returncode != 0 else ""
+    except OSError as e:  # no umount(8) in this image
+        why = f"umount: {e.strerror}"
+    if why:
+        log.warning("tracefs left mounted", extra={"fields": {"path": TRACEFS, "error": why}})
         return
     if mounted.record is not None:
         mounted.record.done()
