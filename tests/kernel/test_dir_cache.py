@@ -53,24 +53,35 @@ def test_a_grandparent_renamed_between_deletions_in_the_cwd_gives_the_new_path(
     assert unlinks(agent, pid, 3) == [str(d / "a"), str(d / "b"), str(work / "g2" / "p" / "cwd" / "c")]
 
 
-def test_a_rename_by_another_process_is_seen_by_the_next_deletion_through_a_dirfd(
-        agent: AgentProcess, work: Path) -> None:
-    d = work / "x1" / "in"
+def deletions_around_a_rename(agent: AgentProcess, work: Path, rename: list[str]) -> list[str] | None:
+    """Deletes work/r1/in/a through a dirfd, renames work/r1 to work/r2 with the command `rename` + [old, new] run by
+    another process, then deletes b through the same dirfd: the two paths reported, or None when the rename failed
+    with exit status 3 (no io_uring)."""
+    d = work / "r1" / "in"
     d.mkdir(parents=True)
     for n in ("a", "b"):
         (d / n).touch()
     code = textwrap.dedent(f"""
-        import os, subprocess, sys
+        import os, subprocess
         fd = os.open({str(d)!r}, os.O_RDONLY)
         os.unlink('a', dir_fd=fd)
-        subprocess.run([sys.executable, '-c', 'import os, sys; os.rename(*sys.argv[1:])',
-                        {str(work / 'x1')!r}, {str(work / 'x2')!r}], check=True)
-        os.unlink('b', dir_fd=fd)
+        p = subprocess.run({[*rename, str(work / 'r1'), str(work / 'r2')]!r})
+        if p.returncode == 0:
+            os.unlink('b', dir_fd=fd)
+        print(p.returncode)
         print(os.getpid())
     """)
-    pid = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True).stdout.split()[-1])
-    assert unlinks(agent, pid, 2) == [str(d / "a"), str(work / "x2" / "in" / "b")]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    if out[-2] == "3":
+        return None
+    assert out[-2] == "0"
+    return unlinks(agent, int(out[-1]), 2)
+
+
+def test_a_rename_by_another_process_is_seen_by_the_next_deletion_through_a_dirfd(
+        agent: AgentProcess, work: Path) -> None:
+    got = deletions_around_a_rename(agent, work, [sys.executable, "-c", "import os, sys; os.rename(*sys.argv[1:])"])
+    assert got == [str(work / "r1" / "in" / "a"), str(work / "r2" / "in" / "b")]
 
 
 def test_a_mount_moved_between_deletions_gives_the_new_path(agent: AgentProcess, work: Path) -> None:
@@ -103,25 +114,10 @@ def test_a_mount_moved_between_deletions_gives_the_new_path(agent: AgentProcess,
 
 def test_an_io_uring_rename_of_an_ancestor_is_seen_by_the_next_deletion(
         agent: AgentProcess, work: Path, uring: Path) -> None:
-    d = work / "u1" / "in"
-    d.mkdir(parents=True)
-    for n in ("a", "b"):
-        (d / n).touch()
-    code = textwrap.dedent(f"""
-        import os, subprocess
-        fd = os.open({str(d)!r}, os.O_RDONLY)
-        os.unlink('a', dir_fd=fd)
-        p = subprocess.run([{str(uring)!r}, 'rename', {str(work / 'u1')!r}, {str(work / 'u2')!r}])
-        if p.returncode == 0:
-            os.unlink('b', dir_fd=fd)
-        print(p.returncode)
-        print(os.getpid())
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    if out[-2] == "3":
+    got = deletions_around_a_rename(agent, work, [str(uring), "rename"])
+    if got is None:
         pytest.skip("this kernel offers no io_uring")
-    assert out[-2] == "0"
-    assert unlinks(agent, int(out[-1]), 2) == [str(d / "a"), str(work / "u2" / "in" / "b")]
+    assert got == [str(work / "r1" / "in" / "a"), str(work / "r2" / "in" / "b")]
 
 
 def test_one_directory_seen_from_inside_and_outside_a_chroot_gives_each_view(
