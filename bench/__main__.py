@@ -29,6 +29,7 @@ from unlinkwatch.agent.probe import tracefs
 from bench import overhead, peers, stats, workload
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
+KERNEL_STEPS = {"overhead", "e2e", "startup", "exec"}  # the steps that need root: mounts, BPF, audit
 GB = 1 << 30
 DATA_DIR = Path("/var/tmp")  # where the steps' images, recordings and stores go
 KEEP_FREE = 20 * GB          # disk left free besides a step's own data
@@ -294,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):  # ended like Ctrl-C, with the same cleanup
         signal.signal(sig, _interrupt)
-    if os.geteuid() != 0 and {"overhead", "e2e", "startup", "exec"} & set(args.steps):
+    if os.geteuid() != 0 and KERNEL_STEPS & set(args.steps):
         print("python -m bench: the overhead, e2e and startup steps need root (mounts, BPF, audit)", file=sys.stderr)
         return 2
     for step in args.steps:
@@ -316,8 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: dict[str, str] = {}
     # tracefs, where the host has none mounted, is mounted once for the whole run and unmounted after it (recorded
     # for make clean-host): a baseline agent from before the agent unmounted its own, or a peer, would leave it
-    kernel = os.geteuid() == 0 and bool({"overhead", "e2e", "startup", "exec"} & set(args.steps))
-    mounted = tracefs.ensure() if kernel else None
+    mounted = tracefs.ensure() if KERNEL_STEPS & set(args.steps) else None
     try:
         run_steps(args, binary, report, failures)
     finally:

@@ -26,6 +26,15 @@ class Mounted:
     record: runstate.Record | None
 
 
+def _run(cmd: list[str]) -> str:
+    """Runs mount(8) or umount(8): "" when it worked, else why not (its error, or that the image lacks it)."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as e:
+        return f"{cmd[0]}: {e.strerror}"
+    return done.stderr.strip() or f"exit status {done.returncode}" if done.returncode != 0 else ""
+
+
 def ensure() -> Mounted | None:
     """Makes tracefs available; the mount when this call made it (release() it when done)."""
     if any(p.is_dir() for p in _EVENTS):
@@ -37,11 +46,7 @@ def ensure() -> Mounted | None:
                     extra={"fields": {"error": str(e)}})
         rec = None
     cmd = ["mount", "-t", "tracefs", "nodev", TRACEFS]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        why = done.stderr.strip() if done.returncode != 0 else ""
-    except OSError as e:  # no mount(8) in this image
-        why = f"{cmd[0]}: {e.strerror}"
+    why = _run(cmd)
     if why or not _EVENTS[0].is_dir():
         if rec is not None:
             rec.done()
@@ -53,11 +58,7 @@ def ensure() -> Mounted | None:
 def release(mounted: Mounted) -> None:
     """Unmounts the tracefs ensure() mounted; leaves it mounted (and recorded), with a warning, while something
     still uses it."""
-    try:
-        done = subprocess.run(["umount", TRACEFS], capture_output=True, text=True, check=False)
-        why = done.stderr.strip() if done.returncode != 0 else ""
-    except OSError as e:  # no umount(8) in this image
-        why = f"umount: {e.strerror}"
+    why = _run(["umount", TRACEFS])
     if why:
         log.warning("tracefs left mounted", extra={"fields": {"path": TRACEFS, "error": why}})
         return
