@@ -158,6 +158,7 @@ class Deletion(NamedTuple):
     nlink: int = 0
     freed: bool = False
     rename_to_host_path: bytes = b""  # op rename: where the destination is on the node (as host_path for path)
+    root_mnt_id: int = 0     # the mount id of the process's root when it deleted (placement checks its table by it)
 
 
 class Proc(NamedTuple):
@@ -276,7 +277,7 @@ class Decoder:
         Times use the clock offset of the last tick()."""
         (ts_ns, cgroup_id, proc_start, parent_start, kind, op, pid, tid, ppid, uid, gid, result, _dirfd, flags,
          raw_len, dir_len, rename_flags, ns_pid, ns_level, mnt_ns, nlink, dev, ino, size, mode, _reserved, policy,
-         action, policy_gen, comm) = HEADER.unpack_from(rec, 0)
+         action, policy_gen, comm, root_mnt_id, _reserved2) = HEADER.unpack_from(rec, 0)
         end = HEADER.size + raw_len
         raw = rec[HEADER.size : end]
         if kind == KIND_DELETION:
@@ -304,13 +305,14 @@ class Decoder:
                 return _NEW(Deletion, (
                     ts_ns + self._offset, OPS.get(op, 0), path, raw, result, pid, tid, ppid, uid, gid,
                     comm if nul < 0 else comm[:nul], proc.exe, cgroup_id, out_flags | proc.flags, b"", 0,
-                    ACTIONS.get(action, 0), rule, proc.args, lineage, mnt_ns, chroot, where, "", *victim, b""))
+                    ACTIONS.get(action, 0), rule, proc.args, lineage, mnt_ns, chroot, where, "", *victim, b"",
+                    root_mnt_id))
             to, out_flags = self._destination(tid, ts_ns, result, out_flags | proc.flags)
             return _NEW(Deletion, (
                 ts_ns + self._offset, OPS[op], path, raw, result, pid, tid, ppid, uid, gid,
                 comm if nul < 0 else comm[:nul], proc.exe, cgroup_id, out_flags, to, rename_flags,
                 ACTIONS.get(action, 0), rule, proc.args, lineage, mnt_ns, chroot, where, "", *victim,
-                to if where else b""))
+                to if where else b"", root_mnt_id))
         if kind == KIND_RENAME_TO:
             self._rename_to[tid] = (ts_ns, join(rec[end : end + dir_len], raw) if raw else b"",
                                     _TO_FLAGS[flags & _F_MASK])

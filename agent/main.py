@@ -110,11 +110,12 @@ class Pipeline:
                     continue  # an ignore rule, decided here: counted as filtered
             ident = identify(d.cgroup_id)
             if place is not None and not d.host_path and d.mnt_ns:  # outside the host's namespace or root
-                where, volume = place(d.path, d.pid, d.ppid, d.mnt_ns, d.chroot, ident.uid, ident.pod)
+                where, volume = place(d.path, d.pid, d.ppid, d.mnt_ns, d.chroot, ident.uid, ident.pod,
+                                      d.root_mnt_id)
                 d = d._replace(host_path=where, volume=volume)
                 if d.rename_to:  # the destination, which a rename over a file destroys
                     d = d._replace(rename_to_host_path=place(d.rename_to, d.pid, d.ppid, d.mnt_ns, d.chroot,
-                                                             ident.uid, ident.pod)[0])
+                                                             ident.uid, ident.pod, d.root_mnt_id)[0])
             codes = codes_of(ident) or make_codes(ident)
             seq += 1
             if line is not None:

@@ -94,6 +94,10 @@ struct uw_event {
 	__u8 action;		/* enum uw_action */
 	__u8 policy_gen;	/* which loaded policy `policy` indexes (reloads bump it) */
 	char comm[UW_COMM_LEN];
+	__u32 root_mnt_id;	/* UW_KIND_DELETION: the mount id (mountinfo's first field) of the process's root: user space
+				 * maps `path` through the mount table only when that table's root is this mount (runc's init
+				 * deletes before its pivot_root, whose table is read after it) */
+	__u32 reserved2;
 };
 
 /* The node policy's maps (agent/bpf/policy.h fills nothing; agent/policy.py writes them). Two slots: a reload

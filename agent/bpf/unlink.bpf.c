@@ -107,7 +107,7 @@ struct uw_stash {
 	void *root_ns, *root_mnt, *root_dentry;	/* uw_put_mnt_ns: the last answer, and what it depends on */
 	__u64 root_gen;
 	__u32 root_chroot;
-	__u32 pad3;
+	__u32 root_mnt_id;
 #ifdef UW_LSM
 	struct uw_lsm_stash lsm;	/* enforce.h: what the LSM programs decided during this call */
 #endif
@@ -209,6 +209,8 @@ static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kin
 	ev->size = 0;
 	ev->mode = 0;
 	ev->reserved = 0;
+	ev->root_mnt_id = 0;
+	ev->reserved2 = 0;
 	ev->op = 0;
 	ev->result = 0;
 	ev->dirfd = 0;
@@ -561,10 +563,14 @@ static __always_inline void uw_put_mnt_ns(struct uw_event *ev, void *task, void 
 	if (c && c->on && st->root_ns == ns && st->root_mnt == root_mnt && st->root_dentry == root_dentry &&
 	    st->root_gen == gen) {
 		ev->flags |= st->root_chroot;
+		ev->root_mnt_id = st->root_mnt_id;
 		return;
 	}
 	__u32 chroot = uw_chroot(ns, fs);
+	__u32 id = uw_u32(root_mnt - OFF_MOUNT_MNT, OFF_MOUNT_MNT_ID);
 	ev->flags |= chroot;
+	ev->root_mnt_id = id;
+	st->root_mnt_id = id;
 	st->root_ns = ns;
 	st->root_mnt = root_mnt;
 	st->root_dentry = root_dentry;

@@ -39,6 +39,9 @@ class MountTable:
         self._by_dev: dict[str, list[Mount]] = {}
         for m in self.mounts:
             self._by_dev.setdefault(m.dev, []).append(m)
+        self._by_id = {m.mount_id: m for m in self.mounts}
+        top = self.find(b"/")
+        self.root_id = top[0].mount_id if top else 0
 
     def find(self, path: bytes) -> tuple[Mount, bytes] | None:
         """The mount `path` is on, and the rest of the path below its mount point."""
@@ -47,6 +50,18 @@ class MountTable:
             if rest is not None:
                 return m, rest
         return None
+
+    def from_root(self, path: bytes, root_mnt_id: int) -> bytes | None:
+        """`path` as seen from the root mount `root_mnt_id` (the kernel's record of the process's root when it
+        deleted) in this table's terms: itself when that mount is this table's root; below that mount's point when
+        the root is another mount here (a table read before a pivot_root); None when the table no longer has it (read
+        after a pivot_root that unmounted the old root: runc's init deletes dev/ptmx before its pivot)."""
+        if not root_mnt_id or root_mnt_id == self.root_id:
+            return path
+        m = self._by_id.get(root_mnt_id)
+        if m is None:
+            return None
+        return _join(m.point, path)
 
     def is_root(self, dev: str) -> bool:
         """Whether `dev` is the filesystem mounted at "/" here."""

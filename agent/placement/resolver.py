@@ -65,9 +65,11 @@ class _Table:
         self.mnt_ns = mnt_ns
         self.used = time.monotonic()
         self.table = MountTable(parse_mountinfo(_read(f)))
+        self.missing: set[int] = set()  # roots of deletions this table has not: read again once for each
 
     def reread(self) -> None:
         self.table = MountTable(parse_mountinfo(_read(self.fd)))
+        self.missing.clear()
 
 
 def _read(fd: int) -> bytes:
@@ -190,9 +192,11 @@ class Placement:
             self._forget(mnt_ns)  # gone already: the kernel announces the namespace again at its next exec
 
     def place(self, path: bytes, pid: int, ppid: int, mnt_ns: int, chroot: bool, pod_uid: str,
-              pod: PodVolumes | None = None) -> tuple[bytes, str]:
+              pod: PodVolumes | None = None, root_mnt_id: int = 0) -> tuple[bytes, str]:
         """(host path, volume) of a deleted `path`; pod_uid is empty for a process outside pods. The namespace's
-        table is read through the deleting process, its parent, or any process in it."""
+        table is read through the deleting process, its parent, or any process in it. root_mnt_id is the mount
+        the process's root was when it deleted (0: unknown): a table whose root is another mount maps the path
+        from that mount, or not at all when it no longer has it."""
         if not path or not mnt_ns:
             return b"", ""
         if chroot:  # the path is below the process's root, which its namespace names
@@ -203,10 +207,37 @@ class Placement:
             path = root.rstrip(b"/") + path
         if mnt_ns == self.host_ns:
             return path, ""
+        if root_mnt_id and not chroot:
+            seen = self._from_root(path, pid, ppid, mnt_ns, root_mnt_id)
+            if seen is None:
+                self.unplaced += 1
+                return b"", ""
+            path = seen
         where, mount = self._cached(path, pid, ppid, mnt_ns)
         if not pod_uid or not where:
             return where, ""
         return where, self._volume(where, mount, pod_uid, pod or _NO_VOLUMES)
+
+    def _from_root(self, path: bytes, pid: int, ppid: int, mnt_ns: int, root_mnt_id: int) -> bytes | None:
+        """`path` in the terms of the namespace's table (MountTable.from_root). A table that lacks the root is read
+        again, once per root, through the deleting process or its parent: one opened before a pivot_root shows only
+        what its opener's old root still reaches."""
+        t = self._table(pid, ppid, mnt_ns)
+        if t is None:
+            return path  # _cached() counts it unplaced
+        seen = t.table.from_root(path, root_mnt_id)
+        if seen is not None or root_mnt_id in t.missing:
+            return seen
+        for p in (pid, ppid):
+            fd = self._open(p, mnt_ns) if p else None
+            if fd is not None:
+                self._close(mnt_ns, forget=False)
+                t = self._add(fd, p, mnt_ns)
+                break
+        seen = t.table.from_root(path, root_mnt_id)
+        if seen is None:
+            t.missing.add(root_mnt_id)  # a root gone before the table was read: runc's init before its pivot_root
+        return seen
 
     def _cached(self, path: bytes, pid: int, ppid: int, mnt_ns: int) -> tuple[bytes, Mount | None]:
         d, _, name = path.rpartition(b"/")
@@ -237,7 +268,10 @@ class Placement:
                 break
         else:
             return None
-        t = self._tables[mnt_ns] = _Table(fd, p, mnt_ns)
+        return self._add(fd, p, mnt_ns)
+
+    def _add(self, fd: int, pid: int, mnt_ns: int) -> _Table:
+        t = self._tables[mnt_ns] = _Table(fd, pid, mnt_ns)
         self._by_fd[fd] = t
         self._poll.register(fd, select.POLLPRI)
         if len(self._tables) > MAX_NAMESPACES:

@@ -74,6 +74,7 @@ OFFSETS = {
     "OFF_MOUNT_MNT": ("mount", "mnt"),
     "OFF_MOUNT_MNT_PARENT": ("mount", "mnt_parent"),
     "OFF_MOUNT_MNT_MOUNTPOINT": ("mount", "mnt_mountpoint"),
+    "OFF_MOUNT_MNT_ID": ("mount", "mnt_id"),
     "OFF_FILES_STRUCT_FDT": ("files_struct", "fdt"),
     "OFF_FDTABLE_FD": ("fdtable", "fd"),
     "OFF_FDTABLE_MAX_FDS": ("fdtable", "max_fds"),

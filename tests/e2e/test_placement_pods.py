@@ -92,6 +92,10 @@ def test_each_deletion_in_a_pod_says_where_it_lived_on_the_node_and_in_which_vol
         "/etc/from-image": (f"{lower}/etc/from-image", "rootfs"),
         "/tmp/made-here": (f"{upper}/tmp/made-here", "rootfs"),
     }
+    # runc's init deletes dev/ptmx before its pivot_root: its old root is gone by the time the table is read, so
+    # the row is unplaced unless it was placed before the pivot (then through the overlay's layers)
+    ptmx = [r for r in stored if r["path"].endswith("/rootfs/dev/ptmx")]
+    assert ptmx and all(r["host_path"] in ("", f"{upper}/dev/ptmx", f"{lower}/dev/ptmx") for r in ptmx), ptmx
     (at,) = [r for r in stack.wait_query(6, "--pod-uid", c.pod_uid) if r["comm"] == "dirfd_unlink"]
     assert (at["path"], at["raw_path"], at["host_path"], at["volume"]) == (
         "/cache/sub/y", "y", f"{cache}/sub/y", "emptyDir/cache")  # unlinkat(dirfd, "y")

@@ -103,6 +103,24 @@ def test_a_thread_that_chroots_between_two_deletions_is_placed_by_each_root(agen
         (str(work / "before"), str(work / "before")), ("/after", f"{root}/after")]
 
 
+def test_a_deletion_before_a_pivot_root_is_never_placed_through_the_new_root(agent: AgentProcess, work: Path) -> None:
+    """runc's init deletes dev/ptmx before its pivot_root, and the namespace's table may be read after it: the
+    kernel records the mount that was the process's root, so the agent maps each path from its own root, or
+    leaves it unplaced when that root is gone; never through the new root."""
+    new = work / "newroot"
+    (new / "bin").mkdir(parents=True)
+    (new / "old").mkdir()
+    shutil.copy2(BUSYBOX, new / "bin" / "busybox")
+    (new / "post").touch()
+    (work / "pre").touch()
+    bb = "/bin/busybox"
+    _in_private_ns(f"mount --bind {new} {new}; rm {work}/pre; cd {new}; pivot_root . old; "
+                   f"exec {bb} sh -c '{bb} umount -l /old; {bb} rm /post; {bb} sleep 1'")
+    assert _event(agent, "/post")["host_path"] == f"{new}/post"
+    # placed before the pivot: the host's path; after it: unplaced, as the old root is gone
+    assert _event(agent, f"{work}/pre")["host_path"] in ("", f"{work}/pre")
+
+
 def test_a_namespace_whose_processes_are_gone_is_let_go_within_seconds(agent: AgentProcess, work: Path) -> None:
     """The agent's open mount table keeps a namespace, and every mount in it, alive: it lets go of a dead one
     (agent/placement/resolver.py, LINGER_S) so that a finished pod's volumes can be unmounted and detached."""

@@ -53,6 +53,18 @@ def test_the_last_mount_on_a_point_and_the_longest_point_win() -> None:
     assert t.find(b"/z") is not None and t.find(b"/z")[0].mount_id == 1  # type: ignore[index]
 
 
+def test_a_path_is_mapped_from_the_mount_that_was_the_processs_root_when_it_deleted() -> None:
+    after = MountTable(CONTAINER)  # read after the pivot_root: the overlay is "/"
+    before = MountTable(parse_mountinfo(b"500 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+                                        b"600 500 0:50 / /bundle/rootfs rw - overlay overlay rw,upperdir=/img/up\n"))
+    assert after.root_id == 600 and before.root_id == 500
+    assert after.from_root(b"/etc/x", 600) == b"/etc/x" and after.from_root(b"/etc/x", 0) == b"/etc/x"
+    # a deletion after the pivot, placed with the table read before it: below the new root's mount point
+    assert before.from_root(b"/etc/x", 600) == b"/bundle/rootfs/etc/x"
+    # runc's init deleting before its pivot, placed with the table read after it: the old root is gone
+    assert after.from_root(b"/bundle/rootfs/dev/ptmx", 500) is None
+
+
 def test_a_bind_mounted_volume_maps_to_its_directory_under_the_kubelet() -> None:
     where, m = host_path(b"/cache/a/b", MountTable(CONTAINER), MountTable(HOST), _never)
     assert where == b"/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir/cache/a/b"

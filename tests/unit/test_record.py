@@ -87,7 +87,7 @@ def _record(kind: int, raw: bytes, directory: bytes = b"", **kw: int) -> bytes:
             "pid": 10, "tid": 11, "ppid": 1, "uid": 1000, "gid": 100, "result": -2, "dirfd": -100, "flags": 0,
             "raw_len": len(raw), "dir_len": len(directory), "rename_flags": 0, "ns_pid": 0, "ns_level": 0,
             "mnt_ns": 0, "nlink": 0, "dev": 0, "ino": 0, "size": 0, "mode": 0, "reserved": 0, "policy": 0,
-            "action": 0, "policy_gen": 0, "comm": b"rm\0junk"}
+            "action": 0, "policy_gen": 0, "comm": b"rm\0junk", "root_mnt_id": 0, "reserved2": 0}
     vals.update(kw)
     return HEADER.pack(*(vals[f] for f in HEADER_FIELDS)) + raw + directory
 
@@ -116,6 +116,12 @@ def test_a_host_process_in_the_hosts_mount_namespace_has_its_path_as_host_path_a
     d.split(_record(4, b"/var/y", op=3, mnt_ns=4026531841))
     moved = d.split(_record(1, b"/var/x", op=3, result=0, mnt_ns=4026531841))
     assert isinstance(moved, Deletion) and (moved.rename_to, moved.rename_to_host_path) == (b"/var/y", b"/var/y")
+
+
+def test_a_deletion_carries_the_mount_id_of_its_processs_root_for_placement() -> None:
+    d = Decoder("n", "a", "tracepoint")
+    ev = d.split(_record(1, b"/rootfs/dev/ptmx", mnt_ns=4026532999, root_mnt_id=1234))
+    assert isinstance(ev, Deletion) and ev.root_mnt_id == 1234 and ev.host_path == b""
 
 
 def test_what_a_deletion_destroyed_decodes_to_inode_dev_type_size_links_and_whether_it_was_freed() -> None:
