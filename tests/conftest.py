@@ -78,6 +78,25 @@ def project_root() -> Path:
     return ROOT
 
 
+@pytest.fixture(scope="session", autouse=True)
+def object_cache() -> Iterator[None]:
+    """One compile per attach mode and program variant for the session: every agent a test starts loads the
+    compiled object kept here (agent/probe/objcache.py) instead of running clang again (2-3 s per start live,
+    30-50 s under emulation). A run that sets UNLINKWATCH_OBJECT_CACHE itself (empty: compile every time) keeps
+    its own."""
+    if os.geteuid() != 0 or "UNLINKWATCH_OBJECT_CACHE" in os.environ:
+        yield
+        return
+    from unlinkwatch import runstate
+
+    with runstate.scratch_dir("uwtest-objcache-") as d:
+        os.environ["UNLINKWATCH_OBJECT_CACHE"] = str(d)
+        try:
+            yield
+        finally:
+            del os.environ["UNLINKWATCH_OBJECT_CACHE"]
+
+
 def require_root() -> None:
     """Kernel and e2e tiers need root; CI runs as root, so this only skips on a developer's laptop."""
     if os.geteuid() != 0:

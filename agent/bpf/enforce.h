@@ -15,7 +15,8 @@
  *                            dentry (kept with its mount in lsm_rename, task storage of its own, so that
  *                            io_uring's renames, which no syscall hook sees, are checked too): a protected
  *                            file replaced, or exchanged.
- * The agent's own process is never blocked (UW_AGENT_TGID). Programs run under RCU and only look maps up: no
+ * The agent's own process is never blocked (its tgid is lsm_agent's one value, written by the loader before the
+ * programs attach, so that one compiled object serves every agent: program.py's object cache). Programs run under RCU and only look maps up: no
  * lock, nothing that sleeps. When the agent exits their links close and deletions are allowed again (fail-open).
  * A path the kernel cannot decide (policy.h: a directory deeper than the walk, a key longer than 254 bytes) is
  * allowed and reported as the observation decides it. */
@@ -37,6 +38,7 @@ struct uw_lsm_rename {
 	__u32 flags;		/* the rename's flags (RENAME_EXCHANGE) */
 };
 BPF_TASK_STORAGE(lsm_rename, struct uw_lsm_rename);
+BPF_ARRAY(lsm_agent, __u32, 1);	/* the agent's tgid: never blocked */
 
 static __always_inline struct uw_lsm_rename *uw_lsm_rename_get(__u64 create)
 {
@@ -103,9 +105,10 @@ static __always_inline int uw_lsm_decide(void)
 /* The verdict on deleting `dentry` from the directory (mnt, dir) by op: -EPERM when a block rule decides. */
 static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *dentry, __u32 arm)
 {
-	if ((bpf_get_current_pid_tgid() >> 32) == UW_AGENT_TGID)
-		return UW_LSM_ALLOW;
 	__u32 zero = 0, slot = 0;
+	__u32 *agent = lsm_agent.lookup(&zero);
+	if (!agent || (bpf_get_current_pid_tgid() >> 32) == *agent)
+		return UW_LSM_ALLOW;
 	struct uw_scratch *s = scratch.lookup(&zero);
 	struct uw_policy_slot *sl = uw_policy_slot(&slot);
 	if (!s || !sl || !(sl->block.w[0] | sl->block.w[1]) || !mnt || !dir || !dentry)

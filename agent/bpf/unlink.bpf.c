@@ -12,7 +12,7 @@
  *   UW_MAX_DEPTH       directory components walked before the path is flagged truncated
  *   UW_PROCS           entries of procs (processes known by their exec)
  *   UW_NS_PER_TICK     nanoseconds per clock tick (USER_HZ), the unit of a start time in /proc/PID/stat
- *   UW_LSM             defined when block rules are enforced (enforce.h), with UW_AGENT_TGID, the agent's pid
+ *   UW_LSM             defined when block rules are enforced (enforce.h)
  *   OFF_*              struct member offsets read from the running kernel's BTF at load time
  * An exec records the process (its executable and command line) in procs; a deletion's entry sends the
  * records of the process and its parents once (again when its parent changed: uw_lineage), then stashes in

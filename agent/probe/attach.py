@@ -151,12 +151,14 @@ def _attach(forced: str, ringbuf_mb: int, selftest_timeout_s: float, btf: Btf | 
             fns, offsets = [f for f in UNLINK_FUNCTIONS if btf.has_func(f)], kernel_offsets(btf)
         chain, tried = candidates(fns, forced)
         dir_cache = os.environ.get("UNLINKWATCH_DIR_CACHE", "on") != "off"  # off: the walk alone (comparisons)
+        object_cache = os.environ.get("UNLINKWATCH_OBJECT_CACHE", "")  # compiled objects kept there (objcache.py)
         pages = max(1, ringbuf_mb * (1 << 20) // os.sysconf("SC_PAGE_SIZE"))
         pages = 1 << (pages.bit_length() - 1)  # a power of two, as the kernel requires
         for cand in chain:
             try:
                 probe = loader.load(ProbeConfig(mode=cand.mode, unlink_fn=cand.unlink_fn, ringbuf_pages=pages,
-                                                lsm=lsm, agent_tgid=os.getpid(), dir_cache=dir_cache), offsets)
+                                                lsm=lsm, agent_tgid=os.getpid(), dir_cache=dir_cache,
+                                                object_cache=object_cache), offsets)
             except ProbeError as e:
                 log.info("attach mode unavailable", extra={"fields": {"mode": cand.mode, "reason": str(e)}})
                 tried.append((cand, str(e)))

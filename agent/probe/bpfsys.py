@@ -1,6 +1,7 @@
 """The few bpf(2) calls the agent makes after start-up, by ctypes: once the loader child has handed over
 the program, map and attachment fds, the agent reads counters, names maps and writes the node policy's maps
-(the ring buffer itself is read by mmap in ringbuf.py). No bcc here."""
+(the ring buffer itself is read by mmap in ringbuf.py). No bcc here. objcache.py makes its own calls through
+call()."""
 
 from __future__ import annotations
 
@@ -30,14 +31,17 @@ class _LookupAttr(ctypes.Structure):
                 ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
 
-class _InfoAttr(ctypes.Structure):
+class InfoAttr(ctypes.Structure):
     _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
 
 
-class _MapInfo(ctypes.Structure):  # the head of struct bpf_map_info, which is all we read
+class _MapInfo(ctypes.Structure):  # the head of struct bpf_map_info, up to its BTF type ids
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
                 ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
-                ("name", ctypes.c_char * 16)]
+                ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
+                ("btf_vmlinux_value_type_id", ctypes.c_uint32), ("netns_dev", ctypes.c_uint64),
+                ("netns_ino", ctypes.c_uint64), ("btf_id", ctypes.c_uint32), ("btf_key_type_id", ctypes.c_uint32),
+                ("btf_value_type_id", ctypes.c_uint32)]
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,10 @@ class MapInfo:
     value_size: int
     max_entries: int
     name: str
+    flags: int = 0
+    btf_id: int = 0
+    btf_key: int = 0
+    btf_value: int = 0
 
 
 @cache
@@ -56,7 +64,7 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+def call(cmd: int, attr: ctypes.Structure) -> int:
     nr = _SYS_BPF.get(platform.machine())
     if nr is None:
         raise OSError(f"bpf(2) syscall number unknown for {platform.machine()}")
@@ -70,10 +78,11 @@ def _bpf(cmd: int, attr: ctypes.Structure) -> int:
 
 def map_info(fd: int) -> MapInfo:
     info = _MapInfo()
-    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    attr = InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    call(BPF_OBJ_GET_INFO_BY_FD, attr)
     return MapInfo(info.type, info.key_size, info.value_size, info.max_entries,
-                   info.name.decode(errors="replace"))
+                   info.name.decode(errors="replace"), info.map_flags, info.btf_id, info.btf_key_type_id,
+                   info.btf_value_type_id)
 
 
 @cache
@@ -90,7 +99,7 @@ def possible_cpus() -> int:
 def lookup(fd: int, key: bytes, value_size: int) -> bytes:
     k = ctypes.create_string_buffer(key, len(key))
     v = ctypes.create_string_buffer(value_size)
-    _bpf(BPF_MAP_LOOKUP_ELEM, _LookupAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v)))
+    call(BPF_MAP_LOOKUP_ELEM, _LookupAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v)))
     return v.raw
 
 
@@ -98,7 +107,7 @@ def update(fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
     """flags: BPF_NOEXIST to add only (EEXIST when the key is there)."""
     k = ctypes.create_string_buffer(key, len(key))
     v = ctypes.create_string_buffer(value, len(value))
-    _bpf(BPF_MAP_UPDATE_ELEM, _LookupAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v),
+    call(BPF_MAP_UPDATE_ELEM, _LookupAttr(map_fd=fd, key=ctypes.addressof(k), value=ctypes.addressof(v),
                                           flags=flags))
 
 
@@ -106,7 +115,7 @@ def delete(fd: int, key: bytes) -> bool:
     """False when the key was not there."""
     k = ctypes.create_string_buffer(key, len(key))
     try:
-        _bpf(BPF_MAP_DELETE_ELEM, _LookupAttr(map_fd=fd, key=ctypes.addressof(k)))
+        call(BPF_MAP_DELETE_ELEM, _LookupAttr(map_fd=fd, key=ctypes.addressof(k)))
     except OSError as e:
         if e.errno == errno.ENOENT:
             return False

@@ -77,6 +77,13 @@ class Btf:
     def has_func(self, name: str) -> bool:
         return (KIND_FUNC, name) in self._by_name
 
+    def func_id(self, name: str) -> int:
+        """The type id of function `name` (what a BTF-attached program names as its attach_btf_id)."""
+        tid = self._by_name.get((KIND_FUNC, name))
+        if tid is None:
+            raise BtfError(f"function {name} not in BTF")
+        return tid
+
     def has_struct(self, name: str) -> bool:
         return (KIND_STRUCT, name) in self._by_name
 

@@ -43,6 +43,7 @@ class HeldProbe:
         self.hook: str = meta.get("hook", "")
         self.enforcing: bool = bool(meta.get("enforcing", False))  # block rules enforced by BPF LSM programs
         self.enforce_error: str = meta.get("enforce_error", "")
+        self.from_cache: bool = bool(meta.get("from_cache", False))  # loaded from a kept compile (objcache.py)
         self._tracefs_events: list[tuple[str, str]] = [(f, e) for f, e in meta.get("tracefs_events", [])]
         self.ringbuf_size: int = cfg.ringbuf_pages * os.sysconf("SC_PAGE_SIZE")
         try:
@@ -218,7 +219,8 @@ def _serve(sock: socket.socket) -> None:
             names, fds, events = current.handover()
             reply = {"ok": True, "names": names, "degraded": current.degraded, "hook": current.hook,
                      "rename_lookup": current.rename_lookup, "tracefs_events": events,
-                     "enforcing": current.enforcing, "enforce_error": current.enforce_error}
+                     "enforcing": current.enforcing, "enforce_error": current.enforce_error,
+                     "from_cache": current.from_cache}
             socket.send_fds(sock, [json.dumps(reply).encode()], fds)
     finally:
         if current is not None:

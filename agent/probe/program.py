@@ -1,7 +1,9 @@
 """The BPF program, and the only module that imports bcc: compiles agent/bpf/unlink.bpf.c for one attach
 mode, with every struct offset taken from the running kernel's BTF and passed as -D flags, attaches it, and
 hands over every map, program and attachment fd (handover()). It runs in the short-lived loader child
-(loader.py), so bcc's in-process LLVM never maps into the long-running agent."""
+(loader.py), so bcc's in-process LLVM never maps into the long-running agent. With an object cache
+(objcache.py), a start whose source, flags, bcc and kernel were compiled before loads that compile's result
+instead, and attaches it through the same bcc calls."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import logging
 import os
 import platform
 import re
+import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +22,7 @@ from typing import Any
 
 from unlinkwatch.errors import UserError
 
-from . import tracefs
+from . import bpfsys, objcache, tracefs
 from .btf import Btf, BtfError
 
 log = logging.getLogger("unlinkwatch.probe")
@@ -96,6 +99,7 @@ SYSCALLS = ("unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2")  #
 MOUNT_SYSCALLS = ("mount", "umount", "move_mount", "pivot_root", "unshare", "setns")
 URING_TRACEPOINTS = ("io_uring_submit_req", "io_uring_complete")  # tracepoint mode's view of io_uring renames
 DEGRADED_DIR_CACHE = "the directory cache is off (every relative deletion walks its directory)"
+DIRC_CTL_SIZE, DIRC_CTL_ON = 24, 16  # unlink.bpf.c's struct uw_dirc_ctl: its size, and where `on` is
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class ProbeConfig:
     lsm: bool = False             # enforce block rules with BPF LSM (enforce.h)
     dir_cache: bool = True        # walk.h's directory cache (off: UNLINKWATCH_DIR_CACHE=off, for comparisons)
     agent_tgid: int = 0           # with lsm: the process never blocked
+    object_cache: str = ""        # the directory of compiled objects (objcache.py); empty: compile every time
     extra_cflags: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -144,7 +149,7 @@ def cflags(cfg: ProbeConfig, offsets: dict[str, int]) -> list[str]:
         "-Wno-macro-redefined",
     ]
     if cfg.lsm:
-        flags += ["-DUW_LSM=1", f"-DUW_AGENT_TGID={cfg.agent_tgid}"]
+        flags += ["-DUW_LSM=1"]
     flags += [f"-D{k}={v}" for k, v in sorted(offsets.items())]
     return flags + list(cfg.extra_cflags)
 
@@ -217,6 +222,9 @@ class Probe:
         self.hook = hook_label(cfg.mode, cfg.unlink_fn)
 
         class _Bpf(BPF):  # type: ignore[misc,valid-type]
+            loaded: list[tuple[str, int]] = []  # (name, prog type) of each program loaded, in order: a class of
+            # this Probe's own, so that the loads bcc's constructor makes are kept too
+
             def _trace_autoload(self) -> None:
                 # the LSM programs are attached by _attach_lsm(), all or none, so that a kernel refusing them
                 # leaves the mode observing (block rules then run as audit) instead of failing it
@@ -226,25 +234,140 @@ class Probe:
                 finally:
                     del self.attach_lsm
 
+            def load_func(self, func_name: bytes, prog_type: int, device: Any = None,
+                          attach_type: int = -1) -> Any:
+                fresh = func_name not in self.funcs
+                fn = super().load_func(func_name, prog_type, device, attach_type)
+                if fresh:
+                    self.loaded.append((func_name.decode(), prog_type))  # what a cached object must hold
+                return fn
+
         self._bpf: Any = None
-        with _captured_stderr() as err:
+        self._maps: dict[str, int] = {}  # a replayed object's maps, by bcc's table names (this object owns them)
+        self._btf_fd = -1
+        self.from_cache = False
+        text, flags = source_text(), cflags(cfg, offsets)
+        cache = self._cache_slot(text, flags)
+        cached = objcache.read(*cache) if cache else None
+        if cached is not None:
             try:
-                self._bpf = _Bpf(text=source_text().encode(), cflags=cflags(cfg, offsets))
-            except Exception as e:  # bcc raises bare Exception for compile and load failures
-                self._bpf = None
-                failure: Exception | None = e
-            else:
-                failure = None
-        if failure is not None:
-            detail = _first_error(err.getvalue()) or str(failure)
-            log.debug("bcc output for %s:\n%s", cfg.mode, err.getvalue())
-            raise ProbeError(f"{cfg.mode}: {detail}") from failure
+                self._bpf = self._replay(cached, _Bpf)
+                self.from_cache = True
+            except Exception as e:  # bcc raises bare Exception; objcache raises CacheError and OSError
+                log.info("cached object not loaded: compiling", extra={"fields": {"mode": cfg.mode, "error": str(e)}})
+                self.close()
+        if self._bpf is None:
+            with _captured_stderr() as err:
+                try:
+                    self._bpf = _Bpf(text=text.encode(), cflags=flags)
+                except Exception as e:  # bcc raises bare Exception for compile and load failures
+                    self._bpf = None
+                    failure: Exception | None = e
+                else:
+                    failure = None
+            if failure is not None:
+                detail = _first_error(err.getvalue()) or str(failure)
+                log.debug("bcc output for %s:\n%s", cfg.mode, err.getvalue())
+                raise ProbeError(f"{cfg.mode}: {detail}") from failure
         try:
             self._attach()
         except Exception as e:
             self.close()
             raise ProbeError(f"{cfg.mode}: attach failed: {e}") from e
+        if cache and not self.from_cache:
+            self._keep(*cache)
         self.ringbuf_size: int = cfg.ringbuf_pages * os.sysconf("SC_PAGE_SIZE")
+
+    def _cache_slot(self, text: str, flags: list[str]) -> tuple[Path, str] | None:
+        if not self.cfg.object_cache:
+            return None
+        from bcc.libbcc import lib
+
+        d = objcache.usable_dir(self.cfg.object_cache)
+        return (d, objcache.cache_key(text, flags, str(lib._name))) if d else None
+
+    def _map_fds(self) -> dict[str, int]:
+        """Every map of the program by bcc's table name: a replay's own, or the compiled module's."""
+        if self.from_cache:
+            return dict(self._maps)
+        from bcc.libbcc import lib
+
+        b = self._bpf
+        lib.bpf_num_tables.restype = ctypes.c_size_t
+        lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
+        lib.bpf_table_name.restype = ctypes.c_char_p
+        lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        out = {}
+        for i in range(lib.bpf_num_tables(b.module)):
+            table = lib.bpf_table_name(b.module, i)
+            out[table.decode()] = lib.bpf_table_fd(b.module, table)
+        return out
+
+    def _keep(self, d: Path, key: str) -> None:
+        """Writes what the compile gave the kernel (objcache.py) once the mode attached."""
+        from bcc.libbcc import lib
+
+        b = self._bpf
+        maps, btf_id = [], 0
+        for name, fd in self._map_fds().items():
+            info = bpfsys.map_info(fd)
+            btf_id = btf_id or info.btf_id
+            maps.append(objcache.MapDef(name, fd, info.type, info.key_size, info.value_size, info.max_entries,
+                                        info.flags, info.btf_key, info.btf_value))
+        progs = {name: objcache.ProgDef(name, prog_type, b.dump_func(name.encode())) for name, prog_type in b.loaded}
+        try:
+            btf = objcache.btf_bytes(btf_id) if btf_id else b""
+        except OSError as e:
+            log.debug("object cache not written: the program's BTF: %s", e)
+            return
+        objcache.write(d, key, objcache.CachedObject(maps, progs, btf, lib.bpf_module_kern_version(b.module)))
+
+    def _replay(self, obj: objcache.CachedObject, cls: Any) -> Any:
+        """A bcc BPF object made from a cached compile: its maps and BTF created here, its programs loaded as
+        bcc's attach calls ask for them, and bcc's autoload (tracepoint__, raw_tracepoint__, kfunc__, kretfunc__)
+        done over them, so that the rest of start-up cannot tell it from a compile."""
+        from bcc import BPF
+
+        b = cls.__new__(cls)
+        for name in ("kprobe_fds", "uprobe_fds", "tracepoint_fds", "raw_tracepoint_fds", "kfunc_entry_fds",
+                     "kfunc_exit_fds", "lsm_fds", "perf_buffers", "open_perf_events", "funcs", "tables"):
+            setattr(b, name, {})
+        b._ringbuf_manager, b.tracefile, b.module, b.debug, b.loaded = None, None, None, 0, []
+        self._btf_fd = objcache.load_btf(obj.btf) if obj.btf else -1
+        moved = {}
+        for m in obj.maps:
+            self._maps[m.name] = moved[m.fd] = objcache.create_map(m, self._btf_fd)
+        vmlinux: list[Btf] = []
+
+        def load_func(func_name: bytes, prog_type: int, device: Any = None, attach_type: int = -1) -> Any:
+            if func_name in b.funcs:
+                return b.funcs[func_name]
+            p = obj.progs.get(func_name.decode())
+            if p is None:
+                raise Exception(f"Unknown program {func_name.decode()} (not in the cached object)")
+            target = objcache.attach_target(p.name)
+            btf_id, expected = 0, 0
+            if target is not None and p.prog_type in (objcache.PROG_TYPE_TRACING, objcache.PROG_TYPE_LSM):
+                if not vmlinux:
+                    vmlinux.append(Btf.load())
+                expected, fn_name = target
+                btf_id = vmlinux[0].func_id(fn_name)
+            fd = objcache.load_prog(p, objcache.relocate(p.insns, moved), obj.kern_version, btf_id, expected)
+            b.funcs[func_name] = BPF.Function(b, func_name, fd)
+            return b.funcs[func_name]
+
+        b.load_func = load_func
+        for name in obj.progs:  # bcc's _trace_autoload, in the order the compile loaded them
+            fn = name.encode()
+            if name.startswith("tracepoint__"):
+                b.attach_tracepoint(tp=fn[len(b"tracepoint__"):].replace(b"__", b":"), fn_name=fn)
+            elif name.startswith("raw_tracepoint__"):
+                b.attach_raw_tracepoint(tp=fn[len(b"raw_tracepoint__"):], fn_name=fn)
+            elif name.startswith("kfunc__"):
+                b.attach_kfunc(fn_name=fn)
+            elif name.startswith("kretfunc__"):
+                b.attach_kretfunc(fn_name=fn)
+        return b
 
     def _attach(self) -> None:
 
@@ -295,15 +418,17 @@ class Probe:
             self.degraded.append(f"{DEGRADED_DIR_CACHE}: {where}: {reason}")
             log.debug("directory cache off: %s: %s", where, reason)
             return
-        ctl = b[b"dirc_ctl"]
-        v = ctl[ctypes.c_int(0)]
-        v.on = 1
-        ctl[ctypes.c_int(0)] = v
+        fd, zero = self._map_fds()["dirc_ctl"], struct.pack("=I", 0)
+        ctl = bytearray(bpfsys.lookup(fd, zero, DIRC_CTL_SIZE))
+        struct.pack_into("=Q", ctl, DIRC_CTL_ON, 1)
+        bpfsys.update(fd, zero, bytes(ctl))
 
     def _attach_lsm(self) -> None:
         """enforce.h's programs on their LSM hooks, all or none; on failure the reason is kept for the agent."""
         b = self._bpf
         hook = ""
+        # the agent's own deletions are never blocked (enforce.h): its tgid first, then the hooks
+        bpfsys.update(self._map_fds()["lsm_agent"], struct.pack("=I", 0), struct.pack("=I", self.cfg.agent_tgid))
         try:
             with _captured_stderr() as err:
                 for hook in LSM_HOOKS:
@@ -341,7 +466,7 @@ class Probe:
             except Exception as e:  # the verifier's verdict; try the smaller variant
                 errors.append(f"{name.decode()}: {e}")
                 continue
-            b[b"uw_tail"][ctypes.c_int(0)] = ctypes.c_int(step.fd)
+            bpfsys.update(self._map_fds()["uw_tail"], struct.pack("=I", 0), struct.pack("=I", step.fd))
             self.rename_lookup = name.decode()
             return
         self.degraded.append(f"{DEGRADED_RENAME_LOOKUP}: the kernel's verifier refused the "
@@ -353,8 +478,6 @@ class Probe:
         every program fd and every attachment fd (perf event or BPF link: the attachment lives as long as
         one of them is open), and the kprobe events bcc made in tracefs, which outlive their fds and must
         be removed by name (only where the kernel has no kprobe PMU)."""
-        from bcc.libbcc import lib
-
         b = self._bpf
         assert b is not None
         names: list[str] = []
@@ -365,13 +488,8 @@ class Probe:
                 names.append(name)
                 fds.append(fd)
 
-        lib.bpf_num_tables.restype = ctypes.c_size_t
-        lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
-        lib.bpf_table_name.restype = ctypes.c_char_p
-        lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        for i in range(lib.bpf_num_tables(b.module)):
-            table = lib.bpf_table_name(b.module, i)
-            put("map:" + table.decode(), lib.bpf_table_fd(b.module, table))
+        for table, fd in self._map_fds().items():
+            put("map:" + table, fd)
         for fname, fn in b.funcs.items():
             put("prog:" + fname.decode(), fn.fd)
         for ev, by_fn in b.kprobe_fds.items():
@@ -389,6 +507,13 @@ class Probe:
             with contextlib.suppress(Exception):
                 b.cleanup()
             self._bpf = None
+        for fd in [*self._maps.values(), self._btf_fd]:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._maps.clear()
+        self._btf_fd = -1
+        self.from_cache = False
 
 
 def _own_probe_events() -> list[tuple[str, str]]:
