@@ -92,9 +92,11 @@ def _gather(attach: str, mounted: list[tracefs_mount.Mounted]) -> dict[str, Any]
             ext4 = [d for d in att.probe.degraded if d.startswith(DEGRADED_EXT4_UNLINK)]
             put("destroyed_ext4", not ext4, "; ".join(ext4) or "ext4 unlinks read their inode (ext4_unlink_enter)")
         put("ring_buffer", True, f"{att.probe.ringbuf_size >> 20} MiB, BPF_MAP_TYPE_RINGBUF")
-        put("self_test", True, f"synthetic unlink seen end to end in {att.startup_s:.2f} s (compile+attach+test)")
+        how = "a kept compile loaded" if att.probe.from_cache else "compiled"
+        put("self_test", True, f"synthetic unlink seen end to end in {att.startup_s:.2f} s ({how}, attached, tested)")
         enforce = enforcement(Policy(()), lsm_missing, att.probe.enforcing, att.probe.enforce_error)
         report.update(mode=cand.mode, hook=cand.hook, startup_s=round(att.startup_s, 3),
+                      object="cached" if att.probe.from_cache else "compiled",
                       misses=probe.MISSES[cand.mode], agent_can_run=True,
                       enforcement={"state": "unavailable" if enforce.state != "enforcing" else "available",
                                    "reason": enforce.reason})

@@ -161,3 +161,14 @@ def by_pid(pid: int) -> Callable[[Event], bool]:
 
 def paths(events: list[Event]) -> Iterator[str]:
     return (e["path"] for e in events)
+
+
+@contextmanager
+def agent_with_objects(cache: Path) -> Iterator[AgentProcess]:
+    """An attached agent that keeps its compiled objects in `cache` (UNLINKWATCH_OBJECT_CACHE), stopped after."""
+    a = AgentProcess(env={"UNLINKWATCH_OBJECT_CACHE": str(cache)})
+    try:
+        a.info = a.wait_attached()
+        yield a
+    finally:
+        a.stop()

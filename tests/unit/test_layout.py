@@ -99,3 +99,16 @@ def test_the_layer_check_sees_a_violation() -> None:
     g = graph()
     assert any(reaches(i, f"{AGENT}.decode") for i in g[f"{AGENT}.probe.attach"])  # allowed: probe -> decode
     assert _layer_violations(AGENT, [["decode"], ["probe"]])  # with the order reversed, it is a violation
+
+
+def test_no_two_test_files_share_a_name() -> None:
+    """The tiers' directories are not packages: pytest imports each test file by its basename, and a second file of
+    the same name stops the whole collection."""
+    seen: dict[str, str] = {}
+    clashes = []
+    for f in sorted((ROOT / "tests").rglob("test_*.py")):
+        rel = str(f.relative_to(ROOT))
+        if f.name in seen:
+            clashes.append(f"{seen[f.name]} and {rel}")
+        seen.setdefault(f.name, rel)
+    assert not clashes, clashes
