@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +31,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (work / "kubelet").mkdir()
     with running_stack(work, "--kubelet-root", str(work / "kubelet")) as s:
         yield s
+
+
+def stored_by(stack: Stack, pod_uid: str, comms: dict[str, int]) -> list[dict[str, Any]]:
+    """The pod's stored events once those of `comms` (comm -> how many) are all in (30 s at most). Waited for before
+    the test takes the pod's layers and volumes down: the agent decides an overlayfs layer, and finds a volume's
+    device in the host's table, as it places each event, and on a node the kubelet unmounts a pod's volumes long
+    after its last process, not milliseconds after."""
+    deadline = time.monotonic() + 30
+    while True:
+        rows = stack.query("--pod-uid", pod_uid)
+        counts = Counter(r["comm"] for r in rows)
+        if all(counts[c] >= n for c, n in comms.items()) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.3)
 
 
 def show(rows: list[dict[str, Any]]) -> None:
@@ -77,12 +93,12 @@ def test_each_deletion_in_a_pod_says_where_it_lived_on_the_node_and_in_which_vol
         c.launch()
         res = c.wait()
         assert res.exit_code == 0, res.stderr
+        stored = stored_by(stack, c.pod_uid, {"rm": 5, "dirfd_unlink": 1})
     finally:
         subprocess.run(["umount", "-l", str(rootfs)], check=False)
         rec.done()
         c.delete()
 
-    stored = stack.wait_query(5, "--pod-uid", c.pod_uid)
     show(stored)
     rows = {r["path"]: (r["host_path"], r["volume"]) for r in stored if r["comm"] == "rm"}
     assert rows == {
@@ -96,7 +112,7 @@ def test_each_deletion_in_a_pod_says_where_it_lived_on_the_node_and_in_which_vol
     # the row is unplaced unless it was placed before the pivot (then through the overlay's layers)
     ptmx = [r for r in stored if r["path"].endswith("/rootfs/dev/ptmx")]
     assert ptmx and all(r["host_path"] in ("", f"{upper}/dev/ptmx", f"{lower}/dev/ptmx") for r in ptmx), ptmx
-    (at,) = [r for r in stack.wait_query(6, "--pod-uid", c.pod_uid) if r["comm"] == "dirfd_unlink"]
+    (at,) = [r for r in stored if r["comm"] == "dirfd_unlink"]
     assert (at["path"], at["raw_path"], at["host_path"], at["volume"]) == (
         "/cache/sub/y", "y", f"{cache}/sub/y", "emptyDir/cache")  # unlinkat(dirfd, "y")
     by_volume = stack.query("--pod-uid", c.pod_uid, "--volume", "*Path/*")
@@ -155,6 +171,7 @@ def test_a_claims_volume_is_named_by_its_claim_and_each_volume_says_what_was_des
             c.launch()
             res = c.wait()
             assert res.exit_code == 0, res.stderr
+            everything = stored_by(stack, c.pod_uid, {"rm": 5, "mv": 1})
         finally:
             c.delete()
     finally:
@@ -163,7 +180,6 @@ def test_a_claims_volume_is_named_by_its_claim_and_each_volume_says_what_was_des
         runstate.detach_loops(image)
         loop.done()
 
-    everything = stack.wait_query(6, "--pod-uid", c.pod_uid)
     show(everything)
     rows = {r["path"]: r for r in everything if r["comm"] == "rm"}
     (moved,) = [r for r in everything if r["op"] == "rename"]
