@@ -328,7 +328,7 @@ class Probe:
         done over them, so that the rest of start-up cannot tell it from a compile."""
         from bcc import BPF
 
-        b = cls.__new__(cls)
+        b = self._bpf = cls.__new__(cls)  # held at once: a failure below is cleaned up by close(), attachments too
         for name in ("kprobe_fds", "uprobe_fds", "tracepoint_fds", "raw_tracepoint_fds", "kfunc_entry_fds",
                      "kfunc_exit_fds", "lsm_fds", "perf_buffers", "open_perf_events", "funcs", "tables"):
             setattr(b, name, {})
