@@ -96,7 +96,7 @@ def _gather(attach: str, mounted: list[tracefs_mount.Mounted]) -> dict[str, Any]
         put("self_test", True, f"synthetic unlink seen end to end in {att.startup_s:.2f} s ({how}, attached, tested)")
         enforce = enforcement(Policy(()), lsm_missing, att.probe.enforcing, att.probe.enforce_error)
         report.update(mode=cand.mode, hook=cand.hook, startup_s=round(att.startup_s, 3),
-                      object="cached" if att.probe.from_cache else "compiled",
+                      object=att.probe.object,
                       misses=probe.MISSES[cand.mode], agent_can_run=True,
                       enforcement={"state": "unavailable" if enforce.state != "enforcing" else "available",
                                    "reason": enforce.reason})

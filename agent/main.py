@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     # said once the node policy is in force: from this line on, every deletion is decided by it
     log.info("attached", extra={"fields": {"mode": cand.mode, "hook": cand.hook, "agent": agent_id, "node": node,
                                            "startup_s": round(attached.startup_s, 3), "processes_seeded": seeded,
-                                           "object": "cached" if attached.probe.from_cache else "compiled",
+                                           "object": attached.probe.object,
                                            "misses": probe.MISSES[cand.mode],
                                            "degraded": attached.probe.degraded}})
 

@@ -15,9 +15,9 @@
  *                            dentry (kept with its mount in lsm_rename, task storage of its own, so that
  *                            io_uring's renames, which no syscall hook sees, are checked too): a protected
  *                            file replaced, or exchanged.
- * The agent's own process is never blocked (its tgid is lsm_agent's one value, written by the loader before the
- * programs attach, so that one compiled object serves every agent: program.py's object cache). Programs run under RCU and only look maps up: no
- * lock, nothing that sleeps. When the agent exits their links close and deletions are allowed again (fail-open).
+ * The agent's own process is never blocked: its tgid is lsm_agent's one value, written by the loader before the
+ * programs attach, so that one compiled object serves every agent (objcache.py). Programs run under RCU and only
+ * look maps up: no lock, nothing that sleeps. When the agent exits their links close and deletions are allowed again (fail-open).
  * A path the kernel cannot decide (policy.h: a directory deeper than the walk, a key longer than 254 bytes) is
  * allowed and reported as the observation decides it. */
 #ifndef UNLINKWATCH_ENFORCE_H
@@ -106,12 +106,12 @@ static __always_inline int uw_lsm_decide(void)
 static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *dentry, __u32 arm)
 {
 	__u32 zero = 0, slot = 0;
-	__u32 *agent = lsm_agent.lookup(&zero);
-	if (!agent || (bpf_get_current_pid_tgid() >> 32) == *agent)
-		return UW_LSM_ALLOW;
 	struct uw_scratch *s = scratch.lookup(&zero);
 	struct uw_policy_slot *sl = uw_policy_slot(&slot);
 	if (!s || !sl || !(sl->block.w[0] | sl->block.w[1]) || !mnt || !dir || !dentry)
+		return UW_LSM_ALLOW;
+	__u32 *agent = lsm_agent.lookup(&zero);	/* after the test for block rules: no lookup where there are none */
+	if (!agent || (bpf_get_current_pid_tgid() >> 32) == *agent)
 		return UW_LSM_ALLOW;
 	void *task = (void *)bpf_get_current_task_btf();
 	struct uw_rule_set exe_except;

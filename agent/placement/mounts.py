@@ -41,7 +41,8 @@ class MountTable:
             self._by_dev.setdefault(m.dev, []).append(m)
         self._by_id = {m.mount_id: m for m in self.mounts}
         top = self.find(b"/")
-        self.root_id = top[0].mount_id if top else 0
+        self._root = top[0] if top else None  # the mount at "/"
+        self.root_id = self._root.mount_id if self._root else 0
 
     def find(self, path: bytes) -> tuple[Mount, bytes] | None:
         """The mount `path` is on, and the rest of the path below its mount point."""
@@ -65,8 +66,7 @@ class MountTable:
 
     def is_root(self, dev: str) -> bool:
         """Whether `dev` is the filesystem mounted at "/" here."""
-        found = self.find(b"/")
-        return found is not None and found[0].dev == dev
+        return self._root is not None and self._root.dev == dev
 
     def visible(self, dev: str, fs_path: bytes) -> bytes | None:
         """Where `fs_path` (a path inside the filesystem `dev`) can be reached in this table: through the mount of

@@ -233,8 +233,8 @@ class Placement:
             if fd is not None:
                 self._close(mnt_ns, forget=False)
                 t = self._add(fd, p, mnt_ns)
+                seen = t.table.from_root(path, root_mnt_id)
                 break
-        seen = t.table.from_root(path, root_mnt_id)
         if seen is None:
             t.missing.add(root_mnt_id)  # a root gone before the table was read: runc's init before its pivot_root
         return seen

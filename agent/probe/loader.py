@@ -44,6 +44,7 @@ class HeldProbe:
         self.enforcing: bool = bool(meta.get("enforcing", False))  # block rules enforced by BPF LSM programs
         self.enforce_error: str = meta.get("enforce_error", "")
         self.from_cache: bool = bool(meta.get("from_cache", False))  # loaded from a kept compile (objcache.py)
+        self.object = "cached" if self.from_cache else "compiled"  # as the "attached" line and doctor say it
         self._tracefs_events: list[tuple[str, str]] = [(f, e) for f, e in meta.get("tracefs_events", [])]
         self.ringbuf_size: int = cfg.ringbuf_pages * os.sysconf("SC_PAGE_SIZE")
         try:

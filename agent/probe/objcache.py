@@ -23,9 +23,8 @@ import platform
 import stat
 import struct
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import bpfsys
 
@@ -79,11 +78,10 @@ class CachedObject:
     progs: dict[str, ProgDef]
     btf: bytes = b""
     kern_version: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)  # program.py's own facts (which lookup step loaded)
 
     def dumps(self) -> bytes:
         return json.dumps({
-            "format": FORMAT, "kern_version": self.kern_version, "extra": self.extra,
+            "format": FORMAT, "kern_version": self.kern_version,
             "btf": base64.b64encode(self.btf).decode(),
             "maps": [m.__dict__ for m in self.maps],
             "progs": [{"name": p.name, "prog_type": p.prog_type, "insns": base64.b64encode(p.insns).decode()}
@@ -99,7 +97,7 @@ class CachedObject:
             progs = {p["name"]: ProgDef(p["name"], int(p["prog_type"]), base64.b64decode(p["insns"]))
                      for p in d["progs"]}
             return cls([MapDef(**m) for m in d["maps"]], progs, base64.b64decode(d["btf"]),
-                       int(d["kern_version"]), dict(d["extra"]))
+                       int(d["kern_version"]))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CacheError(f"unreadable: {e}") from e
 
