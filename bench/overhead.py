@@ -412,7 +412,7 @@ def configurations(only: list[str] | None = None, baseline: BaselineAgent | None
                                 UnlinkwatchAgent("tracepoint", to_file=True), PolicyAgent("ignore"),
                                 PolicyAgent("audit100"), *(PolicyAgent("block100", m) for m in ATTACH_MODES),
                                 UnlinkwatchPipeline(), peers.Bpftrace(), peers.Auditd(),
-                                peers.MinimalBcc()]
+                                peers.MinimalBcc(), peers.HooksOnly()]
     if baseline is not None:
         everything.insert(2, baseline)
     return [t for t in everything if not only or t.name == "bare" or t is baseline or any(o in t.name for o in only)]

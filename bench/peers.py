@@ -1,7 +1,10 @@
-"""Tracer configurations measured against bare: the common process handling, bpftrace, auditd, minimal bcc.
+"""Tracer configurations measured against bare: the common process handling, bpftrace, auditd, minimal bcc, and
+the agent's hooks with empty programs.
 
 Each configuration is a `Tracer`: started before a measurement and stopped after it. `python -m bench.peers
-minimal-bcc OUT` is the minimal bcc reference itself (syscall tracepoints -> ring buffer -> Python consumer).
+minimal-bcc OUT` is the minimal bcc reference itself (syscall tracepoints -> ring buffer -> Python consumer);
+`python -m bench.peers hooks-only` attaches a program that does nothing to every hook the agent's tracepoint mode
+runs on a deletion: the floor any tracer of these hooks pays, whatever its programs do.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from unlinkwatch.agent.probe.program import SYSCALLS
 
 from unlinkwatch import runstate
 
@@ -293,6 +298,64 @@ class MinimalBcc(Tracer):
         return None
 
 
+HOOKS_ONLY_C = r"""
+int hook(void *ctx) { return 0; }
+"""
+# the hooks the agent's tracepoint mode runs on a deletion: the six calls' syscall tracepoints at entry and exit,
+# and the raw ext4 tracepoint that reads the inode an ext4 unlink destroys
+HOOK_CALLS = SYSCALLS
+HOOK_RAW = "ext4_unlink_enter"
+
+
+def hooks_only_main() -> int:
+    """Attaches the empty program to each hook that exists here, says how many, and waits for SIGINT/SIGTERM."""
+    from bcc import BPF
+
+    b = BPF(text=HOOKS_ONLY_C)
+    n = 0
+    for call in HOOK_CALLS:
+        for side in ("enter", "exit"):
+            tp = f"syscalls:sys_{side}_{call}"
+            if BPF.tracepoint_exists("syscalls", f"sys_{side}_{call}"):
+                b.attach_tracepoint(tp=tp, fn_name="hook")
+                n += 1
+    raw = 0
+    with contextlib.suppress(Exception):  # no ext4 in this kernel: the syscall hooks alone
+        b.attach_raw_tracepoint(tp=HOOK_RAW, fn_name="hook")
+        raw = 1
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(json.dumps({"msg": "attached", "tracepoints": n, "raw_tracepoints": raw}), file=sys.stderr, flush=True)
+    stop.wait()
+    return 0
+
+
+class HooksOnly(Tracer):
+    """The floor: a program that returns at once on every hook the agent's tracepoint mode uses."""
+
+    name = "hooks only (empty programs)"
+    bpf = True
+
+    def check(self) -> None:
+        MinimalBcc().check()
+
+    def start(self, workdir: Path, record: bool) -> None:
+        super().start(workdir, record)
+        env = dict(os.environ)
+        if Path(HEADER_TREE).is_dir():
+            env.setdefault("BCC_KERNEL_SOURCE", HEADER_TREE)
+        root = Path(__file__).resolve().parent.parent
+        proc = self._spawn([sys.executable, "-m", "bench.peers", "hooks-only"], env=env, cwd=root)
+        deadline = time.monotonic() + 60
+        while not any('"attached"' in line for line in self.stderr_lines):
+            if proc.poll() is not None:
+                raise self._fail(proc, f"{self.name} exited before attaching")
+            if time.monotonic() > deadline:
+                raise self._fail(proc, f"{self.name} did not attach within 60 s")
+            time.sleep(0.1)
+
+
 AUDIT_KEY = "uwbench"
 AUDIT_RULE = ["-a", "always,exit", "-F", "arch=b64", "-S", "unlink,unlinkat,rmdir,rename,renameat,renameat2",
               "-k", AUDIT_KEY]
@@ -400,5 +463,7 @@ class Auditd(Tracer):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "minimal-bcc":
         sys.exit(minimal_bcc_main(sys.argv[2]))
-    print("usage: python -m bench.peers minimal-bcc OUTFILE", file=sys.stderr)
+    if len(sys.argv) == 2 and sys.argv[1] == "hooks-only":
+        sys.exit(hooks_only_main())
+    print("usage: python -m bench.peers minimal-bcc OUTFILE | hooks-only", file=sys.stderr)
     sys.exit(2)

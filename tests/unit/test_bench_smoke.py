@@ -126,3 +126,12 @@ def test_the_recording_passes_give_the_median_kernel_ns_and_the_worst_completene
     merged = overhead.merge_records(passes)
     assert (merged.rate, merged.hwm_kib, merged.events, merged.drops) == (11.0, 7, 998, 2)
     assert merged.kernel_ns == 650.0 and merged.kernel_ns_by_prog == {"exit": 550.0, "enter": 100.0}
+
+
+def test_the_hooks_only_floor_is_a_configuration_of_its_own() -> None:
+    from bench.overhead import configurations
+    from bench.peers import HOOK_CALLS
+
+    names = [t.name for t in configurations(["hooks only"])]
+    assert names == ["bare", "hooks only (empty programs)"]
+    assert {"unlinkat", "renameat2", "rmdir"} <= set(HOOK_CALLS)
