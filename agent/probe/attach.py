@@ -19,7 +19,7 @@ from ..decode import successful_deletion_by
 from . import tracefs
 from .btf import Btf
 from .loader import HeldProbe, Loader
-from .program import ProbeConfig, ProbeError, hook_label, kernel_offsets
+from .program import ProbeConfig, ProbeError, fentry_refusal, hook_label, kernel_offsets
 from .ringbuf import RingBuffer
 
 log = logging.getLogger("unlinkwatch.hooks")
@@ -68,9 +68,11 @@ def kprobes_available() -> bool:
     return any(Path(d, "kprobe_events").exists() for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
 
 
-def candidates(fns: list[str], forced: str) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
+def candidates(fns: list[str], forced: str, fentry_refused: str = "") -> tuple[list[Candidate],
+                                                                             list[tuple[Candidate, str]]]:
     """The chain in order of preference (cheapest per call first), and the ones skipped with why.
-    fns: which of UNLINK_FUNCTIONS the kernel's BTF has, in that order."""
+    fns: which of UNLINK_FUNCTIONS the kernel's BTF has, in that order; fentry_refused: why the kernel would
+    not run an fentry program on the first of them (program.fentry_refusal), "" when it would."""
     chain: list[Candidate] = []
     skipped: list[tuple[Candidate, str]] = []
     for mode in ("fentry", "kprobe"):
@@ -78,7 +80,9 @@ def candidates(fns: list[str], forced: str) -> tuple[list[Candidate], list[tuple
             skipped.append((Candidate(mode, "?"), f"none of {', '.join(UNLINK_FUNCTIONS)} in BTF"))
             continue
         c = Candidate(mode, fns[0])  # do_unlinkat where it exists, else its 7.0+ successor
-        if mode == "kprobe" and not kprobes_available():
+        if mode == "fentry" and fentry_refused:
+            skipped.append((c, fentry_refused))
+        elif mode == "kprobe" and not kprobes_available():
             skipped.append((c, "kernel built without kprobe events (CONFIG_KPROBE_EVENTS)"))
         else:
             chain.append(c)
@@ -146,10 +150,13 @@ def _attach(forced: str, ringbuf_mb: int, selftest_timeout_s: float, btf: Btf | 
             t0: float) -> Attached:
     with Loader() as loader:
         if btf is None:
-            fns, offsets = loader.kernel_facts(UNLINK_FUNCTIONS)  # BTF is read in the child too
+            fns, offsets, fentry_refused = loader.kernel_facts(UNLINK_FUNCTIONS)  # BTF is read in the child too
         else:
             fns, offsets = [f for f in UNLINK_FUNCTIONS if btf.has_func(f)], kernel_offsets(btf)
-        chain, tried = candidates(fns, forced)
+            fentry_refused = fentry_refusal(btf, fns[0]) if fns else ""
+        chain, tried = candidates(fns, forced, fentry_refused)
+        for cand, why in tried:
+            log.info("attach mode unavailable", extra={"fields": {"mode": cand.mode, "reason": why}})
         dir_cache = os.environ.get("UNLINKWATCH_DIR_CACHE", "on") != "off"  # off: the walk alone (comparisons)
         object_cache = os.environ.get("UNLINKWATCH_OBJECT_CACHE", "")  # compiled objects kept there (objcache.py)
         pages = max(1, ringbuf_mb * (1 << 20) // os.sysconf("SC_PAGE_SIZE"))

@@ -101,9 +101,10 @@ class Loader:
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=out)
         self._sock = ours
 
-    def kernel_facts(self, functions: tuple[str, ...]) -> tuple[list[str], dict[str, int]]:
-        """Which of `functions` the kernel has, and the struct offsets for the -D flags, read from BTF by
-        the child: parsing BTF in Python grows the heap by ~40 MiB for a moment, which the agent need not."""
+    def kernel_facts(self, functions: tuple[str, ...]) -> tuple[list[str], dict[str, int], str]:
+        """Which of `functions` the kernel has, the struct offsets for the -D flags, and why fentry cannot be
+        used on the first of them ("" when it can), read from BTF by the child: parsing BTF in Python grows the
+        heap by ~40 MiB for a moment, which the agent need not."""
         self.start()
         assert self._sock is not None
         try:
@@ -117,7 +118,7 @@ class Loader:
         reply = json.loads(data)
         if not reply["ok"]:
             raise BtfError(reply["error"])
-        return list(reply["funcs"]), {k: int(v) for k, v in reply["offsets"].items()}
+        return list(reply["funcs"]), {k: int(v) for k, v in reply["offsets"].items()}, str(reply["fentry"])
 
     def load(self, cfg: ProbeConfig, offsets: dict[str, int]) -> HeldProbe:
         """Compiles, loads and attaches one mode in the child; ProbeError when this kernel refuses it."""
@@ -230,11 +231,13 @@ def _serve(sock: socket.socket) -> None:
 
 def _kernel_facts(functions: list[str]) -> dict[str, Any]:
     from .btf import Btf
-    from .program import kernel_offsets
+    from .program import fentry_refusal, kernel_offsets
 
     try:
         btf = Btf.load()
-        return {"ok": True, "funcs": [f for f in functions if btf.has_func(f)], "offsets": kernel_offsets(btf)}
+        funcs = [f for f in functions if btf.has_func(f)]
+        return {"ok": True, "funcs": funcs, "offsets": kernel_offsets(btf),
+                "fentry": fentry_refusal(btf, funcs[0]) if funcs else ""}
     except BtfError as e:
         return {"ok": False, "error": str(e)}
 

@@ -116,6 +116,39 @@ class ProbeConfig:
     extra_cflags: tuple[str, ...] = field(default_factory=tuple)
 
 
+class _RawTpOpen(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32)]
+
+
+BPF_RAW_TRACEPOINT_OPEN = 17
+_RETURN_0 = bytes.fromhex("b700000000000000" "9500000000000000")  # r0 = 0; exit
+
+
+def fentry_refusal(btf: Btf, fn: str) -> str:
+    """Why this kernel will not run an fentry program on `fn`, or "" when it does: a two-instruction program is
+    loaded and attached, then closed, in milliseconds. Without it, a kernel that refuses tracing programs costs
+    each start the fentry candidate's whole compile before its load fails."""
+    try:
+        btf_id = btf.func_id(fn)
+    except BtfError as e:
+        return str(e)
+    prog = objcache.ProgDef("uw_fentry_check", objcache.PROG_TYPE_TRACING, _RETURN_0)
+    try:
+        fd = objcache.load_prog(prog, _RETURN_0, 0, btf_id, objcache.ATTACH_TRACE_FENTRY)
+    except objcache.CacheError as e:
+        cause = e.__cause__
+        why = os.strerror(cause.errno) if isinstance(cause, OSError) and cause.errno else str(e)
+        return f"the kernel refuses fentry programs (BPF_PROG_LOAD: {why})"
+    try:
+        link = bpfsys.call(BPF_RAW_TRACEPOINT_OPEN, _RawTpOpen(name=0, prog_fd=fd))
+        os.close(link)
+    except OSError as e:
+        return f"the kernel loads fentry programs but will not attach one to {fn} ({os.strerror(e.errno or 0)})"
+    finally:
+        os.close(fd)
+    return ""
+
+
 def kernel_offsets(btf: Btf) -> dict[str, int]:
     out: dict[str, int] = {}
     # a dentry's children: an hlist (d_children/d_sib) since 6.8, a list (d_subdirs/d_child) before

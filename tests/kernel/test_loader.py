@@ -4,6 +4,7 @@ small, the child is gone once it has attached, and stopping it detaches and unlo
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import platform
 import time
@@ -83,3 +84,32 @@ def test_the_agent_keeps_only_fds_and_stopping_it_unloads_everything() -> None:
         time.sleep(0.1)
     assert not [i for i in held if _prog_exists(i)]
     assert _kprobe_events() == kprobes_before
+
+
+def test_a_kernel_that_refuses_fentry_programs_is_known_before_any_compile() -> None:
+    """The fentry check (a two-instruction program loaded and attached) agrees with what an agent left to choose
+    its mode does: where the check refuses, the agent skips fentry with that reason and never compiles for it
+    (which cost each start about 2.5 s); where it accepts, the agent attaches in fentry mode."""
+    require_root()
+    from unlinkwatch.agent.probe.attach import UNLINK_FUNCTIONS
+    from unlinkwatch.agent.probe.btf import Btf
+    from unlinkwatch.agent.probe.program import fentry_refusal
+
+    btf = Btf.load()
+    fn = next(f for f in UNLINK_FUNCTIONS if btf.has_func(f))
+    started = time.monotonic()
+    refusal = fentry_refusal(btf, fn)
+    assert time.monotonic() - started < 1.0
+    agent = AgentProcess(attach="auto")
+    try:
+        info = agent.wait_attached()
+    finally:
+        assert agent.stop() == 0, "\n".join(agent.log[-20:])
+    skipped = {json.loads(line)["mode"]: json.loads(line)["reason"] for line in agent.log
+               if '"msg": "attach mode unavailable"' in line}
+    if refusal:
+        assert info["mode"] != "fentry"
+        assert skipped["fentry"] == refusal and refusal.startswith("the kernel ")
+        assert not any("Failed to load program" in line for line in agent.log)
+    else:
+        assert info["mode"] == "fentry" and "fentry" not in skipped
