@@ -16,6 +16,7 @@ import re
 import struct
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -370,7 +371,17 @@ class Probe:
         moved = {}
         for m in obj.maps:
             self._maps[m.name] = moved[m.fd] = objcache.create_map(m, self._btf_fd)
-        vmlinux: list[Btf] = []
+        btf_attached = [p for p in obj.progs.values() if objcache.attach_target(p.name) is not None and
+                        p.prog_type in (objcache.PROG_TYPE_TRACING, objcache.PROG_TYPE_LSM)]
+        vmlinux = Btf.load() if btf_attached else None
+
+        def load(p: objcache.ProgDef) -> int:
+            target = objcache.attach_target(p.name)
+            btf_id, expected = 0, 0
+            if vmlinux is not None and target is not None and p in btf_attached:
+                expected, fn_name = target
+                btf_id = vmlinux.func_id(fn_name)
+            return objcache.load_prog(p, objcache.relocate(p.insns, moved), obj.kern_version, btf_id, expected)
 
         def load_func(func_name: bytes, prog_type: int, device: Any = None, attach_type: int = -1) -> Any:
             if func_name in b.funcs:
@@ -378,17 +389,21 @@ class Probe:
             p = obj.progs.get(func_name.decode())
             if p is None:
                 raise Exception(f"Unknown program {func_name.decode()} (not in the cached object)")
-            target = objcache.attach_target(p.name)
-            btf_id, expected = 0, 0
-            if target is not None and p.prog_type in (objcache.PROG_TYPE_TRACING, objcache.PROG_TYPE_LSM):
-                if not vmlinux:
-                    vmlinux.append(Btf.load())
-                expected, fn_name = target
-                btf_id = vmlinux[0].func_id(fn_name)
-            fd = objcache.load_prog(p, objcache.relocate(p.insns, moved), obj.kern_version, btf_id, expected)
-            b.funcs[func_name] = BPF.Function(b, func_name, fd)
+            b.funcs[func_name] = BPF.Function(b, func_name, load(p))
             return b.funcs[func_name]
 
+        def preload(p: objcache.ProgDef) -> int | None:
+            try:
+                return load(p)
+            except (objcache.CacheError, BtfError, OSError):
+                return None  # loaded again when it is attached, where its error counts as it did before
+
+        # The verifier is most of a replay's time, and the kernel checks programs loaded at once in parallel (a
+        # privileged load takes no global verifier lock): one thread per program, then attached in order below.
+        with ThreadPoolExecutor(max_workers=min(len(obj.progs), os.cpu_count() or 1) or 1) as pool:
+            for p, fd in zip(obj.progs.values(), pool.map(preload, obj.progs.values()), strict=True):
+                if fd is not None:
+                    b.funcs[p.name.encode()] = BPF.Function(b, p.name.encode(), fd)
         b.load_func = load_func
         for name in obj.progs:  # bcc's _trace_autoload, in the order the compile loaded them
             fn = name.encode()
