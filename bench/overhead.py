@@ -543,18 +543,33 @@ def paced_point(pipe: UnlinkwatchPipeline, binary: Path, fsdir: Path, tmp: Path,
             "max_ms": max(lat_ms, default=None)}
 
 
-def startup_sample(binary: Path, n: int) -> dict[str, Any]:
-    """Exec -> attached, the agent's own start-up figure, RSS idle and after n unlinks (tmpfs)."""
-    agent = UnlinkwatchAgent("tracepoint")
+class StartupAgent(UnlinkwatchAgent):
+    """The agent as the DaemonSet runs it: the attach mode left to the agent, compiled objects kept in `cache`."""
+
+    def __init__(self, cache: Path) -> None:
+        super().__init__("auto")
+        self.cache = cache
+
+    def env(self) -> dict[str, str] | None:
+        return {**os.environ, "UNLINKWATCH_OBJECT_CACHE": str(self.cache)}
+
+
+def startup_sample(binary: Path, n: int, cache: Path) -> dict[str, Any]:
+    """Exec -> attached, the agent's own start-up figure and whether it compiled or loaded a kept compile from
+    `cache`, RSS idle and after n unlinks (tmpfs)."""
+    agent = StartupAgent(cache)
     agent.check()
     with scratch_dir() as tmp, workload.tmpfs_mount(max_files=n) as fsdir:
         agent.start(tmp, record=False)
         try:
             pid = agent.pids()[0]
-            reported = None
-            for line in agent.stderr_lines:
-                if '"attached"' in line:
-                    reported = json.loads(line).get("startup_s")
+            attached: dict[str, Any] = {}
+            deadline = time.monotonic() + 10  # /readyz can answer before the line is read
+            while not attached and time.monotonic() < deadline:
+                for line in list(agent.stderr_lines):
+                    if '"attached"' in line:
+                        attached = json.loads(line)
+                time.sleep(0.05)
             time.sleep(2)
             idle = peers.status_kib(pid, "VmRSS")
             workload.run(binary, n, fsdir)
@@ -562,8 +577,16 @@ def startup_sample(binary: Path, n: int) -> dict[str, Any]:
             after, hwm = peers.status_kib(pid, "VmRSS"), peers.status_kib(pid, "VmHWM")
         finally:
             agent.stop()
-    return {"exec_to_attached_s": agent.startup_s, "agent_reported_s": reported, "idle_rss_mib": idle / 1024,
+    return {"exec_to_attached_s": agent.startup_s, "agent_reported_s": attached.get("startup_s"),
+            "mode": attached.get("mode"), "object": attached.get("object"), "idle_rss_mib": idle / 1024,
             "rss_after_load_mib": after / 1024, "hwm_mib": hwm / 1024, "unlinks": n}
+
+
+def startup_pair(binary: Path, n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A first start (it compiles, into an empty cache) and a restart (it loads that kept compile)."""
+    with runstate.scratch_dir("uwbench-objects-", Path("/var/tmp")) as cache:
+        cache.chmod(0o700)
+        return startup_sample(binary, n, cache), startup_sample(binary, n, cache)
 
 
 # Exec-heavy workloads (`python -m bench --only exec`): a process per iteration, so what is paid once per
