@@ -186,7 +186,8 @@ BPF_PERCPU_ARRAY(dirc_stats, __u64, 2);	/* base directories found in the cache [
 #include "walk.h"
 #include "policy.h"
 
-static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kind)
+/* Who made the record: the process, its parent, its cgroup and its name. */
+static __always_inline void uw_who(struct uw_event *ev, void *task, __u32 kind)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
@@ -200,6 +201,12 @@ static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kin
 	ev->proc_start_ns = UW_LD(UW_LD(task, OFF_TASK_GROUP_LEADER, void *), OFF_TASK_START_TIME, __u64);
 	ev->parent_start_ns = UW_LD(UW_LD(UW_LD(task, OFF_TASK_REAL_PARENT, void *), OFF_TASK_GROUP_LEADER, void *),
 				    OFF_TASK_START_TIME, __u64);
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+}
+
+/* Every other field of the record's fixed part zeroed. */
+static __always_inline void uw_clear(struct uw_event *ev)
+{
 	ev->ns_pid = 0;
 	ev->ns_level = 0;
 	ev->mnt_ns = 0;
@@ -221,7 +228,12 @@ static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kin
 	ev->policy = 0;
 	ev->action = UW_ACTION_ALLOWED;
 	ev->policy_gen = 0;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+}
+
+static __always_inline void uw_header(struct uw_event *ev, void *task, __u32 kind)
+{
+	uw_clear(ev);
+	uw_who(ev, task, kind);
 }
 
 static __always_inline void uw_output_flags(struct uw_scratch *s, __u64 wakeup)
@@ -653,6 +665,18 @@ static __always_inline __u32 uw_decide(struct uw_scratch *s, struct uw_policy_sl
 	return 0;
 }
 
+/* A deletion's record out, once the policy has kept it: who made it and its mount namespace are read only now,
+ * so that an ignored deletion pays for neither. */
+static __always_inline void uw_deliver(struct uw_scratch *s)
+{
+	void *task = (void *)bpf_get_current_task_btf();
+	uw_who(&s->ev, task, UW_KIND_DELETION);
+	struct uw_stash *st = uw_stash_get(0);
+	if (st)
+		uw_put_mnt_ns(&s->ev, task, UW_LD(task, OFF_TASK_FS, void *), st);
+	uw_output(s);
+}
+
 /* After the walk: the policy's verdict, then the record out (or not, when ignored). Everything is looked up
  * afresh from map memory, so that the verifier sees one state here whichever way the walk ended, instead of
  * checking what follows once per way out of the walk. */
@@ -667,7 +691,7 @@ static __always_inline int uw_finish(struct uw_stash *copy)
 		s->ev.policy = copy->lsm.rule;
 		s->ev.action = UW_ACTION_BLOCKED;
 		s->ev.policy_gen = copy->lsm.gen;
-		uw_output(s);
+		uw_deliver(s);
 		return 0;
 	}
 #endif
@@ -688,7 +712,7 @@ static __always_inline int uw_finish(struct uw_stash *copy)
 			s->ev.action = UW_ACTION_WOULD_BLOCK;
 		}
 	}
-	uw_output(s);
+	uw_deliver(s);
 	return 0;
 }
 
@@ -723,7 +747,7 @@ static __always_inline int uw_exit(long ret)
 	void *fs = UW_LD(task, OFF_TASK_FS, void *);
 
 	struct uw_event *ev = &s->ev;
-	uw_header(ev, task, UW_KIND_DELETION);
+	uw_clear(ev);	/* who made it: uw_deliver(), once the policy has kept it */
 	ev->ts_ns = copy.ts_ns;
 	ev->op = copy.op;
 	ev->result = (__s32)ret;
@@ -735,7 +759,6 @@ static __always_inline int uw_exit(long ret)
 	ev->ino = copy.v.ino;
 	ev->size = copy.v.size;
 	ev->mode = copy.v.mode;
-	uw_put_mnt_ns(ev, task, fs, st);
 	if (copy.op == UW_OP_RENAME) {
 		ev->rename_flags = copy.rename_flags;
 		if (copy.replaced)
