@@ -371,14 +371,14 @@ class Probe:
         moved = {}
         for m in obj.maps:
             self._maps[m.name] = moved[m.fd] = objcache.create_map(m, self._btf_fd)
-        btf_attached = [p for p in obj.progs.values() if objcache.attach_target(p.name) is not None and
-                        p.prog_type in (objcache.PROG_TYPE_TRACING, objcache.PROG_TYPE_LSM)]
-        vmlinux = Btf.load() if btf_attached else None
+        btf_attached = {p.name for p in obj.progs.values() if objcache.attach_target(p.name) is not None and
+                        p.prog_type in (objcache.PROG_TYPE_TRACING, objcache.PROG_TYPE_LSM)}
+        vmlinux = Btf.load() if btf_attached else None  # fentry, fexit and LSM programs' attach ids
 
         def load(p: objcache.ProgDef) -> int:
             target = objcache.attach_target(p.name)
             btf_id, expected = 0, 0
-            if vmlinux is not None and target is not None and p in btf_attached:
+            if vmlinux is not None and target is not None and p.name in btf_attached:
                 expected, fn_name = target
                 btf_id = vmlinux.func_id(fn_name)
             return objcache.load_prog(p, objcache.relocate(p.insns, moved), obj.kern_version, btf_id, expected)
@@ -399,7 +399,7 @@ class Probe:
                 return None  # loaded again when it is attached, where its error counts as it did before
 
         # The verifier is most of a replay's time, and the kernel checks programs loaded at once in parallel (a
-        # privileged load takes no global verifier lock): one thread per program, then attached in order below.
+        # privileged load takes no global verifier lock): a thread per CPU loads them, then they attach in order.
         with ThreadPoolExecutor(max_workers=min(len(obj.progs), os.cpu_count() or 1) or 1) as pool:
             for p, fd in zip(obj.progs.values(), pool.map(preload, obj.progs.values()), strict=True):
                 if fd is not None:
