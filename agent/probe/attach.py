@@ -19,7 +19,7 @@ from ..decode import successful_deletion_by
 from . import tracefs
 from .btf import Btf
 from .loader import HeldProbe, Loader
-from .program import ProbeConfig, ProbeError, fentry_refusal, hook_label, kernel_offsets
+from .program import ProbeConfig, ProbeError, hook_label, kernel_facts
 from .ringbuf import RingBuffer
 
 log = logging.getLogger("unlinkwatch.hooks")
@@ -152,8 +152,7 @@ def _attach(forced: str, ringbuf_mb: int, selftest_timeout_s: float, btf: Btf | 
         if btf is None:
             fns, offsets, fentry_refused = loader.kernel_facts(UNLINK_FUNCTIONS)  # BTF is read in the child too
         else:
-            fns, offsets = [f for f in UNLINK_FUNCTIONS if btf.has_func(f)], kernel_offsets(btf)
-            fentry_refused = fentry_refusal(btf, fns[0]) if fns else ""
+            fns, offsets, fentry_refused = kernel_facts(btf, UNLINK_FUNCTIONS)
         chain, tried = candidates(fns, forced, fentry_refused)
         for cand, why in tried:
             log.info("attach mode unavailable", extra={"fields": {"mode": cand.mode, "reason": why}})

@@ -231,13 +231,11 @@ def _serve(sock: socket.socket) -> None:
 
 def _kernel_facts(functions: list[str]) -> dict[str, Any]:
     from .btf import Btf
-    from .program import fentry_refusal, kernel_offsets
+    from .program import kernel_facts
 
     try:
-        btf = Btf.load()
-        funcs = [f for f in functions if btf.has_func(f)]
-        return {"ok": True, "funcs": funcs, "offsets": kernel_offsets(btf),
-                "fentry": fentry_refusal(btf, funcs[0]) if funcs else ""}
+        funcs, offsets, fentry = kernel_facts(Btf.load(), functions)
+        return {"ok": True, "funcs": funcs, "offsets": offsets, "fentry": fentry}
     except BtfError as e:
         return {"ok": False, "error": str(e)}
 

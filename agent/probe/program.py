@@ -150,6 +150,13 @@ def fentry_refusal(btf: Btf, fn: str) -> str:
     return ""
 
 
+def kernel_facts(btf: Btf, functions: tuple[str, ...] | list[str]) -> tuple[list[str], dict[str, int], str]:
+    """Which of `functions` the kernel has (in that order), the struct offsets for the -D flags, and why fentry
+    cannot be used on the first of them ("" when it can)."""
+    funcs = [f for f in functions if btf.has_func(f)]
+    return funcs, kernel_offsets(btf), fentry_refusal(btf, funcs[0]) if funcs else ""
+
+
 def kernel_offsets(btf: Btf) -> dict[str, int]:
     out: dict[str, int] = {}
     # a dentry's children: an hlist (d_children/d_sib) since 6.8, a list (d_subdirs/d_child) before
