@@ -162,6 +162,14 @@ class Tracer:
         self._stderr_threads.append(t)
         return proc
 
+    def _spawn_peer(self, *args: str) -> subprocess.Popen[bytes]:
+        """`python -m bench.peers ARGS` (a bcc program of this module), compiling against the kept header tree."""
+        env = dict(os.environ)
+        if Path(HEADER_TREE).is_dir():
+            env.setdefault("BCC_KERNEL_SOURCE", HEADER_TREE)
+        return self._spawn([sys.executable, "-m", "bench.peers", *args], env=env,
+                           cwd=Path(__file__).resolve().parent.parent)
+
     def _read_stderr(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None
         for raw in proc.stderr:
@@ -281,11 +289,7 @@ class MinimalBcc(Tracer):
     def start(self, workdir: Path, record: bool) -> None:
         super().start(workdir, record)
         self.out = workdir / "minimal-bcc.out"
-        env = dict(os.environ)
-        if Path(HEADER_TREE).is_dir():
-            env.setdefault("BCC_KERNEL_SOURCE", HEADER_TREE)
-        root = Path(__file__).resolve().parent.parent
-        proc = self._spawn([sys.executable, "-m", "bench.peers", "minimal-bcc", str(self.out)], env=env, cwd=root)
+        proc = self._spawn_peer("minimal-bcc", str(self.out))
         self._wait_attached(proc, len(UNLINK_TRACEPOINTS))
 
     def count_events(self, prefix: str) -> int | None:
@@ -342,11 +346,7 @@ class HooksOnly(Tracer):
 
     def start(self, workdir: Path, record: bool) -> None:
         super().start(workdir, record)
-        env = dict(os.environ)
-        if Path(HEADER_TREE).is_dir():
-            env.setdefault("BCC_KERNEL_SOURCE", HEADER_TREE)
-        root = Path(__file__).resolve().parent.parent
-        proc = self._spawn([sys.executable, "-m", "bench.peers", "hooks-only"], env=env, cwd=root)
+        proc = self._spawn_peer("hooks-only")
         deadline = time.monotonic() + 60
         while not any('"attached"' in line for line in self.stderr_lines):
             if proc.poll() is not None:
