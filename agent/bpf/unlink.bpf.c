@@ -96,8 +96,9 @@ struct uw_stash {
 	__u32 slot;		/* and its slot */
 	struct uw_rule_set who;		/* the rules for this op, cgroup, comm and exe (policy.h) */
 	__u32 uses;		/* the policy's UW_USES_* */
-	__u32 pad2;
-	struct uw_prematch dst;		/* rename: the destination argument */
+	__u32 ignored;		/* with UW_LSM: the ignore rule entry found, for the exit (a block may still come) */
+	struct uw_prematch pm;		/* entry's pre-match: a rename's destination, else the source (only when
+					 * the policy has ignore rules: uw_entry_ignore) */
 	struct uw_rule_set dst_rules;	/* rename: every rule its destination matches (set after its walk) */
 	__u32 dst_undecided;	/* rename: the kernel could not decide the destination */
 	__u32 flags;		/* UW_F_PROC_UNKNOWN, for the record */
@@ -432,61 +433,6 @@ static __always_inline struct uw_stash *uw_stash_get(__u64 create)
 	return stash.task_storage_get(bpf_get_current_task_btf(), 0, create);
 }
 
-/* Entry: the stash first (so that nothing the entry was called with lives across the walk of a rename's
- * destination after it: the tracepoint mode's one entry program for every call is then verified once, not
- * once per call), the policy's pre-match of a rename's destination (it loops: before that walk), the process's
- * record sent once (looked up in procs: no walk), the policy's rules for who. */
-static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr, __u32 op, __u32 rename_flags,
-						  __s32 dst_dirfd, const char *dst_uptr)
-{
-	struct uw_stash *st = uw_stash_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
-	__u32 zero = 0;
-	struct uw_scratch *s = scratch.lookup(&zero);
-	if (!st || !s)
-		return 0;
-	st->ts_ns = bpf_ktime_get_ns();
-	st->uptr = uptr;
-	st->dirfd = dirfd;
-	st->op = op;
-	st->replaced = 0;
-	st->rename_flags = rename_flags;
-	st->dst_uptr = dst_uptr;
-	st->dst_dirfd = dst_dirfd;
-	st->dst_undecided = 1;
-	st->gen = 0;
-	st->flags = 0;
-	__builtin_memset(&st->v, 0, sizeof(st->v));
-#ifdef UW_LSM
-	st->lsm.rule = 0;
-#endif
-	if (dst_uptr) {	/* a rename's destination (its source is pre-matched at exit, from the record) */
-		__u32 slot = 0;
-		struct uw_policy_slot *sl = uw_policy_slot(&slot);
-		if (sl)
-			uw_prematch(s, slot, sl->uses, dst_uptr, &st->dst);
-	}
-	void *task = (void *)bpf_get_current_task_btf();
-	struct uw_rule_set exe_except;
-	__u32 slot = 0;
-	struct uw_policy_slot *sl = uw_policy_slot(&slot);
-	__u32 unknown = uw_proc_enter(s, task, sl, slot, &exe_except);
-	st->flags = unknown;
-	if (sl) {
-		uw_policy_who(sl, slot, op, &exe_except, &st->who);
-		st->slot = slot;
-		st->uses = sl->uses;
-		/* an executable the kernel does not know: a policy that names executables is left to user space */
-		st->gen = (unknown && (sl->uses & UW_USES_EXES)) ? sl->gen | UW_GEN_USER : sl->gen;
-	}
-	return st;
-}
-
-static __always_inline int uw_enter(__s32 dirfd, const char *uptr, __u32 op)
-{
-	uw_enter2(dirfd, uptr, op, 0, UW_AT_FDCWD, 0);
-	return 0;
-}
-
 /* The directory a relative path argument is relative to: the cwd, or the dirfd's file. */
 static __always_inline void uw_base_dir(void *task, void *fs, __s32 dirfd, void **mnt, void **dentry)
 {
@@ -507,6 +453,122 @@ static __always_inline void uw_base_dir(void *task, void *fs, __s32 dirfd, void 
 			}
 		}
 	}
+}
+
+/* An ignore rule decided at entry, before anything of the record is read (no clock, no walk, no victim): the rule,
+ * or 0 when the exit must build the record and decide (no ignore rule is the first to match; the argument is
+ * not in canonical form; a relative argument whose directory walk.h's cache does not hold, which the exit's walk
+ * then fills for the next deletion). The path is the one the exit would match: the argument from user memory,
+ * its directory from the cache, keyed as uw_policy_path() keys it. Like the exit's own read of the argument,
+ * this one is not the kernel's copy: docs/POLICY.md says what a racing thread can do with that. */
+static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_policy_slot *sl, __u32 slot,
+					     struct uw_stash *st, void *task)
+{
+	__u32 state = st->pm.state;
+	if (state == UW_PM_UNDECIDED)
+		return 0;
+	struct uw_rule_set rs = st->pm.rules;
+	if (state == UW_PM_RELATIVE && (sl->uses & UW_USES_PATHS)) {
+		void *fs = UW_LD(task, OFF_TASK_FS, void *);
+		void *mnt = 0, *dentry = 0;
+		uw_base_dir(task, fs, st->dirfd, &mnt, &dentry);
+		if (!mnt || !dentry)
+			return 0;
+		__u32 raw_len = st->pm.raw_len;
+		int dl = uw_dirc_copy(s, s->pkey.data, mnt, dentry, fs);
+		if (dl < 0 || dl + raw_len + 2 > UW_POLICY_KEY)
+			return 0;
+		__u32 at = dl + 1;
+		UW_OPAQUE(at);
+		UW_OPAQUE(raw_len);
+		s->pkey.data[(at - 1) & UW_PK_MASK] = '/';
+		bpf_probe_read_kernel(&s->pkey.data[at & UW_PK_MASK], raw_len & UW_PK_MASK, &s->tbuf[8]);
+		s->pkey.data[(at + raw_len) & UW_PK_MASK] = 0;
+		s->pkey.prefixlen = 8 + (at + raw_len + 1) * 8;
+		s->pkey.slot = slot;
+		struct uw_rule_set *p = policy_paths.lookup(&s->pkey);
+		if (p) {
+			rs.w[0] |= p->w[0];
+			rs.w[1] |= p->w[1];
+		}
+	}
+	uw_rs_and(&rs, &st->who);
+	__u32 rule = uw_first_rule(&rs);
+	if (!rule || !uw_rs_has(&sl->ignore, rule - 1))
+		return 0;
+	if (state == UW_PM_RELATIVE && (sl->uses & UW_USES_PATHS)) {	/* its directory was found in the cache */
+		__u32 zero = 0;
+		__u64 *hits = dirc_stats.lookup(&zero);
+		if (hits)
+			*hits += 1;
+	}
+	return rule;
+}
+
+/* Entry: the stash first (so that nothing the entry was called with lives across the walk of a rename's
+ * destination after it: the tracepoint mode's one entry program for every call is then verified once, not
+ * once per call), the policy's pre-match (it loops: before that walk) of a rename's destination, or of the
+ * source when the policy has ignore rules, the process's record sent once (looked up in procs: no walk), the
+ * policy's rules for who, then an ignore rule's verdict where it can be had without the record. The clock is
+ * read last: an ignored deletion never reads it. */
+static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr, __u32 op, __u32 rename_flags,
+						  __s32 dst_dirfd, const char *dst_uptr)
+{
+	struct uw_stash *st = uw_stash_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	__u32 zero = 0;
+	struct uw_scratch *s = scratch.lookup(&zero);
+	if (!st || !s)
+		return 0;
+	st->uptr = uptr;
+	st->dirfd = dirfd;
+	st->op = op;
+	st->replaced = 0;
+	st->rename_flags = rename_flags;
+	st->dst_uptr = dst_uptr;
+	st->dst_dirfd = dst_dirfd;
+	st->dst_undecided = 1;
+	st->gen = 0;
+	st->flags = 0;
+	st->ignored = 0;
+	st->pm.state = UW_PM_UNDECIDED;
+	__builtin_memset(&st->v, 0, sizeof(st->v));
+#ifdef UW_LSM
+	st->lsm.rule = 0;
+#endif
+	__u32 slot = 0;
+	struct uw_policy_slot *sl = uw_policy_slot(&slot);
+	if (sl && (dst_uptr || (sl->ignore.w[0] | sl->ignore.w[1])))
+		uw_prematch(s, slot, sl->uses, dst_uptr ? dst_uptr : uptr, &st->pm);
+	void *task = (void *)bpf_get_current_task_btf();
+	struct uw_rule_set exe_except;
+	sl = uw_policy_slot(&slot);	/* afresh: the verifier then sees one state after the pre-match */
+	__u32 unknown = uw_proc_enter(s, task, sl, slot, &exe_except);
+	st->flags = unknown;
+	if (sl) {
+		uw_policy_who(sl, slot, op, &exe_except, &st->who);
+		st->slot = slot;
+		st->uses = sl->uses;
+		/* an executable the kernel does not know: a policy that names executables is left to user space */
+		st->gen = (unknown && (sl->uses & UW_USES_EXES)) ? sl->gen | UW_GEN_USER : sl->gen;
+		__u32 rule = dst_uptr || st->gen != sl->gen ? 0 : uw_entry_ignore(s, sl, slot, st, task);
+		if (rule) {
+#ifdef UW_LSM
+			st->ignored = rule;	/* unless a block rule stops it after all: the exit says */
+#else
+			uw_policy_count(slot, rule);
+			st->op = 0;
+			return 0;
+#endif
+		}
+	}
+	st->ts_ns = bpf_ktime_get_ns();
+	return st;
+}
+
+static __always_inline int uw_enter(__s32 dirfd, const char *uptr, __u32 op)
+{
+	uw_enter2(dirfd, uptr, op, 0, UW_AT_FDCWD, 0);
+	return 0;
 }
 
 /* The path argument `uptr` into the record: its raw bytes, with raw_len and flags set. `ret` is the call's
@@ -631,7 +693,7 @@ static __always_inline void uw_send_rename_to(__s32 dirfd, const char *uptr)
 	if (!st->gen)
 		return;
 	struct uw_rule_set rs;
-	if (uw_policy_path(s, st->slot, st->uses, &st->dst, &rs) < 0)
+	if (uw_policy_path(s, st->slot, st->uses, &st->pm, &rs) < 0)
 		return;
 	uw_rs_and(&rs, &st->who);
 	st->dst_rules = rs;
@@ -723,6 +785,12 @@ static __always_inline int uw_exit(long ret)
 		return 0;
 	struct uw_stash copy = *st;
 	st->op = 0;
+#ifdef UW_LSM
+	if (copy.ignored && !copy.lsm.rule) {	/* uw_entry_ignore()'s verdict, and no block rule stopped it */
+		uw_policy_count(copy.slot, copy.ignored);
+		return 0;
+	}
+#endif
 #if UW_MODE == UW_MODE_TRACEPOINT
 	if (copy.op == UW_OP_RENAME) {
 		__u32 tid = (__u32)bpf_get_current_pid_tgid();

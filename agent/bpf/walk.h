@@ -109,6 +109,37 @@ static __always_inline int uw_dirc_hit(struct uw_dirc_entry *e, __u64 gen, void 
 	       e->m_point == UW_AT(ms, UW_M_LO, UW_M_POINT, void *) && e->m_root == UW_AT(ms, UW_M_LO, UW_M_ROOT, void *);
 }
 
+/* The directory cache's path of (mnt, dentry) under the process's root, copied to dst, without a walk: its
+ * length, or -1 when the cache does not hold it now (uw_entry_ignore(): the exit's walk fills the slot). The
+ * checks are uw_put_dir_path()'s; a window after io_uring (c->until) counts as a miss. */
+static __always_inline int uw_dirc_copy(struct uw_scratch *s, char *dst, void *mnt, void *dentry, void *fs)
+{
+	void *root_mnt = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT, void *);
+	void *root_dentry = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *);
+	__u32 zero = 0;
+	s->dirc_key = (__u64)dentry;
+	__u64 a = UW_RELOAD(s->dirc_key);
+	__u32 idx = ((a >> 6) ^ (a >> 14)) & (UW_DIRC_SLOTS - 1);
+	struct uw_dirc_ctl *c = dirc_ctl.lookup(&zero);
+	struct uw_dirc_entry *e = dirc.lookup(&idx);
+	struct uw_dv_span dv;
+	struct uw_mnt_span ms;
+	if (!c || !e || !c->on || UW_RELOAD(c->until) ||
+	    bpf_probe_read_kernel(&dv, sizeof(dv), dentry + UW_DV_LO) < 0 ||
+	    bpf_probe_read_kernel(&ms, sizeof(ms), mnt - OFF_MOUNT_MNT + UW_M_LO) < 0)
+		return -1;
+	__u64 gen = UW_RELOAD(c->gen);
+	if (!uw_dirc_hit(e, gen, mnt, dentry, root_mnt, root_dentry, &dv, &ms))
+		return -1;
+	__u32 len = e->len & (UW_DIRC_MAX - 1);
+	bpf_probe_read_kernel(dst, len, e->path);
+	/* still the same after the copy: a program preempting this one on this CPU did not refill it */
+	if (!UW_RELOAD(e->ok) || UW_RELOAD(e->gen) != gen || UW_RELOAD(e->dentry) != dentry ||
+	    UW_RELOAD(e->mnt) != mnt || UW_RELOAD(e->root_dentry) != root_dentry)
+		return -1;
+	return len;
+}
+
 /* uw_put_path() for a deletion's base directory, through the directory cache. On a miss the slot's key and
  * checks are written before the walk and its path after; whether to fill it (s->dirc_armed) and which slot
  * (s->dirc_idx) cross the walk in map memory, so that the verifier checks the walk once, not once per way here. */

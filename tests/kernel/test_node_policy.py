@@ -86,6 +86,33 @@ def test_an_ignore_rule_drops_deletions_in_the_kernel_counts_them_and_hides_no_s
     assert agent.metric("unlinkwatch_agent_events_lost_total") == lost  # filtered is never counted as lost
 
 
+def test_a_directory_moved_out_of_an_ignored_tree_is_reported_at_once_and_one_moved_in_is_ignored(
+        agent: AgentProcess, root: Path) -> None:
+    """Relative deletions are decided at entry through the directory cache: moving an ancestor of the
+    directory (which leaves the directory's own dentry as it was) must end that at once."""
+    out, into = root / "cache" / "anc" / "leaf", root / "cache2" / "anc2" / "leaf"
+    out.mkdir(parents=True)
+    into.mkdir(parents=True)
+    _touch(*(out / f"x{i}" for i in range(4)), *(into / f"y{i}" for i in range(4)))
+    before = agent.metric(FILTERED)
+    code = ("for n in ('x0', 'x1'):\n    os.unlink(n)\n"          # ignored; the second through the cache
+            f"fd = os.open({str(into)!r}, os.O_RDONLY)\n"
+            "for n in ('y0', 'y1'):\n    os.unlink(n, dir_fd=fd)\n"   # reported
+            "import subprocess\n"                                       # another process moves the ancestors
+            f"subprocess.run(['mv', {str(out.parent)!r}, {str(root / 'cache2')!r}], check=True)\n"
+            f"subprocess.run(['mv', {str(into.parent)!r}, {str(root / 'cache')!r}], check=True)\n"
+            "for n in ('x2', 'x3'):\n    os.unlink(n)\n"           # now under cache2: reported
+            "for n in ('y2', 'y3'):\n    os.unlink(n, dir_fd=fd)\n")  # now under cache: ignored
+    pid = run_deleter(code, cwd=out)
+    evs = agent.wait_for(by_pid(pid), count=4)
+    time.sleep(1.0)
+    evs = [e for e in agent.events if e["pid"] == pid and e["op"] == "unlink"]
+    assert [e["path"] for e in evs] == [str(into / "y0"), str(into / "y1"),
+                                        str(root / "cache2" / "anc" / "leaf" / "x2"),
+                                        str(root / "cache2" / "anc" / "leaf" / "x3")]
+    assert agent.wait_metric(FILTERED, before + 4) == before + 4
+
+
 def _enforcing(agent: AgentProcess) -> bool:
     """Whether block rules stop deletions (BPF LSM: the kernel lab; test_enforcement.py tests it fully)."""
     return agent.metric("unlinkwatch_agent_policy_enforcing") == 1
