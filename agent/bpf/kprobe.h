@@ -105,6 +105,9 @@ struct uw_event {
 #define UW_POLICY_KEY 255	/* path bytes in a policy key (LPM keys hold at most 256 bytes: 1 slot + 255) */
 #define UW_POLICY_RULES 128	/* rules per policy: one bit each in a rule set */
 #define UW_POLICY_WORDS 2	/* UW_POLICY_RULES / 64 */
+#define UW_POLICY_DIRS 2	/* policy_paths keys with slot | UW_POLICY_DIRS: "D/" + "\x01" for each directory D/ that
+				 * holds an exact entry; no other lookup reaches them (policy.h, uw_entry_ignore) */
+#define UW_POLICY_DIR_MARK 1	/* the byte after such a directory's "/" */
 
 enum uw_rule_action {
 	UW_RULE_IGNORE = 1,

@@ -89,6 +89,14 @@ static __always_inline int uw_rs_has(const struct uw_rule_set *rs, __u32 rule)
 	return (rs->w[(rule >> 6) & (UW_POLICY_WORDS - 1)] >> (rule & 63)) & 1;
 }
 
+/* The set bits of an 8-bit mask, without a branch. */
+static __always_inline __u32 uw_count8(__u32 x)
+{
+	x = x - ((x >> 1) & 0x55);
+	x = (x & 0x33) + ((x >> 2) & 0x33);
+	return (x + (x >> 4)) & 0x0f;
+}
+
 /* Bit i set when byte i of w (little-endian) is c: exact, without a branch (SWAR zero-byte test, then the
  * eight high bits gathered by one multiplication). */
 static __always_inline __u32 uw_bytes_eq(__u64 w, __u64 c)
@@ -130,14 +138,16 @@ static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, __u32 
 	/* canonical: ("/" for a relative argument) + argument + "/" holds no "//", "/./" nor "/../". Bits 0-2 of
 	 * the masks are the last three bytes of the previous word, bits 3-10 this word's. */
 	int absolute = s->tbuf[8] == '/';
-	__u32 prev_s = absolute ? 0 : 4, prev_d = 0, bad = 0;
+	__u32 prev_s = absolute ? 0 : 4, prev_d = 0, bad = 0, slashes = 0;
 	for (__u32 k = 0; k < UW_POLICY_KEY / 8 + 1; k++) {
 		__u32 o = k * 8;
 		if (o > raw_len)
 			break;
 		UW_OPAQUE(o);
 		__u64 w = *(__u64 *)&s->tbuf[(8 + o) & UW_TB_MASK];
-		__u32 S = prev_s | (uw_bytes_eq(w, '/') << 3);
+		__u32 sl = uw_bytes_eq(w, '/');
+		slashes += uw_count8(sl);	/* the argument's, and the "/" after it: the words hold nothing else */
+		__u32 S = prev_s | (sl << 3);
 		__u32 D = prev_d | (uw_bytes_eq(w, '.') << 3);
 		bad |= (S & (S >> 1)) | (S & (D >> 1) & (S >> 2)) | (S & (D >> 1) & (D >> 2) & (S >> 3));
 		prev_s = (S >> 8) & 7;
@@ -146,31 +156,33 @@ static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, __u32 
 	if (bad)
 		return;
 
-	/* the argument reversed, word by word (its final name first), then "/" */
-	for (__u32 k = 0; k < UW_POLICY_KEY / 8 + 1; k++) {
-		__u32 d = k * 8;
-		if (d >= raw_len)
-			break;
-		__u32 o = raw_len - d;
-		UW_OPAQUE(o);
-		UW_OPAQUE(d);
-		__u64 w = *(__u64 *)&s->tbuf[o & UW_TB_MASK];
-		*(__u64 *)&s->nkey.data[d & UW_PK_MASK] = __builtin_bswap64(w);
-	}
-	s->nkey.data[raw_len & UW_PK_MASK] = '/';
-	s->nkey.prefixlen = 8 + (raw_len + 1) * 8;
-	s->nkey.slot = slot;
 	if (uses & UW_USES_NAMES) {
+		/* the argument reversed, word by word (its final name first), then "/" */
+		for (__u32 k = 0; k < UW_POLICY_KEY / 8 + 1; k++) {
+			__u32 d = k * 8;
+			if (d >= raw_len)
+				break;
+			__u32 o = raw_len - d;
+			UW_OPAQUE(o);
+			UW_OPAQUE(d);
+			__u64 w = *(__u64 *)&s->tbuf[o & UW_TB_MASK];
+			*(__u64 *)&s->nkey.data[d & UW_PK_MASK] = __builtin_bswap64(w);
+		}
+		s->nkey.data[raw_len & UW_PK_MASK] = '/';
+		s->nkey.prefixlen = 8 + (raw_len + 1) * 8;
+		s->nkey.slot = slot;
 		struct uw_rule_set *nm = policy_names.lookup(&s->nkey);
 		if (nm)
 			pm->rules = *nm;
 	}
 	pm->raw_len = raw_len;
-	pm->state = UW_PM_RELATIVE;
-	if (!absolute || !(uses & UW_USES_PATHS)) {
-		pm->state = absolute ? UW_PM_ABSOLUTE : UW_PM_RELATIVE;
+	if (!absolute) {
+		pm->state = slashes == 1 ? UW_PM_NAME : UW_PM_RELATIVE;
 		return;
 	}
+	pm->state = UW_PM_ABSOLUTE;
+	if (!(uses & UW_USES_PATHS))
+		return;
 	bpf_probe_read_kernel(s->pkey.data, raw_len & UW_PK_MASK, &s->tbuf[8]);
 	s->pkey.data[raw_len & UW_PK_MASK] = 0;
 	s->pkey.prefixlen = 8 + (raw_len + 1) * 8;
@@ -180,7 +192,6 @@ static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, __u32 
 		pm->rules.w[0] |= p->w[0];
 		pm->rules.w[1] |= p->w[1];
 	}
-	pm->state = UW_PM_ABSOLUTE;
 }
 
 /* After the walk, from the record in s (raw argument, then its directory): the rules the whole path matches,

@@ -47,6 +47,7 @@
 #define UW_PM_UNDECIDED 0	/* struct uw_prematch.state */
 #define UW_PM_RELATIVE 1	/* rules hold the final name's; the directory's key is built after the walk */
 #define UW_PM_ABSOLUTE 2	/* rules are complete */
+#define UW_PM_NAME 3		/* UW_PM_RELATIVE, of one name (no "/"): uw_entry_ignore() may decide it from its directory */
 
 #ifdef UW_LSM
 /* BPF LSM (enforce.h): the block rule that stopped this call, kept in the stash for its exit */
@@ -178,6 +179,12 @@ struct uw_dirc_entry {
 	__u32 len;
 	__u32 ok;	/* the path is filled: 0 while its walk runs */
 	char path[UW_DIRC_MAX];
+	/* uw_entry_ignore(): the policy rules of "path/" (and whether an exact path lies in it), for the policy
+	 * generation pgen, computed for the directory pdentry; pgen is 0 when a walk refills the slot */
+	struct uw_rule_set prules;
+	void *pdentry;
+	__u32 pgen;
+	__u32 pexact;
 };
 BPF_ARRAY(dirc_ctl, struct uw_dirc_ctl, 1);
 BPF_PERCPU_ARRAY(dirc, struct uw_dirc_entry, UW_DIRC_SLOTS);
@@ -459,8 +466,11 @@ static __always_inline void uw_base_dir(void *task, void *fs, __s32 dirfd, void 
  * or 0 when the exit must build the record and decide (no ignore rule is the first to match; the argument is
  * not in canonical form; a relative argument whose directory walk.h's cache does not hold, which the exit's walk
  * then fills for the next deletion). The path is the one the exit would match: the argument from user memory,
- * its directory from the cache, keyed as uw_policy_path() keys it. Like the exit's own read of the argument,
- * this one is not the kernel's copy: docs/POLICY.md says what a racing thread can do with that. */
+ * its directory from the cache, keyed as uw_policy_path() keys it. For a one-name argument the cache's slot
+ * also keeps the rules of the directory's own prefix ("D/"): in a directory that holds no exact path entry
+ * (agent/policy/image.py, exact_dirs) they are every name's, so the next deletion there needs no key and no
+ * lookup. Like the exit's own read of the argument, this one is not the kernel's copy: docs/POLICY.md says what
+ * a racing thread can do with that. */
 static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_policy_slot *sl, __u32 slot,
 					     struct uw_stash *st, void *task)
 {
@@ -468,35 +478,82 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 	if (state == UW_PM_UNDECIDED)
 		return 0;
 	struct uw_rule_set rs = st->pm.rules;
-	if (state == UW_PM_RELATIVE && (sl->uses & UW_USES_PATHS)) {
+	int relative = state != UW_PM_ABSOLUTE && (sl->uses & UW_USES_PATHS);
+	if (relative) {
 		void *fs = UW_LD(task, OFF_TASK_FS, void *);
 		void *mnt = 0, *dentry = 0;
 		uw_base_dir(task, fs, st->dirfd, &mnt, &dentry);
 		if (!mnt || !dentry)
 			return 0;
-		__u32 raw_len = st->pm.raw_len;
-		int dl = uw_dirc_copy(s, s->pkey.data, mnt, dentry, fs);
-		if (dl < 0 || dl + raw_len + 2 > UW_POLICY_KEY)
+		void *root_dentry = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *);
+		__u64 gen = 0;
+		struct uw_dirc_entry *e =
+			uw_dirc_find(s, mnt, dentry, UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT, void *), root_dentry, &gen);
+		if (!e)
 			return 0;
-		__u32 at = dl + 1;
-		UW_OPAQUE(at);
-		UW_OPAQUE(raw_len);
-		s->pkey.data[(at - 1) & UW_PK_MASK] = '/';
-		bpf_probe_read_kernel(&s->pkey.data[at & UW_PK_MASK], raw_len & UW_PK_MASK, &s->tbuf[8]);
-		s->pkey.data[(at + raw_len) & UW_PK_MASK] = 0;
-		s->pkey.prefixlen = 8 + (at + raw_len + 1) * 8;
-		s->pkey.slot = slot;
-		struct uw_rule_set *p = policy_paths.lookup(&s->pkey);
-		if (p) {
-			rs.w[0] |= p->w[0];
-			rs.w[1] |= p->w[1];
+		__u32 pgen = sl->gen;
+		int cached = state == UW_PM_NAME && e->pgen == pgen && e->pdentry == dentry;
+		struct uw_rule_set dr = e->prules;
+		__u32 full = !cached || e->pexact;
+		if (cached && (!uw_dirc_same(e, gen, mnt, dentry, root_dentry) || UW_RELOAD(e->pgen) != pgen ||
+			       UW_RELOAD(e->pdentry) != dentry))
+			return 0;
+		if (!full) {
+			rs.w[0] |= dr.w[0];
+			rs.w[1] |= dr.w[1];
+		} else {
+			__u32 raw_len = st->pm.raw_len;
+			__u32 dl = e->len & (UW_DIRC_MAX - 1);
+			if (dl + raw_len + 2 > UW_POLICY_KEY)
+				return 0;
+			bpf_probe_read_kernel(s->pkey.data, dl, e->path);
+			if (!uw_dirc_same(e, gen, mnt, dentry, root_dentry))
+				return 0;
+			UW_OPAQUE(dl);
+			s->pkey.data[dl & UW_PK_MASK] = '/';
+			if (state == UW_PM_NAME && !cached) {
+				s->pkey.prefixlen = 8 + (dl + 1) * 8;
+				s->pkey.slot = slot;
+				struct uw_rule_set *p = policy_paths.lookup(&s->pkey);
+				if (p)
+					dr = *p;
+				else
+					dr.w[0] = dr.w[1] = 0;
+				s->pkey.data[(dl + 1) & UW_PK_MASK] = UW_POLICY_DIR_MARK;
+				s->pkey.prefixlen = 8 + (dl + 2) * 8;
+				s->pkey.slot = slot | UW_POLICY_DIRS;
+				__u32 exact = policy_paths.lookup(&s->pkey) != 0;
+				e->prules = dr;
+				e->pexact = exact;
+				e->pdentry = dentry;
+				e->pgen = pgen;
+				if (!exact) {
+					full = 0;
+					rs.w[0] |= dr.w[0];
+					rs.w[1] |= dr.w[1];
+				}
+			}
+			if (full) {
+				__u32 at = dl + 1;
+				UW_OPAQUE(at);
+				UW_OPAQUE(raw_len);
+				bpf_probe_read_kernel(&s->pkey.data[at & UW_PK_MASK], raw_len & UW_PK_MASK, &s->tbuf[8]);
+				s->pkey.data[(at + raw_len) & UW_PK_MASK] = 0;
+				s->pkey.prefixlen = 8 + (at + raw_len + 1) * 8;
+				s->pkey.slot = slot;
+				struct uw_rule_set *p = policy_paths.lookup(&s->pkey);
+				if (p) {
+					rs.w[0] |= p->w[0];
+					rs.w[1] |= p->w[1];
+				}
+			}
 		}
 	}
 	uw_rs_and(&rs, &st->who);
 	__u32 rule = uw_first_rule(&rs);
 	if (!rule || !uw_rs_has(&sl->ignore, rule - 1))
 		return 0;
-	if (state == UW_PM_RELATIVE && (sl->uses & UW_USES_PATHS)) {	/* its directory was found in the cache */
+	if (relative) {	/* its directory was found in the cache */
 		__u32 zero = 0;
 		__u64 *hits = dirc_stats.lookup(&zero);
 		if (hits)

@@ -109,13 +109,12 @@ static __always_inline int uw_dirc_hit(struct uw_dirc_entry *e, __u64 gen, void 
 	       e->m_point == UW_AT(ms, UW_M_LO, UW_M_POINT, void *) && e->m_root == UW_AT(ms, UW_M_LO, UW_M_ROOT, void *);
 }
 
-/* The directory cache's path of (mnt, dentry) under the process's root, copied to dst, without a walk: its
- * length, or -1 when the cache does not hold it now (uw_entry_ignore(): the exit's walk fills the slot). The
- * checks are uw_put_dir_path()'s; a window after io_uring (c->until) counts as a miss. */
-static __always_inline int uw_dirc_copy(struct uw_scratch *s, char *dst, void *mnt, void *dentry, void *fs)
+/* The directory cache's slot holding (mnt, dentry) under (root_mnt, root_dentry) now, or 0 (a miss): no walk and
+ * no fill (uw_entry_ignore(); the exit's walk fills the slot). The checks are uw_put_dir_path()'s; a window after
+ * io_uring (c->until) counts as a miss. *gen is the generation it was checked against, for uw_dirc_same(). */
+static __always_inline struct uw_dirc_entry *uw_dirc_find(struct uw_scratch *s, void *mnt, void *dentry,
+							  void *root_mnt, void *root_dentry, __u64 *gen)
 {
-	void *root_mnt = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT, void *);
-	void *root_dentry = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *);
 	__u32 zero = 0;
 	s->dirc_key = (__u64)dentry;
 	__u64 a = UW_RELOAD(s->dirc_key);
@@ -127,17 +126,18 @@ static __always_inline int uw_dirc_copy(struct uw_scratch *s, char *dst, void *m
 	if (!c || !e || !c->on || UW_RELOAD(c->until) ||
 	    bpf_probe_read_kernel(&dv, sizeof(dv), dentry + UW_DV_LO) < 0 ||
 	    bpf_probe_read_kernel(&ms, sizeof(ms), mnt - OFF_MOUNT_MNT + UW_M_LO) < 0)
-		return -1;
-	__u64 gen = UW_RELOAD(c->gen);
-	if (!uw_dirc_hit(e, gen, mnt, dentry, root_mnt, root_dentry, &dv, &ms))
-		return -1;
-	__u32 len = e->len & (UW_DIRC_MAX - 1);
-	bpf_probe_read_kernel(dst, len, e->path);
-	/* still the same after the copy: a program preempting this one on this CPU did not refill it */
-	if (!UW_RELOAD(e->ok) || UW_RELOAD(e->gen) != gen || UW_RELOAD(e->dentry) != dentry ||
-	    UW_RELOAD(e->mnt) != mnt || UW_RELOAD(e->root_dentry) != root_dentry)
-		return -1;
-	return len;
+		return 0;
+	*gen = UW_RELOAD(c->gen);
+	return uw_dirc_hit(e, *gen, mnt, dentry, root_mnt, root_dentry, &dv, &ms) ? e : 0;
+}
+
+/* Still the slot uw_dirc_find() returned, after reading from it: a program preempting this one on this CPU did
+ * not refill it meanwhile. */
+static __always_inline int uw_dirc_same(struct uw_dirc_entry *e, __u64 gen, void *mnt, void *dentry,
+					void *root_dentry)
+{
+	return UW_RELOAD(e->ok) && UW_RELOAD(e->gen) == gen && UW_RELOAD(e->dentry) == dentry &&
+	       UW_RELOAD(e->mnt) == mnt && UW_RELOAD(e->root_dentry) == root_dentry;
 }
 
 /* uw_put_path() for a deletion's base directory, through the directory cache. On a miss the slot's key and
@@ -183,6 +183,7 @@ static __always_inline __u32 uw_put_dir_path(struct uw_scratch *s, __u32 at, voi
 			}
 		}
 		e->ok = 0;
+		e->pgen = 0;	/* uw_entry_ignore()'s rules were the old directory's */
 		e->gen = gen;	/* read before the walk: a change during it leaves the slot stale at once */
 		e->dentry = dentry;
 		e->mnt = mnt;

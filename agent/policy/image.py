@@ -49,6 +49,7 @@ class KernelImage:
     block: int
     unknown: int              # the rules for a cgroup the agent has not classified yet
     uses: int = 0             # kprobe.h UW_USES_*: the lookups a deletion needs
+    dirs: frozenset[bytes] = frozenset()  # "D/" of each directory holding an exact path (UW_POLICY_DIRS)
 
 
 def build(policy: Policy) -> KernelImage:
@@ -82,7 +83,13 @@ def build(policy: Policy) -> KernelImage:
     return KernelImage(len(rules), _closed(paths), _closed(names), exes, comms, ops,
                        ignore=_bits(rules, lambda r: r.action == "ignore"),
                        block=_bits(rules, lambda r: r.action == "block"),
-                       unknown=unknown_rules(policy), uses=uses)
+                       unknown=unknown_rules(policy), uses=uses, dirs=exact_dirs(paths))
+
+
+def exact_dirs(paths: dict[bytes, int]) -> frozenset[bytes]:
+    """The directories ("D/") that hold an exact path entry: in any other, every name's path matches what the
+    directory's own prefix ("D/") matches, so the kernel may decide a one-name argument from the directory."""
+    return frozenset(e[: e.rindex(b"/") + 1] for e in paths if e.endswith(b"\0"))
 
 
 def unknown_rules(policy: Policy) -> int:

@@ -19,6 +19,8 @@ from .image import KernelImage
 WORDS = C["UW_POLICY_WORDS"]
 RULES = C["UW_POLICY_RULES"]
 KEY_BYTES = C["UW_POLICY_KEY"]
+DIRS = C["UW_POLICY_DIRS"]
+DIR_MARK = bytes([C["UW_POLICY_DIR_MARK"]])
 COMM_LEN = C["UW_COMM_LEN"]
 _RS = struct.Struct(f"<{WORDS}Q")
 _SLOT = struct.Struct(f"<IIII{WORDS * 7}Q")  # nrules, gen, uses, pad, unknown, ops[4], ignore, block
@@ -100,6 +102,9 @@ class PolicyMaps:
         w = self._slots[new].written = _Written()
         for data, mask in image.paths.items():
             w.paths.append(self._put("policy_paths", lpm_key(new, data), rule_set(mask)))
+        for d in image.dirs:
+            if len(d) < KEY_BYTES:  # longer ones are never decided in the kernel
+                w.paths.append(self._put("policy_paths", lpm_key(new | DIRS, d + DIR_MARK), rule_set(1)))
         for data, mask in image.names.items():
             w.names.append(self._put("policy_names", lpm_key(new, data), rule_set(mask)))
         for data, mask in image.exes.items():

@@ -22,6 +22,10 @@ FILTERED = "unlinkwatch_agent_events_filtered_total"
 def _policy(root: Path) -> str:
     return f"""
 policy:
+  - name: keep-one
+    action: audit
+    paths: ["{root}/cache/keep.txt"]
+    host: true
   - name: quiet-cache
     action: ignore
     paths: ["{root}/cache/**"]
@@ -111,6 +115,55 @@ def test_a_directory_moved_out_of_an_ignored_tree_is_reported_at_once_and_one_mo
                                         str(root / "cache2" / "anc" / "leaf" / "x2"),
                                         str(root / "cache2" / "anc" / "leaf" / "x3")]
     assert agent.wait_metric(FILTERED, before + 4) == before + 4
+
+
+def test_in_a_directory_holding_an_exact_path_rule_each_name_is_looked_up_whole(
+        agent: AgentProcess, root: Path) -> None:
+    """The entry keeps a directory's prefix rules for its next deletions only where no exact path lies in it."""
+    c = root / "cache"
+    _touch(c / "w1", c / "w2", c / "keep.txt", c / "w3")
+    before = agent.metric(FILTERED)
+    pid = run_deleter("for n in ('w1', 'w2', 'keep.txt', 'w3'):\n    os.unlink(n)\n", cwd=c)
+    (ev,) = agent.wait_for(by_pid(pid))
+    assert (ev["path"], ev["action"], ev["policy"]) == (str(c / "keep.txt"), "would-block", "keep-one")
+    assert agent.wait_metric(FILTERED, before + 3) == before + 3
+    time.sleep(0.5)
+    assert [e["path"] for e in agent.events if e["pid"] == pid] == [str(c / "keep.txt")]
+
+
+def test_a_reload_that_drops_an_ignore_rule_reports_the_next_relative_deletion_in_its_directory(
+        agent: AgentProcess, root: Path) -> None:
+    """The directory's rules the entry keeps belong to one policy generation."""
+    c, policy = root / "cache" / "sub", root / "policy.yaml"
+    original = policy.read_text()
+    _touch(*(c / f"before{i}" for i in range(3)))
+    before = agent.metric(FILTERED)
+    cpu0 = "os.sched_setaffinity(0, {0})\n"  # one CPU: the cache is per CPU
+    run_deleter(cpu0 + "for i in range(3):\n    os.unlink(f'before{i}')\n", cwd=c)
+    assert agent.wait_metric(FILTERED, before + 3) == before + 3
+    try:
+        policy.write_text(original.replace(f'paths: ["{root}/cache/**"]', f'paths: ["{root}/nothing/**"]'))
+        deadline = time.monotonic() + 5.0
+        while True:
+            _touch(c / "after")
+            pid = run_deleter(cpu0 + "os.unlink('after')", cwd=c)
+            got = agent.wait_for(by_pid(pid), timeout=0.5)
+            if got or time.monotonic() > deadline:
+                break
+        assert [e["path"] for e in got] == [str(c / "after")], "still ignored 5 s after the reload"
+    finally:
+        policy.write_text(original)
+        os.utime(policy)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:  # the original policy in force again, for the tests after
+            n = agent.metric(FILTERED)
+            _touch(c / "again")
+            run_deleter("os.unlink('again')", cwd=c)
+            try:
+                agent.wait_metric(FILTERED, n + 1, timeout=0.5)
+                break
+            except AssertionError:
+                pass
 
 
 def _enforcing(agent: AgentProcess) -> bool:

@@ -138,6 +138,16 @@ policy:
     assert img.uses == USES["PATHS"] | USES["NAMES"]  # every rule covers every process: no cgroup lookup
 
 
+def test_the_directories_holding_an_exact_path_are_listed_for_the_kernel() -> None:
+    img = build(parse_policy("""
+policy:
+  - {name: a, action: audit, paths: ["/var/lib/db/main", "/etc/shadow"], host: true}
+  - {name: b, action: ignore, paths: ["/var/cache/**", "**/*.tmp"], host: true}
+""", "p.yaml"))
+    # a prefix rule's directory itself is an exact entry too ("/var/cache" in "/var/")
+    assert img.dirs == frozenset({b"/var/lib/db/", b"/etc/", b"/var/"})
+
+
 def test_a_deletion_skips_the_lookups_the_policy_has_no_entries_for() -> None:
     img = build(parse_policy(GOOD, "p.yaml"))
     assert img.uses == USES["PATHS"] | USES["NAMES"] | USES["COMMS"] | USES["EXES"] | USES["CGROUPS"]
