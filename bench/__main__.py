@@ -41,6 +41,16 @@ QUIET_BUSY = 0.10      # --quiet-check: the share of all CPUs' time something el
 QUIET_SAMPLE_S = 3.0
 
 
+def _passes(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of passes, 1 or more: {text!r}")
+    return n
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,6 +61,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("-n", type=int, default=None, help="unlinks per measurement (default 200000; quick 20000)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick 3)")
     p.add_argument("--workers", type=int, default=1, help="parallel deleting processes")
+    p.add_argument("--kernel-passes", type=_passes, default=overhead.KERNEL_PASSES,
+                   help="recording passes per configuration after the timed rounds (bpf_stats on): the kernel ns "
+                        "column is their median, the note their range (default 3)")
     p.add_argument("--op", default="unlink", choices=["unlink", "rename"],
                    help="the overhead step's loop: unlinkat, or renameat of each file to a new name")
     p.add_argument("--baseline", metavar="REV",
@@ -168,7 +181,8 @@ def run_overhead(args: argparse.Namespace, binary: Path, report: Report) -> None
         print(f"overhead on {fs}: {args.n:,} unlinks x {args.rounds} rounds, {args.workers} worker(s)", file=sys.stderr)
         baseline = overhead.BaselineAgent(args.baseline, to_file=args.baseline_to_file) if args.baseline else None
         with overhead.baseline_tree(baseline) if baseline else contextlib.nullcontext():
-            results = overhead.compare(fs, binary, args.n, args.rounds, args.workers, only, args.op, baseline)
+            results = overhead.compare(fs, binary, args.n, args.rounds, args.workers, only, args.op, baseline,
+                                       kernel_passes=args.kernel_passes)
         rows = overhead.table(results, args.n)
         what = "unlinks" if args.op == "unlink" else "renames (the rate column is renames/s)"
         report.add(f"Overhead on {fs} ({args.n:,} {what}, {args.workers} worker(s), medians of {args.rounds} "

@@ -221,6 +221,7 @@ class Sample:
     kernel_ns: float | None = None
     kernel_ns_by_prog: dict[str, float] = field(default_factory=dict)  # per program, per unlink (the record run)
     parts_cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds of each process of the config
+    kernel_ns_range: tuple[float, float] | None = None  # lowest and highest kernel ns of the recording passes
 
 
 @dataclass
@@ -254,6 +255,9 @@ class ConfigResult:
         if rec and len(rec.kernel_ns_by_prog) > 1:
             by_prog = sorted(rec.kernel_ns_by_prog.items(), key=lambda kv: -kv[1])
             notes.append("kernel ns: " + ", ".join(f"{name} {ns:,.0f}" for name, ns in by_prog if ns >= 1))
+        if rec and rec.kernel_ns_range:
+            lo, hi = rec.kernel_ns_range
+            notes.append(f"kernel ns over passes {lo:,.0f}-{hi:,.0f}")
         paired = stats.paired_slowdown(bare_rates or [], [s.rate for s in self.samples])
         return [self.name, self.rate(), stats.slowdown(bare, self.rate()),
                 None if self.name == "bare" else paired, complete,
@@ -433,11 +437,13 @@ def usable(tracers: list[Tracer], binary: Path, fsdir: Path, op: str = "unlink")
 
 # recording passes after the timed rounds (bpf_stats on, every event counted): one pass's kernel ns per program
 # varied by up to 40 % between two configurations running the same programs, so the table gives the median of three
+# (`--kernel-passes` for more) and the note their range
 KERNEL_PASSES = 3
 
 
 def compare(fs: str, binary: Path, n: int, rounds: int, workers: int, only: list[str] | None = None,
-            op: str = "unlink", baseline: BaselineAgent | None = None) -> list[ConfigResult]:
+            op: str = "unlink", baseline: BaselineAgent | None = None,
+            kernel_passes: int = KERNEL_PASSES) -> list[ConfigResult]:
     tracers = configurations(only, baseline)
     results = {t.name: ConfigResult(t.name, fs) for t in tracers}
     with workload.FILESYSTEMS[fs](max_files=n) as fsdir:
@@ -455,7 +461,7 @@ def compare(fs: str, binary: Path, n: int, rounds: int, workers: int, only: list
                 print(f"  [{fs} round {r + 1}/{rounds}] {t.name}: {s.rate:,.0f} unlinks/s", file=sys.stderr)
         records: dict[str, list[Sample]] = {t.name: [] for t in live if t.name != "bare"}
         with bpf_stats_enabled():
-            for _ in range(KERNEL_PASSES):
+            for _ in range(kernel_passes):
                 for t in live:
                     if t.name != "bare":
                         records[t.name].append(measure(t, binary, n, workers, fsdir, record=True, op=op))
@@ -474,7 +480,8 @@ def merge_records(samples: list[Sample]) -> Sample:
     drops = [s.drops for s in samples if s.drops is not None]
     return Sample(rate=stats.median([s.rate for s in samples]) or 0.0, cpu_s=0.0,
                   hwm_kib=max(s.hwm_kib for s in samples), events=min(events) if events else None,
-                  drops=max(drops) if drops else None, kernel_ns=stats.median(kernel), kernel_ns_by_prog=by_prog)
+                  drops=max(drops) if drops else None, kernel_ns=stats.median(kernel), kernel_ns_by_prog=by_prog,
+                  kernel_ns_range=(min(kernel), max(kernel)) if len(kernel) > 1 else None)
 
 
 def table(results: list[ConfigResult], n: int) -> list[list[stats.Cell]]:

@@ -126,6 +126,18 @@ def test_the_recording_passes_give_the_median_kernel_ns_and_the_worst_completene
     merged = overhead.merge_records(passes)
     assert (merged.rate, merged.hwm_kib, merged.events, merged.drops) == (11.0, 7, 998, 2)
     assert merged.kernel_ns == 650.0 and merged.kernel_ns_by_prog == {"exit": 550.0, "enter": 100.0}
+    assert merged.kernel_ns_range == (600.0, 900.0)
+    row = overhead.ConfigResult("agent", "tmpfs", samples=passes, record=merged).row(None, 1000)
+    assert "kernel ns over passes 600-900" in row[-1]
+
+
+def test_the_number_of_kernel_passes_is_an_option_and_a_bad_one_is_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main.parse_args([]).kernel_passes == 3
+    assert bench_main.parse_args(["--kernel-passes", "7"]).kernel_passes == 7
+    with pytest.raises(SystemExit) as e:
+        bench_main.parse_args(["--kernel-passes", "0"])
+    assert e.value.code == 2 and "1 or more" in capsys.readouterr().err
 
 
 def test_the_hooks_only_floor_is_a_configuration_of_its_own() -> None:
