@@ -180,9 +180,12 @@ struct uw_dirc_entry {
 	__u32 ok;	/* the path is filled: 0 while its walk runs */
 	char path[UW_DIRC_MAX];
 	/* uw_entry_ignore(): the policy rules of "path/" (and whether an exact path lies in it), for the policy
-	 * generation pgen, computed for the directory pdentry; pgen is 0 when a walk refills the slot */
+	 * generation pgen, computed for the directory pdentry from its path at cache generation pcgen (a refill
+	 * after a rename, preempting the program that computed them, leaves them tagged with the old one); pgen is 0
+	 * when a walk refills the slot */
 	struct uw_rule_set prules;
 	void *pdentry;
+	__u64 pcgen;
 	__u32 pgen;
 	__u32 pexact;
 };
@@ -492,11 +495,11 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 		if (!e)
 			return 0;
 		__u32 pgen = sl->gen;
-		int cached = state == UW_PM_NAME && e->pgen == pgen && e->pdentry == dentry;
+		int cached = state == UW_PM_NAME && e->pgen == pgen && e->pdentry == dentry && e->pcgen == gen;
 		struct uw_rule_set dr = e->prules;
 		__u32 full = !cached || e->pexact;
 		if (cached && (!uw_dirc_same(e, gen, mnt, dentry, root_dentry) || UW_RELOAD(e->pgen) != pgen ||
-			       UW_RELOAD(e->pdentry) != dentry))
+			       UW_RELOAD(e->pdentry) != dentry || UW_RELOAD(e->pcgen) != gen))
 			return 0;
 		if (!full) {
 			rs.w[0] |= dr.w[0];
@@ -526,6 +529,7 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 				e->prules = dr;
 				e->pexact = exact;
 				e->pdentry = dentry;
+				e->pcgen = gen;
 				e->pgen = pgen;
 				if (!exact) {
 					full = 0;
