@@ -106,6 +106,18 @@ static __always_inline __u32 uw_bytes_eq(__u64 w, __u64 c)
 	return (((y >> 7) * 0x0102040810204080ULL) >> 56) & 0xff;
 }
 
+/* policy_paths looked up with the first `len` bytes of s->pkey.data under `slot`; the rules found ORed into rs. */
+static __always_inline void uw_paths_or(struct uw_scratch *s, __u32 slot, __u32 len, struct uw_rule_set *rs)
+{
+	s->pkey.prefixlen = 8 + len * 8;
+	s->pkey.slot = slot;
+	struct uw_rule_set *p = policy_paths.lookup(&s->pkey);
+	if (p) {
+		rs->w[0] |= p->w[0];
+		rs->w[1] |= p->w[1];
+	}
+}
+
 /* Before any walk: the raw argument (from user memory at `uptr`, or when that is 0 the record's own, read by
  * uw_put_raw()) into s->tbuf, checked for canonical form, and the rules its final name (and, if it is
  * absolute, its whole path) match, into pm. Both loops go eight bytes at a time with no branch in their
@@ -185,13 +197,7 @@ static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, __u32 
 		return;
 	bpf_probe_read_kernel(s->pkey.data, raw_len & UW_PK_MASK, &s->tbuf[8]);
 	s->pkey.data[raw_len & UW_PK_MASK] = 0;
-	s->pkey.prefixlen = 8 + (raw_len + 1) * 8;
-	s->pkey.slot = slot;
-	struct uw_rule_set *p = policy_paths.lookup(&s->pkey);
-	if (p) {
-		pm->rules.w[0] |= p->w[0];
-		pm->rules.w[1] |= p->w[1];
-	}
+	uw_paths_or(s, slot, raw_len + 1, &pm->rules);
 }
 
 /* After the walk, from the record in s (raw argument, then its directory): the rules the whole path matches,
@@ -227,13 +233,7 @@ static __always_inline int uw_policy_path(struct uw_scratch *s, __u32 slot, __u3
 			at++;
 		}
 	}
-	s->pkey.prefixlen = 8 + at * 8;
-	s->pkey.slot = slot;
-	struct uw_rule_set *p = policy_paths.lookup(&s->pkey);
-	if (p) {
-		out->w[0] |= p->w[0];
-		out->w[1] |= p->w[1];
-	}
+	uw_paths_or(s, slot, at, out);
 	return 0;
 }
 

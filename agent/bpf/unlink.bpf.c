@@ -515,13 +515,8 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 			UW_OPAQUE(dl);
 			s->pkey.data[dl & UW_PK_MASK] = '/';
 			if (state == UW_PM_NAME && !cached) {
-				s->pkey.prefixlen = 8 + (dl + 1) * 8;
-				s->pkey.slot = slot;
-				struct uw_rule_set *p = policy_paths.lookup(&s->pkey);
-				if (p)
-					dr = *p;
-				else
-					dr.w[0] = dr.w[1] = 0;
+				dr.w[0] = dr.w[1] = 0;
+				uw_paths_or(s, slot, dl + 1, &dr);
 				s->pkey.data[(dl + 1) & UW_PK_MASK] = UW_POLICY_DIR_MARK;
 				s->pkey.prefixlen = 8 + (dl + 2) * 8;
 				s->pkey.slot = slot | UW_POLICY_DIRS;
@@ -543,13 +538,7 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 				UW_OPAQUE(raw_len);
 				bpf_probe_read_kernel(&s->pkey.data[at & UW_PK_MASK], raw_len & UW_PK_MASK, &s->tbuf[8]);
 				s->pkey.data[(at + raw_len) & UW_PK_MASK] = 0;
-				s->pkey.prefixlen = 8 + (at + raw_len + 1) * 8;
-				s->pkey.slot = slot;
-				struct uw_rule_set *p = policy_paths.lookup(&s->pkey);
-				if (p) {
-					rs.w[0] |= p->w[0];
-					rs.w[1] |= p->w[1];
-				}
+				uw_paths_or(s, slot, at + raw_len + 1, &rs);
 			}
 		}
 	}

@@ -109,6 +109,15 @@ static __always_inline int uw_dirc_hit(struct uw_dirc_entry *e, __u64 gen, void 
 	       e->m_point == UW_AT(ms, UW_M_LO, UW_M_POINT, void *) && e->m_root == UW_AT(ms, UW_M_LO, UW_M_ROOT, void *);
 }
 
+/* The directory cache's slot for a dentry: by its address, through map memory (the verifier allows no shift of a
+ * pointer). */
+static __always_inline __u32 uw_dirc_index(struct uw_scratch *s, void *dentry)
+{
+	s->dirc_key = (__u64)dentry;
+	__u64 a = UW_RELOAD(s->dirc_key);
+	return ((a >> 6) ^ (a >> 14)) & (UW_DIRC_SLOTS - 1);
+}
+
 /* The directory cache's slot holding (mnt, dentry) under (root_mnt, root_dentry) now, or 0 (a miss): no walk and
  * no fill (uw_entry_ignore(); the exit's walk fills the slot). The checks are uw_put_dir_path()'s; a window after
  * io_uring (c->until) counts as a miss. *gen is the generation it was checked against, for uw_dirc_same(). */
@@ -116,9 +125,7 @@ static __always_inline struct uw_dirc_entry *uw_dirc_find(struct uw_scratch *s, 
 							  void *root_mnt, void *root_dentry, __u64 *gen)
 {
 	__u32 zero = 0;
-	s->dirc_key = (__u64)dentry;
-	__u64 a = UW_RELOAD(s->dirc_key);
-	__u32 idx = ((a >> 6) ^ (a >> 14)) & (UW_DIRC_SLOTS - 1);
+	__u32 idx = uw_dirc_index(s, dentry);
 	struct uw_dirc_ctl *c = dirc_ctl.lookup(&zero);
 	struct uw_dirc_entry *e = dirc.lookup(&idx);
 	struct uw_dv_span dv;
@@ -150,9 +157,7 @@ static __always_inline __u32 uw_put_dir_path(struct uw_scratch *s, __u32 at, voi
 	void *root_dentry = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *);
 	__u32 zero = 0;
 	s->dirc_armed = 0;
-	s->dirc_key = (__u64)dentry;	/* through map memory: the verifier allows no shift of a pointer */
-	__u64 a = UW_RELOAD(s->dirc_key);
-	__u32 idx = ((a >> 6) ^ (a >> 14)) & (UW_DIRC_SLOTS - 1);
+	__u32 idx = uw_dirc_index(s, dentry);
 	s->dirc_idx = idx;
 	struct uw_dirc_ctl *c = dirc_ctl.lookup(&zero);
 	struct uw_dirc_entry *e = dirc.lookup(&idx);
@@ -173,9 +178,7 @@ static __always_inline __u32 uw_put_dir_path(struct uw_scratch *s, __u32 at, voi
 		if (uw_dirc_hit(e, gen, mnt, dentry, root_mnt, root_dentry, &dv, &ms)) {
 			__u32 len = e->len & (UW_DIRC_MAX - 1);
 			bpf_probe_read_kernel(&s->data[at & UW_MASK], len, e->path);
-			/* still the same after the copy: a program preempting this one on this CPU did not refill it */
-			if (UW_RELOAD(e->ok) && UW_RELOAD(e->gen) == gen && UW_RELOAD(e->dentry) == dentry &&
-			    UW_RELOAD(e->mnt) == mnt && UW_RELOAD(e->root_dentry) == root_dentry) {
+			if (uw_dirc_same(e, gen, mnt, dentry, root_dentry)) {
 				__u64 *hits = dirc_stats.lookup(&zero);
 				if (hits)
 					*hits += 1;
