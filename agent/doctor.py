@@ -17,7 +17,7 @@ from .probe import attach as probe
 from .probe import procseed
 from .probe import tracefs as tracefs_mount
 from .probe.btf import VMLINUX_BTF, Btf, BtfError
-from .probe.program import DEGRADED_EXT4_UNLINK, DEGRADED_RENAME_LOOKUP, header_tree
+from .probe.program import DEGRADED_EXT4_UNLINK, DEGRADED_LSM_DIRS, DEGRADED_RENAME_LOOKUP, header_tree
 
 
 def _check(fn: Any) -> tuple[bool, str]:
@@ -91,6 +91,10 @@ def _gather(attach: str, mounted: list[tracefs_mount.Mounted]) -> dict[str, Any]
                 "; ".join(d for d in att.probe.degraded if d.startswith(DEGRADED_RENAME_LOOKUP)))
             ext4 = [d for d in att.probe.degraded if d.startswith(DEGRADED_EXT4_UNLINK)]
             put("destroyed_ext4", not ext4, "; ".join(ext4) or "ext4 unlinks read their inode (ext4_unlink_enter)")
+        if att.probe.enforcing:
+            walks = [d for d in att.probe.degraded if d.startswith(DEGRADED_LSM_DIRS)]
+            put("enforce_dir_cache", not walks, "; ".join(walks) or
+                "block rules' checks cache directories (validated by rename_lock and mount_lock)")
         put("ring_buffer", True, f"{att.probe.ringbuf_size >> 20} MiB, BPF_MAP_TYPE_RINGBUF")
         how = "a kept compile loaded" if att.probe.from_cache else "compiled"
         put("self_test", True, f"synthetic unlink seen end to end in {att.startup_s:.2f} s ({how}, attached, tested)")

@@ -259,7 +259,7 @@ def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, o
           stop: threading.Event, heartbeat: list[float]) -> None:
     pipeline.process(attached.leftovers)
     lost_seen = 0
-    dirc_seen = (0, 0)
+    dirc_seen = lsm_dirs_seen = (0, 0)
     next_lost = 0.0
     # the kernel wakes this wait for the rare record that needs it at once (a new mount namespace); the others
     # wait for the timer
@@ -286,6 +286,11 @@ def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, o
                 if n > seen:
                     metrics.dir_cache.labels(result).inc(n - seen)
             dirc_seen = dirc
+            lsm_dirs = attached.probe.lsm_dir_cache()
+            for result, n, seen in zip(("hit", "miss"), lsm_dirs, lsm_dirs_seen, strict=True):
+                if n > seen:
+                    metrics.enforce_dir_cache.labels(result).inc(n - seen)
+            lsm_dirs_seen = lsm_dirs
             if not records:
                 pipeline.process([])  # flush late identity joins while idle
             next_lost = now + LOST_POLL_S

@@ -46,5 +46,9 @@ class AgentMetrics:
                                  "walking the dentries (miss)", ["result"], registry=r)
         for result in ("hit", "miss"):
             self.dir_cache.labels(result)
+        self.enforce_dir_cache = Counter("unlinkwatch_agent_enforce_dir_cache", "Directories of the block rules' "
+                                         "checks (BPF LSM) by how the kernel resolved them: from the enforcement's "
+                                         "own directory cache (hit) or by walking the dentries (miss)", ["result"],
+                                         registry=r)
         self.startup_seconds = Gauge("unlinkwatch_agent_startup_seconds",
                                      "Compile + attach + self-test time", registry=r)

@@ -123,10 +123,11 @@ class PolicyAgent(UnlinkwatchAgent):
     events column counts the recorded lines plus the deletions the policy filtered: every deletion is accounted
     for."""
 
-    def __init__(self, kind: str, attach: str = "tracepoint") -> None:
+    def __init__(self, kind: str, attach: str = "tracepoint", lsm_dir_cache: bool = True) -> None:
         super().__init__(attach)
         self.kind = kind
-        self.name = f"unlinkwatch agent ({attach}, policy {kind})"
+        self.lsm_dir_cache = lsm_dir_cache  # off: block rules' checks walk every directory (enforce.h)
+        self.name = f"unlinkwatch agent ({attach}, policy {kind}{'' if lsm_dir_cache else ', LSM walks'})"
         self.fsdir: Path | None = None
         self.filtered: float | None = None
 
@@ -141,6 +142,18 @@ class PolicyAgent(UnlinkwatchAgent):
 
     def command(self) -> list[str]:
         return [*super().command(), "--policy", str(self.policy_file)]
+
+    def check(self) -> None:
+        super().check()
+        if not self.lsm_dir_cache:
+            from unlinkwatch.agent.policy.runtime import bpf_lsm_missing
+
+            missing = bpf_lsm_missing()
+            if missing:
+                raise Unavailable(f"{missing}: nothing to compare")
+
+    def env(self) -> dict[str, str] | None:
+        return None if self.lsm_dir_cache else {**os.environ, "UNLINKWATCH_LSM_DIR_CACHE": "off"}
 
     def start(self, workdir: Path, record: bool) -> None:
         self.policy_file = workdir / "policy.yaml"
@@ -415,6 +428,7 @@ def configurations(only: list[str] | None = None, baseline: BaselineAgent | None
     everything: list[Tracer] = [Tracer(), *(UnlinkwatchAgent(m) for m in ATTACH_MODES),
                                 UnlinkwatchAgent("tracepoint", to_file=True), PolicyAgent("ignore"),
                                 PolicyAgent("audit100"), *(PolicyAgent("block100", m) for m in ATTACH_MODES),
+                                *(PolicyAgent("block100", m, lsm_dir_cache=False) for m in ATTACH_MODES),
                                 UnlinkwatchPipeline(), peers.Bpftrace(), peers.Auditd(),
                                 peers.MinimalBcc(), peers.HooksOnly()]
     if baseline is not None:

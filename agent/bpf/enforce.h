@@ -19,7 +19,24 @@
  * programs attach, so that one compiled object serves every agent (objcache.py). Programs run under RCU and only
  * look maps up: no lock, nothing that sleeps. When the agent exits their links close and deletions are allowed again (fail-open).
  * A path the kernel cannot decide (policy.h: a directory deeper than the walk, a key longer than 254 bytes) is
- * allowed and reported as the observation decides it. */
+ * allowed and reported as the observation decides it.
+ *
+ * The directory's rules, cached (lsm_dirs): a loop of deletions in one directory walks it once. walk.h's cache
+ * is not used here: its generation is bumped after a rename or mount change is done (at the syscall's exit),
+ * which leaves a window where an old path is current, harmless for a record and a bypass for a block rule.
+ * This one is validated the way the kernel's d_path() validates its own walk: by the sequence counts of
+ * rename_lock (written by every d_move: a rename of any directory, anywhere) and mount_lock (every change to a
+ * mount tree), whose addresses the loader writes to lsm_seqs from kallsyms (0: no cache, every check walks). A
+ * slot holds what "D/" matches (the prefix rules of every name in D) and is used only when all of these hold:
+ *  - both sequences are even (no writer inside) and equal to the ones read before the walk that filled it,
+ *    and that walk saw them unchanged after it: no rename or mount change since the walk began;
+ *  - the same directory (mount, dentry) under the same root, and the dentry still has the parent, name hash,
+ *    inode and inode number it was filled with (a dentry freed and its memory reused by another directory,
+ *    which no sequence counts, must also reuse the parent's address, the name, the inode and its number);
+ *  - the same policy slot and generation, and D holds no exact path entry (image.py's exact_dirs markers);
+ *  - the argument is one name (always, for the kernel's own dentry) in canonical form.
+ * A slot is written with ok = 0 before the walk and completed after it, so a program preempting this one on
+ * the same CPU sees it unfinished. */
 #ifndef UNLINKWATCH_ENFORCE_H
 #define UNLINKWATCH_ENFORCE_H
 
@@ -39,6 +56,21 @@ struct uw_lsm_rename {
 };
 BPF_TASK_STORAGE(lsm_rename, struct uw_lsm_rename);
 BPF_ARRAY(lsm_agent, __u32, 1);	/* the agent's tgid: never blocked */
+
+/* A directory's rules for the checks (see above): per CPU, indexed like walk.h's cache */
+struct uw_lsm_dir {
+	void *dentry, *mnt, *root_dentry, *root_mnt;
+	void *d_parent, *d_inode;
+	__u64 d_hash_len, ino;
+	struct uw_rule_set rules;	/* what "D/" matches */
+	__u32 rseq, mseq;		/* rename_lock's and mount_lock's sequences around the walk */
+	__u32 gen, slot;		/* the policy generation and slot of the rules */
+	__u32 ok;			/* 0 while the walk runs */
+	__u32 pad;
+};
+BPF_PERCPU_ARRAY(lsm_dirs, struct uw_lsm_dir, UW_DIRC_SLOTS);
+BPF_ARRAY(lsm_seqs, __u64, 2);		/* the addresses of rename_lock's and mount_lock's sequence, 0: no cache */
+BPF_PERCPU_ARRAY(lsm_dir_stats, __u64, 2);	/* checks that found their directory's rules [0], that walked [1] */
 
 static __always_inline struct uw_lsm_rename *uw_lsm_rename_get(__u64 create)
 {
@@ -66,6 +98,103 @@ static __always_inline void uw_lsm_exe_except(struct uw_scratch *s, void *task, 
 	*out = p->exe_except;
 }
 
+/* rename_lock's and mount_lock's sequence counts, or -1 when there is no cache or a writer is inside. */
+static __always_inline int uw_lsm_seqs(__u32 *rseq, __u32 *mseq)
+{
+	__u32 zero = 0, one = 1;
+	__u64 *ra = lsm_seqs.lookup(&zero), *ma = lsm_seqs.lookup(&one);
+	if (!ra || !ma || !*ra || !*ma)
+		return -1;
+	if (bpf_probe_read_kernel(rseq, sizeof(*rseq), (void *)*ra) < 0 ||
+	    bpf_probe_read_kernel(mseq, sizeof(*mseq), (void *)*ma) < 0)
+		return -1;
+	return (*rseq | *mseq) & 1 ? -1 : 0;
+}
+
+/* After a walk that missed: the slot completed with what "D/" matches, if no rename or mount change ran during
+ * the walk and the walk ended cleanly; left unfinished (ok = 0) otherwise. Only for a directory that holds no
+ * exact path entry: there a name's rules are not the directory's. uw_policy_path() built "D/name" in s->pkey. */
+static __always_inline void uw_lsm_dir_fill(struct uw_scratch *s, __u32 slot)
+{
+	__u32 idx = s->lsm.idx, rseq = 0, mseq = 0;
+	struct uw_lsm_dir *e = lsm_dirs.lookup(&idx);
+	__u32 dl = s->ev.dir_len;
+	if (!e || s->ev.flags || dl + 2 > UW_POLICY_KEY || uw_lsm_seqs(&rseq, &mseq) < 0 || rseq != s->lsm.rseq ||
+	    mseq != s->lsm.mseq || e->ok || e->dentry != (void *)s->dirc_key || e->rseq != rseq || e->mseq != mseq)
+		return;
+	UW_OPAQUE(dl);
+	struct uw_rule_set dr = {};
+	uw_paths_or(s, slot, dl + 1, &dr);
+	s->pkey.data[(dl + 1) & UW_PK_MASK] = UW_POLICY_DIR_MARK;
+	s->pkey.prefixlen = 8 + (dl + 2) * 8;
+	s->pkey.slot = slot | UW_POLICY_DIRS;
+	if (policy_paths.lookup(&s->pkey))
+		return;		/* an exact path entry lies in D */
+	e->rules = dr;
+	e->gen = s->lsm.gen;
+	e->slot = slot;
+	UW_RELOAD(e->ok) = 1;
+}
+
+/* Before the walk: the directory's rules from lsm_dirs into s->lsm.drules (s->lsm.hit), or, on a miss, its slot
+ * started for uw_lsm_dir_fill() (s->lsm.fill). */
+static __always_inline void uw_lsm_dir_find(struct uw_scratch *s, struct uw_policy_slot *sl, __u32 slot,
+					    void *mnt, void *dir, void *fs)
+{
+	__u32 rseq = 0, mseq = 0;
+	s->lsm.hit = 0;
+	s->lsm.fill = 0;
+	if (s->src.state != UW_PM_NAME || uw_lsm_seqs(&rseq, &mseq) < 0)
+		return;
+	struct uw_dv_span dv;
+	if (bpf_probe_read_kernel(&dv, sizeof(dv), dir + UW_DV_LO) < 0)
+		return;
+	void *d_parent = UW_AT(&dv, UW_DV_LO, OFF_DENTRY_D_PARENT, void *);
+	void *d_inode = UW_AT(&dv, UW_DV_LO, OFF_DENTRY_D_INODE, void *);
+	__u64 d_hash_len = UW_AT(&dv, UW_DV_LO, OFF_DENTRY_D_NAME, __u64);
+	__u64 ino = 0;
+	if (!d_inode || bpf_probe_read_kernel(&ino, sizeof(ino), d_inode + OFF_INODE_I_INO) < 0)
+		return;
+	void *root_mnt = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT, void *);
+	void *root_dentry = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *);
+	__u32 idx = uw_dirc_index(s, dir), zero = 0, one = 1;
+	struct uw_lsm_dir *e = lsm_dirs.lookup(&idx);
+	if (!e)
+		return;
+	__u32 gen = sl->gen;
+	if (e->ok && e->dentry == dir && e->mnt == mnt && e->root_dentry == root_dentry && e->root_mnt == root_mnt &&
+	    e->d_parent == d_parent && e->d_inode == d_inode && e->d_hash_len == d_hash_len && e->ino == ino &&
+	    e->rseq == rseq && e->mseq == mseq && e->gen == gen && e->slot == slot) {
+		s->lsm.drules = e->rules;
+		if (UW_RELOAD(e->ok) && UW_RELOAD(e->dentry) == dir && UW_RELOAD(e->rseq) == rseq &&
+		    UW_RELOAD(e->mseq) == mseq && UW_RELOAD(e->gen) == gen && UW_RELOAD(e->slot) == slot) {
+			s->lsm.hit = 1;
+			__u64 *n = lsm_dir_stats.lookup(&zero);
+			if (n)
+				*n += 1;
+			return;
+		}
+	}
+	UW_RELOAD(e->ok) = 0;
+	e->dentry = dir;
+	e->mnt = mnt;
+	e->root_dentry = root_dentry;
+	e->root_mnt = root_mnt;
+	e->d_parent = d_parent;
+	e->d_inode = d_inode;
+	e->d_hash_len = d_hash_len;
+	e->ino = ino;
+	e->rseq = rseq;
+	e->mseq = mseq;
+	s->lsm.idx = idx;
+	s->lsm.rseq = rseq;
+	s->lsm.mseq = mseq;
+	s->lsm.fill = 1;
+	__u64 *n = lsm_dir_stats.lookup(&one);
+	if (n)
+		*n += 1;
+}
+
 /* After the walk, looked up afresh from map memory (one verifier state whichever way the walk ended): the rule
  * that decides, and -EPERM when it blocks. The check decides with the slot it started with, whole: a reload
  * writes the other slot and flips, so a check under way at the flip still sees the policy it began with. That slot
@@ -83,8 +212,16 @@ static __always_inline int uw_lsm_decide(void)
 	if (sl->gen != s->lsm.gen)
 		return UW_LSM_ALLOW;
 	struct uw_rule_set rs;
-	if (uw_policy_path(s, slot, sl->uses, &s->src, &rs) < 0)
-		return s->lsm.arm ? UW_LSM_OPEN : UW_LSM_ALLOW;
+	if (s->lsm.hit) {
+		rs = s->src.rules;
+		rs.w[0] |= s->lsm.drules.w[0];
+		rs.w[1] |= s->lsm.drules.w[1];
+	} else {
+		if (uw_policy_path(s, slot, sl->uses, &s->src, &rs) < 0)
+			return s->lsm.arm ? UW_LSM_OPEN : UW_LSM_ALLOW;
+		if (s->lsm.fill)
+			uw_lsm_dir_fill(s, slot);
+	}
 	if (*(volatile __u32 *)&sl->gen != s->lsm.gen)
 		return UW_LSM_ALLOW;	/* the slot was reused while its maps were looked up */
 	uw_rs_and(&rs, &s->lsm.who);
@@ -135,8 +272,16 @@ static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *de
 	s->ev.dir_len = 0;
 	s->ev.flags = 0;
 	uw_prematch(s, slot, sl->uses, 0, &s->src);	/* it loops: before the walk */
+	void *fs = UW_LD(task, OFF_TASK_FS, void *);
+	s->lsm.hit = 0;
+	s->lsm.fill = 0;
+	if (!(sl->uses & UW_USES_PATHS))
+		return uw_lsm_decide();		/* only final names: the directory plays no part */
+	uw_lsm_dir_find(s, sl, slot, mnt, dir, fs);
+	if (s->lsm.hit)
+		return uw_lsm_decide();
 	__u32 flags = 0;
-	s->ev.dir_len = uw_put_path(s, len, mnt, dir, UW_LD(task, OFF_TASK_FS, void *), &flags);
+	s->ev.dir_len = uw_put_path(s, len, mnt, dir, fs, &flags);
 	s->ev.flags = flags;
 	return uw_lsm_decide();
 }

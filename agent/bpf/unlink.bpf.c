@@ -61,7 +61,11 @@ struct uw_lsm_scratch {
 	__u32 gen;		/* the policy generation they are from */
 	__u32 slot;		/* ...and its slot: the check decides with the policy it started with */
 	__u32 arm;		/* a rename's source: arm the destination's check when the source decides nothing */
-	__u32 pad;
+	__u32 hit;		/* the directory's rules came from lsm_dirs (drules): no walk */
+	struct uw_rule_set drules;
+	__u32 fill;		/* a miss: the slot lsm_dirs[idx] is filled after the walk if the sequences held */
+	__u32 idx;
+	__u32 rseq, mseq;	/* rename_lock's and mount_lock's sequences before the walk */
 };
 #endif
 

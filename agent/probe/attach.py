@@ -157,6 +157,7 @@ def _attach(forced: str, ringbuf_mb: int, selftest_timeout_s: float, btf: Btf | 
         for cand, why in tried:
             log.info("attach mode unavailable", extra={"fields": {"mode": cand.mode, "reason": why}})
         dir_cache = os.environ.get("UNLINKWATCH_DIR_CACHE", "on") != "off"  # off: the walk alone (comparisons)
+        lsm_dir_cache = os.environ.get("UNLINKWATCH_LSM_DIR_CACHE", "on") != "off"  # enforce.h's, likewise
         object_cache = os.environ.get("UNLINKWATCH_OBJECT_CACHE", "")  # compiled objects kept there (objcache.py)
         pages = max(1, ringbuf_mb * (1 << 20) // os.sysconf("SC_PAGE_SIZE"))
         pages = 1 << (pages.bit_length() - 1)  # a power of two, as the kernel requires
@@ -164,6 +165,7 @@ def _attach(forced: str, ringbuf_mb: int, selftest_timeout_s: float, btf: Btf | 
             try:
                 probe = loader.load(ProbeConfig(mode=cand.mode, unlink_fn=cand.unlink_fn, ringbuf_pages=pages,
                                                 lsm=lsm, agent_tgid=os.getpid(), dir_cache=dir_cache,
+                                                lsm_dir_cache=lsm_dir_cache,
                                                 object_cache=object_cache), offsets)
             except ProbeError as e:
                 log.info("attach mode unavailable", extra={"fields": {"mode": cand.mode, "reason": str(e)}})

@@ -52,7 +52,7 @@ class Btf:
         self._by_name: dict[tuple[int, str], int] = {}
         pos, end = hdr_len + type_off, hdr_len + type_off + type_len
         unpack = struct.Struct("<III").unpack_from
-        wanted = {KIND_STRUCT, KIND_UNION, KIND_FUNC}
+        wanted = {KIND_STRUCT, KIND_UNION, KIND_FUNC, KIND_TYPEDEF}
         while pos < end:
             name_off, info, size_or_type = unpack(data, pos)
             kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
@@ -130,6 +130,16 @@ class Btf:
         tid = self._by_name.get((KIND_STRUCT, struct_name))
         if tid is None:
             raise BtfError(f"struct {struct_name} not in BTF")
+        return self._offset(tid, struct_name, member)
+
+    def typedef_offset(self, typedef: str, member: str) -> int:
+        """offset() in the struct a typedef names (seqlock_t is a typedef of an anonymous struct)."""
+        tid = self._by_name.get((KIND_TYPEDEF, typedef))
+        if tid is None:
+            raise BtfError(f"typedef {typedef} not in BTF")
+        return self._offset(self._resolve(tid), typedef, member)
+
+    def _offset(self, tid: int, struct_name: str, member: str) -> int:
         total = 0
         for part in member.split("."):
             bits = self._find(tid, part)

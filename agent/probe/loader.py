@@ -51,6 +51,8 @@ class HeldProbe:
             self.ringbuf_fd = fds["map:events"]
             self._lost = PercpuU64(fds["map:lost"])
             self._dirc = (PercpuU64(fds["map:dirc_stats"], 0), PercpuU64(fds["map:dirc_stats"], 1))
+            lsm = fds.get("map:lsm_dir_stats")  # with enforcement only (enforce.h)
+            self._lsm_dirs = (PercpuU64(lsm, 0), PercpuU64(lsm, 1)) if lsm is not None else None
         except (KeyError, OSError) as e:
             self.close()
             raise ProbeError(f"{cfg.mode}: the loader handed over no usable ring buffer / counters ({e})") from e
@@ -61,6 +63,10 @@ class HeldProbe:
     def dir_cache(self) -> tuple[int, int]:
         """(found in the kernel's directory cache, walked): the base directories of relative deletions."""
         return self._dirc[0].sum(), self._dirc[1].sum()
+
+    def lsm_dir_cache(self) -> tuple[int, int]:
+        """(found in enforce.h's directory cache, walked): the directories of block rules' checks."""
+        return (self._lsm_dirs[0].sum(), self._lsm_dirs[1].sum()) if self._lsm_dirs else (0, 0)
 
     def close(self) -> None:
         fds, self.fds = self.fds, {}

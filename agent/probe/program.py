@@ -23,7 +23,7 @@ from typing import Any
 
 from unlinkwatch.errors import UserError
 
-from . import bpfsys, objcache, tracefs
+from . import bpfsys, kallsyms, objcache, tracefs
 from .btf import Btf, BtfError
 
 log = logging.getLogger("unlinkwatch.probe")
@@ -100,6 +100,8 @@ SYSCALLS = ("unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2")  #
 MOUNT_SYSCALLS = ("mount", "umount", "move_mount", "pivot_root", "unshare", "setns")
 URING_TRACEPOINTS = ("io_uring_submit_req", "io_uring_complete")  # tracepoint mode's view of io_uring renames
 DEGRADED_DIR_CACHE = "the directory cache is off (every relative deletion walks its directory)"
+DEGRADED_LSM_DIRS = "block rules walk every directory (no cache)"
+SEQLOCKS = ("rename_lock", "mount_lock")  # enforce.h's lsm_seqs, in order
 DIRC_CTL_SIZE, DIRC_CTL_ON = 24, 16  # unlink.bpf.c's struct uw_dirc_ctl: its size, and where `on` is
 
 
@@ -112,6 +114,7 @@ class ProbeConfig:
     procs: int = 8192             # processes the kernel keeps (exe and args) for the deletion path to look up
     lsm: bool = False             # enforce block rules with BPF LSM (enforce.h)
     dir_cache: bool = True        # walk.h's directory cache (off: UNLINKWATCH_DIR_CACHE=off, for comparisons)
+    lsm_dir_cache: bool = True    # enforce.h's (off: UNLINKWATCH_LSM_DIR_CACHE=off, for comparisons)
     agent_tgid: int = 0           # with lsm: the process never blocked
     object_cache: str = ""        # the directory of compiled objects (objcache.py); empty: compile every time
     extra_cflags: tuple[str, ...] = field(default_factory=tuple)
@@ -175,6 +178,12 @@ def kernel_offsets(btf: Btf) -> dict[str, int]:
             if name not in OPTIONAL:
                 raise
             out[name] = 0
+    # enforce.h's directory cache: where a seqlock_t's sequence count lies (the loader adds rename_lock's and
+    # mount_lock's addresses; -1: not found, no cache)
+    try:
+        out["OFF_SEQLOCK_SEQUENCE"] = btf.typedef_offset("seqlock_t", "seqcount.seqcount.sequence")
+    except BtfError:
+        out["OFF_SEQLOCK_SEQUENCE"] = -1
     return out
 
 
@@ -496,6 +505,24 @@ class Probe:
             log.debug("bcc output for the LSM programs:\n%s", err.getvalue())
             return
         self.enforcing = True
+        self._start_lsm_dirs()  # until then every check walks its directory
+
+    def _start_lsm_dirs(self) -> None:
+        """enforce.h's directory cache is validated by the sequence counts of rename_lock and mount_lock: their
+        addresses from kallsyms, or none (every check walks its directory, as the line in degraded says)."""
+        if not self.cfg.lsm_dir_cache:
+            self.degraded.append(f"{DEGRADED_LSM_DIRS}: UNLINKWATCH_LSM_DIR_CACHE=off")
+            return
+        seq = self.offsets.get("OFF_SEQLOCK_SEQUENCE", -1)
+        found = kallsyms.addresses(SEQLOCKS)
+        missing = [n for n in SEQLOCKS if n not in found]
+        if seq < 0 or missing:
+            why = "seqlock_t not in BTF" if seq < 0 else f"{', '.join(missing)} not in {kallsyms.KALLSYMS}"
+            self.degraded.append(f"{DEGRADED_LSM_DIRS}: {why}")
+            return
+        fd = self._map_fds()["lsm_seqs"]
+        for i, name in enumerate(SEQLOCKS):
+            bpfsys.update(fd, struct.pack("=I", i), struct.pack("=Q", found[name] + seq))
 
     def _attach_ext4_unlink(self) -> None:
         """ext4's unlink tracepoint, the tracepoint mode's one view of the inode an unlink destroys (inode, size,

@@ -167,6 +167,80 @@ def test_io_uring_unlinks_and_renames_of_protected_files_are_blocked(
             assert _event(agent, p.pid, path)["action"] == "blocked"
 
 
+def _deleter(code: str, *wrap: str) -> list[str]:
+    """Runs `code` (os imported; `say(x)` prints) in a child, wrapped by the command `wrap` if given: its lines."""
+    prog = "import os, subprocess\nsay = lambda x: print(x, flush=True)\n" + code
+    p = subprocess.run([*wrap, "python3", "-c", prog], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.split()
+
+
+_TRY = ("def rm(fd, name):\n"
+        "    try:\n        os.unlink(name, dir_fd=fd)\n        say(0)\n"
+        "    except PermissionError:\n        say('EPERM')\n")
+
+
+def test_a_loop_of_deletions_in_one_directory_is_decided_from_the_enforcements_directory_cache(
+        agent: AgentProcess, root: Path) -> None:
+    """The check after a directory's first walks no more (enforce.h, lsm_dirs): every one of these is a hit, and a
+    protected directory's files stay protected from the cached rules."""
+    hit = 'unlinkwatch_agent_enforce_dir_cache_total{result="hit"}'
+    assert not [d for d in agent.info["degraded"] if "block rules walk every directory" in d]
+    hits0 = agent.metric(hit)
+    for d in (root / "free" / "loop", root / "secret" / "loop"):
+        d.mkdir()
+        for i in range(40):
+            (d / f"f{i}").touch()
+    out = _deleter(_TRY + "".join(f"fd = os.open({str(d)!r}, os.O_RDONLY)\nfor i in range(40):\n    rm(fd, f'f{{i}}')\n"
+                                  for d in (root / "free" / "loop", root / "secret" / "loop")))
+    assert out == ["0"] * 40 + ["EPERM"] * 40
+    assert len(list((root / "secret" / "loop").iterdir())) == 40
+    assert agent.wait_metric(hit, hits0 + 70) - hits0 >= 70  # a first walk per CPU and directory
+
+
+def test_a_directory_moved_into_or_out_of_the_protected_tree_after_its_rules_were_cached_is_decided_anew(
+        agent: AgentProcess, root: Path) -> None:
+    """A rename of an ancestor (rename_lock's sequence) leaves no cached rules of the old path in force: the next
+    deletion through the same dirfd is blocked where the directory now is protected, and allowed where not. (Moving
+    a protected directory out is itself blocked: an excepted command name does it.)"""
+    inward, outward = root / "free" / "in" / "a" / "b", root / "secret" / "out" / "a" / "b"
+    for d in (inward, outward):
+        d.mkdir(parents=True)
+        for n in ("x1", "x2", "x3"):
+            (d / n).touch()
+    mv = shutil.which("mv")
+    assert mv is not None
+    (root / "bin" / "mv").mkdir(exist_ok=True)
+    keyrotate = shutil.copy(mv, root / "bin" / "mv" / "keyrotate")
+    out = _deleter(_TRY + f"fd = os.open({str(inward)!r}, os.O_RDONLY)\nrm(fd, 'x1')\nrm(fd, 'x2')\n"
+                   f"os.rename({str(root / 'free' / 'in')!r}, {str(root / 'secret' / 'in')!r})\nrm(fd, 'x3')\n"
+                   f"fd = os.open({str(outward)!r}, os.O_RDONLY)\nrm(fd, 'x1')\nrm(fd, 'x2')\n"
+                   f"subprocess.run([{str(keyrotate)!r}, {str(root / 'secret' / 'out')!r}, "
+                   f"{str(root / 'free' / 'out')!r}], check=True)\nrm(fd, 'x3')\n")
+    assert out == ["0", "0", "EPERM", "EPERM", "EPERM", "0"]
+    assert (root / "secret" / "in" / "a" / "b" / "x3").exists()
+    assert not (root / "free" / "out" / "a" / "b" / "x3").exists()
+
+
+def test_a_mount_moved_into_the_protected_tree_after_its_rules_were_cached_is_protected(
+        agent: AgentProcess, root: Path) -> None:
+    """A mount moved (mount_lock's sequence) leaves no cached rules of its old place in force. In a mount
+    namespace of its own, whose mounts go with it."""
+    if not shutil.which("unshare"):
+        pytest.skip("unshare (util-linux) is not installed")
+    src, dst = root / "free" / "mnt", root / "secret" / "mnt"
+    src.mkdir()
+    dst.mkdir()
+    out = _deleter(_TRY + f"subprocess.run(['mount', '-t', 'tmpfs', 'uwtest', {str(src)!r}], check=True)\n"
+                   f"os.mkdir({str(src / 'd')!r})\n"
+                   f"for n in ('x1', 'x2', 'x3'):\n    open({str(src / 'd')!r} + '/' + n, 'w').close()\n"
+                   f"fd = os.open({str(src / 'd')!r}, os.O_RDONLY)\nrm(fd, 'x1')\nrm(fd, 'x2')\n"
+                   f"subprocess.run(['mount', '--move', {str(src)!r}, {str(dst)!r}], check=True)\nrm(fd, 'x3')\n"
+                   f"say(os.path.exists({str(dst / 'd' / 'x3')!r}))\n",
+                   "unshare", "-m", "--propagation", "private")
+    assert out == ["0", "0", "EPERM", "True"]
+
+
 def test_a_policy_reload_changes_enforcement_within_2_s(agent: AgentProcess, root: Path) -> None:
     policy = root / "policy.yaml"
     original = policy.read_text()
