@@ -29,6 +29,8 @@ from unlinkwatch import runstate
 ROOT = Path(__file__).resolve().parent.parent
 UNLINKWATCH = ROOT / ".venv" / "bin" / "unlinkwatch"
 ATTACH_MODES = ("tracepoint", "kprobe", "fentry")
+# how long an agent may take to attach: its compile takes minutes under the kernel lab's emulation
+READY_S = float(os.environ.get("UNLINKWATCH_BENCH_READY_S", "60"))
 
 
 def free_port() -> int:
@@ -83,7 +85,7 @@ class UnlinkwatchAgent(Tracer):
         """The agent's environment (None: this one's)."""
         return None
 
-    def wait_ready(self, proc: subprocess.Popen[bytes], t0: float, timeout: float = 60.0) -> None:
+    def wait_ready(self, proc: subprocess.Popen[bytes], t0: float, timeout: float = READY_S) -> None:
         """Ready when the agent logs {"msg": "attached"} on stderr (or its /readyz answers 200)."""
         while time.monotonic() - t0 < timeout:
             if proc.poll() is not None:

@@ -15,6 +15,10 @@
  *                            dentry (kept with its mount in lsm_rename, task storage of its own, so that
  *                            io_uring's renames, which no syscall hook sees, are checked too): a protected
  *                            file replaced, or exchanged.
+ * One decision per deletion: an unlink's or rmdir's verdict (the first rule of any action) is noted in the stash
+ * for the observation's exit, which records it instead of matching the argument again (uw_lsm_decided), and the
+ * rules for the process and op come from the observation's entry of the same call when it ran under the same
+ * policy (its stash's who), so the check looks neither cgroup, comm nor executable up again.
  * The agent's own process is never blocked: its tgid is lsm_agent's one value, written by the loader before the
  * programs attach, so that one compiled object serves every agent (objcache.py). Programs run under RCU and only
  * look maps up: no lock, nothing that sleeps. When the agent exits their links close and deletions are allowed again (fail-open).
@@ -226,14 +230,21 @@ static __always_inline int uw_lsm_decide(void)
 		return UW_LSM_ALLOW;	/* the slot was reused while its maps were looked up */
 	uw_rs_and(&rs, &s->lsm.who);
 	__u32 rule = uw_first_rule(&rs);
-	if (rule && uw_rs_has(&sl->block, rule - 1)) {
+	int block = rule && uw_rs_has(&sl->block, rule - 1);
+	if (block || s->lsm.op != UW_OP_RENAME) {
 		struct uw_stash *st = uw_stash_get(0);
 		if (st) {
-			st->lsm.rule = rule;
 			st->lsm.gen = s->lsm.gen;
+			if (block)
+				st->lsm.rule = rule;
+			if (s->lsm.op != UW_OP_RENAME) {	/* the exit's record takes this verdict (uw_lsm_decided) */
+				st->lsm.any = rule;
+				st->lsm.decided = 1;
+			}
 		}
-		return -UW_EPERM;
 	}
+	if (block)
+		return -UW_EPERM;
 	if (s->lsm.arm && (!rule || uw_rs_has(&sl->ignore, rule - 1)))
 		return UW_LSM_OPEN;
 	return UW_LSM_ALLOW;
@@ -251,14 +262,20 @@ static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *de
 	if (!agent || (bpf_get_current_pid_tgid() >> 32) == *agent)
 		return UW_LSM_ALLOW;
 	void *task = (void *)bpf_get_current_task_btf();
-	struct uw_rule_set exe_except;
-	uw_lsm_exe_except(s, task, sl, slot, &exe_except);
-	uw_policy_who(sl, slot, op, &exe_except, &s->lsm.who);
+	struct uw_stash *st = uw_stash_get(0);
+	if (st && UW_RELOAD(st->op) == op && UW_RELOAD(st->gen) == sl->gen && UW_RELOAD(st->slot) == slot) {
+		s->lsm.who = st->who;	/* the observation's entry of this call found them (uw_enter2) */
+	} else {
+		struct uw_rule_set exe_except;
+		uw_lsm_exe_except(s, task, sl, slot, &exe_except);
+		uw_policy_who(sl, slot, op, &exe_except, &s->lsm.who);
+	}
 	if (!((s->lsm.who.w[0] & sl->block.w[0]) | (s->lsm.who.w[1] & sl->block.w[1])))
 		return UW_LSM_ALLOW;	/* no block rule covers this process and op (a rename's destination neither) */
 	s->lsm.gen = sl->gen;
 	s->lsm.slot = slot;
 	s->lsm.arm = arm;
+	s->lsm.op = op;
 	/* the final name is matched as a relative argument and the directory as its base, as policy.h does */
 	struct uw_d_span ds;
 	if (bpf_probe_read_kernel(&ds, sizeof(ds), dentry + UW_D_LO) < 0)

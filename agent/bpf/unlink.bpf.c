@@ -52,8 +52,10 @@
 #ifdef UW_LSM
 /* BPF LSM (enforce.h): the block rule that stopped this call, kept in the stash for its exit */
 struct uw_lsm_stash {
-	__u32 rule;		/* 1 + the rule, 0 for none */
-	__u32 gen;		/* the policy generation that rule is from */
+	__u32 rule;		/* 1 + the block rule that stopped the call, 0 for none */
+	__u32 gen;		/* the policy generation of rule and any */
+	__u32 decided;		/* an unlink's or rmdir's check decided, on the kernel's names: any is its rule */
+	__u32 any;		/* 1 + the first rule of any action that matches, 0 for none */
 };
 
 struct uw_lsm_scratch {
@@ -61,6 +63,7 @@ struct uw_lsm_scratch {
 	__u32 gen;		/* the policy generation they are from */
 	__u32 slot;		/* ...and its slot: the check decides with the policy it started with */
 	__u32 arm;		/* a rename's source: arm the destination's check when the source decides nothing */
+	__u32 op;		/* the check's op */
 	__u32 hit;		/* the directory's rules came from lsm_dirs (drules): no walk */
 	struct uw_rule_set drules;
 	__u32 fill;		/* a miss: the slot lsm_dirs[idx] is filled after the walk if the sequences held */
@@ -447,6 +450,28 @@ static __always_inline struct uw_stash *uw_stash_get(__u64 create)
 	return stash.task_storage_get(bpf_get_current_task_btf(), 0, create);
 }
 
+/* Whether a BPF LSM check (enforce.h) decided this call, an unlink or rmdir (it notes no rename's), with the policy
+ * in force at entry: its rule is then the record's, matched on the kernel's own names, and the exit matches
+ * nothing itself. */
+static __always_inline int uw_lsm_decided(struct uw_stash *st)
+{
+#ifdef UW_LSM
+	return UW_RELOAD(st->lsm.decided) && UW_RELOAD(st->lsm.gen) == UW_RELOAD(st->gen);
+#else
+	return 0;
+#endif
+}
+
+/* ...and its rule (1 + the rule, 0 for none) */
+static __always_inline __u32 uw_lsm_any(struct uw_stash *st)
+{
+#ifdef UW_LSM
+	return st->lsm.any;
+#else
+	return 0;
+#endif
+}
+
 /* The directory a relative path argument is relative to: the cwd, or the dirfd's file. */
 static __always_inline void uw_base_dir(void *task, void *fs, __s32 dirfd, void **mnt, void **dentry)
 {
@@ -588,6 +613,7 @@ static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr,
 	__builtin_memset(&st->v, 0, sizeof(st->v));
 #ifdef UW_LSM
 	st->lsm.rule = 0;
+	st->lsm.decided = 0;
 #endif
 	__u32 slot = 0;
 	struct uw_policy_slot *sl = uw_policy_slot(&slot);
@@ -818,7 +844,8 @@ static __always_inline int uw_finish(struct uw_stash *copy)
 		__u32 rule = UW_POLICY_UNDECIDED;
 		if (!sl || sl->gen != copy->gen) {	/* a reload came between entry and exit */
 			s->ev.flags |= UW_F_POLICY_USER;
-		} else if ((rule = uw_decide(s, sl, copy, &s->src)) == UW_POLICY_UNDECIDED) {
+		} else if ((rule = uw_lsm_decided(copy) ? uw_lsm_any(copy) : uw_decide(s, sl, copy, &s->src)) ==
+			   UW_POLICY_UNDECIDED) {
 			s->ev.flags |= UW_F_POLICY_USER;
 		} else if (rule && uw_rs_has(&sl->ignore, rule - 1)) {
 			uw_policy_count(copy->slot, rule);
@@ -891,7 +918,7 @@ static __always_inline int uw_exit(long ret)
 	s->src.state = UW_PM_UNDECIDED;
 	/* the policy's fields are read from the stash (map memory), not from `copy` on the stack: a branch on a
 	 * stack value splits the verifier's states, and the walk after would be verified once per split */
-	if (UW_RELOAD(st->gen))
+	if (UW_RELOAD(st->gen) && !uw_lsm_decided(st))
 		uw_prematch(s, UW_RELOAD(st->slot), UW_RELOAD(st->uses), 0, &s->src);
 	uw_put_dir(s, copy.dirfd, task, fs);
 	return uw_finish(&copy);
