@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from prometheus_client import Counter
+
 from unlinkwatch.codec import EventWriter
 from unlinkwatch.errors import UserError
 from unlinkwatch.pb import events_pb2 as pb
@@ -255,6 +257,14 @@ def seed_processes(attached: probe.Attached) -> int:
         return 0
 
 
+def _count_hits(counter: Counter, now: tuple[int, int], seen: tuple[int, int]) -> tuple[int, int]:
+    """A kernel cache's (hit, miss) totals into its counter's labels: what came since `seen`; returns `now`."""
+    for result, n, before in zip(("hit", "miss"), now, seen, strict=True):
+        if n > before:
+            counter.labels(result).inc(n - before)
+    return now
+
+
 def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, out: Outputs,
           stop: threading.Event, heartbeat: list[float]) -> None:
     pipeline.process(attached.leftovers)
@@ -281,16 +291,8 @@ def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, o
                 lost_seen = lost
             if out.set_kernel_lost is not None:
                 out.set_kernel_lost(lost_seen)
-            dirc = attached.probe.dir_cache()
-            for result, n, seen in zip(("hit", "miss"), dirc, dirc_seen, strict=True):
-                if n > seen:
-                    metrics.dir_cache.labels(result).inc(n - seen)
-            dirc_seen = dirc
-            lsm_dirs = attached.probe.lsm_dir_cache()
-            for result, n, seen in zip(("hit", "miss"), lsm_dirs, lsm_dirs_seen, strict=True):
-                if n > seen:
-                    metrics.enforce_dir_cache.labels(result).inc(n - seen)
-            lsm_dirs_seen = lsm_dirs
+            dirc_seen = _count_hits(metrics.dir_cache, attached.probe.dir_cache(), dirc_seen)
+            lsm_dirs_seen = _count_hits(metrics.enforce_dir_cache, attached.probe.lsm_dir_cache(), lsm_dirs_seen)
             if not records:
                 pipeline.process([])  # flush late identity joins while idle
             next_lost = now + LOST_POLL_S

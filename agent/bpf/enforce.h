@@ -128,11 +128,7 @@ static __always_inline void uw_lsm_dir_fill(struct uw_scratch *s, __u32 slot)
 		return;
 	UW_OPAQUE(dl);
 	struct uw_rule_set dr = {};
-	uw_paths_or(s, slot, dl + 1, &dr);
-	s->pkey.data[(dl + 1) & UW_PK_MASK] = UW_POLICY_DIR_MARK;
-	s->pkey.prefixlen = 8 + (dl + 2) * 8;
-	s->pkey.slot = slot | UW_POLICY_DIRS;
-	if (policy_paths.lookup(&s->pkey))
+	if (uw_dir_rules(s, slot, dl, &dr))
 		return;		/* an exact path entry lies in D */
 	e->rules = dr;
 	e->gen = s->lsm.gen;
@@ -141,13 +137,11 @@ static __always_inline void uw_lsm_dir_fill(struct uw_scratch *s, __u32 slot)
 }
 
 /* Before the walk: the directory's rules from lsm_dirs into s->lsm.drules (s->lsm.hit), or, on a miss, its slot
- * started for uw_lsm_dir_fill() (s->lsm.fill). */
+ * started for uw_lsm_dir_fill() (s->lsm.fill). The caller cleared both. */
 static __always_inline void uw_lsm_dir_find(struct uw_scratch *s, struct uw_policy_slot *sl, __u32 slot,
 					    void *mnt, void *dir, void *fs)
 {
 	__u32 rseq = 0, mseq = 0;
-	s->lsm.hit = 0;
-	s->lsm.fill = 0;
 	if (s->src.state != UW_PM_NAME || uw_lsm_seqs(&rseq, &mseq) < 0)
 		return;
 	struct uw_dv_span dv;
@@ -218,8 +212,7 @@ static __always_inline int uw_lsm_decide(void)
 	struct uw_rule_set rs;
 	if (s->lsm.hit) {
 		rs = s->src.rules;
-		rs.w[0] |= s->lsm.drules.w[0];
-		rs.w[1] |= s->lsm.drules.w[1];
+		uw_rs_or(&rs, &s->lsm.drules);
 	} else {
 		if (uw_policy_path(s, slot, sl->uses, &s->src, &rs) < 0)
 			return s->lsm.arm ? UW_LSM_OPEN : UW_LSM_ALLOW;

@@ -56,6 +56,13 @@ static __always_inline void uw_rs_and(struct uw_rule_set *a, const struct uw_rul
 		a->w[i] &= b->w[i];
 }
 
+static __always_inline void uw_rs_or(struct uw_rule_set *a, const struct uw_rule_set *b)
+{
+#pragma unroll
+	for (int i = 0; i < UW_POLICY_WORDS; i++)
+		a->w[i] |= b->w[i];
+}
+
 static __always_inline void uw_rs_andnot(struct uw_rule_set *a, const struct uw_rule_set *b)
 {
 #pragma unroll
@@ -112,10 +119,20 @@ static __always_inline void uw_paths_or(struct uw_scratch *s, __u32 slot, __u32 
 	s->pkey.prefixlen = 8 + len * 8;
 	s->pkey.slot = slot;
 	struct uw_rule_set *p = policy_paths.lookup(&s->pkey);
-	if (p) {
-		rs->w[0] |= p->w[0];
-		rs->w[1] |= p->w[1];
-	}
+	if (p)
+		uw_rs_or(rs, p);
+}
+
+/* With "D/" in s->pkey.data (dl bytes of the directory D, then "/"): the rules of that prefix ORed into dr, and
+ * whether D holds an exact path entry (agent/policy/image.py's marker "D/\x01" under slot | UW_POLICY_DIRS). Where
+ * it holds none, dr are the rules of every name in D. */
+static __always_inline int uw_dir_rules(struct uw_scratch *s, __u32 slot, __u32 dl, struct uw_rule_set *dr)
+{
+	uw_paths_or(s, slot, dl + 1, dr);
+	s->pkey.data[(dl + 1) & UW_PK_MASK] = UW_POLICY_DIR_MARK;
+	s->pkey.prefixlen = 8 + (dl + 2) * 8;
+	s->pkey.slot = slot | UW_POLICY_DIRS;
+	return policy_paths.lookup(&s->pkey) != 0;
 }
 
 /* Before any walk: the raw argument (from user memory at `uptr`, or when that is 0 the record's own, read by

@@ -531,8 +531,7 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 			       UW_RELOAD(e->pdentry) != dentry || UW_RELOAD(e->pcgen) != gen))
 			return 0;
 		if (!full) {
-			rs.w[0] |= dr.w[0];
-			rs.w[1] |= dr.w[1];
+			uw_rs_or(&rs, &dr);
 		} else {
 			__u32 raw_len = st->pm.raw_len;
 			__u32 dl = e->len & (UW_DIRC_MAX - 1);
@@ -545,11 +544,7 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 			s->pkey.data[dl & UW_PK_MASK] = '/';
 			if (state == UW_PM_NAME && !cached) {
 				dr.w[0] = dr.w[1] = 0;
-				uw_paths_or(s, slot, dl + 1, &dr);
-				s->pkey.data[(dl + 1) & UW_PK_MASK] = UW_POLICY_DIR_MARK;
-				s->pkey.prefixlen = 8 + (dl + 2) * 8;
-				s->pkey.slot = slot | UW_POLICY_DIRS;
-				__u32 exact = policy_paths.lookup(&s->pkey) != 0;
+				__u32 exact = uw_dir_rules(s, slot, dl, &dr);
 				e->prules = dr;
 				e->pexact = exact;
 				e->pdentry = dentry;
@@ -557,8 +552,7 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 				e->pgen = pgen;
 				if (!exact) {
 					full = 0;
-					rs.w[0] |= dr.w[0];
-					rs.w[1] |= dr.w[1];
+					uw_rs_or(&rs, &dr);
 				}
 			}
 			if (full) {
