@@ -123,6 +123,20 @@ struct uw_policy_key {
 	char data[UW_POLICY_KEY];
 };
 
+/* policy_name_heads[slot]: a filter before policy_names. `len` is the length of the shortest key in policy_names (at
+ * most 8; 0: no filter) and bit (head * UW_NAME_HEAD_MUL) >> (64 - UW_NAME_HEAD_BITS) is set for the first `len`
+ * bytes (`head`, little-endian, zero above) of every key; a name whose key has no such head, or is shorter than
+ * `len`, matches no entry, so its key is neither built nor looked up (agent/policy/image.py, name_heads). */
+#define UW_NAME_HEAD_BITS 16
+#define UW_NAME_HEAD_WORDS 1024	/* (1 << UW_NAME_HEAD_BITS) / 64 */
+#define UW_NAME_HEAD_MUL 11400714819323198485ULL	/* 2^64 divided by the golden ratio (Fibonacci hashing) */
+
+struct uw_name_heads {
+	__u32 len;
+	__u32 pad;
+	__u64 w[UW_NAME_HEAD_WORDS];
+};
+
 struct uw_policy_comm {
 	__u8 slot;
 	char comm[UW_COMM_LEN];	/* NUL-padded, as bpf_get_current_comm() gives it */

@@ -7,7 +7,8 @@
  *   the path:   policy_paths, an LPM trie of exact paths ("/etc/shadow" + NUL) and prefixes ("/x/" for everything below /x),
  *               or policy_names, an LPM trie of final names reversed (an exact name "eman/", a suffix such as
  *               "*.pem" as "mep."); each entry's set already holds the rules of the shorter entries it
- *               extends, so the one longest match is the whole answer;
+ *               extends, so the one longest match is the whole answer; policy_name_heads, a filter of the
+ *               names' first bytes, spares most names their reversed key and lookup (uw_name_maybe);
  *   the op:     uw_policy_slot.ops[op];
  *   the cgroup: policy_cgroups[cgroup id] (host processes, selected pods) or uw_policy_slot.unknown;
  *   not except: policy_comms[comm] and policy_exes[exe] (the exe's set is cached per process in procs).
@@ -31,6 +32,7 @@
 BPF_ARRAY(policy_state, struct uw_policy_state, 1);
 BPF_LPM_TRIE(policy_paths, struct uw_policy_key, struct uw_rule_set, 16384);
 BPF_LPM_TRIE(policy_names, struct uw_policy_key, struct uw_rule_set, 4096);
+BPF_ARRAY(policy_name_heads, struct uw_name_heads, 2);
 BPF_LPM_TRIE(policy_exes, struct uw_policy_key, struct uw_rule_set, 4096);
 BPF_HASH(policy_comms, struct uw_policy_comm, struct uw_rule_set, 4096);
 BPF_HASH(policy_cgroups, __u64, struct uw_policy_cgroup, 65536);
@@ -135,6 +137,25 @@ static __always_inline int uw_dir_rules(struct uw_scratch *s, __u32 slot, __u32 
 	return policy_paths.lookup(&s->pkey) != 0;
 }
 
+/* Whether the final name of the argument in s->tbuf (raw_len bytes at 8, "/" at 7) may match a policy_names entry:
+ * the first bytes of its key (the argument reversed, then "/") are read as one word ending at the argument's
+ * end, and tested against the slot's filter (kprobe.h, struct uw_name_heads). 0 only when no entry can match. */
+static __always_inline int uw_name_maybe(struct uw_scratch *s, __u32 slot, __u32 raw_len)
+{
+	__u32 idx = slot & 1;
+	struct uw_name_heads *h = policy_name_heads.lookup(&idx);
+	if (!h)
+		return 1;
+	__u32 n = h->len;
+	if (n == 0 || n > 8)
+		return 1;
+	if (raw_len + 1 < n)
+		return 0;	/* a key shorter than every entry */
+	__u64 head = __builtin_bswap64(*(__u64 *)&s->tbuf[raw_len & UW_PK_MASK]) & (~0ULL >> (64 - 8 * n));
+	__u32 bit = (head * UW_NAME_HEAD_MUL) >> (64 - UW_NAME_HEAD_BITS);
+	return (h->w[(bit >> 6) & (UW_NAME_HEAD_WORDS - 1)] >> (bit & 63)) & 1;
+}
+
 /* Before any walk: the raw argument (from user memory at `uptr`, or when that is 0 the record's own, read by
  * uw_put_raw()) into s->tbuf, checked for canonical form, and the rules its final name (and, if it is
  * absolute, its whole path) match, into pm. Both loops go eight bytes at a time with no branch in their
@@ -146,7 +167,8 @@ static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, __u32 
 	pm->rules.w[1] = 0;
 	pm->raw_len = 0;
 	pm->state = UW_PM_UNDECIDED;
-	/* tbuf: 8 bytes of room, the argument, "/", zeros */
+	/* tbuf: 8 bytes of room ending in "/" (the key's "/" after a name shorter than a word: uw_name_maybe), the
+	 * argument, "/", zeros */
 	long n;
 	if (uptr) {
 		n = bpf_probe_read_user_str(&s->tbuf[8], UW_POLICY_KEY, uptr);
@@ -161,6 +183,7 @@ static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, __u32 
 	UW_OPAQUE(raw_len);	/* the masks below must stay in the code: they are the verifier's bounds */
 	if (!uptr)
 		bpf_probe_read_kernel(&s->tbuf[8], raw_len & UW_PK_MASK, s->data);
+	s->tbuf[7] = '/';
 	*(__u64 *)&s->tbuf[(8 + raw_len) & UW_TB_MASK] = '/';
 	*(__u64 *)&s->tbuf[(16 + raw_len) & UW_TB_MASK] = 0;
 
@@ -185,7 +208,7 @@ static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, __u32 
 	if (bad)
 		return;
 
-	if (uses & UW_USES_NAMES) {
+	if ((uses & UW_USES_NAMES) && uw_name_maybe(s, slot, raw_len)) {
 		/* the argument reversed, word by word (its final name first), then "/" */
 		for (__u32 k = 0; k < UW_POLICY_KEY / 8 + 1; k++) {
 			__u32 d = k * 8;

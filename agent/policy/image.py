@@ -86,6 +86,28 @@ def build(policy: Policy) -> KernelImage:
                        unknown=unknown_rules(policy), uses=uses, dirs=exact_dirs(paths))
 
 
+HEAD_BITS = C["UW_NAME_HEAD_BITS"]
+HEAD_MUL = C["UW_NAME_HEAD_MUL"]
+
+
+def name_heads(names: Iterable[bytes]) -> tuple[int, int]:
+    """policy_name_heads for these policy_names keys (kprobe.h, struct uw_name_heads): the length of the shortest
+    key (at most 8; 0: no filter) and the filter as one integer, bit b set for each key's first `len` bytes."""
+    keys = list(names)
+    n = min(8, min((len(k) for k in keys), default=0))
+    bits = 0
+    if n:
+        for k in keys:
+            bits |= 1 << head_bit(k[:n])
+    return n, bits
+
+
+def head_bit(head: bytes) -> int:
+    """The filter's bit for a key's first bytes, as uw_name_maybe() computes it."""
+    x = (int.from_bytes(head, "little") * HEAD_MUL) & 0xFFFFFFFFFFFFFFFF
+    return x >> (64 - HEAD_BITS)
+
+
 def exact_dirs(paths: dict[bytes, int]) -> frozenset[bytes]:
     """The directories ("D/") that hold an exact path entry: in any other, every name's path matches what the
     directory's own prefix ("D/") matches, so the kernel may decide a one-name argument from the directory."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..decode import C
 from ..probe import bpfsys
-from .image import KernelImage
+from .image import KernelImage, name_heads
 
 WORDS = C["UW_POLICY_WORDS"]
 RULES = C["UW_POLICY_RULES"]
@@ -28,13 +28,15 @@ _STATE_HEAD = struct.Struct("<II")  # active, pad
 _KEY = struct.Struct(f"<IB{KEY_BYTES}s")
 _COMM = struct.Struct(f"<B{COMM_LEN}s")
 _CGROUP = struct.Struct("<Q")
+HEAD_WORDS = C["UW_NAME_HEAD_WORDS"]
+_HEADS = struct.Struct(f"<II{HEAD_WORDS}Q")  # len, pad, the filter's words
 RETIRE_S = 0.05  # a slot taken out of force is reused no sooner than this (the agent reloads at most once a second)
-MAP_NAMES = ("policy_state", "policy_paths", "policy_names", "policy_exes", "policy_comms", "policy_cgroups",
-             "policy_filtered")
+MAP_NAMES = ("policy_state", "policy_paths", "policy_names", "policy_name_heads", "policy_exes", "policy_comms",
+             "policy_cgroups", "policy_filtered")
 _SIZES = {"policy_state": (4, _STATE_HEAD.size + 2 * _SLOT.size), "policy_paths": (_KEY.size, _RS.size),
-          "policy_names": (_KEY.size, _RS.size), "policy_exes": (_KEY.size, _RS.size),
-          "policy_comms": (_COMM.size, _RS.size), "policy_cgroups": (_CGROUP.size, 2 * _RS.size),
-          "policy_filtered": (4, 8)}
+          "policy_names": (_KEY.size, _RS.size), "policy_name_heads": (4, _HEADS.size),
+          "policy_exes": (_KEY.size, _RS.size), "policy_comms": (_COMM.size, _RS.size),
+          "policy_cgroups": (_CGROUP.size, 2 * _RS.size), "policy_filtered": (4, 8)}
 
 
 def words(mask: int) -> list[int]:
@@ -51,6 +53,12 @@ def lpm_key(slot: int, data: bytes) -> bytes:
 
 def comm_key(slot: int, comm: bytes) -> bytes:
     return _COMM.pack(slot, comm)
+
+
+def heads_value(names: dict[bytes, int]) -> bytes:
+    """policy_name_heads' value for a slot whose policy_names holds these keys."""
+    n, bits = name_heads(names)
+    return _HEADS.pack(n, 0, *((bits >> (64 * i)) & 0xFFFFFFFFFFFFFFFF for i in range(HEAD_WORDS)))
 
 
 def slot_value(image: KernelImage | None, gen: int) -> bytes:
@@ -107,6 +115,7 @@ class PolicyMaps:
                 w.paths.append(self._put("policy_paths", lpm_key(new | DIRS, d + DIR_MARK), rule_set(1)))
         for data, mask in image.names.items():
             w.names.append(self._put("policy_names", lpm_key(new, data), rule_set(mask)))
+        bpfsys.update(self.fd["policy_name_heads"], struct.pack("<I", new), heads_value(image.names))
         for data, mask in image.exes.items():
             w.exes.append(self._put("policy_exes", lpm_key(new, data), rule_set(mask)))
         for comm, mask in image.comms.items():

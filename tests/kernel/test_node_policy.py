@@ -42,13 +42,17 @@ policy:
   - name: hosts-not-covered
     action: audit
     paths: ["{root}/pods-only/**"]
+  - name: short-names
+    action: audit
+    paths: ["**/k", "**/*.gz"]
+    host: true
 """
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("policy")
-    for sub in ("cache/sub", "cache2", "etc", "bin", "pods-only"):
+    for sub in ("cache/sub", "cache2", "etc", "bin", "pods-only", "names/sub", "names/sub2"):
         (d / sub).mkdir(parents=True)
     (d / "policy.yaml").write_text(_policy(d))
     yield d
@@ -203,6 +207,20 @@ def test_an_excepted_command_name_or_executable_is_not_matched(agent: AgentProce
     evs = agent.wait_for(lambda e: e["path"].startswith(str(root)) and e["path"].endswith(".pem")
                          and e["comm"] in ("keyrotate", "certtool"), count=3)
     assert {(e["comm"], e["action"]) for e in evs} == {("keyrotate", "allowed"), ("certtool", "allowed")}
+
+
+def test_a_final_name_rule_matches_names_of_every_length_and_no_others(agent: AgentProcess, root: Path) -> None:
+    """policy_names is looked up only for a name whose key's first bytes pass the slot's filter (policy.h): here the
+    shortest key is "k/", so a one-byte name's filter word ends in the "/" after it."""
+    d = root / "names"
+    names = ("k", "kk", "a.gz", "gz", "x.tgz", "sub/k")
+    _touch(*(d / n for n in names), d / "sub2" / "k")
+    code = "".join(f"os.unlink({n!r})\n" for n in names) + f"os.unlink({str(d / 'sub2' / 'k')!r})\n"
+    pid = run_deleter(code, cwd=d)
+    evs = agent.wait_for(by_pid(pid), count=len(names) + 1)
+    got = {e["path"]: e["policy"] for e in evs}
+    assert got == {str(d / "k"): "short-names", str(d / "kk"): "", str(d / "a.gz"): "short-names", str(d / "gz"): "",
+                   str(d / "x.tgz"): "", str(d / "sub" / "k"): "short-names", str(d / "sub2" / "k"): "short-names"}
 
 
 def test_a_rule_without_host_true_leaves_host_processes_alone(agent: AgentProcess, root: Path) -> None:

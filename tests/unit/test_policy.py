@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from unlinkwatch.agent.policy import image
 from unlinkwatch.agent.policy.image import HOST, PENDING, POD, USES, build, cgroup_rules, decide, unknown_rules
 from unlinkwatch.agent.policy.model import Pattern, PolicyError, classify, parse_policy
 from unlinkwatch.agent.policy.runtime import Enforcement, bpf_lsm_missing, enforcement
@@ -136,6 +137,26 @@ policy:
     assert img.names[b"bd."] == 0b100 and img.names[b"bd.niam/"] == 0b100
     assert img.ignore == 0b001 and img.block == 0 and img.ops[1] == 0b111
     assert img.uses == USES["PATHS"] | USES["NAMES"]  # every rule covers every process: no cgroup lookup
+
+
+def test_the_names_filter_holds_the_head_of_every_name_key_and_few_others() -> None:
+    img = build(parse_policy("""
+policy:
+  - {name: a, action: audit, paths: ["**/id_rsa", "**/*.pem", "**/k"], host: true}
+  - {name: b, action: audit, paths: [**/*.never%d]}
+""".replace("[**/*.never%d]", "[" + ", ".join(f"'**/*.never{i}'" for i in range(500)) + "]"), "p.yaml"))
+    n, bits = image.name_heads(img.names)
+    assert n == 2  # "k/", the shortest key
+    for key in img.names:
+        assert bits >> image.head_bit(key[:n]) & 1
+    # without the short name, four bytes: the workload's names ("u-0-1234", key "4321-0-u/") miss it
+    n, bits = image.name_heads({k: m for k, m in img.names.items() if k != b"k/"})
+    assert n == 4
+    misses = sum(not bits >> image.head_bit((f"u-0-{i}"[::-1] + "/").encode()[:n]) & 1 for i in range(1000, 11_000))
+    assert misses > 9_900
+    assert image.name_heads({}) == (0, 0)
+    assert image.name_heads({b"mep.": 1, b"yrotsih_hsab./": 2})[0] == 4
+    assert image.name_heads({b"0123456789": 1})[0] == 8  # at most one word
 
 
 def test_the_directories_holding_an_exact_path_are_listed_for_the_kernel() -> None:
