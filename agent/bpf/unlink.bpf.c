@@ -143,6 +143,8 @@ struct uw_scratch {
 	__u64 dirc_key;				/* walk.h: the address of the directory cache's dentry */
 	__u32 dirc_idx;				/* walk.h: its slot */
 	__u32 dirc_armed;			/* walk.h: the slot is filled after the walk */
+	__u32 dirc_at;				/* walk.h: the slot holds the record's directory (a hit, or filled) */
+	__u64 dirc_gen, dirc_mnt, dirc_root;	/* walk.h: what it was checked or filled with, for uw_dirc_same() */
 	struct uw_policy_key pkey;		/* policy.h: the absolute path */
 	char pkey_room[UW_PK_ROOM];		/* so that the verifier sees every masked key index in bounds */
 	struct uw_policy_key nkey;		/* policy.h: the final name reversed */
@@ -186,10 +188,10 @@ struct uw_dirc_entry {
 	__u32 len;
 	__u32 ok;	/* the path is filled: 0 while its walk runs */
 	char path[UW_DIRC_MAX];
-	/* uw_entry_ignore(): the policy rules of "path/" (and whether an exact path lies in it), for the policy
-	 * generation pgen, computed for the directory pdentry from its path at cache generation pcgen (a refill
-	 * after a rename, preempting the program that computed them, leaves them tagged with the old one); pgen is 0
-	 * when a walk refills the slot */
+	/* uw_entry_ignore() and uw_exit_dir_rules(): the policy rules of "path/" (and whether an exact path lies in
+	 * it), for the policy generation pgen, computed for the directory pdentry from its path at cache generation
+	 * pcgen (a refill after a rename, preempting the program that computed them, leaves them tagged with the old
+	 * one); pgen is 0 when a walk refills the slot */
 	struct uw_rule_set prules;
 	void *pdentry;
 	__u64 pcgen;
@@ -734,6 +736,7 @@ static __always_inline void uw_put_dir(struct uw_scratch *s, __s32 dirfd, void *
 	/* read from the record, not from a register the policy's pre-match may have narrowed on some paths: the
 	 * walk below is then verified once, not once per way through the pre-match */
 	__u32 raw_len = UW_RELOAD(ev->raw_len);
+	s->dirc_at = 0;
 	if (raw_len > 0 && s->data[0] != '/') {
 		void *mnt = 0, *dentry = 0;
 		uw_base_dir(task, fs, dirfd, &mnt, &dentry);
@@ -774,6 +777,54 @@ static __always_inline void uw_send_rename_to(__s32 dirfd, const char *uptr)
 	st->dst_undecided = 0;
 }
 
+/* For a one-name argument whose directory walk.h's cache holds (s->dirc_at): the rules of its path, from the
+ * slot's rules of "D/" (uw_entry_ignore() keeps them there too), computed from the record's directory when the
+ * slot has none for this policy yet. 1 when `out` holds them; 0 when the directory holds an exact path entry or
+ * the slot is not the record's any more, and uw_policy_path() builds the whole key. */
+static __always_inline int uw_exit_dir_rules(struct uw_scratch *s, struct uw_policy_slot *sl, __u32 slot,
+					     const struct uw_prematch *src, struct uw_rule_set *out)
+{
+	__u32 raw_len = s->ev.raw_len;
+	if (src->state != UW_PM_NAME || src->raw_len != raw_len || !(sl->uses & UW_USES_PATHS) || !s->dirc_at ||
+	    (s->ev.flags & (UW_F_DIR_UNRESOLVED | UW_F_DIR_TRUNCATED | UW_F_RAW_TRUNCATED)))
+		return 0;
+	__u32 idx = s->dirc_idx;
+	struct uw_dirc_entry *e = dirc.lookup(&idx);
+	if (!e)
+		return 0;
+	__u64 gen = s->dirc_gen;
+	void *dentry = (void *)s->dirc_key, *mnt = (void *)s->dirc_mnt, *root_dentry = (void *)s->dirc_root;
+	__u32 pgen = sl->gen;
+	struct uw_rule_set dr = e->prules;
+	__u32 exact = e->pexact;
+	if (e->pgen != pgen || e->pdentry != dentry || e->pcgen != gen) {
+		__u32 dl = s->ev.dir_len;
+		if (dl + 2 > UW_POLICY_KEY)
+			return 0;
+		UW_OPAQUE(dl);
+		UW_OPAQUE(raw_len);
+		bpf_probe_read_kernel(s->pkey.data, dl & UW_PK_MASK, &s->data[raw_len & UW_MASK]);
+		s->pkey.data[dl & UW_PK_MASK] = '/';
+		dr.w[0] = dr.w[1] = 0;
+		exact = uw_dir_rules(s, slot, dl, &dr);
+		if (!uw_dirc_same(e, gen, mnt, dentry, root_dentry))
+			return 0;
+		e->prules = dr;
+		e->pexact = exact;
+		e->pdentry = dentry;
+		e->pcgen = gen;
+		e->pgen = pgen;
+	} else if (!uw_dirc_same(e, gen, mnt, dentry, root_dentry) || UW_RELOAD(e->pgen) != pgen ||
+		   UW_RELOAD(e->pdentry) != dentry || UW_RELOAD(e->pcgen) != gen) {
+		return 0;
+	}
+	if (exact)
+		return 0;
+	*out = src->rules;
+	uw_rs_or(out, &dr);
+	return 1;
+}
+
 /* The rule that decides the deletion in s, or 0; UW_POLICY_UNDECIDED when user space must decide. A rename is
  * ignored only when both its names are; otherwise a rule on its source decides, else one on a destination it
  * destroyed (replaced, or exchanged). */
@@ -781,7 +832,7 @@ static __always_inline __u32 uw_decide(struct uw_scratch *s, struct uw_policy_sl
 				       const struct uw_prematch *src)
 {
 	struct uw_rule_set rs;
-	if (uw_policy_path(s, st->slot, sl->uses, src, &rs) < 0)
+	if (!uw_exit_dir_rules(s, sl, st->slot, src, &rs) && uw_policy_path(s, st->slot, sl->uses, src, &rs) < 0)
 		return UW_POLICY_UNDECIDED;
 	uw_rs_and(&rs, &st->who);
 	__u32 rule = uw_first_rule(&rs);

@@ -157,6 +157,7 @@ static __always_inline __u32 uw_put_dir_path(struct uw_scratch *s, __u32 at, voi
 	void *root_dentry = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *);
 	__u32 zero = 0;
 	s->dirc_armed = 0;
+	s->dirc_at = 0;
 	__u32 idx = uw_dirc_index(s, dentry);
 	s->dirc_idx = idx;
 	struct uw_dirc_ctl *c = dirc_ctl.lookup(&zero);
@@ -182,6 +183,10 @@ static __always_inline __u32 uw_put_dir_path(struct uw_scratch *s, __u32 at, voi
 				__u64 *hits = dirc_stats.lookup(&zero);
 				if (hits)
 					*hits += 1;
+				s->dirc_at = 1;
+				s->dirc_gen = gen;
+				s->dirc_mnt = (__u64)mnt;
+				s->dirc_root = (__u64)root_dentry;
 				return len;
 			}
 		}
@@ -199,6 +204,9 @@ static __always_inline __u32 uw_put_dir_path(struct uw_scratch *s, __u32 at, voi
 		e->m_point = UW_AT(&ms, UW_M_LO, UW_M_POINT, void *);
 		e->m_root = UW_AT(&ms, UW_M_LO, UW_M_ROOT, void *);
 		s->dirc_armed = 1;
+		s->dirc_gen = gen;
+		s->dirc_mnt = (__u64)mnt;
+		s->dirc_root = (__u64)root_dentry;
 	}
 	__u32 one = 1;
 	__u64 *walks = dirc_stats.lookup(&one);
@@ -215,6 +223,7 @@ static __always_inline __u32 uw_put_dir_path(struct uw_scratch *s, __u32 at, voi
 			f->len = len;
 			bpf_probe_read_kernel(f->path, len & (UW_DIRC_MAX - 1), &s->walk[pos & UW_MASK]);
 			f->ok = 1;
+			s->dirc_at = 1;
 		}
 	}
 	return len & UW_MASK;

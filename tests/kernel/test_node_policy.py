@@ -42,6 +42,10 @@ policy:
   - name: hosts-not-covered
     action: audit
     paths: ["{root}/pods-only/**"]
+  - name: audited-tree
+    action: audit
+    paths: ["{root}/audited/**"]
+    host: true
   - name: short-names
     action: audit
     paths: ["**/k", "**/*.gz"]
@@ -52,7 +56,8 @@ policy:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("policy")
-    for sub in ("cache/sub", "cache2", "etc", "bin", "pods-only", "names/sub", "names/sub2"):
+    for sub in ("cache/sub", "cache2", "etc", "bin", "pods-only", "names/sub", "names/sub2", "audited",
+                "free/anc/leaf"):
         (d / sub).mkdir(parents=True)
     (d / "policy.yaml").write_text(_policy(d))
     yield d
@@ -119,6 +124,27 @@ def test_a_directory_moved_out_of_an_ignored_tree_is_reported_at_once_and_one_mo
                                         str(root / "cache2" / "anc" / "leaf" / "x2"),
                                         str(root / "cache2" / "anc" / "leaf" / "x3")]
     assert agent.wait_metric(FILTERED, before + 4) == before + 4
+
+
+def test_a_directory_moved_into_an_audited_tree_and_out_again_is_decided_by_where_it_is_now(
+        agent: AgentProcess, root: Path) -> None:
+    """The exit keeps a directory's prefix rules in walk.h's cache slot for its next one-name deletions: moving an
+    ancestor (the directory's own dentry stays as it was) must end that at once, both ways."""
+    leaf = root / "free" / "anc" / "leaf"
+    moved = root / "audited" / "anc" / "leaf"
+    _touch(*(leaf / f"z{i}" for i in range(6)))
+    code = ("for n in ('z0', 'z1'):\n    os.unlink(n)\n"          # allowed; the second through the cache
+            "import subprocess\n"                                    # another process moves the ancestor
+            f"subprocess.run(['mv', {str(leaf.parent)!r}, {str(root / 'audited')!r}], check=True)\n"
+            "for n in ('z2', 'z3'):\n    os.unlink(n)\n"           # now audited
+            f"subprocess.run(['mv', {str(moved.parent)!r}, {str(root / 'free')!r}], check=True)\n"
+            "for n in ('z4', 'z5'):\n    os.unlink(n)\n")          # free again
+    pid = run_deleter(code, cwd=leaf)
+    evs = [e for e in agent.wait_for(by_pid(pid), count=6) if e["op"] == "unlink"]
+    assert [(e["path"], e["action"], e["policy"]) for e in evs] == [
+        (str(leaf / "z0"), "allowed", ""), (str(leaf / "z1"), "allowed", ""),
+        (str(moved / "z2"), "would-block", "audited-tree"), (str(moved / "z3"), "would-block", "audited-tree"),
+        (str(leaf / "z4"), "allowed", ""), (str(leaf / "z5"), "allowed", "")]
 
 
 def test_in_a_directory_holding_an_exact_path_rule_each_name_is_looked_up_whole(
