@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -250,8 +251,10 @@ class ConfigResult:
     def rate(self) -> float | None:
         return stats.median([s.rate for s in self.samples])
 
-    def row(self, bare: float | None, n: int, bare_rates: list[float] | None = None) -> list[stats.Cell]:
-        """The table's row; `bare_rates`: bare's rate in each round, for the per-round slowdowns."""
+    def row(self, bare: float | None, n: int, bare_rates: list[float] | None = None,
+            base_rates: list[float] | None = None) -> list[stats.Cell]:
+        """The table's row; `bare_rates`: bare's rate in each round, for the per-round slowdowns; `base_rates`: for a
+        policy's row, the same agent's without a policy, for the note's per-round ratio to it."""
         if self.unavailable:
             why = self.unavailable.split(": ")[-1][:70]
             return [self.name, None, None, None, None, None, None, None, None, None, f"unavailable: {why}"]
@@ -273,6 +276,9 @@ class ConfigResult:
         if rec and rec.kernel_ns_range:
             lo, hi = rec.kernel_ns_range
             notes.append(f"kernel ns over passes {lo:,.0f}-{hi:,.0f}")
+        vs_base = stats.paired_slowdown(base_rates or [], [s.rate for s in self.samples])
+        if vs_base:
+            notes.append(f"per round vs no policy {vs_base}")
         paired = stats.paired_slowdown(bare_rates or [], [s.rate for s in self.samples])
         return [self.name, self.rate(), stats.slowdown(bare, self.rate()),
                 None if self.name == "bare" else paired, complete,
@@ -503,7 +509,18 @@ def merge_records(samples: list[Sample]) -> Sample:
 def table(results: list[ConfigResult], n: int) -> list[list[stats.Cell]]:
     bare = next((r for r in results if r.name == "bare"), None)
     rates = [s.rate for s in bare.samples] if bare else []
-    return [r.row(bare.rate() if bare else None, n, rates) for r in results]
+    by_name = {r.name: r for r in results}
+    rows = []
+    for r in results:
+        base = by_name.get(policy_base(r.name) or "")
+        rows.append(r.row(bare.rate() if bare else None, n, rates, [s.rate for s in base.samples] if base else None))
+    return rows
+
+
+def policy_base(name: str) -> str | None:
+    """The row a policy's row is compared with: the same attach mode's agent without a policy (PolicyAgent)."""
+    m = re.match(r"(unlinkwatch agent \(\w+), policy ", name)
+    return f"{m[1]})" if m else None
 
 
 @contextlib.contextmanager

@@ -74,6 +74,21 @@ def test_the_per_round_slowdown_pairs_each_round_with_that_rounds_bare_run() -> 
     assert stats.paired_slowdown([], []) is None
 
 
+def test_a_policy_row_notes_its_time_against_the_same_agent_without_a_policy_round_by_round() -> None:
+    def result(name: str, rates: tuple[float, ...]) -> overhead.ConfigResult:
+        return overhead.ConfigResult(name, "tmpfs", samples=[overhead.Sample(rate=r, cpu_s=0.0, hwm_kib=0)
+                                                             for r in rates])
+    audit = overhead.PolicyAgent("audit100").name
+    assert overhead.policy_base(audit) == overhead.UnlinkwatchAgent("tracepoint").name
+    assert overhead.policy_base(overhead.PolicyAgent("block100", "fentry", lsm_dir_cache=False).name) == \
+        overhead.UnlinkwatchAgent("fentry").name
+    assert overhead.policy_base("unlinkwatch agent (tracepoint)") is None
+    rows = overhead.table([result("bare", (300.0, 200.0)), result("unlinkwatch agent (tracepoint)", (200.0, 100.0)),
+                           result(audit, (190.0, 110.0))], n=1000)
+    assert "per round vs no policy 0.98 (0.91-1.05)" in str(rows[2][-1])
+    assert "vs no policy" not in str(rows[1][-1])
+
+
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
 def test_workload_compiles_runs_and_reports_json(tmp_path: Path) -> None:
     binary = workload.build(cache_dir=tmp_path / "bin")
