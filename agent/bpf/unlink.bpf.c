@@ -496,6 +496,24 @@ static __always_inline void uw_base_dir(void *task, void *fs, __s32 dirfd, void 
 	}
 }
 
+/* Whether slot e's rules of "D/" (prules) are the ones for this directory under this policy generation and cache
+ * generation (see struct uw_dirc_entry). */
+static __always_inline int uw_prules_for(struct uw_dirc_entry *e, __u32 pgen, void *dentry, __u64 gen)
+{
+	return UW_RELOAD(e->pgen) == pgen && UW_RELOAD(e->pdentry) == dentry && UW_RELOAD(e->pcgen) == gen;
+}
+
+/* Keeps the rules of "D/" (and whether an exact path lies in D) in slot e, tagged for uw_prules_for(). */
+static __always_inline void uw_prules_keep(struct uw_dirc_entry *e, const struct uw_rule_set *dr, __u32 exact,
+					   __u32 pgen, void *dentry, __u64 gen)
+{
+	e->prules = *dr;
+	e->pexact = exact;
+	e->pdentry = dentry;
+	e->pcgen = gen;
+	e->pgen = pgen;
+}
+
 /* An ignore rule decided at entry, before anything of the record is read (no clock, no walk, no victim): the rule,
  * or 0 when the exit must build the record and decide (no ignore rule is the first to match; the argument is
  * not in canonical form; a relative argument whose directory walk.h's cache does not hold, which the exit's walk
@@ -526,11 +544,10 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 		if (!e)
 			return 0;
 		__u32 pgen = sl->gen;
-		int cached = state == UW_PM_NAME && e->pgen == pgen && e->pdentry == dentry && e->pcgen == gen;
+		int cached = state == UW_PM_NAME && uw_prules_for(e, pgen, dentry, gen);
 		struct uw_rule_set dr = e->prules;
 		__u32 full = !cached || e->pexact;
-		if (cached && (!uw_dirc_same(e, gen, mnt, dentry, root_dentry) || UW_RELOAD(e->pgen) != pgen ||
-			       UW_RELOAD(e->pdentry) != dentry || UW_RELOAD(e->pcgen) != gen))
+		if (cached && (!uw_dirc_same(e, gen, mnt, dentry, root_dentry) || !uw_prules_for(e, pgen, dentry, gen)))
 			return 0;
 		if (!full) {
 			uw_rs_or(&rs, &dr);
@@ -547,11 +564,7 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 			if (state == UW_PM_NAME && !cached) {
 				dr.w[0] = dr.w[1] = 0;
 				__u32 exact = uw_dir_rules(s, slot, dl, &dr);
-				e->prules = dr;
-				e->pexact = exact;
-				e->pdentry = dentry;
-				e->pcgen = gen;
-				e->pgen = pgen;
+				uw_prules_keep(e, &dr, exact, pgen, dentry, gen);
 				if (!exact) {
 					full = 0;
 					uw_rs_or(&rs, &dr);
@@ -797,7 +810,7 @@ static __always_inline int uw_exit_dir_rules(struct uw_scratch *s, struct uw_pol
 	__u32 pgen = sl->gen;
 	struct uw_rule_set dr = e->prules;
 	__u32 exact = e->pexact;
-	if (e->pgen != pgen || e->pdentry != dentry || e->pcgen != gen) {
+	if (!uw_prules_for(e, pgen, dentry, gen)) {
 		__u32 dl = s->ev.dir_len;
 		if (dl + 2 > UW_POLICY_KEY)
 			return 0;
@@ -809,13 +822,8 @@ static __always_inline int uw_exit_dir_rules(struct uw_scratch *s, struct uw_pol
 		exact = uw_dir_rules(s, slot, dl, &dr);
 		if (!uw_dirc_same(e, gen, mnt, dentry, root_dentry))
 			return 0;
-		e->prules = dr;
-		e->pexact = exact;
-		e->pdentry = dentry;
-		e->pcgen = gen;
-		e->pgen = pgen;
-	} else if (!uw_dirc_same(e, gen, mnt, dentry, root_dentry) || UW_RELOAD(e->pgen) != pgen ||
-		   UW_RELOAD(e->pdentry) != dentry || UW_RELOAD(e->pcgen) != gen) {
+		uw_prules_keep(e, &dr, exact, pgen, dentry, gen);
+	} else if (!uw_dirc_same(e, gen, mnt, dentry, root_dentry) || !uw_prules_for(e, pgen, dentry, gen)) {
 		return 0;
 	}
 	if (exact)
