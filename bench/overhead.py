@@ -438,7 +438,7 @@ def configurations(only: list[str] | None = None, baseline: BaselineAgent | None
                                 PolicyAgent("audit100"), *(PolicyAgent("block100", m) for m in ATTACH_MODES),
                                 *(PolicyAgent("block100", m, lsm_dir_cache=False) for m in ATTACH_MODES),
                                 UnlinkwatchPipeline(), peers.Bpftrace(), peers.Auditd(),
-                                peers.MinimalBcc(), peers.HooksOnly()]
+                                peers.MinimalBcc(), *(peers.HooksOnly(m) for m in peers.HOOK_MODES)]
     if baseline is not None:
         everything.insert(2, baseline)
     return [t for t in everything if not only or t.name == "bare" or t is baseline or any(o in t.name for o in only)]

@@ -4,7 +4,8 @@ the agent's hooks with empty programs.
 Each configuration is a `Tracer`: started before a measurement and stopped after it. `python -m bench.peers
 minimal-bcc OUT` is the minimal bcc reference itself (syscall tracepoints -> ring buffer -> Python consumer);
 `python -m bench.peers hooks-only` attaches a program that does nothing to every hook the agent's tracepoint mode
-runs on a deletion: the floor any tracer of these hooks pays, whatever its programs do.
+runs on a deletion: the floor any tracer of these hooks pays, whatever its programs do; `hooks-only fentry-lsm` does
+the same for the fentry mode's hooks and the BPF LSM hooks of block rules (enforce.h), where the kernel has both.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from unlinkwatch.agent.probe.program import SYSCALLS
 
@@ -310,49 +312,117 @@ int hook(void *ctx) { return 0; }
 HOOK_CALLS = SYSCALLS
 HOOK_RAW = "ext4_unlink_enter"
 
+# the fentry mode's programs (unlink.bpf.c, UW_MODE_FENTRY) and the block rules' BPF LSM programs (enforce.h), each
+# returning at once; an LSM program returns the verdict it was given, as enforce.h's do. UNLINK_FN is the kernel's
+# unlink function.
+HOOKS_ONLY_FENTRY_LSM_C = r"""
+struct filename;
+struct renamedata;
+struct path;
+struct dentry;
+struct inode;
+KFUNC_PROBE(UNLINK_FN, int dfd, struct filename *name) { return 0; }
+KRETFUNC_PROBE(UNLINK_FN, int dfd, struct filename *name, int ret) { return 0; }
+KFUNC_PROBE(do_rmdir, int dfd, struct filename *name) { return 0; }
+KRETFUNC_PROBE(do_rmdir, int dfd, struct filename *name, int ret) { return 0; }
+KFUNC_PROBE(do_renameat2, int olddfd, struct filename *from, int newdfd, struct filename *to, unsigned int flags)
+{ return 0; }
+KRETFUNC_PROBE(do_renameat2, int olddfd, struct filename *from, int newdfd, struct filename *to, unsigned int flags,
+               int ret) { return 0; }
+KFUNC_PROBE(vfs_rename, struct renamedata *rd) { return 0; }
+KRETFUNC_PROBE(vfs_rename, struct renamedata *rd, int ret) { return 0; }
+KFUNC_PROBE(vfs_unlink, void *idmap, void *dir, void *dentry) { return 0; }
+KFUNC_PROBE(vfs_rmdir, void *idmap, void *dir, void *dentry) { return 0; }
+LSM_PROBE(path_unlink, const struct path *dir, struct dentry *dentry, int ret) { return ret; }
+LSM_PROBE(path_rmdir, const struct path *dir, struct dentry *dentry, int ret) { return ret; }
+LSM_PROBE(path_rename, const struct path *old_dir, struct dentry *old_dentry, const struct path *new_dir,
+          struct dentry *new_dentry, unsigned int flags, int ret) { return ret; }
+LSM_PROBE(inode_rename, struct inode *old_dir, struct dentry *old_dentry, struct inode *new_dir,
+          struct dentry *new_dentry, int ret) { return ret; }
+"""
+HOOK_MODES = ("tracepoint", "fentry-lsm")
 
-def hooks_only_main() -> int:
-    """Attaches the empty program to each hook that exists here, says how many, and waits for SIGINT/SIGTERM."""
-    from bcc import BPF
 
-    b = BPF(text=HOOKS_ONLY_C)
+def _attach_tracepoint_hooks(bpf_cls: Any) -> dict[str, int]:
+    b = bpf_cls(text=HOOKS_ONLY_C)
     n = 0
     for call in HOOK_CALLS:
         for side in ("enter", "exit"):
             tp = f"syscalls:sys_{side}_{call}"
-            if BPF.tracepoint_exists("syscalls", f"sys_{side}_{call}"):
+            if bpf_cls.tracepoint_exists("syscalls", f"sys_{side}_{call}"):
                 b.attach_tracepoint(tp=tp, fn_name="hook")
                 n += 1
     raw = 0
     with contextlib.suppress(Exception):  # no ext4 in this kernel: the syscall hooks alone
         b.attach_raw_tracepoint(tp=HOOK_RAW, fn_name="hook")
         raw = 1
+    _KEEP.append(b)
+    return {"tracepoints": n, "raw_tracepoints": raw}
+
+
+def _attach_fentry_lsm_hooks(bpf_cls: Any) -> dict[str, int]:
+    from unlinkwatch.agent.policy.runtime import bpf_lsm_missing
+    from unlinkwatch.agent.probe.attach import UNLINK_FUNCTIONS
+
+    missing = bpf_lsm_missing()
+    if missing:
+        raise RuntimeError(missing)
+    fns = [f for f in UNLINK_FUNCTIONS if bpf_cls.get_kprobe_functions(f"^{f}$".encode())]
+    if not fns:
+        raise RuntimeError(f"none of {', '.join(UNLINK_FUNCTIONS)} in this kernel")
+    _KEEP.append(bpf_cls(text=HOOKS_ONLY_FENTRY_LSM_C.replace("UNLINK_FN", fns[0])))  # bcc attaches them at load
+    return {"fentry": 10, "lsm": 4}
+
+
+_KEEP: list[Any] = []
+
+
+def hooks_only_main(mode: str = "tracepoint") -> int:
+    """Attaches the empty programs of `mode` to each hook that exists here, says how many, and waits for
+    SIGINT/SIGTERM. A kernel that refuses them: one line on stderr, exit 1."""
+    from bcc import BPF
+
+    try:
+        counts = _attach_fentry_lsm_hooks(BPF) if mode == "fentry-lsm" else _attach_tracepoint_hooks(BPF)
+    except Exception as e:  # bcc raises Exception for a refused load or attach
+        print(json.dumps({"msg": "unavailable", "error": str(e).splitlines()[0] if str(e) else repr(e)}),
+              file=sys.stderr, flush=True)
+        return 1
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(json.dumps({"msg": "attached", "tracepoints": n, "raw_tracepoints": raw}), file=sys.stderr, flush=True)
+    print(json.dumps({"msg": "attached", **counts}), file=sys.stderr, flush=True)
     stop.wait()
     return 0
 
 
 class HooksOnly(Tracer):
-    """The floor: a program that returns at once on every hook the agent's tracepoint mode uses."""
+    """The floor: a program that returns at once on every hook the agent's tracepoint mode uses (`mode`
+    "tracepoint"), or its fentry mode with block rules enforced ("fentry-lsm": the fentry programs and the BPF LSM
+    ones, where the kernel runs both)."""
 
-    name = "hooks only (empty programs)"
     bpf = True
+
+    def __init__(self, mode: str = "tracepoint") -> None:
+        super().__init__()
+        self.mode = mode
+        self.name = "hooks only (empty programs)" if mode == "tracepoint" else \
+            "hooks only (fentry + LSM, empty programs)"
 
     def check(self) -> None:
         MinimalBcc().check()
 
     def start(self, workdir: Path, record: bool) -> None:
         super().start(workdir, record)
-        proc = self._spawn_peer("hooks-only")
-        deadline = time.monotonic() + 60
+        proc = self._spawn_peer("hooks-only", self.mode)
+        # compiling under emulation (the kernel lab) takes longer than on a machine
+        wait_s = max(60.0, float(os.environ.get("UNLINKWATCH_BENCH_READY_S", "60")))
+        deadline = time.monotonic() + wait_s
         while not any('"attached"' in line for line in self.stderr_lines):
             if proc.poll() is not None:
                 raise self._fail(proc, f"{self.name} exited before attaching")
             if time.monotonic() > deadline:
-                raise self._fail(proc, f"{self.name} did not attach within 60 s")
+                raise self._fail(proc, f"{self.name} did not attach within {wait_s:.0f} s")
             time.sleep(0.1)
 
 
@@ -463,7 +533,7 @@ class Auditd(Tracer):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "minimal-bcc":
         sys.exit(minimal_bcc_main(sys.argv[2]))
-    if len(sys.argv) == 2 and sys.argv[1] == "hooks-only":
-        sys.exit(hooks_only_main())
-    print("usage: python -m bench.peers minimal-bcc OUTFILE | hooks-only", file=sys.stderr)
+    if len(sys.argv) in (2, 3) and sys.argv[1] == "hooks-only" and sys.argv[2:] in ([], *([m] for m in HOOK_MODES)):
+        sys.exit(hooks_only_main(*sys.argv[2:]))
+    print(f"usage: python -m bench.peers minimal-bcc OUTFILE | hooks-only [{'|'.join(HOOK_MODES)}]", file=sys.stderr)
     sys.exit(2)

@@ -160,5 +160,22 @@ def test_the_hooks_only_floor_is_a_configuration_of_its_own() -> None:
     from bench.peers import HOOK_CALLS
 
     names = [t.name for t in configurations(["hooks only"])]
-    assert names == ["bare", "hooks only (empty programs)"]
+    assert names == ["bare", "hooks only (empty programs)", "hooks only (fentry + LSM, empty programs)"]
     assert {"unlinkat", "renameat2", "rmdir"} <= set(HOOK_CALLS)
+
+
+def test_the_fentry_and_lsm_floor_attaches_an_empty_program_to_every_hook_the_agent_uses_there() -> None:
+    import re
+
+    from bench.peers import HOOKS_ONLY_FENTRY_LSM_C
+
+    bpf = Path(__file__).resolve().parents[2] / "agent" / "bpf"
+    source = (bpf / "unlink.bpf.c").read_text()
+    fentry = source[source.index("#elif UW_MODE == UW_MODE_FENTRY"):]
+    fentry = fentry[:fentry.index("#endif")]
+    agent = set(re.findall(r"^(?:UW_)?(K(?:RET)?FUNC)(?:_PROBE)?\((\w+)", fentry, re.M))
+    agent |= {("LSM", h) for h in re.findall(r"^LSM_PROBE\((\w+)", (bpf / "enforce.h").read_text(), re.M)}
+    agent = {(kind, "UNLINK_FN" if fn == "UW_UNLINK_FN" else fn) for kind, fn in agent}
+    floor = set(re.findall(r"^(K(?:RET)?FUNC|LSM)_PROBE\((\w+)", HOOKS_ONLY_FENTRY_LSM_C, re.M))
+    assert ("LSM", "path_unlink") in agent and ("KFUNC", "UNLINK_FN") in agent and len(agent) == 14
+    assert floor == agent
