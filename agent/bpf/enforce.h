@@ -73,7 +73,11 @@ struct uw_lsm_dir {
 	__u32 pad;
 };
 BPF_PERCPU_ARRAY(lsm_dirs, struct uw_lsm_dir, UW_DIRC_SLOTS);
-BPF_ARRAY(lsm_seqs, __u64, 2);		/* the addresses of rename_lock's and mount_lock's sequence, 0: no cache */
+/* the addresses of rename_lock's and mount_lock's sequence (program.py's SEQLOCKS, in order), 0: no cache */
+struct uw_lsm_seq_addrs {
+	__u64 addr[2];
+};
+BPF_ARRAY(lsm_seqs, struct uw_lsm_seq_addrs, 1);
 BPF_PERCPU_ARRAY(lsm_dir_stats, __u64, 2);	/* checks that found their directory's rules [0], that walked [1] */
 
 static __always_inline struct uw_lsm_rename *uw_lsm_rename_get(__u64 create)
@@ -105,12 +109,12 @@ static __always_inline void uw_lsm_exe_except(struct uw_scratch *s, void *task, 
 /* rename_lock's and mount_lock's sequence counts, or -1 when there is no cache or a writer is inside. */
 static __always_inline int uw_lsm_seqs(__u32 *rseq, __u32 *mseq)
 {
-	__u32 zero = 0, one = 1;
-	__u64 *ra = lsm_seqs.lookup(&zero), *ma = lsm_seqs.lookup(&one);
-	if (!ra || !ma || !*ra || !*ma)
+	__u32 zero = 0;
+	struct uw_lsm_seq_addrs *a = lsm_seqs.lookup(&zero);
+	if (!a || !a->addr[0] || !a->addr[1])
 		return -1;
-	if (bpf_probe_read_kernel(rseq, sizeof(*rseq), (void *)*ra) < 0 ||
-	    bpf_probe_read_kernel(mseq, sizeof(*mseq), (void *)*ma) < 0)
+	if (bpf_probe_read_kernel(rseq, sizeof(*rseq), (void *)a->addr[0]) < 0 ||
+	    bpf_probe_read_kernel(mseq, sizeof(*mseq), (void *)a->addr[1]) < 0)
 		return -1;
 	return (*rseq | *mseq) & 1 ? -1 : 0;
 }
@@ -137,22 +141,22 @@ static __always_inline void uw_lsm_dir_fill(struct uw_scratch *s, __u32 slot)
 }
 
 /* Before the walk: the directory's rules from lsm_dirs into s->lsm.drules (s->lsm.hit), or, on a miss, its slot
- * started for uw_lsm_dir_fill() (s->lsm.fill). The caller cleared both. */
+ * started for uw_lsm_dir_fill() (s->lsm.fill). The caller cleared both. `dir` is BTF-typed (a hook's argument or a
+ * load from one): its fields are plain loads. */
 static __always_inline void uw_lsm_dir_find(struct uw_scratch *s, struct uw_policy_slot *sl, __u32 slot,
 					    void *mnt, void *dir, void *fs)
 {
 	__u32 rseq = 0, mseq = 0;
 	if (s->src.state != UW_PM_NAME || uw_lsm_seqs(&rseq, &mseq) < 0)
 		return;
-	struct uw_dv_span dv;
-	if (bpf_probe_read_kernel(&dv, sizeof(dv), dir + UW_DV_LO) < 0)
+	void *d_parent = UW_LD(dir, OFF_DENTRY_D_PARENT, void *);
+	void *d_inode = UW_LD(dir, OFF_DENTRY_D_INODE, void *);
+	/* the name's hash and length as two loads: the verifier types d_name's first word as the 4-byte hash */
+	__u64 d_hash_len = (__u64)UW_LD(dir, OFF_DENTRY_D_NAME + OFF_QSTR_LEN, __u32) << 32 |
+			   UW_LD(dir, OFF_DENTRY_D_NAME, __u32);
+	if (!d_inode)
 		return;
-	void *d_parent = UW_AT(&dv, UW_DV_LO, OFF_DENTRY_D_PARENT, void *);
-	void *d_inode = UW_AT(&dv, UW_DV_LO, OFF_DENTRY_D_INODE, void *);
-	__u64 d_hash_len = UW_AT(&dv, UW_DV_LO, OFF_DENTRY_D_NAME, __u64);
-	__u64 ino = 0;
-	if (!d_inode || bpf_probe_read_kernel(&ino, sizeof(ino), d_inode + OFF_INODE_I_INO) < 0)
-		return;
+	__u64 ino = UW_LD(d_inode, OFF_INODE_I_INO, __u64);
 	void *root_mnt = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT, void *);
 	void *root_dentry = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *);
 	__u32 idx = uw_dirc_index(s, dir), zero = 0, one = 1;
@@ -243,7 +247,30 @@ static __always_inline int uw_lsm_decide(void)
 	return UW_LSM_ALLOW;
 }
 
-/* The verdict on deleting `dentry` from the directory (mnt, dir) by op: -EPERM when a block rule decides. */
+/* The victim's name as uw_prematch()'s one-name argument (UW_PM_NAME), read once from the dentry into s->tbuf: a
+ * name the kernel resolved holds no "/" and is neither "." nor "..", so it needs no canonical-form check. The
+ * record's copy (s->data) is made only for a walk (uw_lsm_check). */
+static __always_inline void uw_lsm_prematch(struct uw_scratch *s, __u32 slot, __u32 uses, const char *name,
+					    __u32 len, struct uw_prematch *pm)
+{
+	pm->rules.w[0] = 0;
+	pm->rules.w[1] = 0;
+	pm->raw_len = 0;
+	pm->state = UW_PM_UNDECIDED;
+	UW_OPAQUE(len);	/* the masks below must stay: they are the verifier's bounds */
+	if (bpf_probe_read_kernel(&s->tbuf[8], len & UW_PK_MASK, name) < 0)
+		return;
+	s->tbuf[7] = '/';
+	*(__u64 *)&s->tbuf[(8 + len) & UW_TB_MASK] = '/';
+	*(__u64 *)&s->tbuf[(16 + len) & UW_TB_MASK] = 0;
+	if (uses & UW_USES_NAMES)
+		uw_names_rules(s, slot, len, &pm->rules);
+	pm->raw_len = len;
+	pm->state = UW_PM_NAME;
+}
+
+/* The verdict on deleting `dentry` from the directory (mnt, dir) by op: -EPERM when a block rule decides. `dentry`
+ * and `dir` are BTF-typed (the hook's arguments, or loads from them): their fields are plain loads. */
 static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *dentry, __u32 arm)
 {
 	__u32 zero = 0, slot = 0;
@@ -270,18 +297,13 @@ static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *de
 	s->lsm.arm = arm;
 	s->lsm.op = op;
 	/* the final name is matched as a relative argument and the directory as its base, as policy.h does */
-	struct uw_d_span ds;
-	if (bpf_probe_read_kernel(&ds, sizeof(ds), dentry + UW_D_LO) < 0)
-		return UW_LSM_ALLOW;
-	__u32 len = UW_AT(&ds, UW_D_LO, UW_D_LEN, __u32);
+	__u32 len = UW_LD(dentry, UW_D_LEN, __u32);
 	if (len == 0 || len >= UW_POLICY_KEY - 1)	/* too long for a policy key: policy.h cannot decide it either */
 		return arm ? UW_LSM_OPEN : UW_LSM_ALLOW;
-	UW_OPAQUE(len);	/* the mask below must stay: it is the verifier's bound */
-	bpf_probe_read_kernel(s->data, len & UW_NAME_MAX, UW_AT(&ds, UW_D_LO, UW_D_NAME, void *));
 	s->ev.raw_len = len;
 	s->ev.dir_len = 0;
 	s->ev.flags = 0;
-	uw_prematch(s, slot, sl->uses, 0, &s->src);	/* it loops: before the walk */
+	uw_lsm_prematch(s, slot, sl->uses, UW_LD(dentry, UW_D_NAME, const char *), len, &s->src);	/* loops: first */
 	void *fs = UW_LD(task, OFF_TASK_FS, void *);
 	s->lsm.hit = 0;
 	s->lsm.fill = 0;
@@ -290,6 +312,8 @@ static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *de
 	uw_lsm_dir_find(s, sl, slot, mnt, dir, fs);
 	if (s->lsm.hit)
 		return uw_lsm_decide();
+	UW_OPAQUE(len);
+	bpf_probe_read_kernel(s->data, len & UW_NAME_MAX, &s->tbuf[8]);	/* the record's name, before its directory */
 	__u32 flags = 0;
 	s->ev.dir_len = uw_put_path(s, len, mnt, dir, fs, &flags);
 	s->ev.flags = flags;
@@ -346,14 +370,18 @@ LSM_PROBE(inode_rename, struct inode *old_dir, struct dentry *old_dentry, struct
 	struct uw_lsm_rename *r = uw_lsm_rename_get(0);
 	if (!r || !r->armed)
 		return 0;
-	void *dst = (void *)r->dst;
-	if ((void *)new_dentry != dst && (void *)old_dentry != dst)
-		return 0;
+	/* the destination as the hook's own (BTF-typed) argument, not the address kept in the map */
+	struct dentry *dst = new_dentry;
+	if ((void *)new_dentry != (void *)r->dst) {
+		if ((void *)old_dentry != (void *)r->dst)
+			return 0;
+		dst = old_dentry;
+	}
 	r->armed = 0;
 	void *mnt = (void *)r->mnt;
-	if (!(r->flags & UW_RENAME_EXCHANGE) && !uw_ptr(dst, OFF_DENTRY_D_INODE))
+	if (!(r->flags & UW_RENAME_EXCHANGE) && !UW_LD(dst, OFF_DENTRY_D_INODE, void *))
 		return 0;	/* a new name: nothing destroyed */
-	return uw_lsm_check(UW_OP_RENAME, mnt, uw_ptr(dst, OFF_DENTRY_D_PARENT), dst, 0);
+	return uw_lsm_check(UW_OP_RENAME, mnt, UW_LD(dst, OFF_DENTRY_D_PARENT, void *), dst, 0);
 }
 
 #endif /* UNLINKWATCH_ENFORCE_H */

@@ -156,6 +156,32 @@ static __always_inline int uw_name_maybe(struct uw_scratch *s, __u32 slot, __u32
 	return (h->w[(bit >> 6) & (UW_NAME_HEAD_WORDS - 1)] >> (bit & 63)) & 1;
 }
 
+/* With the argument in s->tbuf as uw_prematch() lays it out (raw_len bytes at 8, "/" before and after): the rules
+ * of the policy_names entry its final name matches, into rules (left as they are when none can match). */
+static __always_inline void uw_names_rules(struct uw_scratch *s, __u32 slot, __u32 raw_len,
+					   struct uw_rule_set *rules)
+{
+	if (!uw_name_maybe(s, slot, raw_len))
+		return;
+	/* the argument reversed, word by word (its final name first), then "/" */
+	for (__u32 k = 0; k < UW_POLICY_KEY / 8 + 1; k++) {
+		__u32 d = k * 8;
+		if (d >= raw_len)
+			break;
+		__u32 o = raw_len - d;
+		UW_OPAQUE(o);
+		UW_OPAQUE(d);
+		__u64 w = *(__u64 *)&s->tbuf[o & UW_TB_MASK];
+		*(__u64 *)&s->nkey.data[d & UW_PK_MASK] = __builtin_bswap64(w);
+	}
+	s->nkey.data[raw_len & UW_PK_MASK] = '/';
+	s->nkey.prefixlen = 8 + (raw_len + 1) * 8;
+	s->nkey.slot = slot;
+	struct uw_rule_set *nm = policy_names.lookup(&s->nkey);
+	if (nm)
+		*rules = *nm;
+}
+
 /* Before any walk: the raw argument (from user memory at `uptr`, or when that is 0 the record's own, read by
  * uw_put_raw()) into s->tbuf, checked for canonical form, and the rules its final name (and, if it is
  * absolute, its whole path) match, into pm. Both loops go eight bytes at a time with no branch in their
@@ -208,25 +234,8 @@ static __always_inline void uw_prematch(struct uw_scratch *s, __u32 slot, __u32 
 	if (bad)
 		return;
 
-	if ((uses & UW_USES_NAMES) && uw_name_maybe(s, slot, raw_len)) {
-		/* the argument reversed, word by word (its final name first), then "/" */
-		for (__u32 k = 0; k < UW_POLICY_KEY / 8 + 1; k++) {
-			__u32 d = k * 8;
-			if (d >= raw_len)
-				break;
-			__u32 o = raw_len - d;
-			UW_OPAQUE(o);
-			UW_OPAQUE(d);
-			__u64 w = *(__u64 *)&s->tbuf[o & UW_TB_MASK];
-			*(__u64 *)&s->nkey.data[d & UW_PK_MASK] = __builtin_bswap64(w);
-		}
-		s->nkey.data[raw_len & UW_PK_MASK] = '/';
-		s->nkey.prefixlen = 8 + (raw_len + 1) * 8;
-		s->nkey.slot = slot;
-		struct uw_rule_set *nm = policy_names.lookup(&s->nkey);
-		if (nm)
-			pm->rules = *nm;
-	}
+	if (uses & UW_USES_NAMES)
+		uw_names_rules(s, slot, raw_len, &pm->rules);
 	pm->raw_len = raw_len;
 	if (!absolute) {
 		pm->state = slashes == 1 ? UW_PM_NAME : UW_PM_RELATIVE;

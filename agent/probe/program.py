@@ -520,9 +520,8 @@ class Probe:
             why = "seqlock_t not in BTF" if seq < 0 else f"{', '.join(missing)} not in {kallsyms.KALLSYMS}"
             self.degraded.append(f"{DEGRADED_LSM_DIRS}: {why}")
             return
-        fd = self._map_fds()["lsm_seqs"]
-        for i, name in enumerate(SEQLOCKS):
-            bpfsys.update(fd, struct.pack("=I", i), struct.pack("=Q", found[name] + seq))
+        addrs = [found[name] + seq for name in SEQLOCKS]
+        bpfsys.update(self._map_fds()["lsm_seqs"], struct.pack("=I", 0), struct.pack(f"={len(addrs)}Q", *addrs))
 
     def _attach_ext4_unlink(self) -> None:
         """ext4's unlink tracepoint, the tracepoint mode's one view of the inode an unlink destroys (inode, size,
