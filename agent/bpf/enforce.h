@@ -85,27 +85,6 @@ static __always_inline struct uw_lsm_rename *uw_lsm_rename_get(__u64 create)
 	return lsm_rename.task_storage_get(bpf_get_current_task_btf(), 0, create);
 }
 
-/* The rules naming the current process's executable in an except; none for a process the kernel has no exec of
- * (its executable cannot be proven, so it is not excepted). */
-static __always_inline void uw_lsm_exe_except(struct uw_scratch *s, void *task, struct uw_policy_slot *sl,
-					      __u32 slot, struct uw_rule_set *out)
-{
-	out->w[0] = 0;
-	out->w[1] = 0;
-	if (!(sl->uses & UW_USES_EXES))
-		return;
-	struct uw_proc_key key;
-	uw_proc_key(task, &key);
-	struct uw_proc *p = procs.lookup(&key);
-	if (!p || (p->flags & UW_F_PROC_UNKNOWN))
-		return;
-	if (p->gen != sl->gen) {
-		uw_policy_exe(s, slot, p, &p->exe_except);
-		p->gen = sl->gen;
-	}
-	*out = p->exe_except;
-}
-
 /* rename_lock's and mount_lock's sequence counts, or -1 when there is no cache or a writer is inside. */
 static __always_inline int uw_lsm_seqs(__u32 *rseq, __u32 *mseq)
 {
@@ -197,17 +176,16 @@ static __always_inline void uw_lsm_dir_find(struct uw_scratch *s, struct uw_poli
 		*n += 1;
 }
 
-/* After the walk, looked up afresh from map memory (one verifier state whichever way the walk ended): the rule
- * that decides, and -EPERM when it blocks. The check decides with the slot it started with, whole: a reload
+/* After the walk, with the scratch and the check's stash (0: none) it began with, and the policy looked up afresh
+ * from map memory: the rule that decides, and -EPERM when it blocks. The check decides with the slot it started with, whole: a reload
  * writes the other slot and flips, so a check under way at the flip still sees the policy it began with. That slot
  * is reused (its generation first cleared, agent/policy/maps.py) only at the reload after, and never within
  * RETIRE_S of the flip; a check still under way then (the generation changed under it) is allowed. */
-static __always_inline int uw_lsm_decide(void)
+static __always_inline int uw_lsm_decide(struct uw_scratch *s, struct uw_stash *st)
 {
 	__u32 zero = 0;
-	struct uw_scratch *s = scratch.lookup(&zero);
 	struct uw_policy_state *ps = policy_state.lookup(&zero);
-	if (!s || !ps)
+	if (!ps)
 		return UW_LSM_ALLOW;
 	__u32 slot = s->lsm.slot & 1;
 	struct uw_policy_slot *sl = &ps->slot[slot];
@@ -229,7 +207,6 @@ static __always_inline int uw_lsm_decide(void)
 	__u32 rule = uw_first_rule(&rs);
 	int block = rule && uw_rs_has(&sl->block, rule - 1);
 	if (block || s->lsm.op != UW_OP_RENAME) {
-		struct uw_stash *st = uw_stash_get(0);
 		if (st) {
 			st->lsm.gen = s->lsm.gen;
 			if (block)
@@ -287,7 +264,7 @@ static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *de
 		s->lsm.who = st->who;	/* the observation's entry of this call found them (uw_enter2) */
 	} else {
 		struct uw_rule_set exe_except;
-		uw_lsm_exe_except(s, task, sl, slot, &exe_except);
+		uw_exe_except_known(s, task, sl, slot, &exe_except);
 		uw_policy_who(sl, slot, op, &exe_except, &s->lsm.who);
 	}
 	if (!((s->lsm.who.w[0] & sl->block.w[0]) | (s->lsm.who.w[1] & sl->block.w[1])))
@@ -308,16 +285,16 @@ static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *de
 	s->lsm.hit = 0;
 	s->lsm.fill = 0;
 	if (!(sl->uses & UW_USES_PATHS))
-		return uw_lsm_decide();		/* only final names: the directory plays no part */
+		return uw_lsm_decide(s, st);		/* only final names: the directory plays no part */
 	uw_lsm_dir_find(s, sl, slot, mnt, dir, fs);
 	if (s->lsm.hit)
-		return uw_lsm_decide();
+		return uw_lsm_decide(s, st);
 	UW_OPAQUE(len);
 	bpf_probe_read_kernel(s->data, len & UW_NAME_MAX, &s->tbuf[8]);	/* the record's name, before its directory */
 	__u32 flags = 0;
 	s->ev.dir_len = uw_put_path(s, len, mnt, dir, fs, &flags);
 	s->ev.flags = flags;
-	return uw_lsm_decide();
+	return uw_lsm_decide(s, st);
 }
 
 LSM_PROBE(path_unlink, const struct path *dir, struct dentry *dentry, int ret)

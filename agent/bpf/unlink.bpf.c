@@ -447,6 +447,29 @@ static __always_inline __u32 uw_proc_enter(struct uw_scratch *s, void *task, str
 	return 0;
 }
 
+/* The rules naming the current process's executable in an except, from its procs entry as it stands (no sync, no
+ * record sent): 1 when they are known, or the policy names no executables; 0, with none, for a process procs does
+ * not hold or holds as a placeholder (its executable cannot be proven, so it is not excepted). */
+static __always_inline int uw_exe_except_known(struct uw_scratch *s, void *task, struct uw_policy_slot *sl,
+					       __u32 slot, struct uw_rule_set *out)
+{
+	out->w[0] = 0;
+	out->w[1] = 0;
+	if (!(sl->uses & UW_USES_EXES))
+		return 1;
+	struct uw_proc_key key;
+	uw_proc_key(task, &key);
+	struct uw_proc *p = procs.lookup(&key);
+	if (!p || (p->flags & UW_F_PROC_UNKNOWN))
+		return 0;
+	if (p->gen != sl->gen) {
+		uw_policy_exe(s, slot, p, &p->exe_except);
+		p->gen = sl->gen;
+	}
+	*out = p->exe_except;
+	return 1;
+}
+
 static __always_inline struct uw_stash *uw_stash_get(__u64 create)
 {
 	return stash.task_storage_get(bpf_get_current_task_btf(), 0, create);
@@ -596,9 +619,9 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 /* Entry: the stash first (so that nothing the entry was called with lives across the walk of a rename's
  * destination after it: the tracepoint mode's one entry program for every call is then verified once, not
  * once per call), the policy's pre-match (it loops: before that walk) of a rename's destination, or of the
- * source when the policy has ignore rules, the process's record sent once (looked up in procs: no walk), the
- * policy's rules for who, then an ignore rule's verdict where it can be had without the record. The clock is
- * read last: an ignored deletion never reads it. */
+ * source when the policy has ignore rules, the policy's rules for who, an ignore rule's verdict where it can be
+ * had without the record, and only then the process's record sent once (looked up in procs: no walk) and the
+ * clock: an ignored deletion reads neither. */
 static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr, __u32 op, __u32 rename_flags,
 						  __s32 dst_dirfd, const char *dst_uptr)
 {
@@ -630,16 +653,15 @@ static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr,
 		uw_prematch(s, slot, sl->uses, dst_uptr ? dst_uptr : uptr, &st->pm);
 	void *task = (void *)bpf_get_current_task_btf();
 	struct uw_rule_set exe_except;
+	__u32 exes_known = 1;
 	sl = uw_policy_slot(&slot);	/* afresh: the verifier then sees one state after the pre-match */
-	__u32 unknown = uw_proc_enter(s, task, sl, slot, &exe_except);
-	st->flags = unknown;
 	if (sl) {
+		exes_known = uw_exe_except_known(s, task, sl, slot, &exe_except);
 		uw_policy_who(sl, slot, op, &exe_except, &st->who);
 		st->slot = slot;
 		st->uses = sl->uses;
-		/* an executable the kernel does not know: a policy that names executables is left to user space */
-		st->gen = (unknown && (sl->uses & UW_USES_EXES)) ? sl->gen | UW_GEN_USER : sl->gen;
-		__u32 rule = dst_uptr || st->gen != sl->gen ? 0 : uw_entry_ignore(s, sl, slot, st, task);
+		st->gen = sl->gen;
+		__u32 rule = dst_uptr || !exes_known ? 0 : uw_entry_ignore(s, sl, slot, st, task);
 		if (rule) {
 #ifdef UW_LSM
 			st->ignored = rule;	/* unless a block rule stops it after all: the exit says */
@@ -649,6 +671,15 @@ static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr,
 			return 0;
 #endif
 		}
+	}
+	__u32 unknown = uw_proc_enter(s, task, sl, slot, &exe_except);
+	st->flags = unknown;
+	if (sl) {
+		if (!exes_known)	/* the process's entry made just now: its executable's except set */
+			uw_policy_who(sl, slot, op, &exe_except, &st->who);
+		/* an executable the kernel does not know: a policy that names executables is left to user space */
+		if (unknown && (sl->uses & UW_USES_EXES))
+			st->gen = sl->gen | UW_GEN_USER;
 	}
 	st->ts_ns = bpf_ktime_get_ns();
 	return st;

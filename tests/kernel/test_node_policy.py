@@ -50,6 +50,11 @@ policy:
     action: audit
     paths: ["**/k", "**/*.gz"]
     host: true
+  - name: quiet-scratch
+    action: ignore
+    paths: ["{root}/scratch/**"]
+    host: true
+    except: {{exe: ["{root}/bin/scrubber"]}}
 """
 
 
@@ -57,7 +62,7 @@ policy:
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("policy")
     for sub in ("cache/sub", "cache2", "etc", "bin", "pods-only", "names/sub", "names/sub2", "audited",
-                "free/anc/leaf"):
+                "free/anc/leaf", "scratch"):
         (d / sub).mkdir(parents=True)
     (d / "policy.yaml").write_text(_policy(d))
     yield d
@@ -233,6 +238,30 @@ def test_an_excepted_command_name_or_executable_is_not_matched(agent: AgentProce
     evs = agent.wait_for(lambda e: e["path"].startswith(str(root)) and e["path"].endswith(".pem")
                          and e["comm"] in ("keyrotate", "certtool"), count=3)
     assert {(e["comm"], e["action"]) for e in evs} == {("keyrotate", "allowed"), ("certtool", "allowed")}
+
+
+def test_an_ignore_rule_drops_a_loop_of_deletions_but_not_those_of_an_excepted_executable(
+        agent: AgentProcess, root: Path) -> None:
+    # one-name arguments in one directory: after the first, the entry decides the ignore from the directory cache,
+    # before the process's record is looked up; an excepted executable must be known first
+    rm = shutil.which("rm")
+    assert rm is not None
+    shutil.copy(rm, root / "bin" / "scrubber")
+    d = root / "scratch"
+    ignored = [f"n{i}" for i in range(6)]
+    kept = [f"k{i}" for i in range(6)]
+    _touch(*(d / n for n in ignored + kept))
+    before = agent.metric(FILTERED)
+    subprocess.run([rm, *ignored], cwd=d, check=True)
+    subprocess.run([str(root / "bin" / "scrubber"), *kept], cwd=d, check=True)
+    subprocess.run([str(root / "bin" / "scrubber"), *(f"{n}.again" for n in kept)], cwd=d, check=False,
+                   stderr=subprocess.DEVNULL)  # a second process of it: its entry in procs made at exec
+    evs = agent.wait_for(lambda e: e["path"].startswith(str(d) + "/k"), count=12)
+    assert sorted(e["path"] for e in evs if e["result"] == 0) == sorted(str(d / n) for n in kept)
+    assert all(e["comm"] == "scrubber" and e["action"] == "allowed" and e["policy"] == "" for e in evs)
+    assert agent.wait_metric(FILTERED, before + len(ignored)) == before + len(ignored)
+    time.sleep(0.5)
+    assert not [e for e in agent.events if e["path"].startswith(str(d) + "/n")]
 
 
 def test_a_final_name_rule_matches_names_of_every_length_and_no_others(agent: AgentProcess, root: Path) -> None:
