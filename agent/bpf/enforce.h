@@ -177,10 +177,11 @@ static __always_inline void uw_lsm_dir_find(struct uw_scratch *s, struct uw_poli
 }
 
 /* After the walk, with the scratch and the check's stash (0: none) it began with, and the policy looked up afresh
- * from map memory: the rule that decides, and -EPERM when it blocks. The check decides with the slot it started with, whole: a reload
- * writes the other slot and flips, so a check under way at the flip still sees the policy it began with. That slot
- * is reused (its generation first cleared, agent/policy/maps.py) only at the reload after, and never within
- * RETIRE_S of the flip; a check still under way then (the generation changed under it) is allowed. */
+ * from map memory: the rule that decides, and -EPERM when it blocks. The check decides with the slot it started
+ * with, whole: a reload writes the other slot and flips, so a check under way at the flip still sees the policy it
+ * began with. That slot is reused (its generation first cleared, agent/policy/maps.py) only at the reload after,
+ * and never within RETIRE_S of the flip; a check still under way then (the generation changed under it) is
+ * allowed. */
 static __always_inline int uw_lsm_decide(struct uw_scratch *s, struct uw_stash *st)
 {
 	__u32 zero = 0;
@@ -280,7 +281,8 @@ static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *de
 	s->ev.raw_len = len;
 	s->ev.dir_len = 0;
 	s->ev.flags = 0;
-	uw_lsm_prematch(s, slot, sl->uses, UW_LD(dentry, UW_D_NAME, const char *), len, &s->src);	/* loops: first */
+	/* it loops: before the walk */
+	uw_lsm_prematch(s, slot, sl->uses, UW_LD(dentry, UW_D_NAME, const char *), len, &s->src);
 	void *fs = UW_LD(task, OFF_TASK_FS, void *);
 	s->lsm.hit = 0;
 	s->lsm.fill = 0;
@@ -290,7 +292,8 @@ static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *de
 	if (s->lsm.hit)
 		return uw_lsm_decide(s, st);
 	UW_OPAQUE(len);
-	bpf_probe_read_kernel(s->data, len & UW_NAME_MAX, &s->tbuf[8]);	/* the record's name, before its directory */
+	/* the record's name, before its directory */
+	bpf_probe_read_kernel(s->data, len & UW_NAME_MAX, &s->tbuf[8]);
 	__u32 flags = 0;
 	s->ev.dir_len = uw_put_path(s, len, mnt, dir, fs, &flags);
 	s->ev.flags = flags;

@@ -189,11 +189,12 @@ struct uw_dirc_entry {
 	__u32 ok;	/* the path is filled: 0 while its walk runs */
 	char path[UW_DIRC_MAX];
 	/* uw_entry_ignore() and uw_exit_dir_rules(): the policy rules of "path/" (and whether an exact path lies in
-	 * it), for the policy generation pgen, computed for the directory pdentry from its path at cache generation
-	 * pcgen (a refill after a rename, preempting the program that computed them, leaves them tagged with the old
-	 * one); pgen is 0 when a walk refills the slot */
+	 * it), for the policy generation pgen, computed for the directory (pmnt, pdentry) under the root proot from
+	 * its path at cache generation pcgen (a refill after a rename, or for the same dentry under another mount or
+	 * root, preempting the program that computed them, leaves them tagged with the old ones); pgen is 0 when a
+	 * walk refills the slot */
 	struct uw_rule_set prules;
-	void *pdentry;
+	void *pdentry, *pmnt, *proot;
 	__u64 pcgen;
 	__u32 pgen;
 	__u32 pexact;
@@ -521,18 +522,22 @@ static __always_inline void uw_base_dir(void *task, void *fs, __s32 dirfd, void 
 
 /* Whether slot e's rules of "D/" (prules) are the ones for this directory under this policy generation and cache
  * generation (see struct uw_dirc_entry). */
-static __always_inline int uw_prules_for(struct uw_dirc_entry *e, __u32 pgen, void *dentry, __u64 gen)
+static __always_inline int uw_prules_for(struct uw_dirc_entry *e, __u32 pgen, void *mnt, void *dentry,
+					 void *root_dentry, __u64 gen)
 {
-	return UW_RELOAD(e->pgen) == pgen && UW_RELOAD(e->pdentry) == dentry && UW_RELOAD(e->pcgen) == gen;
+	return UW_RELOAD(e->pgen) == pgen && UW_RELOAD(e->pdentry) == dentry && UW_RELOAD(e->pcgen) == gen &&
+	       UW_RELOAD(e->pmnt) == mnt && UW_RELOAD(e->proot) == root_dentry;
 }
 
 /* Keeps the rules of "D/" (and whether an exact path lies in D) in slot e, tagged for uw_prules_for(). */
 static __always_inline void uw_prules_keep(struct uw_dirc_entry *e, const struct uw_rule_set *dr, __u32 exact,
-					   __u32 pgen, void *dentry, __u64 gen)
+					   __u32 pgen, void *mnt, void *dentry, void *root_dentry, __u64 gen)
 {
 	e->prules = *dr;
 	e->pexact = exact;
 	e->pdentry = dentry;
+	e->pmnt = mnt;
+	e->proot = root_dentry;
 	e->pcgen = gen;
 	e->pgen = pgen;
 }
@@ -567,10 +572,11 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 		if (!e)
 			return 0;
 		__u32 pgen = sl->gen;
-		int cached = state == UW_PM_NAME && uw_prules_for(e, pgen, dentry, gen);
+		int cached = state == UW_PM_NAME && uw_prules_for(e, pgen, mnt, dentry, root_dentry, gen);
 		struct uw_rule_set dr = e->prules;
 		__u32 full = !cached || e->pexact;
-		if (cached && (!uw_dirc_same(e, gen, mnt, dentry, root_dentry) || !uw_prules_for(e, pgen, dentry, gen)))
+		if (cached && (!uw_dirc_same(e, gen, mnt, dentry, root_dentry) ||
+			       !uw_prules_for(e, pgen, mnt, dentry, root_dentry, gen)))
 			return 0;
 		if (!full) {
 			uw_rs_or(&rs, &dr);
@@ -587,7 +593,7 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 			if (state == UW_PM_NAME && !cached) {
 				dr.w[0] = dr.w[1] = 0;
 				__u32 exact = uw_dir_rules(s, slot, dl, &dr);
-				uw_prules_keep(e, &dr, exact, pgen, dentry, gen);
+				uw_prules_keep(e, &dr, exact, pgen, mnt, dentry, root_dentry, gen);
 				if (!exact) {
 					full = 0;
 					uw_rs_or(&rs, &dr);
@@ -841,7 +847,7 @@ static __always_inline int uw_exit_dir_rules(struct uw_scratch *s, struct uw_pol
 	__u32 pgen = sl->gen;
 	struct uw_rule_set dr = e->prules;
 	__u32 exact = e->pexact;
-	if (!uw_prules_for(e, pgen, dentry, gen)) {
+	if (!uw_prules_for(e, pgen, mnt, dentry, root_dentry, gen)) {
 		__u32 dl = s->ev.dir_len;
 		if (dl + 2 > UW_POLICY_KEY)
 			return 0;
@@ -853,8 +859,9 @@ static __always_inline int uw_exit_dir_rules(struct uw_scratch *s, struct uw_pol
 		exact = uw_dir_rules(s, slot, dl, &dr);
 		if (!uw_dirc_same(e, gen, mnt, dentry, root_dentry))
 			return 0;
-		uw_prules_keep(e, &dr, exact, pgen, dentry, gen);
-	} else if (!uw_dirc_same(e, gen, mnt, dentry, root_dentry) || !uw_prules_for(e, pgen, dentry, gen)) {
+		uw_prules_keep(e, &dr, exact, pgen, mnt, dentry, root_dentry, gen);
+	} else if (!uw_dirc_same(e, gen, mnt, dentry, root_dentry) ||
+		   !uw_prules_for(e, pgen, mnt, dentry, root_dentry, gen)) {
 		return 0;
 	}
 	if (exact)
