@@ -265,7 +265,7 @@ static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *de
 		s->lsm.who = st->who;	/* the observation's entry of this call found them (uw_enter2) */
 	} else {
 		struct uw_rule_set exe_except;
-		uw_exe_except_known(s, task, sl, slot, &exe_except);
+		uw_exe_except_known(s, task, sl, slot, &exe_except, 0);
 		uw_policy_who(sl, slot, op, &exe_except, &s->lsm.who);
 	}
 	if (!((s->lsm.who.w[0] & sl->block.w[0]) | (s->lsm.who.w[1] & sl->block.w[1])))

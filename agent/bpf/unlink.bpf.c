@@ -417,15 +417,18 @@ static __always_inline struct uw_proc *uw_lineage_sync(struct uw_scratch *s, __u
 
 /* Entry's part of the process: its lineage's records sent (once per process, and again when its parent
  * changed), and the policy rules whose except names its executable (computed again when the policy changes).
- * Returns UW_F_PROC_UNKNOWN when the kernel has no exec of the process. */
+ * Returns UW_F_PROC_UNKNOWN when the kernel has no exec of the process. `p` is its procs entry when the caller
+ * has looked it up already (uw_exe_except_known), else 0. */
 static __always_inline __u32 uw_proc_enter(struct uw_scratch *s, void *task, struct uw_policy_slot *sl, __u32 slot,
-					   struct uw_rule_set *exe_except)
+					   struct uw_proc *p, struct uw_rule_set *exe_except)
 {
 	exe_except->w[0] = 0;
 	exe_except->w[1] = 0;
-	struct uw_proc_key key;
-	uw_proc_key(task, &key);
-	struct uw_proc *p = procs.lookup(&key);
+	if (!p) {
+		struct uw_proc_key key;
+		uw_proc_key(task, &key);
+		p = procs.lookup(&key);
+	}
 	void *pt = UW_LD(UW_LD(task, OFF_TASK_REAL_PARENT, void *), OFF_TASK_GROUP_LEADER, void *);
 	int sync = !p || !p->sent || p->ptgid != UW_LD(pt, OFF_TASK_TGID, __u32) ||
 		   p->pstart != UW_LD(pt, OFF_TASK_START_TIME, __u64);
@@ -450,17 +453,22 @@ static __always_inline __u32 uw_proc_enter(struct uw_scratch *s, void *task, str
 
 /* The rules naming the current process's executable in an except, from its procs entry as it stands (no sync, no
  * record sent): 1 when they are known, or the policy names no executables; 0, with none, for a process procs does
- * not hold or holds as a placeholder (its executable cannot be proven, so it is not excepted). */
+ * not hold or holds as a placeholder (its executable cannot be proven, so it is not excepted). With `seen`, the
+ * entry it looked up goes there (0 when it looked none up), for uw_proc_enter() to use. */
 static __always_inline int uw_exe_except_known(struct uw_scratch *s, void *task, struct uw_policy_slot *sl,
-					       __u32 slot, struct uw_rule_set *out)
+					       __u32 slot, struct uw_rule_set *out, struct uw_proc **seen)
 {
 	out->w[0] = 0;
 	out->w[1] = 0;
+	if (seen)
+		*seen = 0;
 	if (!(sl->uses & UW_USES_EXES))
 		return 1;
 	struct uw_proc_key key;
 	uw_proc_key(task, &key);
 	struct uw_proc *p = procs.lookup(&key);
+	if (seen)
+		*seen = p;
 	if (!p || (p->flags & UW_F_PROC_UNKNOWN))
 		return 0;
 	if (p->gen != sl->gen) {
@@ -659,10 +667,11 @@ static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr,
 		uw_prematch(s, slot, sl->uses, dst_uptr ? dst_uptr : uptr, &st->pm);
 	void *task = (void *)bpf_get_current_task_btf();
 	struct uw_rule_set exe_except;
+	struct uw_proc *seen = 0;	/* the process's procs entry, when a policy naming executables looked it up */
 	__u32 exes_known = 1;
 	sl = uw_policy_slot(&slot);	/* afresh: the verifier then sees one state after the pre-match */
 	if (sl) {
-		exes_known = uw_exe_except_known(s, task, sl, slot, &exe_except);
+		exes_known = uw_exe_except_known(s, task, sl, slot, &exe_except, &seen);
 		uw_policy_who(sl, slot, op, &exe_except, &st->who);
 		st->slot = slot;
 		st->uses = sl->uses;
@@ -678,7 +687,7 @@ static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr,
 #endif
 		}
 	}
-	__u32 unknown = uw_proc_enter(s, task, sl, slot, &exe_except);
+	__u32 unknown = uw_proc_enter(s, task, sl, slot, seen, &exe_except);
 	st->flags = unknown;
 	if (sl) {
 		if (!exes_known)	/* the process's entry made just now: its executable's except set */
