@@ -58,6 +58,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(STEPS), help=f"comma-separated steps (default: all of {','.join(STEPS)})")
     p.add_argument("--fs", default="tmpfs,ext4", help="filesystems for the overhead comparison")
     p.add_argument("--configs", default="", help="only configurations whose name contains one of these (and bare)")
+    p.add_argument("--config", action="append", default=[], metavar="NAME",
+                   help="also this configuration, named exactly as in the table, commas and all (repeatable)")
+    p.add_argument("--list", action="store_true", help="print the overhead step's configuration names and exit")
     p.add_argument("-n", type=int, default=None, help="unlinks per measurement (default 200000; quick 20000)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; quick 3)")
     p.add_argument("--workers", type=int, default=1, help="parallel deleting processes")
@@ -89,6 +92,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = set(args.steps) - set(STEPS)
     if unknown:
         p.error(f"unknown step(s): {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
+    try:
+        overhead.configurations(exact=args.config)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
@@ -182,7 +189,7 @@ def run_overhead(args: argparse.Namespace, binary: Path, report: Report) -> None
         baseline = overhead.BaselineAgent(args.baseline, to_file=args.baseline_to_file) if args.baseline else None
         with overhead.baseline_tree(baseline) if baseline else contextlib.nullcontext():
             results = overhead.compare(fs, binary, args.n, args.rounds, args.workers, only, args.op, baseline,
-                                       kernel_passes=args.kernel_passes)
+                                       kernel_passes=args.kernel_passes, exact=args.config)
         rows = overhead.table(results, args.n)
         what = "unlinks" if args.op == "unlink" else "renames (the rate column is renames/s)"
         report.add(f"Overhead on {fs} ({args.n:,} {what}, {args.workers} worker(s), medians of {args.rounds} "
@@ -314,6 +321,9 @@ def _interrupt(_sig: int, _frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.list:
+        print("\n".join(t.name for t in overhead.configurations()))
+        return 0
     for sig in (signal.SIGTERM, signal.SIGHUP):  # ended like Ctrl-C, with the same cleanup
         signal.signal(sig, _interrupt)
     if os.geteuid() != 0 and KERNEL_STEPS & set(args.steps):

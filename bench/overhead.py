@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -432,7 +432,11 @@ def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, rec
                       parts_cpu_s=parts_cpu)
 
 
-def configurations(only: list[str] | None = None, baseline: BaselineAgent | None = None) -> list[Tracer]:
+def configurations(only: list[str] | None = None, baseline: BaselineAgent | None = None,
+                   exact: Sequence[str] = ()) -> list[Tracer]:
+    """Every configuration, or bare, the baseline and those whose name contains one of `only` or is one of `exact`
+    (`--configs` splits at commas, which some names hold: `--config` takes one name whole). An exact name that
+    is no configuration's is refused (ValueError), so a typo does not quietly measure less."""
     everything: list[Tracer] = [Tracer(), *(UnlinkwatchAgent(m) for m in ATTACH_MODES),
                                 UnlinkwatchAgent("tracepoint", to_file=True), PolicyAgent("ignore"),
                                 PolicyAgent("audit100"), *(PolicyAgent("block100", m) for m in ATTACH_MODES),
@@ -441,7 +445,13 @@ def configurations(only: list[str] | None = None, baseline: BaselineAgent | None
                                 peers.MinimalBcc(), *(peers.HooksOnly(m) for m in peers.HOOK_MODES)]
     if baseline is not None:
         everything.insert(2, baseline)
-    return [t for t in everything if not only or t.name == "bare" or t is baseline or any(o in t.name for o in only)]
+    unknown = sorted(set(exact) - {t.name for t in everything})
+    if unknown:
+        raise ValueError(f"no configuration is named {unknown[0]!r} (names as in the table: python -m bench --list)")
+    if not only and not exact:
+        return everything
+    return [t for t in everything if t.name == "bare" or t is baseline or t.name in exact
+            or any(o in t.name for o in only or ())]
 
 
 def usable(tracers: list[Tracer], binary: Path, fsdir: Path, op: str = "unlink") -> dict[str, str]:
@@ -465,8 +475,8 @@ KERNEL_PASSES = 3
 
 def compare(fs: str, binary: Path, n: int, rounds: int, workers: int, only: list[str] | None = None,
             op: str = "unlink", baseline: BaselineAgent | None = None,
-            kernel_passes: int = KERNEL_PASSES) -> list[ConfigResult]:
-    tracers = configurations(only, baseline)
+            kernel_passes: int = KERNEL_PASSES, exact: Sequence[str] = ()) -> list[ConfigResult]:
+    tracers = configurations(only, baseline, exact)
     results = {t.name: ConfigResult(t.name, fs) for t in tracers}
     with workload.FILESYSTEMS[fs](max_files=n) as fsdir:
         for t in tracers:

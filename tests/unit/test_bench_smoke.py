@@ -123,6 +123,19 @@ def test_the_stdout_to_a_file_and_shipping_configurations_are_rows_of_their_own(
     assert "unlinkwatch agent + collector (SQLite)" in names
 
 
+def test_a_configuration_whose_name_holds_a_comma_can_be_selected_alone_and_a_typo_is_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.overhead import configurations
+
+    block = "unlinkwatch agent (fentry, policy block100)"
+    names = [t.name for t in configurations(exact=["unlinkwatch agent (fentry)", block])]
+    assert names == ["bare", "unlinkwatch agent (fentry)", block]
+    assert bench_main.parse_args(["--config", block]).config == [block]
+    with pytest.raises(SystemExit) as e:
+        bench_main.parse_args(["--config", "agent (fentry)"])
+    assert e.value.code == 2 and "no configuration is named 'agent (fentry)'" in capsys.readouterr().err
+
+
 def test_the_quiet_check_refuses_a_busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     import bench.__main__ as main
 
