@@ -6,6 +6,8 @@
 # 125: VM failed before reporting an exit code).
 # Env knobs: VM_KVER VM_KERNEL VM_MEM(MiB) VM_SMP VM_ACCEL(tcg|kvm) VM_TIMEOUT(s) VM_CPU VM_TCG_THREAD
 #            VM_UPPER (tmpfs size for the writable overlay, default 50%) VM_APPEND
+#            VM_CLOCK (the guest's clock options; under tcg "clocksource=tsc tsc=reliable" unless set, empty: the
+#            kernel's own choice, an emulated HPET whose every read traps into QEMU)
 #            VM_RW_DIR (host dir mounted read-write at the same path in the guest)
 #            VM_VERBOSE=1 (also print guest kernel console) VM_TIMING=1 (timings on stderr)
 set -u
@@ -51,8 +53,8 @@ if [ -n "${VM_RW_DIR:-}" ]; then
 fi
 
 case $ACCEL in
-  kvm) ACC=(-accel kvm -cpu host) ;;
-  *)   ACC=(-accel tcg,thread=${VM_TCG_THREAD:-multi} -cpu ${VM_CPU:-max}) ;;
+  kvm) ACC=(-accel kvm -cpu host); CLOCK=${VM_CLOCK-} ;;
+  *)   ACC=(-accel tcg,thread=${VM_TCG_THREAD:-multi} -cpu ${VM_CPU:-max}); CLOCK=${VM_CLOCK-clocksource=tsc tsc=reliable} ;;
 esac
 
 # ttyS0 = guest kernel console -> file; ttyS1 = COMMAND output -> our stdout. timeout and QEMU die with their
@@ -60,7 +62,7 @@ esac
 setpriv --pdeathsig KILL timeout -k 5 "$TMO" setpriv --pdeathsig KILL qemu-system-x86_64 "${ACC[@]}" -m "$MEM" -smp "$SMP" \
   -nodefaults -no-user-config -display none -vga none -no-reboot \
   -kernel "$KERNEL" -initrd "$INITRD" \
-  -append "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off vm.upper=${VM_UPPER:-50%} ${VM_APPEND:-}" \
+  -append "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off vm.upper=${VM_UPPER:-50%} $CLOCK ${VM_APPEND:-}" \
   -serial "file:$RUN/console.log" -chardev stdio,id=out,signal=off -serial chardev:out \
   -fsdev local,id=rootfs,path=/,security_model=none,readonly=on,multidevs=remap \
   -device virtio-9p-pci,fsdev=rootfs,mount_tag=root \
