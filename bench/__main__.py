@@ -71,8 +71,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="the overhead step's loop: unlinkat, or renameat of each file to a new name")
     p.add_argument("--baseline", metavar="REV",
                    help="also measure the tracepoint agent of this git revision (interleaved: before and after)")
+    p.add_argument("--baseline-config", metavar="NAME", default="unlinkwatch agent (tracepoint)",
+                   help="the agent row the baseline revision runs, named exactly as in the table (default: "
+                        "%(default)s); its row reads '..., baseline REV)'")
     p.add_argument("--baseline-to-file", action="store_true",
-                   help="the baseline agent writes its --stdout to a file, as the '--stdout to a file' row does")
+                   help="the baseline agent writes its --stdout to a file, as the '--stdout to a file' row does "
+                        "(--baseline-config 'unlinkwatch agent (tracepoint, --stdout to a file)')")
     p.add_argument("--rates", default=None, help="end-to-end paced rates, unlinks/s, comma-separated")
     p.add_argument("--e2e-workers", type=int, default=2,
                    help="paced deleting processes sharing each end-to-end rate (default 2)")
@@ -92,8 +96,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = set(args.steps) - set(STEPS)
     if unknown:
         p.error(f"unknown step(s): {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
+    if args.baseline_to_file:
+        args.baseline_config = "unlinkwatch agent (tracepoint, --stdout to a file)"
     try:
         overhead.configurations(exact=args.config)
+        overhead.baseline_agent("REV", args.baseline_config)
     except ValueError as e:
         p.error(str(e))
     return args
@@ -186,7 +193,7 @@ def run_overhead(args: argparse.Namespace, binary: Path, report: Report) -> None
     only = [c for c in args.configs.split(",") if c] or None
     for fs in [f for f in args.fs.split(",") if f]:
         print(f"overhead on {fs}: {args.n:,} unlinks x {args.rounds} rounds, {args.workers} worker(s)", file=sys.stderr)
-        baseline = overhead.BaselineAgent(args.baseline, to_file=args.baseline_to_file) if args.baseline else None
+        baseline = overhead.baseline_agent(args.baseline, args.baseline_config) if args.baseline else None
         with overhead.baseline_tree(baseline) if baseline else contextlib.nullcontext():
             results = overhead.compare(fs, binary, args.n, args.rounds, args.workers, only, args.op, baseline,
                                        kernel_passes=args.kernel_passes, exact=args.config)

@@ -364,7 +364,8 @@ def bpf_stats_enabled() -> Iterator[None]:
 
 class BaselineAgent(UnlinkwatchAgent):
     """The agent of another revision of this repository (`--baseline REV`), checked out in a temporary
-    worktree and run with this virtualenv's Python: before and after a change, interleaved in one run."""
+    worktree and run with this virtualenv's Python: before and after a change, interleaved in one run.
+    baseline_agent() makes one of any agent row (a policy's, say), which this class then comes before."""
 
     def __init__(self, rev: str, attach: str = "tracepoint", to_file: bool = False) -> None:
         super().__init__(attach, to_file=to_file)
@@ -381,7 +382,23 @@ class BaselineAgent(UnlinkwatchAgent):
         return [str(ROOT / ".venv" / "bin" / "python"), "-m", "unlinkwatch.cli", *super().command()[1:]]
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(self.tree)}
+        return {**(super().env() or os.environ), "PYTHONPATH": str(self.tree)}
+
+
+def baseline_agent(rev: str, name: str = "unlinkwatch agent (tracepoint)") -> BaselineAgent:
+    """The configuration `name` (an agent's row, exactly as the table names it) run by revision `rev`: a fresh
+    instance of that row's class with BaselineAgent before it, named "... , baseline REV)". ValueError for a name
+    that is no agent's row (bare, the peers and the collector pipeline have no baseline)."""
+    config = next((t for t in configurations() if t.name == name), None)
+    if not isinstance(config, UnlinkwatchAgent) or isinstance(config, UnlinkwatchPipeline):
+        raise ValueError(f"--baseline-config: {name!r} is not an agent's row (python -m bench --list)")
+    kind = type(config)
+    cls = BaselineAgent if kind is UnlinkwatchAgent else type(f"Baseline{kind.__name__}", (BaselineAgent, kind), {})
+    agent: BaselineAgent = cls.__new__(cls)
+    agent.__dict__.update(config.__dict__)  # the fresh row's own state: nothing shared with the row itself
+    agent.rev, agent.tree = rev, None
+    agent.name = f"{name[:-1]}, baseline {rev})"
+    return agent
 
 
 @contextlib.contextmanager

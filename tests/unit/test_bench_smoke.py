@@ -136,6 +136,28 @@ def test_a_configuration_whose_name_holds_a_comma_can_be_selected_alone_and_a_ty
     assert e.value.code == 2 and "no configuration is named 'agent (fentry)'" in capsys.readouterr().err
 
 
+def test_a_baseline_revision_can_run_a_policys_row_and_keeps_that_rows_environment(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    block = overhead.baseline_agent("abc123", "unlinkwatch agent (fentry, policy block100, LSM walks)")
+    assert isinstance(block, overhead.PolicyAgent) and isinstance(block, overhead.BaselineAgent)
+    assert block.name == "unlinkwatch agent (fentry, policy block100, LSM walks, baseline abc123)"
+    assert overhead.policy_base(block.name) == "unlinkwatch agent (fentry)"
+    block.tree, block.metrics, block.policy_file = Path("/base"), "127.0.0.1:1", Path("/p.yaml")
+    cmd = block.command()
+    assert cmd[1:3] == ["-m", "unlinkwatch.cli"] and cmd[-2:] == ["--policy", "/p.yaml"]
+    assert cmd[cmd.index("--attach") + 1] == "fentry"
+    env = block.env()
+    assert env["PYTHONPATH"] == "/base" and env["UNLINKWATCH_LSM_DIR_CACHE"] == "off"
+    plain = overhead.baseline_agent("abc123")
+    assert type(plain) is overhead.BaselineAgent and plain.name == "unlinkwatch agent (tracepoint, baseline abc123)"
+    assert bench_main.parse_args(["--baseline", "x", "--baseline-to-file"]).baseline_config == \
+        "unlinkwatch agent (tracepoint, --stdout to a file)"
+    for bad in ("bare", "unlinkwatch agent + collector (SQLite)", "agent (fentry)"):
+        with pytest.raises(SystemExit) as e:
+            bench_main.parse_args(["--baseline", "x", "--baseline-config", bad])
+        assert e.value.code == 2 and "is not an agent's row" in capsys.readouterr().err
+
+
 def test_the_quiet_check_refuses_a_busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     import bench.__main__ as main
 
