@@ -225,19 +225,30 @@ static __always_inline int uw_lsm_decide(struct uw_scratch *s, struct uw_stash *
 	return UW_LSM_ALLOW;
 }
 
-/* The victim's name as uw_prematch()'s one-name argument (UW_PM_NAME), read once from the dentry into s->tbuf: a
- * name the kernel resolved holds no "/" and is neither "." nor "..", so it needs no canonical-form check. The
- * record's copy (s->data) is made only for a walk (uw_lsm_check). */
-static __always_inline void uw_lsm_prematch(struct uw_scratch *s, __u32 slot, __u32 uses, const char *name,
-					    __u32 len, struct uw_prematch *pm)
+/* The victim's name as uw_prematch()'s one-name argument (UW_PM_NAME), from the dentry into s->tbuf: a name the
+ * kernel resolved holds no "/" and is neither "." nor "..", so it needs no canonical-form check. A short name
+ * lives in the dentry itself (d_iname, d_shortname since 6.14: at least UW_D_INLINE bytes), read as four plain
+ * loads; a longer one by one probe read. The record's copy (s->data) is made only for a walk (uw_lsm_check). */
+static __always_inline void uw_lsm_prematch(struct uw_scratch *s, __u32 slot, __u32 uses, void *dentry, __u32 len,
+					    struct uw_prematch *pm)
 {
 	pm->rules.w[0] = 0;
 	pm->rules.w[1] = 0;
 	pm->raw_len = 0;
 	pm->state = UW_PM_UNDECIDED;
+	const char *name = UW_LD(dentry, UW_D_NAME, const char *);
+	/* opaque: the compiler would otherwise load through `name`, equal to it but a scalar to the verifier */
+	void *inline_name = dentry + OFF_DENTRY_D_INLINE;
+	UW_OPAQUE(inline_name);
 	UW_OPAQUE(len);	/* the masks below must stay: they are the verifier's bounds */
-	if (bpf_probe_read_kernel(&s->tbuf[8], len & UW_PK_MASK, name) < 0)
+	if (len < UW_D_INLINE && (void *)name == inline_name) {
+		*(__u64 *)&s->tbuf[8] = UW_LD(dentry, OFF_DENTRY_D_INLINE, __u64);
+		*(__u64 *)&s->tbuf[16] = UW_LD(dentry, OFF_DENTRY_D_INLINE + 8, __u64);
+		*(__u64 *)&s->tbuf[24] = UW_LD(dentry, OFF_DENTRY_D_INLINE + 16, __u64);
+		*(__u64 *)&s->tbuf[32] = UW_LD(dentry, OFF_DENTRY_D_INLINE + 24, __u64);
+	} else if (bpf_probe_read_kernel(&s->tbuf[8], len & UW_PK_MASK, name) < 0) {
 		return;
+	}
 	s->tbuf[7] = '/';
 	*(__u64 *)&s->tbuf[(8 + len) & UW_TB_MASK] = '/';
 	*(__u64 *)&s->tbuf[(16 + len) & UW_TB_MASK] = 0;
@@ -257,10 +268,10 @@ static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *de
 	if (!s || !sl || !(sl->block.w[0] | sl->block.w[1]) || !mnt || !dir || !dentry)
 		return UW_LSM_ALLOW;
 	__u32 *agent = lsm_agent.lookup(&zero);	/* after the test for block rules: no lookup where there are none */
-	if (!agent || (bpf_get_current_pid_tgid() >> 32) == *agent)
-		return UW_LSM_ALLOW;
 	void *task = (void *)bpf_get_current_task_btf();
-	struct uw_stash *st = uw_stash_get(0);
+	if (!agent || UW_LD(task, OFF_TASK_TGID, __u32) == *agent)
+		return UW_LSM_ALLOW;
+	struct uw_stash *st = uw_stash_of(task, 0);
 	if (st && UW_RELOAD(st->op) == op && UW_RELOAD(st->gen) == sl->gen && UW_RELOAD(st->slot) == slot) {
 		s->lsm.who = st->who;	/* the observation's entry of this call found them (uw_enter2) */
 	} else {
@@ -282,7 +293,7 @@ static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *de
 	s->ev.dir_len = 0;
 	s->ev.flags = 0;
 	/* it loops: before the walk */
-	uw_lsm_prematch(s, slot, sl->uses, UW_LD(dentry, UW_D_NAME, const char *), len, &s->src);
+	uw_lsm_prematch(s, slot, sl->uses, dentry, len, &s->src);
 	void *fs = UW_LD(task, OFF_TASK_FS, void *);
 	s->lsm.hit = 0;
 	s->lsm.fill = 0;

@@ -45,6 +45,9 @@ static __always_inline __u64 uw_u64(void *base, long off)
 #define UW_D_PARENT OFF_DENTRY_D_PARENT
 #define UW_D_LEN (OFF_DENTRY_D_NAME + OFF_QSTR_LEN)
 #define UW_D_NAME (OFF_DENTRY_D_NAME + OFF_QSTR_NAME)
+/* the bytes every kernel keeps a short name in, in the dentry (OFF_DENTRY_D_INLINE): DNAME_INLINE_LEN is 32 on 64-bit
+ * kernels before 6.14 and 40 since; a name shorter than this, when d_name.name points there, is all in it */
+#define UW_D_INLINE 32
 #define UW_D_LO UW_MIN(UW_D_PARENT, UW_MIN(UW_D_LEN, UW_D_NAME))
 #define UW_D_HI UW_MAX(UW_D_PARENT + 8, UW_MAX(UW_D_LEN + 4, UW_D_NAME + 8))
 #define UW_M_PARENT OFF_MOUNT_MNT_PARENT

@@ -479,9 +479,14 @@ static __always_inline int uw_exe_except_known(struct uw_scratch *s, void *task,
 	return 1;
 }
 
+static __always_inline struct uw_stash *uw_stash_of(void *task, __u64 create)
+{
+	return stash.task_storage_get(task, 0, create);
+}
+
 static __always_inline struct uw_stash *uw_stash_get(__u64 create)
 {
-	return stash.task_storage_get(bpf_get_current_task_btf(), 0, create);
+	return uw_stash_of(bpf_get_current_task_btf(), create);
 }
 
 /* Whether a BPF LSM check (enforce.h) decided this call, an unlink or rmdir (it notes no rename's), with the policy

@@ -169,6 +169,9 @@ def kernel_offsets(btf: Btf) -> dict[str, int]:
     else:
         out.update(UW_DCHILD_HLIST=0, OFF_DENTRY_D_SUBDIRS=btf.offset("dentry", "d_subdirs"),
                    OFF_DENTRY_D_SIB_OR_CHILD=btf.offset("dentry", "d_child"))
+    # a short name's bytes in the dentry itself (enforce.h reads its first UW_D_INLINE = 32): d_shortname since 6.14
+    out["OFF_DENTRY_D_INLINE"] = btf.offset("dentry", "d_shortname" if btf.has_member("dentry", "d_shortname")
+                                            else "d_iname")
     out["UW_UPID_SIZE"] = btf.size("upid")  # the stride of struct pid's numbers[]
     out["OFF_MNT_NS_INUM"] = btf.offset("mnt_namespace", "ns") + btf.offset("ns_common", "inum")
     for name, (struct_name, member) in OFFSETS.items():

@@ -27,12 +27,18 @@ if _MISSING:
                 "(tests/vm) runs these under Debian's 6.1 kernel with it", allow_module_level=True)
 
 
+# exact names of every byte different, on both sides of the lengths a dentry holds in itself (31 and 39 bytes)
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_KEYS = [(_ALPHABET * 2)[:n] for n in (7, 31, 32, 39, 40, 100)]
+
+
 def _policy(root: Path, action: str = "block") -> str:
+    keys = "".join(f', "{root}/keys/{k}"' for k in _KEYS)
     return f"""
 policy:
   - name: protect-secrets
     action: {action}
-    paths: ["{root}/secret/**", "{root}/etc/shadow", "**/*.pem"]
+    paths: ["{root}/secret/**", "{root}/etc/shadow", "**/*.pem"{keys}]
     host: true
     except: {{comm: ["keyrotate"], exe: ["{root}/bin/certtool"]}}
   - name: audit-logs
@@ -45,7 +51,7 @@ policy:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("enforce")
-    for sub in ("secret/dir", "etc", "bin", "logs", "free"):
+    for sub in ("secret/dir", "etc", "bin", "logs", "free", "keys"):
         (d / sub).mkdir(parents=True)
     (d / "policy.yaml").write_text(_policy(d))
     yield d
@@ -92,6 +98,26 @@ def test_rm_of_a_protected_file_fails_with_eperm_the_file_stays_and_the_event_sa
         assert ev["_rc"] != 0 and "Operation not permitted" in ev["_err"]
         assert target.exists()
         assert (ev["op"], ev["result"], ev["action"], ev["policy"]) == ("unlink", EPERM, "blocked", "protect-secrets")
+
+
+def test_a_name_is_decided_alike_whether_the_dentry_holds_it_or_points_to_it(agent: AgentProcess, root: Path) -> None:
+    """enforce.h reads a name shorter than 32 bytes from the dentry's own bytes (plain loads) and a longer one by a
+    probe read: exact names and final-name patterns on both sides of that line, and of 6.14's 40, are decided the
+    same way, and a name one byte away from a protected one (first, middle or last) is not protected."""
+    for key in _KEYS:
+        near = {key[:i] + "_" + key[i + 1:] for i in (0, len(key) // 2, len(key) - 1)}
+        for name in (key, *sorted(near)):
+            (root / "keys" / name).write_text("x")
+            ev = _rm(agent, root / "keys" / name)
+            blocked = name == key
+            assert (root / "keys" / name).exists() == blocked and ev["_rc"] == int(blocked), (name, ev["_err"])
+            assert ev["action"] == ("blocked" if blocked else "allowed")
+    for stem in (26, 27, 28, 35, 36, 96):
+        for name in ("k" * stem + ".pem", "k" * stem + ".pex"):
+            (root / "free" / name).write_text("x")
+            ev = _rm(agent, root / "free" / name)
+            blocked = name.endswith(".pem")
+            assert (root / "free" / name).exists() == blocked and ev["_rc"] == int(blocked), (name, ev["_err"])
 
 
 def test_rmdir_of_a_protected_directory_fails(agent: AgentProcess, root: Path) -> None:
