@@ -72,8 +72,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline", metavar="REV",
                    help="also measure the tracepoint agent of this git revision (interleaved: before and after)")
     p.add_argument("--baseline-config", metavar="NAME", default="unlinkwatch agent (tracepoint)",
-                   help="the agent row the baseline revision runs, named exactly as in the table (default: "
-                        "%(default)s); its row reads '..., baseline REV)'")
+                   help="the agent row the baseline revision runs in the overhead step, named exactly as in the table "
+                        "(default: %(default)s; the exec step's baseline is always that); its row reads "
+                        "'..., baseline REV)'")
     p.add_argument("--baseline-to-file", action="store_true",
                    help="the baseline agent writes its --stdout to a file, as the '--stdout to a file' row does "
                         "(--baseline-config 'unlinkwatch agent (tracepoint, --stdout to a file)')")
