@@ -271,7 +271,7 @@ def run_startup(args: argparse.Namespace, binary: Path, report: Report) -> None:
 def run_exec(args: argparse.Namespace, report: Report) -> None:
     """A shell loop of /bin/true and one of rm (a process per deleted file) under bare and the agent."""
     n = 1000 if args.quick else 5000
-    baseline = overhead.BaselineAgent(args.baseline) if args.baseline else None
+    baseline = overhead.baseline_agent(args.baseline) if args.baseline else None
     for loop in overhead.EXEC_LOOPS:
         print(f"exec loop {loop}: {n:,} processes x {args.rounds} rounds", file=sys.stderr)
         with overhead.baseline_tree(baseline) if baseline else contextlib.nullcontext():

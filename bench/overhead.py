@@ -365,13 +365,10 @@ def bpf_stats_enabled() -> Iterator[None]:
 class BaselineAgent(UnlinkwatchAgent):
     """The agent of another revision of this repository (`--baseline REV`), checked out in a temporary
     worktree and run with this virtualenv's Python: before and after a change, interleaved in one run.
-    baseline_agent() makes one of any agent row (a policy's, say), which this class then comes before."""
+    Made by baseline_agent() of any agent row (a policy's, say), which this class then comes before."""
 
-    def __init__(self, rev: str, attach: str = "tracepoint", to_file: bool = False) -> None:
-        super().__init__(attach, to_file=to_file)
-        self.rev = rev
-        self.name = f"unlinkwatch agent ({attach}{', --stdout to a file' if to_file else ''}, baseline {rev})"
-        self.tree: Path | None = None
+    rev: str
+    tree: Path | None  # set by baseline_tree()
 
     def check(self) -> None:
         super().check()
