@@ -61,8 +61,12 @@ struct uw_lsm_rename {
 BPF_TASK_STORAGE(lsm_rename, struct uw_lsm_rename);
 BPF_ARRAY(lsm_agent, __u32, 1);	/* the agent's tgid: never blocked */
 
-/* A directory's rules for the checks (see above): per CPU, indexed like walk.h's cache */
+/* A directory's rules for the checks (see above): per CPU, indexed like walk.h's cache. The slot counts its own
+ * checks (no lookup of a counter map on the hot path); a refill leaves the counts, which user space sums over
+ * the slots and CPUs (loader.py). */
 struct uw_lsm_dir {
+	__u64 hits;		/* checks that found their directory's rules here: must stay first */
+	__u64 walks;		/* checks that walked, with this slot to fill: must stay second */
 	void *dentry, *mnt, *root_dentry, *root_mnt;
 	void *d_parent, *d_inode;
 	__u64 d_hash_len, ino;
@@ -78,7 +82,6 @@ struct uw_lsm_seq_addrs {
 	__u64 addr[2];
 };
 BPF_ARRAY(lsm_seqs, struct uw_lsm_seq_addrs, 1);
-BPF_PERCPU_ARRAY(lsm_dir_stats, __u64, 2);	/* checks that found their directory's rules [0], that walked [1] */
 
 static __always_inline struct uw_lsm_rename *uw_lsm_rename_get(__u64 create)
 {
@@ -138,7 +141,7 @@ static __always_inline void uw_lsm_dir_find(struct uw_scratch *s, struct uw_poli
 	__u64 ino = UW_LD(d_inode, OFF_INODE_I_INO, __u64);
 	void *root_mnt = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT, void *);
 	void *root_dentry = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *);
-	__u32 idx = uw_dirc_index(s, dir), zero = 0, one = 1;
+	__u32 idx = uw_dirc_index(s, dir);
 	struct uw_lsm_dir *e = lsm_dirs.lookup(&idx);
 	if (!e)
 		return;
@@ -150,9 +153,7 @@ static __always_inline void uw_lsm_dir_find(struct uw_scratch *s, struct uw_poli
 		if (UW_RELOAD(e->ok) && UW_RELOAD(e->dentry) == dir && UW_RELOAD(e->rseq) == rseq &&
 		    UW_RELOAD(e->mseq) == mseq && UW_RELOAD(e->gen) == gen && UW_RELOAD(e->slot) == slot) {
 			s->lsm.hit = 1;
-			__u64 *n = lsm_dir_stats.lookup(&zero);
-			if (n)
-				*n += 1;
+			e->hits += 1;
 			return;
 		}
 	}
@@ -171,9 +172,7 @@ static __always_inline void uw_lsm_dir_find(struct uw_scratch *s, struct uw_poli
 	s->lsm.rseq = rseq;
 	s->lsm.mseq = mseq;
 	s->lsm.fill = 1;
-	__u64 *n = lsm_dir_stats.lookup(&one);
-	if (n)
-		*n += 1;
+	e->walks += 1;
 }
 
 /* After the walk, with the scratch and the check's stash (0: none) it began with, and the policy looked up afresh

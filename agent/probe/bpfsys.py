@@ -137,3 +137,28 @@ class PercpuU64:
     def sum(self) -> int:
         raw = lookup(self._fd, self._key, 8 * self._n)
         return sum(struct.unpack(f"={self._n}Q", raw))
+
+
+class PercpuHeads:
+    """The first `width` u64 of every element of a BPF_PERCPU_ARRAY, summed over elements and CPUs: counters a
+    program keeps in the element it already holds (enforce.h's lsm_dirs) instead of looking up a map of their own."""
+
+    def __init__(self, fd: int, width: int) -> None:
+        info = map_info(fd)
+        if info.type != MAP_TYPE_PERCPU_ARRAY or info.value_size < 8 * width or info.key_size != 4:
+            raise OSError(f"map {info.name!r} is not a per-CPU array of {width} u64 or more (type {info.type})")
+        self._fd = fd
+        self._width = width
+        self._entries = info.max_entries
+        self._stride = (info.value_size + 7) // 8 * 8  # the kernel rounds each CPU's value up to 8 bytes
+        self._n = possible_cpus()
+
+    def sums(self) -> tuple[int, ...]:
+        totals = [0] * self._width
+        head = struct.Struct(f"={self._width}Q")
+        for index in range(self._entries):
+            raw = lookup(self._fd, struct.pack("=I", index), self._stride * self._n)
+            for cpu in range(self._n):
+                for i, v in enumerate(head.unpack_from(raw, cpu * self._stride)):
+                    totals[i] += v
+        return tuple(totals)

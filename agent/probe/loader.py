@@ -22,7 +22,7 @@ from typing import Any
 
 from unlinkwatch.errors import UserError
 
-from .bpfsys import PercpuU64
+from .bpfsys import PercpuHeads, PercpuU64
 from .btf import BtfError
 from .program import ProbeConfig, ProbeError
 
@@ -51,8 +51,8 @@ class HeldProbe:
             self.ringbuf_fd = fds["map:events"]
             self._lost = PercpuU64(fds["map:lost"])
             self._dirc = (PercpuU64(fds["map:dirc_stats"], 0), PercpuU64(fds["map:dirc_stats"], 1))
-            lsm = fds.get("map:lsm_dir_stats")  # with enforcement only (enforce.h)
-            self._lsm_dirs = (PercpuU64(lsm, 0), PercpuU64(lsm, 1)) if lsm is not None else None
+            lsm = fds.get("map:lsm_dirs")  # with enforcement only (enforce.h): each slot counts hits and walks
+            self._lsm_dirs = PercpuHeads(lsm, 2) if lsm is not None else None
         except (KeyError, OSError) as e:
             self.close()
             raise ProbeError(f"{cfg.mode}: the loader handed over no usable ring buffer / counters ({e})") from e
@@ -66,7 +66,10 @@ class HeldProbe:
 
     def lsm_dir_cache(self) -> tuple[int, int]:
         """(found in enforce.h's directory cache, walked): the directories of block rules' checks."""
-        return (self._lsm_dirs[0].sum(), self._lsm_dirs[1].sum()) if self._lsm_dirs else (0, 0)
+        if self._lsm_dirs is None:
+            return 0, 0
+        hits, walks = self._lsm_dirs.sums()
+        return hits, walks
 
     def close(self) -> None:
         fds, self.fds = self.fds, {}
