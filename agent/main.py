@@ -291,8 +291,9 @@ def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, o
                 lost_seen = lost
             if out.set_kernel_lost is not None:
                 out.set_kernel_lost(lost_seen)
-            dirc_seen = _count_hits(metrics.dir_cache, attached.probe.dir_cache(), dirc_seen)
-            lsm_dirs_seen = _count_hits(metrics.enforce_dir_cache, attached.probe.lsm_dir_cache(), lsm_dirs_seen)
+            dirc, lsm_dirs = attached.probe.dir_caches()
+            dirc_seen = _count_hits(metrics.dir_cache, dirc, dirc_seen)
+            lsm_dirs_seen = _count_hits(metrics.enforce_dir_cache, lsm_dirs, lsm_dirs_seen)
             if not records:
                 pipeline.process([])  # flush late identity joins while idle
             next_lost = now + LOST_POLL_S

@@ -25,9 +25,10 @@
  * A path the kernel cannot decide (policy.h: a directory deeper than the walk, a key longer than 254 bytes) is
  * allowed and reported as the observation decides it.
  *
- * The directory's rules, cached (lsm_dirs): a loop of deletions in one directory walks it once. walk.h's cache
- * is not used here: its generation is bumped after a rename or mount change is done (at the syscall's exit),
- * which leaves a window where an old path is current, harmless for a record and a bypass for a block rule.
+ * The directory's rules, cached (the scratch's lsm_dirs, per CPU): a loop of deletions in one directory walks it
+ * once. walk.h's cache is not used here: its generation is bumped after a rename or mount change is done (at the
+ * syscall's exit), which leaves a window where an old path is current, harmless for a record and a bypass for a
+ * block rule.
  * This one is validated the way the kernel's d_path() validates its own walk: by the sequence counts of
  * rename_lock (written by every d_move: a rename of any directory, anywhere) and mount_lock (every change to a
  * mount tree), whose addresses the loader writes to lsm_seqs from kallsyms (0: no cache, every check walks). A
@@ -61,22 +62,6 @@ struct uw_lsm_rename {
 BPF_TASK_STORAGE(lsm_rename, struct uw_lsm_rename);
 BPF_ARRAY(lsm_agent, __u32, 1);	/* the agent's tgid: never blocked */
 
-/* A directory's rules for the checks (see above): per CPU, indexed like walk.h's cache. The slot counts its own
- * checks (no lookup of a counter map on the hot path); a refill leaves the counts, which user space sums over
- * the slots and CPUs (loader.py). */
-struct uw_lsm_dir {
-	__u64 hits;		/* checks that found their directory's rules here: must stay first */
-	__u64 walks;		/* checks that walked, with this slot to fill: must stay second */
-	void *dentry, *mnt, *root_dentry, *root_mnt;
-	void *d_parent, *d_inode;
-	__u64 d_hash_len, ino;
-	struct uw_rule_set rules;	/* what "D/" matches */
-	__u32 rseq, mseq;		/* rename_lock's and mount_lock's sequences around the walk */
-	__u32 gen, slot;		/* the policy generation and slot of the rules */
-	__u32 ok;			/* 0 while the walk runs */
-	__u32 pad;
-};
-BPF_PERCPU_ARRAY(lsm_dirs, struct uw_lsm_dir, UW_DIRC_SLOTS);
 /* the addresses of rename_lock's and mount_lock's sequence (program.py's SEQLOCKS, in order), 0: no cache */
 struct uw_lsm_seq_addrs {
 	__u64 addr[2];
@@ -106,10 +91,10 @@ static __always_inline int uw_lsm_seqs(__u32 *rseq, __u32 *mseq)
  * exact path entry: there a name's rules are not the directory's. uw_policy_path() built "D/name" in s->pkey. */
 static __always_inline void uw_lsm_dir_fill(struct uw_scratch *s, __u32 slot)
 {
-	__u32 idx = s->lsm.idx, rseq = 0, mseq = 0;
-	struct uw_lsm_dir *e = lsm_dirs.lookup(&idx);
+	__u32 rseq = 0, mseq = 0;
+	struct uw_lsm_dir *e = &s->lsm_dirs[s->lsm.idx & (UW_DIRC_SLOTS - 1)];
 	__u32 dl = s->ev.dir_len;
-	if (!e || s->ev.flags || dl + 2 > UW_POLICY_KEY || uw_lsm_seqs(&rseq, &mseq) < 0 || rseq != s->lsm.rseq ||
+	if (s->ev.flags || dl + 2 > UW_POLICY_KEY || uw_lsm_seqs(&rseq, &mseq) < 0 || rseq != s->lsm.rseq ||
 	    mseq != s->lsm.mseq || e->ok || e->dentry != (void *)s->dirc_key || e->rseq != rseq || e->mseq != mseq)
 		return;
 	UW_OPAQUE(dl);
@@ -142,9 +127,7 @@ static __always_inline void uw_lsm_dir_find(struct uw_scratch *s, struct uw_poli
 	void *root_mnt = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT, void *);
 	void *root_dentry = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *);
 	__u32 idx = uw_dirc_index(s, dir);
-	struct uw_lsm_dir *e = lsm_dirs.lookup(&idx);
-	if (!e)
-		return;
+	struct uw_lsm_dir *e = &s->lsm_dirs[idx & (UW_DIRC_SLOTS - 1)];
 	__u32 gen = sl->gen;
 	if (e->ok && e->dentry == dir && e->mnt == mnt && e->root_dentry == root_dentry && e->root_mnt == root_mnt &&
 	    e->d_parent == d_parent && e->d_inode == d_inode && e->d_hash_len == d_hash_len && e->ino == ino &&
@@ -153,7 +136,7 @@ static __always_inline void uw_lsm_dir_find(struct uw_scratch *s, struct uw_poli
 		if (UW_RELOAD(e->ok) && UW_RELOAD(e->dentry) == dir && UW_RELOAD(e->rseq) == rseq &&
 		    UW_RELOAD(e->mseq) == mseq && UW_RELOAD(e->gen) == gen && UW_RELOAD(e->slot) == slot) {
 			s->lsm.hit = 1;
-			e->hits += 1;
+			s->n.lsm_hits += 1;
 			return;
 		}
 	}
@@ -172,7 +155,7 @@ static __always_inline void uw_lsm_dir_find(struct uw_scratch *s, struct uw_poli
 	s->lsm.rseq = rseq;
 	s->lsm.mseq = mseq;
 	s->lsm.fill = 1;
-	e->walks += 1;
+	s->n.lsm_walks += 1;
 }
 
 /* After the walk, with the scratch and the check's stash (0: none) it began with, and the policy looked up afresh

@@ -70,7 +70,32 @@ struct uw_lsm_scratch {
 	__u32 idx;
 	__u32 rseq, mseq;	/* rename_lock's and mount_lock's sequences before the walk */
 };
+
+/* A directory's rules for the checks (enforce.h, "The directory's rules, cached"): per CPU, in the scratch, indexed
+ * like walk.h's cache */
+struct uw_lsm_dir {
+	void *dentry, *mnt, *root_dentry, *root_mnt;
+	void *d_parent, *d_inode;
+	__u64 d_hash_len, ino;
+	struct uw_rule_set rules;	/* what "D/" matches */
+	__u32 rseq, mseq;		/* rename_lock's and mount_lock's sequences around the walk */
+	__u32 gen, slot;		/* the policy generation and slot of the rules */
+	__u32 ok;			/* 0 while the walk runs */
+	__u32 pad;
+};
 #endif
+
+#define UW_DIRC_SLOTS 64	/* walk.h's directory cache and enforce.h's, per CPU */
+
+/* The directory caches' counters, in the scratch that the programs already hold (a map of their own would be one
+ * more lookup per deletion: a helper call on kernels before 6.10). The agent reads them as the scratch's first
+ * words, in this order, summed over CPUs (loader.py). */
+struct uw_counts {
+	__u64 dirc_hits;	/* walk.h: base directories found in the cache */
+	__u64 dirc_walks;	/* walk.h: base directories walked */
+	__u64 lsm_hits;		/* enforce.h: checks that found their directory's rules */
+	__u64 lsm_walks;	/* enforce.h: checks that walked their directory */
+};
 
 /* What entry found of a path argument for the node policy (policy.h), kept in the stash until the walk */
 struct uw_prematch {
@@ -136,7 +161,8 @@ struct uw_link {
 };
 
 struct uw_scratch {
-	struct uw_event ev;		/* must stay first: the record is ev followed by data */
+	struct uw_counts n;		/* must stay first: the agent reads it there */
+	struct uw_event ev;		/* the record is ev followed by data */
 	char data[2 * UW_PATH_MAX];	/* raw path, then the resolved directory */
 	char walk[UW_PATH_MAX + UW_NAME_MAX + 1]; /* directory built backwards from the leaf */
 	__u32 pos;				/* uw_walk's write position */
@@ -156,6 +182,7 @@ struct uw_scratch {
 	struct uw_link chain[UW_ANCESTRY + 2];	/* a deletion's lineage (uw_lineage) */
 #ifdef UW_LSM
 	struct uw_lsm_scratch lsm;		/* enforce.h: one LSM program's state across its walk */
+	struct uw_lsm_dir lsm_dirs[UW_DIRC_SLOTS];	/* enforce.h's directory cache (no lookup of its own) */
 #endif
 };
 
@@ -172,7 +199,6 @@ BPF_TABLE("lru_hash", struct uw_proc_key, struct uw_proc, procs, UW_PROCS);	/* k
 BPF_TABLE("lru_hash", __u32, __u8, mnt_seen, 4096);	/* mount namespaces announced (UW_KIND_MNT_NS) */
 
 /* walk.h's directory cache: the control (one entry) and the per-CPU slots */
-#define UW_DIRC_SLOTS 64
 #define UW_DIRC_MAX 256			/* the longest directory path a slot holds, with room for none past it */
 #define UW_DIRC_URING_NS 1000000000ULL	/* the cache is off for this long after each io_uring rename or unlink */
 struct uw_dirc_ctl {
@@ -201,7 +227,6 @@ struct uw_dirc_entry {
 };
 BPF_ARRAY(dirc_ctl, struct uw_dirc_ctl, 1);
 BPF_PERCPU_ARRAY(dirc, struct uw_dirc_entry, UW_DIRC_SLOTS);
-BPF_PERCPU_ARRAY(dirc_stats, __u64, 2);	/* base directories found in the cache [0], and walked [1] */
 
 #include "read.h"
 #include "walk.h"
@@ -626,12 +651,8 @@ static __always_inline __u32 uw_entry_ignore(struct uw_scratch *s, struct uw_pol
 	__u32 rule = uw_first_rule(&rs);
 	if (!rule || !uw_rs_has(&sl->ignore, rule - 1))
 		return 0;
-	if (relative) {	/* its directory was found in the cache */
-		__u32 zero = 0;
-		__u64 *hits = dirc_stats.lookup(&zero);
-		if (hits)
-			*hits += 1;
-	}
+	if (relative)	/* its directory was found in the cache */
+		s->n.dirc_hits += 1;
 	return rule;
 }
 

@@ -180,9 +180,7 @@ static __always_inline __u32 uw_put_dir_path(struct uw_scratch *s, __u32 at, voi
 			__u32 len = e->len & (UW_DIRC_MAX - 1);
 			bpf_probe_read_kernel(&s->data[at & UW_MASK], len, e->path);
 			if (uw_dirc_same(e, gen, mnt, dentry, root_dentry)) {
-				__u64 *hits = dirc_stats.lookup(&zero);
-				if (hits)
-					*hits += 1;
+				s->n.dirc_hits += 1;
 				s->dirc_at = 1;
 				s->dirc_gen = gen;
 				s->dirc_mnt = (__u64)mnt;
@@ -208,10 +206,7 @@ static __always_inline __u32 uw_put_dir_path(struct uw_scratch *s, __u32 at, voi
 		s->dirc_mnt = (__u64)mnt;
 		s->dirc_root = (__u64)root_dentry;
 	}
-	__u32 one = 1;
-	__u64 *walks = dirc_stats.lookup(&one);
-	if (walks)
-		*walks += 1;
+	s->n.dirc_walks += 1;
 	__u32 pos = uw_walk(s, mnt, dentry, root_mnt, root_dentry, flags);
 	__u32 len = (UW_PATH_MAX - 1) - pos;
 	bpf_probe_read_kernel(&s->data[at & UW_MASK], len & UW_MASK, &s->walk[pos & UW_MASK]);

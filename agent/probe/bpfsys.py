@@ -140,8 +140,9 @@ class PercpuU64:
 
 
 class PercpuHeads:
-    """The first `width` u64 of every element of a BPF_PERCPU_ARRAY, summed over elements and CPUs: counters a
-    program keeps in the element it already holds (enforce.h's lsm_dirs) instead of looking up a map of their own."""
+    """The first `width` u64 of every element of a BPF_PERCPU_ARRAY, summed over elements and CPUs: counters the
+    programs keep in a map value they already hold (unlink.bpf.c's scratch) instead of looking up a map of their
+    own. Each read copies every CPU's whole value (the scratch: about 25 KB a CPU), once a poll."""
 
     def __init__(self, fd: int, width: int) -> None:
         info = map_info(fd)

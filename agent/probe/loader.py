@@ -50,9 +50,8 @@ class HeldProbe:
         try:
             self.ringbuf_fd = fds["map:events"]
             self._lost = PercpuU64(fds["map:lost"])
-            self._dirc = (PercpuU64(fds["map:dirc_stats"], 0), PercpuU64(fds["map:dirc_stats"], 1))
-            lsm = fds.get("map:lsm_dirs")  # with enforcement only (enforce.h): each slot counts hits and walks
-            self._lsm_dirs = PercpuHeads(lsm, 2) if lsm is not None else None
+            # the directory caches' counters: the scratch's first words (unlink.bpf.c, struct uw_counts)
+            self._counts = PercpuHeads(fds["map:scratch"], 4)
         except (KeyError, OSError) as e:
             self.close()
             raise ProbeError(f"{cfg.mode}: the loader handed over no usable ring buffer / counters ({e})") from e
@@ -60,16 +59,11 @@ class HeldProbe:
     def kernel_lost(self) -> int:
         return self._lost.sum()
 
-    def dir_cache(self) -> tuple[int, int]:
-        """(found in the kernel's directory cache, walked): the base directories of relative deletions."""
-        return self._dirc[0].sum(), self._dirc[1].sum()
-
-    def lsm_dir_cache(self) -> tuple[int, int]:
-        """(found in enforce.h's directory cache, walked): the directories of block rules' checks."""
-        if self._lsm_dirs is None:
-            return 0, 0
-        hits, walks = self._lsm_dirs.sums()
-        return hits, walks
+    def dir_caches(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(found, walked) in the kernel's two directory caches: the base directories of relative deletions
+        (walk.h), and the directories of block rules' checks (enforce.h; (0, 0) without enforcement)."""
+        dirc_hits, dirc_walks, lsm_hits, lsm_walks = self._counts.sums()
+        return (dirc_hits, dirc_walks), (lsm_hits, lsm_walks)
 
     def close(self) -> None:
         fds, self.fds = self.fds, {}
