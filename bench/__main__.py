@@ -67,6 +67,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kernel-passes", type=_passes, default=overhead.KERNEL_PASSES,
                    help="recording passes per configuration after the timed rounds (bpf_stats on): the kernel ns "
                         "column is their median, the note their range (default 3)")
+    p.add_argument("--kernel-together", action="store_true",
+                   help="in each recording pass attach every BPF configuration at once (the order rotated from pass "
+                        "to pass): their kernel ns come from the same deletions, for comparing programs (a change "
+                        "against --baseline) without the drift between passes")
     p.add_argument("--op", default="unlink", choices=["unlink", "rename"],
                    help="the overhead step's loop: unlinkat, or renameat of each file to a new name")
     p.add_argument("--baseline", metavar="REV",
@@ -197,7 +201,8 @@ def run_overhead(args: argparse.Namespace, binary: Path, report: Report) -> None
         baseline = overhead.baseline_agent(args.baseline, args.baseline_config) if args.baseline else None
         with overhead.baseline_tree(baseline) if baseline else contextlib.nullcontext():
             results = overhead.compare(fs, binary, args.n, args.rounds, args.workers, only, args.op, baseline,
-                                       kernel_passes=args.kernel_passes, exact=args.config)
+                                       kernel_passes=args.kernel_passes, exact=args.config,
+                                       together=args.kernel_together)
         rows = overhead.table(results, args.n)
         what = "unlinks" if args.op == "unlink" else "renames (the rate column is renames/s)"
         report.add(f"Overhead on {fs} ({args.n:,} {what}, {args.workers} worker(s), medians of {args.rounds} "

@@ -446,6 +446,35 @@ def measure(tracer: Tracer, binary: Path, n: int, workers: int, fsdir: Path, rec
                       parts_cpu_s=parts_cpu)
 
 
+def measure_together(tracers: list[Tracer], binary: Path, n: int, workers: int, fsdir: Path,
+                     op: str = "unlink") -> dict[str, Sample]:
+    """One recording pass with every tracer attached at once (`--kernel-together`): each program's kernel ns from
+    the same deletions, free of the drift between passes that one tracer at a time carries. Programs on one hook
+    run in the order they were attached: the caller rotates the order between passes. The rate is the loop's
+    under all of them, the same for each."""
+    with contextlib.ExitStack() as dirs:
+        started: list[Tracer] = []
+        try:
+            for t in tracers:
+                t.start(dirs.enter_context(scratch_dir()), True)
+                started.append(t)
+            pids = {t.name: tracer_pids(t) for t in tracers}
+            k0 = {t.name: bpf_run_ns_by_prog(pids[t.name]) for t in tracers}
+            result = workload.run(binary, n, fsdir, workers=workers, op=op)
+            wait_quiet([p for ps in pids.values() for p in ps])
+            by_prog = {t.name: bpf_ns_per_op(pids[t.name], k0[t.name], n) for t in tracers}
+            hwm = {t.name: sum(peers.status_kib(p, "VmHWM") for p in pids[t.name]) for t in tracers}
+        finally:
+            for t in reversed(started):
+                t.stop()
+        if op == "rename":
+            workload.remove_files(fsdir, result.prefix)
+        return {t.name: Sample(rate=result.unlinks_per_s, cpu_s=0.0, hwm_kib=hwm[t.name],
+                               events=t.count_events(result.prefix), drops=t.drops_reported(),
+                               kernel_ns=sum(by_prog[t.name].values()), kernel_ns_by_prog=by_prog[t.name])
+                for t in tracers}
+
+
 def configurations(only: list[str] | None = None, baseline: BaselineAgent | None = None,
                    exact: Sequence[str] = ()) -> list[Tracer]:
     """Every configuration, or bare, the baseline and those whose name contains one of `only` or is one of `exact`
@@ -489,7 +518,10 @@ KERNEL_PASSES = 3
 
 def compare(fs: str, binary: Path, n: int, rounds: int, workers: int, only: list[str] | None = None,
             op: str = "unlink", baseline: BaselineAgent | None = None,
-            kernel_passes: int = KERNEL_PASSES, exact: Sequence[str] = ()) -> list[ConfigResult]:
+            kernel_passes: int = KERNEL_PASSES, exact: Sequence[str] = (), together: bool = False
+            ) -> list[ConfigResult]:
+    """The timed rounds (one configuration at a time, interleaved), then the recording passes: one configuration
+    at a time too, or with `together` every BPF tracer of a pass at once (measure_together), the order rotated."""
     tracers = configurations(only, baseline, exact)
     results = {t.name: ConfigResult(t.name, fs) for t in tracers}
     with workload.FILESYSTEMS[fs](max_files=n) as fsdir:
@@ -506,10 +538,16 @@ def compare(fs: str, binary: Path, n: int, rounds: int, workers: int, only: list
                 results[t.name].samples.append(s)
                 print(f"  [{fs} round {r + 1}/{rounds}] {t.name}: {s.rate:,.0f} unlinks/s", file=sys.stderr)
         records: dict[str, list[Sample]] = {t.name: [] for t in live if t.name != "bare"}
+        joint = [t for t in live if together and t.bpf]
         with bpf_stats_enabled():
-            for _ in range(kernel_passes):
+            for i in range(kernel_passes):
+                if joint:
+                    k = i % len(joint)
+                    for name, sample in measure_together(joint[k:] + joint[:k], binary, n, workers, fsdir,
+                                                         op).items():
+                        records[name].append(sample)
                 for t in live:
-                    if t.name != "bare":
+                    if t.name != "bare" and t not in joint:
                         records[t.name].append(measure(t, binary, n, workers, fsdir, record=True, op=op))
         for name, samples in records.items():
             results[name].record = merge_records(samples)

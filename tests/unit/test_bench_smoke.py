@@ -214,3 +214,36 @@ def test_the_fentry_and_lsm_floor_attaches_an_empty_program_to_every_hook_the_ag
     floor = set(re.findall(r"^(K(?:RET)?FUNC|LSM)_PROBE\((\w+)", HOOKS_ONLY_FENTRY_LSM_C, re.M))
     assert ("LSM", "path_unlink") in agent and ("KFUNC", "UNLINK_FN") in agent and len(agent) == 14
     assert floor == agent
+
+
+class _Probe(overhead.Tracer):
+    """A tracer that attaches nothing and notes when it starts and stops (bpf: it would take part in a joint pass)."""
+
+    bpf = True
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__()
+        self.name, self._log = name, log
+
+    def start(self, workdir: Path, record: bool) -> None:
+        super().start(workdir, record)
+        assert workdir.is_dir() and record
+        self._log.append(f"start {self.name}")
+
+    def stop(self) -> None:
+        self._log.append(f"stop {self.name}")
+
+    def count_events(self, prefix: str) -> int | None:
+        return 7
+
+
+def test_tracers_measured_together_share_one_run_and_stop_in_the_reverse_order_of_their_start(
+        tmp_path: Path) -> None:
+    binary = workload.build(cache_dir=tmp_path / "bin")
+    d = tmp_path / "files"
+    d.mkdir()
+    log: list[str] = []
+    samples = overhead.measure_together([_Probe("b", log), _Probe("a", log)], binary, 200, 1, d)
+    assert log == ["start b", "start a", "stop a", "stop b"]
+    assert set(samples) == {"a", "b"} and samples["a"].rate == samples["b"].rate > 0
+    assert samples["a"].events == 7 and samples["a"].kernel_ns == 0 and list(d.iterdir()) == []
