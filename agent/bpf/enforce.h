@@ -259,7 +259,7 @@ static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *de
 	} else {
 		struct uw_rule_set exe_except;
 		uw_exe_except_known(s, task, sl, slot, &exe_except, 0);
-		uw_policy_who(sl, slot, op, &exe_except, &s->lsm.who);
+		uw_policy_who(sl, slot, op, task, &exe_except, &s->lsm.who);
 	}
 	if (!((s->lsm.who.w[0] & sl->block.w[0]) | (s->lsm.who.w[1] & sl->block.w[1])))
 		return UW_LSM_ALLOW;	/* no block rule covers this process and op (a rename's destination neither) */

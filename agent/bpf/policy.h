@@ -287,12 +287,12 @@ static __always_inline int uw_policy_path(struct uw_scratch *s, __u32 slot, __u3
 }
 
 /* The rules that apply to a deletion apart from its path: its op, its cgroup, not excepted by comm or exe. */
-static __always_inline void uw_policy_who(struct uw_policy_slot *sl, __u32 slot, __u32 op,
+static __always_inline void uw_policy_who(struct uw_policy_slot *sl, __u32 slot, __u32 op, void *task,
 					  const struct uw_rule_set *exe_except, struct uw_rule_set *rs)
 {
 	*rs = sl->ops[op & 3];
 	if (sl->uses & UW_USES_CGROUPS) {
-		__u64 cgid = bpf_get_current_cgroup_id();
+		__u64 cgid = uw_cgroup_id(task);
 		struct uw_policy_cgroup *cg = policy_cgroups.lookup(&cgid);
 		uw_rs_and(rs, cg ? &cg->slot[slot & 1] : &sl->unknown);
 	}

@@ -16,6 +16,15 @@
  * because an earlier check implies it (the verifier bounds a value by the mask, not by that check) */
 #define UW_OPAQUE(x) asm volatile("" : "+r"(x))
 
+/* The task's cgroup v2 id, as bpf_get_current_cgroup_id() gives it for the current task (the default hierarchy's
+ * cgroup: task->cgroups->dfl_cgrp->kn->id), by plain loads instead of a helper call. */
+static __always_inline __u64 uw_cgroup_id(void *task)
+{
+	void *cset = UW_LD(task, OFF_TASK_CGROUPS, void *);
+	void *cgrp = UW_LD(cset, OFF_CSS_SET_DFL_CGRP, void *);
+	return UW_LD(UW_LD(cgrp, OFF_CGROUP_KN, void *), OFF_KERNFS_NODE_ID, __u64);
+}
+
 static __always_inline void *uw_ptr(void *base, long off)
 {
 	void *p = 0;

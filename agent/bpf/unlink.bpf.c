@@ -232,22 +232,25 @@ BPF_PERCPU_ARRAY(dirc, struct uw_dirc_entry, UW_DIRC_SLOTS);
 #include "walk.h"
 #include "policy.h"
 
-/* Who made the record: the process, its parent, its cgroup and its name. */
+/* Who made the record (`task`, the current one): the process, its parent, its cgroup and its name. Plain loads
+ * through the task, where the helpers (pid_tgid, uid_gid, cgroup_id, comm) were a call each: the same values (the
+ * ids as the initial namespaces see them; the name's bytes after its NUL are the kernel's padding, and user space
+ * reads up to the NUL). */
 static __always_inline void uw_who(struct uw_event *ev, void *task, __u32 kind)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
-	ev->cgroup_id = bpf_get_current_cgroup_id();
+	void *cred = UW_LD(task, OFF_TASK_CRED, void *);
+	ev->cgroup_id = uw_cgroup_id(task);
 	ev->kind = kind;
-	ev->pid = pid_tgid >> 32;
-	ev->tid = (__u32)pid_tgid;
-	ev->uid = (__u32)uid_gid;
-	ev->gid = uid_gid >> 32;
+	ev->pid = UW_LD(task, OFF_TASK_TGID, __u32);
+	ev->tid = UW_LD(task, OFF_TASK_PID, __u32);
+	ev->uid = UW_LD(cred, OFF_CRED_UID, __u32);
+	ev->gid = UW_LD(cred, OFF_CRED_GID, __u32);
 	ev->ppid = UW_LD(UW_LD(task, OFF_TASK_REAL_PARENT, void *), OFF_TASK_TGID, __u32);
 	ev->proc_start_ns = UW_LD(UW_LD(task, OFF_TASK_GROUP_LEADER, void *), OFF_TASK_START_TIME, __u64);
 	ev->parent_start_ns = UW_LD(UW_LD(UW_LD(task, OFF_TASK_REAL_PARENT, void *), OFF_TASK_GROUP_LEADER, void *),
 				    OFF_TASK_START_TIME, __u64);
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	*(__u64 *)&ev->comm[0] = UW_LD(task, OFF_TASK_COMM, __u64);
+	*(__u64 *)&ev->comm[8] = UW_LD(task, OFF_TASK_COMM + 8, __u64);
 }
 
 /* Every other field of the record's fixed part zeroed. */
@@ -698,7 +701,7 @@ static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr,
 	sl = uw_policy_slot(&slot);	/* afresh: the verifier then sees one state after the pre-match */
 	if (sl) {
 		exes_known = uw_exe_except_known(s, task, sl, slot, &exe_except, &seen);
-		uw_policy_who(sl, slot, op, &exe_except, &st->who);
+		uw_policy_who(sl, slot, op, task, &exe_except, &st->who);
 		st->slot = slot;
 		st->uses = sl->uses;
 		st->gen = sl->gen;
@@ -717,7 +720,7 @@ static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr,
 	st->flags = unknown;
 	if (sl) {
 		if (!exes_known)	/* the process's entry made just now: its executable's except set */
-			uw_policy_who(sl, slot, op, &exe_except, &st->who);
+			uw_policy_who(sl, slot, op, task, &exe_except, &st->who);
 		/* an executable the kernel does not know: a policy that names executables is left to user space */
 		if (unknown && (sl->uses & UW_USES_EXES))
 			st->gen = sl->gen | UW_GEN_USER;

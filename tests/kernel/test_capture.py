@@ -29,6 +29,30 @@ def test_an_absolute_unlink_is_reported_with_its_process(agent: AgentProcess, wo
     assert ev["attach_mode"] == agent.attach or agent.attach == "auto"
 
 
+def test_who_deleted_is_the_thread_with_its_own_ids_name_and_cgroup(agent: AgentProcess, work: Path) -> None:
+    """pid and tid, uid and gid, the thread's name and the cgroup id, as the kernel holds them for the thread that
+    deleted (the record reads them from the task): a thread of a process that gave up root, renamed itself."""
+    d = work / "who"
+    d.mkdir()
+    d.chmod(0o777)
+    (d / "f").touch()
+    cgroup = Path("/proc/self/cgroup").read_text().strip().rsplit(":", 1)[1]
+    cgroup_id = Path("/sys/fs/cgroup" + cgroup).stat().st_ino  # the cgroup2 inode: the kernel's cgroup id
+    pid = run_deleter(
+        "import ctypes, threading\n"
+        "os.setgid(65533); os.setuid(65534)\n"
+        "tids = []\n"
+        "def rm():\n"
+        "    ctypes.CDLL(None).prctl(15, b'uw-who-thread')  # PR_SET_NAME\n"
+        "    tids.append(threading.get_native_id())\n"
+        f"    os.unlink({str(d / 'f')!r})\n"
+        "t = threading.Thread(target=rm); t.start(); t.join()\n"
+        "print(tids[0])")
+    (ev,) = agent.wait_for(by_pid(pid))
+    assert ev["tid"] != pid and (ev["uid"], ev["gid"]) == (65534, 65533)
+    assert ev["comm"] == "uw-who-thread" and ev["cgroup_id"] == cgroup_id
+
+
 def test_a_path_relative_to_the_cwd_is_made_absolute_in_the_kernel(agent: AgentProcess, work: Path) -> None:
     (work / "rel.txt").touch()
     pid = run_deleter("os.unlink('rel.txt')", cwd=work)
