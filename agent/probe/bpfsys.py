@@ -123,26 +123,11 @@ def delete(fd: int, key: bytes) -> bool:
     return True
 
 
-class PercpuU64:
-    """One u64 slot of a BPF_PERCPU_ARRAY, summed over CPUs (the kernel drop counter)."""
-
-    def __init__(self, fd: int, index: int = 0) -> None:
-        info = map_info(fd)
-        if info.type != MAP_TYPE_PERCPU_ARRAY or info.value_size != 8 or info.key_size != 4:
-            raise OSError(f"map {info.name!r} is not a per-CPU array of u64 (type {info.type})")
-        self._fd = fd
-        self._key = struct.pack("=I", index)
-        self._n = possible_cpus()
-
-    def sum(self) -> int:
-        raw = lookup(self._fd, self._key, 8 * self._n)
-        return sum(struct.unpack(f"={self._n}Q", raw))
-
-
 class PercpuHeads:
-    """The first `width` u64 of every element of a BPF_PERCPU_ARRAY, summed over elements and CPUs: counters the
-    programs keep in a map value they already hold (unlink.bpf.c's scratch) instead of looking up a map of their
-    own. Each read copies every CPU's whole value (the scratch: about 25 KB a CPU), once a poll."""
+    """The first `width` u64 of every element of a BPF_PERCPU_ARRAY, summed over elements and CPUs: the kernel's
+    drop counter, and counters the programs keep in a map value they already hold (unlink.bpf.c's scratch) instead
+    of looking up a map of their own. Each read copies every CPU's whole value (the scratch: 17-25 KB a CPU), once
+    a poll."""
 
     def __init__(self, fd: int, width: int) -> None:
         info = map_info(fd)

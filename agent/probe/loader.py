@@ -22,7 +22,7 @@ from typing import Any
 
 from unlinkwatch.errors import UserError
 
-from .bpfsys import PercpuHeads, PercpuU64
+from .bpfsys import PercpuHeads
 from .btf import BtfError
 from .program import ProbeConfig, ProbeError
 
@@ -49,7 +49,7 @@ class HeldProbe:
         self.ringbuf_size: int = cfg.ringbuf_pages * os.sysconf("SC_PAGE_SIZE")
         try:
             self.ringbuf_fd = fds["map:events"]
-            self._lost = PercpuU64(fds["map:lost"])
+            self._lost = PercpuHeads(fds["map:lost"], 1)
             # the directory caches' counters: the scratch's first words (unlink.bpf.c, struct uw_counts)
             self._counts = PercpuHeads(fds["map:scratch"], 4)
         except (KeyError, OSError) as e:
@@ -57,7 +57,7 @@ class HeldProbe:
             raise ProbeError(f"{cfg.mode}: the loader handed over no usable ring buffer / counters ({e})") from e
 
     def kernel_lost(self) -> int:
-        return self._lost.sum()
+        return self._lost.sums()[0]
 
     def dir_caches(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """(found, walked) in the kernel's two directory caches: the base directories of relative deletions
