@@ -9,7 +9,6 @@
  * directory's children, per tail call (bcc cannot relocate bpf_loop callbacks). A target that is not
  * in the dcache is not seen: a documented limit of this mode. */
 #define UW_LK_CHILDREN 64	/* children compared per tail call */
-#define UW_LK_CHILDREN_SMALL 12
 #define UW_LK_MOUNTS 32		/* child mounts checked when crossing into a mount */
 #define UW_S_IFMT 0170000
 #define UW_S_IFLNK 0120000
@@ -21,7 +20,8 @@ struct uw_lookup {
 	void *mnt, *dentry;		/* where the walk stands */
 	void *root_mnt, *root_dentry;
 	void *node;			/* next child to compare, when a directory spans tail calls */
-	__u32 len, off, clen, tid, last, pad;
+	__u64 mask;			/* the bytes of the component's last word that are its own */
+	__u32 len, off, clen, tid, last, words;	/* words: 8-byte words the component spans */
 };
 
 BPF_PROG_ARRAY(uw_tail, 1);
@@ -75,7 +75,26 @@ static __always_inline void uw_cross_down(struct uw_lookup *lk)
 	}
 }
 
-static __always_inline int uw_lookup_body(void *ctx, const int nchildren)
+/* Whether the child's name read into lk->cand is the component in lk->comp (same length already): word by
+ * word, the last word masked to the component's own bytes (little-endian: the first bytes are the low ones). A
+ * loop with the word count and mask computed once per component, not a comparison written out per word: 6.1's
+ * verifier follows each written-out word's branches on the length into too many states (E2BIG). */
+static __always_inline int uw_same_name(struct uw_lookup *lk)
+{
+	__u32 words = lk->words;
+#pragma clang loop unroll(disable)
+	for (__u32 j = 0; j < (UW_NAME_MAX + 1) / 8; j++) {
+		__u64 diff = lk->comp[j] ^ lk->cand[j];
+		if (j + 1 >= words)
+			return !(diff & lk->mask);
+		if (diff)
+			return 0;
+	}
+	return 0;
+}
+
+/* One step of the lookup: a component, or a slice of a directory's children; tail-calls itself for the next. */
+int uw_lookup_step(void *ctx)
 {
 	__u32 zero = 0;
 	struct uw_lookup *lk = lookup_state.lookup(&zero);
@@ -120,8 +139,10 @@ static __always_inline int uw_lookup_body(void *ctx, const int nchildren)
 		lk->last = last;
 		lk->off = off + clen;
 		off = UW_RELOAD(lk->off) - clen;
-		/* a constant size keeps the verifier simple; only clen bytes are compared */
+		/* a constant size keeps the verifier simple; only clen bytes are compared (uw_same_name) */
 		bpf_probe_read_kernel(lk->comp, sizeof(lk->comp), &lk->path[off & UW_MASK]);
+		lk->words = (clen + 7) / 8;
+		lk->mask = clen & 7 ? (1ULL << ((clen & 7) * 8)) - 1 : ~0ULL;
 		char c0 = lk->path[off & UW_MASK], c1 = lk->path[(off + 1) & UW_MASK];
 		if (clen == 1 && c0 == '.') {
 			uw_tail.call(ctx, 0);
@@ -151,7 +172,7 @@ static __always_inline int uw_lookup_body(void *ctx, const int nchildren)
 	__u32 clen = UW_RELOAD(lk->clen) & UW_NAME_MAX;
 	void *node = lk->node;
 #pragma clang loop unroll(disable)
-	for (int i = 0; i < nchildren; i++) {
+	for (int i = 0; i < UW_LK_CHILDREN; i++) {
 		if (!node)
 			return 0;	/* not in the dcache */
 		void *child = node - OFF_DENTRY_D_SIB_OR_CHILD;
@@ -159,23 +180,7 @@ static __always_inline int uw_lookup_body(void *ctx, const int nchildren)
 		if (uw_u32(child, OFF_DENTRY_D_NAME + OFF_QSTR_LEN) != clen)
 			continue;
 		bpf_probe_read_kernel_str(lk->cand, sizeof(lk->cand), uw_ptr(child, OFF_DENTRY_D_NAME + OFF_QSTR_NAME));
-		/* compare clen bytes as words; bytes past clen in the last word are masked off */
-		/* written out: constant offsets, which older verifiers (6.1) follow where a pointer walk fails */
-		int same = 1;
-		__u32 words = (clen + 7) / 8;
-#define UW_CMP(j)									\
-		if (same && (j) < words) {							\
-			__u64 diff = lk->comp[j] ^ lk->cand[j];					\
-			if (clen - (j) * 8 < 8)							\
-				diff &= (1ULL << ((clen - (j) * 8) * 8)) - 1;			\
-			same = !diff;								\
-		}
-		UW_CMP(0) UW_CMP(1) UW_CMP(2) UW_CMP(3) UW_CMP(4) UW_CMP(5) UW_CMP(6) UW_CMP(7)
-		UW_CMP(8) UW_CMP(9) UW_CMP(10) UW_CMP(11) UW_CMP(12) UW_CMP(13) UW_CMP(14) UW_CMP(15)
-		UW_CMP(16) UW_CMP(17) UW_CMP(18) UW_CMP(19) UW_CMP(20) UW_CMP(21) UW_CMP(22) UW_CMP(23)
-		UW_CMP(24) UW_CMP(25) UW_CMP(26) UW_CMP(27) UW_CMP(28) UW_CMP(29) UW_CMP(30) UW_CMP(31)
-#undef UW_CMP
-		if (!same)
+		if (!uw_same_name(lk))
 			continue;
 		void *inode = uw_ptr(child, OFF_DENTRY_D_INODE);
 		lk->node = 0;
@@ -199,10 +204,6 @@ static __always_inline int uw_lookup_body(void *ctx, const int nchildren)
 		uw_tail.call(ctx, 0);
 	return 0;
 }
-
-/* Two sizes of the same step: older verifiers (6.1) accept only the smaller. */
-int uw_lookup_step(void *ctx) { return uw_lookup_body(ctx, UW_LK_CHILDREN); }
-int uw_lookup_step_small(void *ctx) { return uw_lookup_body(ctx, UW_LK_CHILDREN_SMALL); }
 
 /* After a rename's entry (uw_sys_enter): the lookup of its destination, from the stash. */
 static __always_inline int uw_rename_lookup(void *ctx, struct uw_stash *st)

@@ -549,21 +549,15 @@ class Probe:
         """The dcache lookup that tells renames over existing targets; without it the mode still runs."""
         from bcc import BPF
 
-        b = self._bpf
-        errors = []
-        for name in (b"uw_lookup_step", b"uw_lookup_step_small"):
-            try:
-                with _captured_stderr():
-                    step = b.load_func(name, BPF.TRACEPOINT)
-            except Exception as e:  # the verifier's verdict; try the smaller variant
-                errors.append(f"{name.decode()}: {e}")
-                continue
-            bpfsys.update(self._map_fds()["uw_tail"], struct.pack("=I", 0), struct.pack("=I", step.fd))
-            self.rename_lookup = name.decode()
+        try:
+            with _captured_stderr():
+                step = self._bpf.load_func(b"uw_lookup_step", BPF.TRACEPOINT)
+        except Exception as e:  # bcc raises bare Exception: the verifier's verdict
+            self.degraded.append(f"{DEGRADED_RENAME_LOOKUP}: the kernel's verifier refused the dcache lookup ({e})")
+            log.warning("rename-over-target detection unavailable", extra={"fields": {"error": str(e)}})
             return
-        self.degraded.append(f"{DEGRADED_RENAME_LOOKUP}: the kernel's verifier refused the "
-                             "dcache lookup (" + "; ".join(errors) + ")")
-        log.warning("rename-over-target detection unavailable", extra={"fields": {"errors": errors}})
+        bpfsys.update(self._map_fds()["uw_tail"], struct.pack("=I", 0), struct.pack("=I", step.fd))
+        self.rename_lookup = "uw_lookup_step"
 
     def handover(self) -> tuple[list[str], list[int], list[tuple[str, str]]]:
         """(names, fds, tracefs events): every map fd (a prog array is emptied when its last fd closes),

@@ -137,8 +137,9 @@ def test_a_failed_unlink_carries_the_negative_errno(agent: AgentProcess, work: P
 
 
 def _rename_detection(agent: AgentProcess) -> None:
-    """Tracepoint mode finds replaced targets with a dcache lookup that older verifiers (6.1) refuse; the
-    agent then says so at start-up and keeps running. Only that reported case skips."""
+    """Tracepoint mode finds replaced targets with a dcache lookup that a kernel's verifier may refuse (6.1's did,
+    before the lookup compared names in a loop); the agent then says so at start-up and keeps running. Only that
+    reported case skips."""
     degraded = [d for d in agent.info.get("degraded", []) if "rename" in d]
     if degraded:
         pytest.skip(f"this kernel refused the rename lookup, as the agent reported: {degraded[0][:200]}")
@@ -209,14 +210,6 @@ def test_renameat2_noreplace_refused_and_exchange_are_reported_with_their_flags(
     assert (work / "p").read_text() == "q"
 
 
-def _rename_detection(agent: AgentProcess) -> None:
-    """Tracepoint mode finds replaced targets with a dcache lookup that older verifiers (6.1) refuse; the
-    agent then says so at start-up and keeps running. Only that reported case skips."""
-    degraded = [d for d in agent.info.get("degraded", []) if "rename" in d]
-    if degraded:
-        pytest.skip(f"this kernel refused the rename lookup, as the agent reported: {degraded[0][:200]}")
-
-
 def test_a_rename_over_an_existing_file_says_the_destination_was_replaced(agent: AgentProcess, work: Path) -> None:
     _rename_detection(agent)
     (work / "new").write_text("new")
@@ -250,6 +243,26 @@ def test_a_rename_with_absolute_paths_over_a_target_is_reported(agent: AgentProc
     (ev,) = renames(agent, pid)
     assert ev["path"] == str(work / "sub" / "cfg.tmp") and ev["rename_to"] == str(work / "sub" / "cfg")
     assert ev["replaced"] is True
+
+
+def test_a_rename_replaces_a_target_only_when_every_byte_of_its_name_matches(
+        agent: AgentProcess, root_work: Path) -> None:
+    """Names of 1 to 200 bytes, each beside a sibling of its length that differs in the last byte only: the
+    lookup's word-by-word comparison must count the last word's own bytes, and no others."""
+    _rename_detection(agent)
+    lengths = (1, 7, 8, 9, 16, 17, 200)
+    moves = []
+    for n in lengths:
+        stem = "n" * (n - 1)
+        (root_work / f"{stem}a").write_text("old")
+        (root_work / f"{stem}b").write_text("sibling")
+        for i, last in enumerate("ac"):
+            (root_work / f"src{n}-{i}").write_text("new")
+            moves.append((str(root_work / f"src{n}-{i}"), str(root_work / f"{stem}{last}")))
+    pid = run_deleter("".join(f"os.rename({a!r}, {b!r})\n" for a, b in moves))
+    evs = renames(agent, pid, len(moves))
+    assert [(e["path"], e["rename_to"]) for e in evs] == moves
+    assert [e["replaced"] for e in evs] == [True, False] * len(lengths)
 
 
 def test_shred_u_is_reported_under_the_original_name_first(agent: AgentProcess, work: Path) -> None:
