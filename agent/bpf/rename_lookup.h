@@ -12,6 +12,23 @@
 #define UW_LK_MOUNTS 32		/* child mounts checked when crossing into a mount */
 #define UW_S_IFMT 0170000
 #define UW_S_IFLNK 0120000
+#define UW_DCACHE_OP_HASH 0x1	/* d_flags: the filesystem hashes this directory's names its own way */
+#define UW_GOLDEN_RATIO_64 0x61C8864680B583EBULL
+
+/* A child's name (hash, length, address), inode and next sibling: one read per child. */
+#define UW_C_LO UW_MIN(OFF_DENTRY_D_NAME, UW_MIN(OFF_DENTRY_D_INODE, OFF_DENTRY_D_SIB_OR_CHILD))
+#define UW_C_HI UW_MAX(OFF_DENTRY_D_NAME + 16, UW_MAX(OFF_DENTRY_D_INODE + 8, OFF_DENTRY_D_SIB_OR_CHILD + 8))
+struct uw_c_span {
+	__u64 w[(UW_C_HI - UW_C_LO + 7) / 8];
+};
+_Static_assert(sizeof(struct uw_c_span) <= 256, "a child's fields are too far apart for one read");
+
+/* Whether the kernel's name hash (below) is this kernel's: 0 not known yet, 1 proven on a child the names matched, 2
+ * disproven. Only proven, it lets a child whose hash differs be passed over without reading its name. */
+#define UW_HASH_UNKNOWN 0
+#define UW_HASH_PROVEN 1
+#define UW_HASH_WRONG 2
+BPF_ARRAY(lookup_hash, __u32, 1);
 
 struct uw_lookup {
 	char path[UW_PATH_MAX];		/* the target path argument */
@@ -22,6 +39,8 @@ struct uw_lookup {
 	void *node;			/* next child to compare, when a directory spans tail calls */
 	__u64 mask;			/* the bytes of the component's last word that are its own */
 	__u32 len, off, clen, tid, last, words;	/* words: 8-byte words the component spans */
+	__u32 hash;			/* the component's name hash in the directory where the walk stands */
+	__u32 hashed;			/* 1: pass over children whose hash differs; 0: compare every name */
 };
 
 BPF_PROG_ARRAY(uw_tail, 1);
@@ -38,14 +57,25 @@ static __always_inline void *uw_first_child(void *dentry)
 #endif
 }
 
-static __always_inline void *uw_next_child(void *node, void *parent)
+/* The sibling after a child, from its link's next pointer: 0 at the end (the list's head, before 6.8). */
+static __always_inline void *uw_child_after(void *next, void *parent)
 {
-	void *next = uw_ptr(node, 0);
 #if UW_DCHILD_HLIST
 	return next;
 #else
 	return next == parent + OFF_DENTRY_D_SUBDIRS ? 0 : next;
 #endif
+}
+
+/* A child matched by name, in a directory whose filesystem hashes names the kernel's way: whether its d_name.hash is
+ * the hash computed here says whether uw_name_hash() is this kernel's. */
+static __always_inline void uw_prove_hash(struct uw_lookup *lk, __u32 hash)
+{
+	__u32 zero = 0;
+	__u32 *hs = lookup_hash.lookup(&zero);
+	if (!hs || *hs != UW_HASH_UNKNOWN || (uw_u32(lk->dentry, OFF_DENTRY_D_FLAGS) & UW_DCACHE_OP_HASH))
+		return;
+	*hs = hash == lk->hash ? UW_HASH_PROVEN : UW_HASH_WRONG;
 }
 
 static __always_inline void uw_mark_replaced(__u32 tid, void *inode)
@@ -73,6 +103,39 @@ static __always_inline void uw_cross_down(struct uw_lookup *lk)
 		}
 		node = uw_ptr(node, 0);
 	}
+}
+
+/* The kernel's hash of a name in a directory (fs/namei.c, full_name_hash() with the parent dentry as salt, for
+ * 64-bit kernels with word-at-a-time access): what d_name.hash holds for a child of that directory on a filesystem
+ * without its own d_hash. The kernel does not promise it stays the same, so it is used only once a match by name
+ * proved it (lookup_hash), and never for a directory whose filesystem hashes names itself. */
+static __always_inline __u32 uw_name_hash(struct uw_lookup *lk, __u64 salt)
+{
+	__u64 x = 0, y = salt;
+	__u32 len = lk->clen;
+	/* everything after the loop depends on x and y alone, so the verifier goes on from one state, not one per
+	 * way out of the loop */
+#pragma clang loop unroll(disable)
+	for (__u32 j = 0; j < (UW_NAME_MAX + 1) / 8; j++) {
+		__u32 k = j;
+		UW_OPAQUE(k);	/* an index, not a pointer the compiler increments: 6.1's verifier bounds only the index */
+		__u64 a = lk->comp[k & ((UW_NAME_MAX + 1) / 8 - 1)];
+		if (len < 8) {
+			if (len)
+				x ^= a & lk->mask;	/* the last word's own bytes */
+			break;
+		}
+		x ^= a;
+		y ^= x;
+		x = (x << 12) | (x >> 52);
+		x += y;
+		y = (y << 45) | (y >> 19);
+		y *= 9;
+		len -= 8;
+	}
+	y ^= x * UW_GOLDEN_RATIO_64;
+	y *= UW_GOLDEN_RATIO_64;
+	return y >> 32;
 }
 
 /* Whether the child's name read into lk->cand is the component in lk->comp (same length already): word by
@@ -143,6 +206,9 @@ int uw_lookup_step(void *ctx)
 		bpf_probe_read_kernel(lk->comp, sizeof(lk->comp), &lk->path[off & UW_MASK]);
 		lk->words = (clen + 7) / 8;
 		lk->mask = clen & 7 ? (1ULL << ((clen & 7) * 8)) - 1 : ~0ULL;
+		lk->hash = uw_name_hash(lk, (__u64)lk->dentry);
+		__u32 *hs = lookup_hash.lookup(&zero);
+		lk->hashed = hs && *hs == UW_HASH_PROVEN && !(uw_u32(lk->dentry, OFF_DENTRY_D_FLAGS) & UW_DCACHE_OP_HASH);
 		char c0 = lk->path[off & UW_MASK], c1 = lk->path[(off + 1) & UW_MASK];
 		if (clen == 1 && c0 == '.') {
 			uw_tail.call(ctx, 0);
@@ -176,13 +242,20 @@ int uw_lookup_step(void *ctx)
 		if (!node)
 			return 0;	/* not in the dcache */
 		void *child = node - OFF_DENTRY_D_SIB_OR_CHILD;
-		node = uw_next_child(node, lk->dentry);
-		if (uw_u32(child, OFF_DENTRY_D_NAME + OFF_QSTR_LEN) != clen)
+		struct uw_c_span cs;
+		if (bpf_probe_read_kernel(&cs, sizeof(cs), child + UW_C_LO) < 0)
+			return 0;
+		node = uw_child_after(UW_AT(&cs, UW_C_LO, OFF_DENTRY_D_SIB_OR_CHILD, void *), lk->dentry);
+		__u32 hash = UW_AT(&cs, UW_C_LO, OFF_DENTRY_D_NAME + OFF_QSTR_HASH, __u32);
+		if (UW_AT(&cs, UW_C_LO, OFF_DENTRY_D_NAME + OFF_QSTR_LEN, __u32) != clen || (lk->hashed && hash != lk->hash))
 			continue;
-		bpf_probe_read_kernel_str(lk->cand, sizeof(lk->cand), uw_ptr(child, OFF_DENTRY_D_NAME + OFF_QSTR_NAME));
+		bpf_probe_read_kernel_str(lk->cand, sizeof(lk->cand),
+					  UW_AT(&cs, UW_C_LO, OFF_DENTRY_D_NAME + OFF_QSTR_NAME, void *));
 		if (!uw_same_name(lk))
 			continue;
-		void *inode = uw_ptr(child, OFF_DENTRY_D_INODE);
+		if (!lk->hashed)
+			uw_prove_hash(lk, hash);
+		void *inode = UW_AT(&cs, UW_C_LO, OFF_DENTRY_D_INODE, void *);
 		lk->node = 0;
 		if (!inode)
 			return 0;	/* a negative dentry: the name does not exist */

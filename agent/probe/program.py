@@ -82,6 +82,8 @@ OFFSETS = {
     "OFF_MOUNT_MNT_CHILD": ("mount", "mnt_child"),
     "OFF_QSTR_LEN": ("qstr", "len"),
     "OFF_QSTR_NAME": ("qstr", "name"),
+    "OFF_QSTR_HASH": ("qstr", "hash"),
+    "OFF_DENTRY_D_FLAGS": ("dentry", "d_flags"),
     "OFF_VFSMOUNT_MNT_ROOT": ("vfsmount", "mnt_root"),
     "OFF_MOUNT_MNT": ("mount", "mnt"),
     "OFF_MOUNT_MNT_PARENT": ("mount", "mnt_parent"),

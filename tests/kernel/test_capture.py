@@ -4,6 +4,7 @@ mode (UNLINKWATCH_TEST_ATTACH)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -263,6 +264,20 @@ def test_a_rename_replaces_a_target_only_when_every_byte_of_its_name_matches(
     evs = renames(agent, pid, len(moves))
     assert [(e["path"], e["rename_to"]) for e in evs] == moves
     assert [e["replaced"] for e in evs] == [True, False] * len(lengths)
+    # the names matched proved the lookup's name hash to be this kernel's: later lookups compare hashes first
+    assert _lookup_hash_state() == 1
+
+
+def _lookup_hash_state() -> int:
+    """rename_lookup.h's lookup_hash, of the newest agent's programs (bpftool; the module's agent is the only one
+    running during its tests)."""
+    maps = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "name", "lookup_hash"], capture_output=True,
+                                     text=True, check=True).stdout or "[]")
+    newest = max(maps if isinstance(maps, list) else [maps], key=lambda m: int(m["id"]))
+    (entry,) = json.loads(subprocess.run(["bpftool", "-j", "map", "dump", "id", str(newest["id"])],
+                                         capture_output=True, text=True, check=True).stdout)
+    value = entry.get("formatted", entry)["value"]
+    return int(value) if not isinstance(value, list) else int.from_bytes(bytes(int(b, 16) for b in value), "little")
 
 
 def test_shred_u_is_reported_under_the_original_name_first(agent: AgentProcess, work: Path) -> None:
