@@ -13,6 +13,7 @@ APT_PKGS=(
   postgresql prometheus-alertmanager                         # real store and alert sink for tests
   bpftrace auditd debootstrap gcc make e2fsprogs             # benchmarks' peers, image replay
   openssl                                                    # certificates (make-certs.sh, TLS tests)
+  linux-perf                                                 # bench/lines.py: where programs spend their time
 )
 
 missing=()
