@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -41,6 +42,7 @@ BPF_PROG_GET_FD_BY_ID = 13
 OP_SYMBOLS = {"unlink": "do_unlinkat", "rename": "do_renameat2"}
 FREQ = 4000
 OWN = "(own code)"
+OBJECT_CACHE = "UNLINKWATCH_OBJECT_CACHE"
 # x86's interrupt entries (idtentry: asm_sysvec_*, asm_common_interrupt, ...): a frame of one inside a program is
 # an interrupt that arrived while it ran, not a call it made
 INTERRUPT_PREFIX = "asm_"
@@ -119,6 +121,8 @@ def load_program(prog_id: int) -> Program:
         bpfsys.call(bpfsys.BPF_OBJ_GET_INFO_BY_FD, bpfsys.InfoAttr(fd, ctypes.sizeof(want), ctypes.addressof(want)))
     finally:
         os.close(fd)
+    if not info.nr_line_info:
+        raise RuntimeError(f"program {prog_id} ({info.name.decode(errors='replace')}) was loaded without source lines")
     if n_lines != info.nr_line_info:
         raise RuntimeError(f"program {prog_id} has no JIT line table (is bpf_jit_enable on?)")
     lines = sorted((jited_lines[i], _LineInfo.from_buffer(line_buf, i * lrs).line_col >> 10) for i in range(n_lines))
@@ -212,24 +216,54 @@ def report(prof: Profile, top: int = 25) -> str:
 
 
 @contextlib.contextmanager
-def perf_record(data: Path, freq: int = FREQ) -> Iterator[None]:
-    """perf sampling every CPU with call chains while the block runs."""
-    proc = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(freq), "-a", "-g", "-o", str(data)],
+def perf_record(data: Path, freq: int = FREQ, ready_s: float = 60.0) -> Iterator[None]:
+    """perf sampling every CPU with call chains while the block runs. perf starts with its events off and the block
+    begins only once perf has said they are on (its control FIFOs): it takes a while to start on a busy machine,
+    and a short loop would otherwise run before the first sample."""
+    ctl, ack = data.with_suffix(".ctl"), data.with_suffix(".ack")
+    for fifo in (ctl, ack):
+        os.mkfifo(fifo)
+    # read-write opens of a FIFO never wait for the other end (Linux), so a perf that dies at start cannot hang us
+    ctl_fd, ack_fd = os.open(ctl, os.O_RDWR), os.open(ack, os.O_RDWR)
+    proc = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(freq), "-a", "-g", "-o", str(data),
+                             "-D", "-1", "--control", f"fifo:{ctl},{ack}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=runstate.die_with_parent)
     try:
+        os.write(ctl_fd, b"enable\n")
+        ready, _w, _x = select.select([ack_fd], [], [], ready_s)
+        if not ready or not os.read(ack_fd, 64).startswith(b"ack"):
+            raise RuntimeError(f"perf record did not start sampling within {ready_s:.0f} s")
         yield
     finally:
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=120)
+        os.close(ctl_fd)
+        os.close(ack_fd)
         if proc.returncode not in (0, -signal.SIGINT) or not data.exists():
             raise RuntimeError(f"perf record failed: {err.decode(errors='replace').strip()[-300:]}")
+
+
+@contextlib.contextmanager
+def compiled() -> Iterator[None]:
+    """An agent started in the block compiles its programs: one loaded from a kept compile (agent/probe/objcache.py)
+    is given no source lines, only its instructions."""
+    before = os.environ.get(OBJECT_CACHE)
+    os.environ[OBJECT_CACHE] = ""  # empty: no kept compile
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[OBJECT_CACHE]
+        else:
+            os.environ[OBJECT_CACHE] = before
 
 
 def profile(tracer: peers.Tracer, binary: Path, n: int, fsdir: Path, op: str = "unlink",
             freq: int = FREQ) -> Profile:
     """The tracer started, its programs found, the loop run under perf, its samples charged to those programs."""
     with overhead.scratch_dir() as tmp:
-        tracer.start(tmp, False)
+        with compiled():
+            tracer.start(tmp, False)
         try:
             programs = [load_program(i) for i in sorted(overhead.bpf_prog_ids(overhead.tracer_pids(tracer)))]
             data = tmp / "perf.data"
