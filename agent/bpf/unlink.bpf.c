@@ -142,6 +142,11 @@ struct uw_stash {
 	__u64 root_gen;
 	__u32 root_chroot;
 	__u32 root_mnt_id;
+	/* uw_proc_enter: the thread's process was known, its record sent, with this parent, since this exec */
+	__u64 proc_exec_id;	/* the thread's self_exec_id then */
+	__u64 proc_pstart;	/* the parent's key then */
+	__u32 proc_ptgid;
+	__u32 proc_fresh;	/* deletions left before procs is looked up again (0: look it up now) */
 #ifdef UW_LSM
 	struct uw_lsm_stash lsm;	/* enforce.h: what the LSM programs decided during this call */
 #endif
@@ -446,20 +451,36 @@ static __always_inline struct uw_proc *uw_lineage_sync(struct uw_scratch *s, __u
 /* Entry's part of the process: its lineage's records sent (once per process, and again when its parent
  * changed), and the policy rules whose except names its executable (computed again when the policy changes).
  * Returns UW_F_PROC_UNKNOWN when the kernel has no exec of the process. `p` is its procs entry when the caller
- * has looked it up already (uw_exe_except_known), else 0. */
-static __always_inline __u32 uw_proc_enter(struct uw_scratch *s, void *task, struct uw_policy_slot *sl, __u32 slot,
-					   struct uw_proc *p, struct uw_rule_set *exe_except)
+ * has looked it up already (uw_exe_except_known), else 0.
+ * The thread's stash remembers a known process whose record went with its parent (st->proc_*), so that its next
+ * deletions skip the lookup in procs: an exec changes the thread's self_exec_id (never reused: it only grows),
+ * a new parent its key, and either one makes the next deletion look up and send again. Every UW_PROC_FRESH-th
+ * deletion looks procs up all the same, which keeps the process's entry recent in procs' LRU order: children
+ * of a process that deletes find it there as their ancestor, as they would without the stash's answer. A
+ * policy naming executables reads the entry anyway (uw_exe_except_known) and takes no answer from the stash. */
+#define UW_PROC_FRESH 64
+static __always_inline __u32 uw_proc_enter(struct uw_scratch *s, void *task, struct uw_stash *st,
+					   struct uw_policy_slot *sl, __u32 slot, struct uw_proc *p,
+					   struct uw_rule_set *exe_except)
 {
 	exe_except->w[0] = 0;
 	exe_except->w[1] = 0;
+	void *pt = UW_LD(UW_LD(task, OFF_TASK_REAL_PARENT, void *), OFF_TASK_GROUP_LEADER, void *);
+	__u32 ptgid = UW_LD(pt, OFF_TASK_TGID, __u32);
+	__u64 pstart = UW_LD(pt, OFF_TASK_START_TIME, __u64);
+	__u64 exec_id = UW_LD(task, OFF_TASK_SELF_EXEC_ID, __u64);
+	if (!p && st->proc_fresh && st->proc_exec_id == exec_id && st->proc_ptgid == ptgid &&
+	    st->proc_pstart == pstart) {
+		st->proc_fresh -= 1;
+		return 0;
+	}
+	st->proc_fresh = 0;
 	if (!p) {
 		struct uw_proc_key key;
 		uw_proc_key(task, &key);
 		p = procs.lookup(&key);
 	}
-	void *pt = UW_LD(UW_LD(task, OFF_TASK_REAL_PARENT, void *), OFF_TASK_GROUP_LEADER, void *);
-	int sync = !p || !p->sent || p->ptgid != UW_LD(pt, OFF_TASK_TGID, __u32) ||
-		   p->pstart != UW_LD(pt, OFF_TASK_START_TIME, __u64);
+	int sync = !p || !p->sent || p->ptgid != ptgid || p->pstart != pstart;
 	if (!sync && (p->flags & UW_F_PROC_UNKNOWN)) {	/* a placeholder: seeded since (agent/probe/procseed.py)? */
 		struct uw_proc_key seeded;
 		uw_proc_seed_key(task, &seeded);
@@ -475,7 +496,13 @@ static __always_inline __u32 uw_proc_enter(struct uw_scratch *s, void *task, str
 			p->gen = sl->gen;
 		}
 		*exe_except = p->exe_except;
+		return 0;
 	}
+	/* the entry's parent is the one read above: uw_lineage_sync() sent the record with it, or it had gone */
+	st->proc_exec_id = exec_id;
+	st->proc_ptgid = ptgid;
+	st->proc_pstart = pstart;
+	st->proc_fresh = UW_PROC_FRESH - 1;
 	return 0;
 }
 
@@ -716,7 +743,7 @@ static __always_inline struct uw_stash *uw_enter2(__s32 dirfd, const char *uptr,
 #endif
 		}
 	}
-	__u32 unknown = uw_proc_enter(s, task, sl, slot, seen, &exe_except);
+	__u32 unknown = uw_proc_enter(s, task, st, sl, slot, seen, &exe_except);
 	st->flags = unknown;
 	if (sl) {
 		if (!exes_known)	/* the process's entry made just now: its executable's except set */
@@ -937,21 +964,21 @@ static __always_inline __u32 uw_decide(struct uw_scratch *s, struct uw_policy_sl
 }
 
 /* A deletion's record out, once the policy has kept it: who made it and its mount namespace are read only now,
- * so that an ignored deletion pays for neither. */
-static __always_inline void uw_deliver(struct uw_scratch *s)
+ * so that an ignored deletion pays for neither. `st` is the thread's stash (the mount namespace's answer is kept
+ * there). */
+static __always_inline void uw_deliver(struct uw_scratch *s, struct uw_stash *st)
 {
 	void *task = (void *)bpf_get_current_task_btf();
 	uw_who(&s->ev, task, UW_KIND_DELETION);
-	struct uw_stash *st = uw_stash_get(0);
-	if (st)
-		uw_put_mnt_ns(&s->ev, task, UW_LD(task, OFF_TASK_FS, void *), st);
+	uw_put_mnt_ns(&s->ev, task, UW_LD(task, OFF_TASK_FS, void *), st);
 	uw_output(s);
 }
 
 /* After the walk: the policy's verdict, then the record out (or not, when ignored). Everything is looked up
  * afresh from map memory, so that the verifier sees one state here whichever way the walk ended, instead of
- * checking what follows once per way out of the walk. */
-static __always_inline int uw_finish(struct uw_stash *copy)
+ * checking what follows once per way out of the walk; only the stash is not (`st`, the same on every way: a
+ * second task storage lookup cost more than the rest of the record's delivery). */
+static __always_inline int uw_finish(struct uw_stash *copy, struct uw_stash *st)
 {
 	__u32 zero = 0;
 	struct uw_scratch *s = scratch.lookup(&zero);
@@ -962,7 +989,7 @@ static __always_inline int uw_finish(struct uw_stash *copy)
 		s->ev.policy = copy->lsm.rule;
 		s->ev.action = UW_ACTION_BLOCKED;
 		s->ev.policy_gen = copy->lsm.gen;
-		uw_deliver(s);
+		uw_deliver(s, st);
 		return 0;
 	}
 #endif
@@ -984,7 +1011,7 @@ static __always_inline int uw_finish(struct uw_stash *copy)
 			s->ev.action = UW_ACTION_WOULD_BLOCK;
 		}
 	}
-	uw_deliver(s);
+	uw_deliver(s, st);
 	return 0;
 }
 
@@ -1050,7 +1077,7 @@ static __always_inline int uw_exit(long ret)
 	if (UW_RELOAD(st->gen) && !uw_lsm_decided(st))
 		uw_prematch(s, UW_RELOAD(st->slot), UW_RELOAD(st->uses), 0, &s->src);
 	uw_put_dir(s, copy.dirfd, task, fs);
-	return uw_finish(&copy);
+	return uw_finish(&copy, st);
 }
 
 /* A rename replaces its destination when the destination's dentry is positive as the kernel renames (an

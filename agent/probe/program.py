@@ -49,6 +49,7 @@ OFFSETS = {
     "OFF_KERNFS_NODE_ID": ("kernfs_node", "id"),
     "OFF_TASK_START_TIME": ("task_struct", "start_time"),
     "OFF_TASK_START_BOOTTIME": ("task_struct", "start_boottime"),
+    "OFF_TASK_SELF_EXEC_ID": ("task_struct", "self_exec_id"),
     "OFF_TASK_SIGNAL": ("task_struct", "signal"),
     "OFF_TASK_COMM": ("task_struct", "comm"),
     "OFF_TASK_THREAD_PID": ("task_struct", "thread_pid"),
