@@ -218,27 +218,29 @@ def report(prof: Profile, top: int = 25) -> str:
 @contextlib.contextmanager
 def perf_record(data: Path, freq: int = FREQ, ready_s: float = 60.0) -> Iterator[None]:
     """perf sampling every CPU with call chains while the block runs. perf starts with its events off and the block
-    begins only once perf has said they are on (its control FIFOs): it takes a while to start on a busy machine,
-    and a short loop would otherwise run before the first sample."""
-    ctl, ack = data.with_suffix(".ctl"), data.with_suffix(".ack")
-    for fifo in (ctl, ack):
-        os.mkfifo(fifo)
-    # read-write opens of a FIFO never wait for the other end (Linux), so a perf that dies at start cannot hang us
-    ctl_fd, ack_fd = os.open(ctl, os.O_RDWR), os.open(ack, os.O_RDWR)
-    proc = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(freq), "-a", "-g", "-o", str(data),
-                             "-D", "-1", "--control", f"fifo:{ctl},{ack}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=runstate.die_with_parent)
+    begins only once perf has said they are on (its control and ack pipes): it takes a while to start on a busy
+    machine, and a short loop would otherwise run before the first sample."""
+    ctl_r, ctl_w = os.pipe()
+    ack_r, ack_w = os.pipe()
     try:
-        os.write(ctl_fd, b"enable\n")
-        ready, _w, _x = select.select([ack_fd], [], [], ready_s)
-        if not ready or not os.read(ack_fd, 64).startswith(b"ack"):
+        proc = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(freq), "-a", "-g", "-o",
+                                 str(data), "-D", "-1", "--control", f"fd:{ctl_r},{ack_w}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=(ctl_r, ack_w),
+                                preexec_fn=runstate.die_with_parent)
+    finally:
+        os.close(ctl_r)
+        os.close(ack_w)
+    try:
+        os.write(ctl_w, b"enable\n")
+        ready, _w, _x = select.select([ack_r], [], [], ready_s)
+        if not ready or not os.read(ack_r, 64).startswith(b"ack"):  # b"": perf exited
             raise RuntimeError(f"perf record did not start sampling within {ready_s:.0f} s")
         yield
     finally:
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=120)
-        os.close(ctl_fd)
-        os.close(ack_fd)
+        os.close(ctl_w)
+        os.close(ack_r)
         if proc.returncode not in (0, -signal.SIGINT) or not data.exists():
             raise RuntimeError(f"perf record failed: {err.decode(errors='replace').strip()[-300:]}")
 
