@@ -762,13 +762,33 @@ static __always_inline int uw_enter(__s32 dirfd, const char *uptr, __u32 op)
 	return 0;
 }
 
+/* The path argument read into the record, by way of the stack when it is shorter than UW_RAW_SHORT bytes: the
+ * kernel checks every copy from user memory against its destination (hardened usercopy), and a destination on the
+ * stack passes at once, while a map value (the record's buffer) is looked up as heap memory, which cost more than
+ * the copy of a short path and the stores below. A longer path is read again, whole, into the record. Only where
+ * the program's stack has the room (the exit's). */
+#define UW_RAW_SHORT 128
+static __always_inline long uw_read_raw_short_first(struct uw_scratch *s, const char *uptr)
+{
+	__u64 buf[UW_RAW_SHORT / 8] = {};
+	long n = bpf_probe_read_user_str(buf, sizeof(buf), uptr);
+	if (n <= 0)
+		return n;
+	if (n >= UW_RAW_SHORT)	/* the whole buffer: the path may be longer */
+		return bpf_probe_read_user_str(s->data, UW_PATH_MAX, uptr);
+#pragma unroll
+	for (int i = 0; i < UW_RAW_SHORT / 8; i++)
+		*(__u64 *)&s->data[i * 8] = buf[i];
+	return n;
+}
+
 /* The path argument `uptr` into the record: its raw bytes, with raw_len and flags set. `ret` is the call's
- * result, or 0 at entry. */
-static __always_inline void uw_put_raw(struct uw_scratch *s, const char *uptr, long ret)
+ * result, or 0 at entry. `short_first`: uw_read_raw_short_first() (a constant: the exit's, whose stack has room). */
+static __always_inline void uw_put_raw(struct uw_scratch *s, const char *uptr, long ret, int short_first)
 {
 	struct uw_event *ev = &s->ev;
 	__u32 flags = 0;
-	long n = bpf_probe_read_user_str(s->data, UW_PATH_MAX, uptr);
+	long n = short_first ? uw_read_raw_short_first(s, uptr) : bpf_probe_read_user_str(s->data, UW_PATH_MAX, uptr);
 	__u32 raw_len = 0;
 	if (n <= 0) {
 		flags |= UW_F_RAW_UNREADABLE;
@@ -879,7 +899,7 @@ static __always_inline void uw_send_rename_to(__s32 dirfd, const char *uptr)
 	s->ev.ts_ns = st->ts_ns;
 	s->ev.op = UW_OP_RENAME;
 	s->ev.dirfd = dirfd;
-	uw_put_raw(s, uptr, 0);
+	uw_put_raw(s, uptr, 0, 0);
 	uw_put_dir(s, dirfd, task, UW_LD(task, OFF_TASK_FS, void *));
 	uw_output(s);
 	if (!st->gen)
@@ -1069,7 +1089,7 @@ static __always_inline int uw_exit(long ret)
 		if (copy.replaced)
 			ev->flags |= UW_F_REPLACED;
 	}
-	uw_put_raw(s, copy.uptr, ret);
+	uw_put_raw(s, copy.uptr, ret, 1);
 	/* the policy's pre-match of the argument, before the walk (it loops: see policy.h) */
 	s->src.state = UW_PM_UNDECIDED;
 	/* the policy's fields are read from the stash (map memory), not from `copy` on the stack: a branch on a

@@ -330,6 +330,19 @@ def test_a_3000_byte_path_arrives_whole_both_absolute_and_relative(agent: AgentP
     assert ev2["path"] == str(deep / "rel") and not ev2["path_truncated"]
 
 
+def test_paths_either_side_of_the_exits_short_read_arrive_whole(agent: AgentProcess, work: Path) -> None:
+    # the exit reads a path of fewer than 128 bytes (with its NUL) onto its stack first and a longer one again
+    # each name of its own letter: a byte left from the previous record's path cannot pass for this one's
+    paths = [work / (chr(ord("a") + i) * (length - len(str(work)) - 1)) for i, length in enumerate(range(124, 133))]
+    for p in paths:
+        p.touch()
+    assert [len(str(p)) for p in paths] == list(range(124, 133))
+    pid = run_deleter(f"for p in {[str(p) for p in paths]!r}:\n    os.unlink(p)")
+    evs = agent.wait_for(by_pid(pid), count=len(paths))
+    assert [e["path"] for e in evs] == [str(p) for p in paths]
+    assert [e["raw_path"] for e in evs] == [str(p) for p in paths]
+
+
 def busybox_jail(root: Path) -> Path:
     """A root for chroot: /bin/busybox, /etc/secret and an empty /data."""
     busybox = shutil.which("busybox")
