@@ -1238,8 +1238,8 @@ int uw_dirc_changed(void *args)
 #if UW_MODE == UW_MODE_TRACEPOINT
 
 /* walk.h's directory cache: io_uring's renames and unlinks pass no syscall tracepoint, so its io_uring_submit_req
- * and io_uring_complete tracepoints (their records both start with ctx and req) bump the generation and keep the
- * cache off for a while: a completion is not always traced (IOSQE_CQE_SKIP_SUCCESS) */
+ * (io_uring_submit_sqe before 6.2) and io_uring_complete tracepoints (their records all start with ctx and req) bump
+ * the generation and keep the cache off for a while: a completion is not always traced (IOSQE_CQE_SKIP_SUCCESS) */
 #define UW_IORING_OP_RENAMEAT 35
 #define UW_IORING_OP_UNLINKAT 36
 struct uw_uring_args {

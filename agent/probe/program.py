@@ -109,7 +109,9 @@ LSM_HOOKS = ("path_unlink", "path_rmdir", "path_rename", "inode_rename")  # enfo
 SYSCALLS = ("unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2")  # uw_sys_enter's and uw_sys_exit's
 # walk.h's directory cache: the syscalls that can move a directory other than by renaming it (uw_dirc_changed)
 MOUNT_SYSCALLS = ("mount", "umount", "move_mount", "pivot_root", "unshare", "setns")
-URING_TRACEPOINTS = ("io_uring_submit_req", "io_uring_complete")  # tracepoint mode's view of io_uring renames
+# tracepoint mode's view of io_uring renames: each hook by the names kernels have given it, newest first (6.1's
+# io_uring_submit_sqe became io_uring_submit_req in 6.2; both records start with ctx and req)
+URING_TRACEPOINTS = (("io_uring_submit_req", "io_uring_submit_sqe"), ("io_uring_complete",))
 DEGRADED_DIR_CACHE = "the directory cache is off (every relative deletion walks its directory)"
 DEGRADED_LSM_DIRS = "block rules walk every directory (no cache)"
 SEQLOCKS = ("rename_lock", "mount_lock")  # enforce.h's lsm_seqs, in order
@@ -488,7 +490,8 @@ class Probe:
                     where = f"syscalls:sys_exit_{call}"
                     b.attach_tracepoint(tp=where.encode(), fn_name=b"uw_dirc_changed")
                 if self.cfg.mode == "tracepoint" and self.offsets.get("OFF_IO_KIOCB_OPCODE"):
-                    for tp in URING_TRACEPOINTS:
+                    for names in URING_TRACEPOINTS:
+                        tp = next((n for n in names if tracefs.has_event("io_uring", n)), names[0])
                         where = f"io_uring:{tp}"
                         b.attach_tracepoint(tp=where.encode(), fn_name=b"uw_dirc_uring")
         except Exception as e:  # bcc raises bare Exception

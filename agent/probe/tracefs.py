@@ -26,6 +26,11 @@ class Mounted:
     record: runstate.Record | None
 
 
+def has_event(system: str, name: str) -> bool:
+    """Whether the kernel has the tracepoint system:name (tracefs mounted)."""
+    return any((p / system / name).is_dir() for p in _EVENTS)
+
+
 def _run(cmd: list[str]) -> str:
     """Runs mount(8) or umount(8): "" when it worked, else why not (its error, or that the image lacks it)."""
     try:

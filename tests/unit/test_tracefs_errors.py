@@ -32,3 +32,13 @@ def test_a_missing_umount_binary_leaves_tracefs_recorded_with_a_warning(
     assert "tracefs left mounted" in caplog.text
     assert len(list((tmp_path / "state").glob("*.json"))) == 1  # clean-host can still undo it
     rec.done()
+
+
+def test_a_tracepoint_is_found_under_either_place_tracefs_shows_its_events(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = tmp_path / "tracing" / "events", tmp_path / "debug" / "events"
+    (second / "io_uring" / "io_uring_submit_sqe").mkdir(parents=True)
+    first.mkdir(parents=True)
+    monkeypatch.setattr(tracefs, "_EVENTS", (first, second))
+    assert tracefs.has_event("io_uring", "io_uring_submit_sqe")
+    assert not tracefs.has_event("io_uring", "io_uring_submit_req")

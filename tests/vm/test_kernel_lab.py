@@ -107,13 +107,16 @@ _CAPTURE, _ENFORCE = "tests/kernel/test_capture.py", "tests/kernel/test_enforcem
 LIVE_ONLY = {"tests/kernel/test_ring_laps.py",
              # a damaged kept compile is user space's to set aside (objcache.py), in every mode alike; the compile
              # it forces costs 80 s under emulation
-             "tests/kernel/test_object_fallback.py"}
+             "tests/kernel/test_object_fallback.py",
+             # bench.lines reads perf's samples and the kernel's line tables alike in every mode; it compiles too
+             "tests/kernel/test_lines_profile.py"}
 LAB_FILES = {
     "fentry": ["tests/kernel", *(f"--ignore={f}" for f in sorted(LIVE_ONLY))],
     # its own entry hooks; the policy's ignore and audit decisions at its exit
     "kprobe": [_CAPTURE, "tests/kernel/test_node_policy.py", _ENFORCE, "tests/kernel/test_destroyed.py"],
-    # the older dentry layout (the rename lookup, the walk) and BPF LSM beside syscall tracepoints
-    "tracepoint": [_CAPTURE, _ENFORCE],
+    # the older dentry layout (the rename lookup, the walk) and BPF LSM beside syscall tracepoints; the directory
+    # cache's io_uring tracepoint by its 6.1 name
+    "tracepoint": [_CAPTURE, _ENFORCE, "tests/kernel/test_dir_cache.py"],
 }
 
 
