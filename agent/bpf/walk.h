@@ -149,15 +149,18 @@ static __always_inline int uw_dirc_same(struct uw_dirc_entry *e, __u64 gen, void
 
 /* A cached directory's path into the record at `at`, eight bytes at a time by plain loads and stores (both are map
  * memory): a probe read cost more than the copy of a path this short. The last word may carry up to seven bytes past
- * the path, into the record's buffer after it, where nothing of the record lies yet. */
+ * the path, into the record's buffer after it, where nothing of the record lies yet. The path goes after a raw
+ * argument of up to UW_PATH_MAX - 1 bytes, so past UW_PATH_MAX in the record's buffer (it has twice that): the
+ * index is masked to the whole buffer, never wrapped onto the argument. */
 static __always_inline void uw_dirc_copy(struct uw_scratch *s, __u32 at, struct uw_dirc_entry *e, __u32 len)
 {
+	__u32 base = at & UW_MASK;
 	for (__u32 i = 0; i < UW_DIRC_MAX / 8; i++) {
 		__u32 o = i * 8;
 		if (o >= len)
 			break;
 		UW_OPAQUE(o);	/* an index, masked below: not a pointer the compiler steps */
-		*(__u64 *)&s->data[(at + o) & UW_MASK] = *(__u64 *)&e->path[o & (UW_DIRC_MAX - 8)];
+		*(__u64 *)&s->data[(base + o) & (2 * UW_PATH_MAX - 1)] = *(__u64 *)&e->path[o & (UW_DIRC_MAX - 8)];
 	}
 }
 

@@ -343,6 +343,32 @@ def test_paths_either_side_of_the_exits_short_read_arrive_whole(agent: AgentProc
     assert [e["raw_path"] for e in evs] == [str(p) for p in paths]
 
 
+def test_a_long_relative_path_from_a_cached_directory_arrives_whole(agent: AgentProcess, work: Path) -> None:
+    # the argument (3,981 bytes) and its directory (from the cache, filled by the first deletion) together pass
+    # 4,096 bytes: the directory goes after the argument, never over it
+    base = work / ("b" * 150)
+    base.mkdir()
+    (base / "first").touch()
+    parts = [f"{i:02d}" + "d" * 196 for i in range(19)]
+    fd = os.open(base, os.O_RDONLY)
+    try:  # made one level at a time: the whole path is longer than PATH_MAX
+        for part in parts:
+            os.mkdir(part, dir_fd=fd)
+            below = os.open(part, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        os.close(os.open("f" * 200, os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+    finally:
+        os.close(fd)
+    rel_file = "/".join(parts) + "/" + "f" * 200
+    assert len(rel_file) < 4096 < len(rel_file) + len(str(base))
+    pid = run_deleter(f"fd = os.open({str(base)!r}, os.O_RDONLY)\nos.unlink('first', dir_fd=fd)\n"
+                      f"os.unlink({rel_file!r}, dir_fd=fd)")
+    first, long = agent.wait_for(by_pid(pid), count=2)
+    assert first["path"] == str(base / "first")
+    assert long["raw_path"] == rel_file and long["path"] == str(base) + "/" + rel_file
+
+
 def busybox_jail(root: Path) -> Path:
     """A root for chroot: /bin/busybox, /etc/secret and an empty /data."""
     busybox = shutil.which("busybox")
