@@ -38,7 +38,6 @@ from unlinkwatch.agent.probe import bpfsys
 from bench import overhead, peers, workload
 from unlinkwatch import runstate
 
-BPF_PROG_GET_FD_BY_ID = 13
 OP_SYMBOLS = {"unlink": "do_unlinkat", "rename": "do_renameat2"}
 FREQ = 4000
 OWN = "(own code)"
@@ -64,10 +63,6 @@ class _ProgInfo(ctypes.Structure):
                 ("line_info", ctypes.c_uint64), ("jited_line_info", ctypes.c_uint64),
                 ("nr_jited_line_info", ctypes.c_uint32), ("line_info_rec_size", ctypes.c_uint32),
                 ("jited_line_info_rec_size", ctypes.c_uint32)]
-
-
-class _IdAttr(ctypes.Structure):
-    _fields_ = [("prog_id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
 
 
 class _LineInfo(ctypes.Structure):  # struct bpf_line_info
@@ -103,7 +98,7 @@ def source_lines(xlated: str) -> dict[int, str]:
 
 def load_program(prog_id: int) -> Program:
     """The program's ranges and line table from the kernel (bpf_prog_info, two calls: counts, then arrays)."""
-    fd = bpfsys.call(BPF_PROG_GET_FD_BY_ID, _IdAttr(prog_id, 0, 0))
+    fd = bpfsys.call(bpfsys.BPF_PROG_GET_FD_BY_ID, bpfsys.IdAttr(id=prog_id))
     try:
         info = _ProgInfo()
         bpfsys.call(bpfsys.BPF_OBJ_GET_INFO_BY_FD, bpfsys.InfoAttr(fd, ctypes.sizeof(info), ctypes.addressof(info)))

@@ -18,7 +18,9 @@ _SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_BTF_GET_FD_BY_ID = 19
 BPF_NOEXIST = 1  # map update flag: add only
 
 MAP_TYPE_PERCPU_ARRAY = 6
@@ -29,6 +31,12 @@ MAP_TYPE_RINGBUF = 27
 class _LookupAttr(ctypes.Structure):
     _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
                 ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+class IdAttr(ctypes.Structure):
+    """The attribute of the BPF_*_GET_FD_BY_ID commands: an object's id to an fd of it."""
+
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
 
 
 class InfoAttr(ctypes.Structure):

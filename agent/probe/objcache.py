@@ -36,7 +36,6 @@ KEEP = 16  # files kept: one per (mode, LSM or not, kernel, source); the oldest 
 BPF_MAP_CREATE = 0
 BPF_PROG_LOAD = 5
 BPF_BTF_LOAD = 18
-BPF_BTF_GET_FD_BY_ID = 19
 BPF_PSEUDO_MAP_FD = 1
 _LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW: a 16-byte instruction whose second half holds the upper 32 bits
 
@@ -237,10 +236,6 @@ class _ProgLoad(ctypes.Structure):
                 ("attach_btf_id", ctypes.c_uint32)]
 
 
-class _ById(ctypes.Structure):
-    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
-
-
 class _BtfInfo(ctypes.Structure):
     _fields_ = [("btf", ctypes.c_uint64), ("btf_size", ctypes.c_uint32), ("id", ctypes.c_uint32),
                 ("name", ctypes.c_uint64), ("name_len", ctypes.c_uint32), ("kernel_btf", ctypes.c_uint32)]
@@ -248,7 +243,7 @@ class _BtfInfo(ctypes.Structure):
 
 def btf_bytes(btf_id: int) -> bytes:
     """The raw BTF the kernel holds as `btf_id` (what bcc loaded for its maps)."""
-    fd = bpfsys.call(BPF_BTF_GET_FD_BY_ID, _ById(id=btf_id))
+    fd = bpfsys.call(bpfsys.BPF_BTF_GET_FD_BY_ID, bpfsys.IdAttr(id=btf_id))
     try:
         info = _BtfInfo()
         bpfsys.call(bpfsys.BPF_OBJ_GET_INFO_BY_FD, bpfsys.InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info),
