@@ -222,6 +222,10 @@ def perf_record(data: Path, freq: int = FREQ, ready_s: float = 60.0) -> Iterator
                                  str(data), "-D", "-1", "--control", f"fd:{ctl_r},{ack_w}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=(ctl_r, ack_w),
                                 preexec_fn=runstate.die_with_parent)
+    except BaseException:  # no perf: our ends go too
+        os.close(ctl_w)
+        os.close(ack_r)
+        raise
     finally:
         os.close(ctl_r)
         os.close(ack_w)

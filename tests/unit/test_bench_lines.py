@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from bench import lines
@@ -92,3 +95,11 @@ def test_a_configuration_that_is_not_in_the_table_is_refused_in_one_line(capsys:
     assert lines.main(["--config", "no such thing"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bench.lines: no configuration is named 'no such thing'") and err.count("\n") == 1
+
+
+def test_a_perf_that_cannot_start_leaves_no_descriptor_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError), lines.perf_record(tmp_path / "perf.data"):
+        pass
+    assert len(os.listdir("/proc/self/fd")) == before
