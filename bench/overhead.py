@@ -175,17 +175,26 @@ class PolicyAgent(UnlinkwatchAgent):
 
 
 class UnlinkwatchPipeline(UnlinkwatchAgent):
-    """Agent -> gRPC -> `unlinkwatch collector` on SQLite; events counted as rows in the store."""
+    """Agent -> gRPC -> `unlinkwatch collector` on SQLite; events counted as rows in the store.
+
+    The agent runs as deploy/daemonset.yaml runs it, with a disk spool. The collector stands in for one on
+    another machine (a Deployment, not on the busy node): it runs under SCHED_IDLE, so it takes the CPU time the
+    loop and the agent leave and catches up after the loop instead of competing with it on this machine's cores.
+    Its CPU (and its commit process's) is reported beside the agent's."""
 
     def __init__(self) -> None:
         super().__init__("tracepoint")
         self.name = "unlinkwatch agent + collector (SQLite)"
 
+    def command(self) -> list[str]:
+        return [*super().command(), "--spool", str(self.spool)]
+
     def start(self, workdir: Path, record: bool) -> None:
         Tracer.start(self, workdir, record)
         self.db = workdir / "events.db"
+        self.spool = workdir / "spool"
         self.collector = f"127.0.0.1:{free_port()}"
-        coll = self._spawn([str(UNLINKWATCH), "collector", "--listen", self.collector, "--db",
+        coll = self._spawn(["chrt", "--idle", "0", str(UNLINKWATCH), "collector", "--listen", self.collector, "--db",
                             f"sqlite:///{self.db}"], cwd=workdir)
         deadline = time.monotonic() + 30
         while not _connects(self.collector):
