@@ -343,6 +343,42 @@ def test_paths_either_side_of_the_exits_short_read_arrive_whole(agent: AgentProc
     assert [e["raw_path"] for e in evs] == [str(p) for p in paths]
 
 
+# the deleter: each path's bytes written at the start of a mapped page with 0xff after the NUL, then at the very end
+# of it, before a page mapped PROT_NONE, and deleted from there with unlinkat (the file made again in between)
+_AT_PAGE_EDGES = """
+import ctypes, mmap
+libc = ctypes.CDLL(None, use_errno=True)
+page = mmap.PAGESIZE
+m = mmap.mmap(-1, 2 * page)
+addr = ctypes.addressof((ctypes.c_char * (2 * page)).from_buffer(m))
+assert libc.mprotect(ctypes.c_void_p(addr + page), page, 0) == 0
+for p in PATHS:
+    b = p + b"\\0"
+    for off in (0, page - len(b)):
+        ctypes.memset(addr, 0xff, page)
+        ctypes.memmove(addr + off, b, len(b))
+        open(p, "wb").close()
+        if libc.unlinkat(-100, ctypes.c_void_p(addr + off), 0) != 0:
+            raise OSError(ctypes.get_errno(), p)
+"""
+
+
+def test_paths_read_before_an_unmapped_page_or_with_bytes_after_their_nul_arrive_whole(agent: AgentProcess,
+                                                                                       work: Path) -> None:
+    # user memory as a read of a fixed size (or word by word) would get it wrong: a path whose NUL is the last byte
+    # before an unmapped page, bytes after the NUL that are not zero, the NUL at each of a word's eight places, and
+    # bytes with their high bit set (UTF-8) before it
+    base = len(str(work)) + 1
+    paths = [work / ("é" + "q" * (length - base - 2)) for length in range(base + 3, base + 20)]
+    paths.append(work / ("ÿ" * ((127 - base) // 2)))
+    raw = [os.fsencode(p) for p in paths]
+    pid = run_deleter(_AT_PAGE_EDGES.replace("PATHS", repr(raw)))
+    evs = agent.wait_for(by_pid(pid), count=2 * len(paths))
+    assert [e["path"] for e in evs] == [str(p) for p in paths for _ in (0, 1)]
+    assert [e["raw_path"] for e in evs] == [str(p) for p in paths for _ in (0, 1)]
+    assert all(e["result"] == 0 and not e["path_truncated"] for e in evs)
+
+
 def test_a_long_relative_path_from_a_cached_directory_arrives_whole(agent: AgentProcess, work: Path) -> None:
     # the argument (3,981 bytes) and its directory (from the cache, filled by the first deletion) together pass
     # 4,096 bytes: the directory goes after the argument, never over it
