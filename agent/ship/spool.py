@@ -1,7 +1,10 @@
-"""Disk spool of serialized EventBatches: one file per batch, written before it is sent, removed on its ack.
+"""Disk spool of serialized EventBatches: one file per batch, removed on its ack. The shipper decides when a batch is
+written (shipper.py: while no stream delivers acks, once its ack is late, or when the agent stops).
 
 A file name carries its order, batch id and event count (`<index>-<batch_id>-<events>.batch`), so a restart
-can resend in order and count drops exactly without parsing. Files appear atomically (write + rename)."""
+can resend in order and count drops exactly without parsing. The order is reserved when the batch is made
+(reserve()), so batches written later than younger ones still resend in the order they were made. Files appear
+atomically (write + rename)."""
 
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ class Spool:
         except OSError as e:
             raise UserError(f"--spool: cannot use {directory}: {e.strerror}") from None
         self.bytes = 0
+        self.writes = 0  # files written by this process
         self._next = 1
         self._lock = threading.Lock()  # put() runs in the batcher thread, remove() in the ack reader
 
@@ -60,9 +64,13 @@ class Spool:
         self._next = max((f.index for f in files), default=0) + 1
         return files
 
-    def put(self, batch_id: int, events: int, data: bytes) -> SpoolFile:
+    def reserve(self) -> int:
+        """The next place in the spool's order, for a batch put() later."""
         with self._lock:
             index, self._next = self._next, self._next + 1
+        return index
+
+    def put(self, index: int, batch_id: int, events: int, data: bytes) -> SpoolFile:
         path = self.dir / f"{index:016d}-{batch_id}-{events}.batch"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
@@ -70,6 +78,7 @@ class Spool:
         os.replace(tmp, path)
         with self._lock:
             self.bytes += len(data)
+            self.writes += 1
         return SpoolFile(index, batch_id, events, len(data), path)
 
     def read(self, f: SpoolFile) -> bytes | None:

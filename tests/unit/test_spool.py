@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 from unlinkwatch.agent.metrics import AgentMetrics
 from unlinkwatch.agent.ship.shipper import Shipper, ShipperConfig
 from unlinkwatch.collector.query import EventFilter, query
+from unlinkwatch.collector.store import open_store
 
-from tests.support.collector import free_port, start_inprocess
+from tests.support.collector import free_port, start_inprocess, start_subprocess
 from tests.support.eventgen import events
 from unlinkwatch.pb import events_pb2 as pb
 
@@ -138,3 +140,99 @@ def test_a_spool_removes_only_the_unfinished_files_it_wrote_itself(tmp_path: Pat
         (d / name).write_text("someone else's")
     Spool(str(d), 1 << 20)
     assert sorted(p.name for p in d.iterdir()) == ["0000000000000007-3.tmp", "backup.tmp", "keep.batch", "notes.tmp"]
+
+
+def spooled_events(spool: Path) -> int:
+    return sum(int(p.name.split("-")[2].split(".")[0]) for p in spool.glob("*.batch"))
+
+
+def test_batches_acknowledged_in_time_never_touch_the_disk(tmp_path: Path) -> None:
+    c = start_inprocess(f"sqlite:///{tmp_path}/c.db")
+    spool = tmp_path / "spool"
+    s = shipper(c.port, "n:1", spool, batch_max_events=500, spool_after_s=5.0)
+    try:
+        s.submit(events("n:1", 1, 10), [])
+        wait_for(lambda: s.backlog() == 0)  # a stream delivers acks (before it, batches go to disk at once)
+        assert s._spool is not None
+        written = s._spool.writes
+        submit_all(s, events("n:1", 11, 5000))
+        wait_for(lambda: c.store.count() == 5010 and s.backlog() == 0)
+        assert s._spool.writes == written and list(spool.iterdir()) == []
+    finally:
+        s.close()
+        c.close()
+
+
+def test_batches_held_past_the_memory_bound_go_to_disk_even_with_acks_in_time(tmp_path: Path) -> None:
+    c = start_inprocess(f"sqlite:///{tmp_path}/c.db")
+    spool = tmp_path / "spool"
+    s = shipper(c.port, "n:1", spool, batch_max_events=500, spool_after_s=5.0, hold_max_bytes=1)
+    try:
+        s.submit(events("n:1", 1, 10), [])
+        wait_for(lambda: s.backlog() == 0)
+        assert s._spool is not None
+        written = s._spool.writes
+        submit_all(s, events("n:1", 11, 5000))
+        wait_for(lambda: c.store.count() == 5010 and s.backlog() == 0)
+        assert s._spool.writes > written and list(spool.iterdir()) == [] and s.lost()["queue"] == 0
+    finally:
+        s.close()
+        c.close()
+
+
+def test_batches_whose_acks_are_late_go_to_disk_and_leave_it_on_their_acks(tmp_path: Path) -> None:
+    port = free_port()
+    spool = tmp_path / "spool"
+    proc = start_subprocess(f"sqlite:///{tmp_path}/c.db", port, log_path=tmp_path / "collector.log")
+    s = shipper(port, "n:1", spool, batch_max_events=500, spool_after_s=0.3)
+    try:
+        s.submit(events("n:1", 1, 10), [])
+        wait_for(lambda: s.backlog() == 0)
+        proc.send_signal(signal.SIGSTOP)  # the collector hangs: its connection stays open and no ack comes
+        try:
+            submit_all(s, events("n:1", 11, 3000))
+            # each batch once its ack is 0.3 s late; well before gRPC gives the stream up (about 10 s), after
+            # which everything held goes to disk anyway
+            wait_for(lambda: spooled_events(spool) == 3000, timeout=5.0)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: s.backlog() == 0 and spooled_events(spool) == 0)
+        assert s.lost() == {"kernel": 0, "queue": 0, "transport": 0}
+    finally:
+        s.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_an_agent_stopped_while_the_collector_hangs_leaves_what_it_held_on_disk_for_the_next_start(
+        tmp_path: Path) -> None:
+    port = free_port()
+    db = f"sqlite:///{tmp_path}/c.db"
+    spool = tmp_path / "spool"
+    proc = start_subprocess(db, port, log_path=tmp_path / "collector.log")
+    try:
+        first = shipper(port, "n:run1", spool, batch_max_events=500, spool_after_s=600.0)
+        first.submit(events("n:run1", 1, 10), [])
+        wait_for(lambda: first.backlog() == 0)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            submit_all(first, events("n:run1", 11, 3000))
+            wait_for(lambda: first.backlog() == 3000 and not first._pending)
+            assert spooled_events(spool) == 0  # held in memory: no ack is late yet
+            first.close(timeout=0.3)
+            assert first.lost() == {"kernel": 0, "queue": 0, "transport": 0}
+            assert spooled_events(spool) == 3000
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        second = shipper(port, "n:run2", spool)
+        wait_for(lambda: second.backlog() == 0 and spooled_events(spool) == 0)
+        second.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    store = open_store(db)
+    try:
+        [a] = store.agents()
+        assert (a.agent, a.events, a.max_seq, a.gaps, a.lost_queue) == ("n:run1", 3010, 3010, 0, 0)
+    finally:
+        store.close()
