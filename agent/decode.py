@@ -92,9 +92,12 @@ def normalize(path: bytes) -> bytes:
 
 
 def join(directory: bytes, raw: bytes) -> bytes:
-    """The absolute path of `raw` as the process saw it; `directory` is "" for "/"."""
+    """The absolute path of `raw` as the process saw it; `directory` is "" for "/". The kernel writes `directory`
+    from dentry names, in normal form already: one name under it needs no normalisation."""
     if raw.startswith(b"/"):
         return normalize(raw)
+    if b"/" not in raw and raw != b"." and raw != b".." and directory[-1:] != b"/":
+        return directory + b"/" + raw
     return normalize(directory + b"/" + raw)
 
 

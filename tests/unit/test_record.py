@@ -71,6 +71,10 @@ def _codes(fmt: str) -> list[str]:
         (b"/ignored", b"/abs//p/./q/../r", b"/abs/p/r"),
         (b"/d", b"sub/", b"/d/sub"),
         (b"/d", b"caf\xe9", b"/d/caf\xe9"),
+        (b"/", b"a", b"/a"),
+        (b"/d", b".", b"/d"),
+        (b"/d/e", b"..", b"/d"),
+        (b"/d/.e", b"f", b"/d/.e/f"),
     ],
 )
 def test_relative_paths_join_their_directory_and_normalise(directory: bytes, raw: bytes, expected: bytes) -> None:
