@@ -323,15 +323,20 @@ class EventWriter:
                 + field(T_RENAME_TO_HOST_PATH, d.rename_to_host_path))
 
 
+def repeated(key: bytes, blobs: Sequence[bytes]) -> list[bytes]:
+    """A repeated length-delimited field as pieces for one join: each blob's key and length, then the blob itself,
+    so that every blob is copied once, into the join's result. (Each blob's key and length prepended to it first was
+    a copy of every blob more: 1.4 us an event of 1.2 KB against 0.08 us this way, a 4,096-event batch's temporaries
+    being megabytes.)"""
+    pieces: list[bytes] = [b""] * (2 * len(blobs))
+    pieces[0::2] = [key + varint(len(b)) for b in blobs]
+    pieces[1::2] = blobs
+    return pieces
+
+
 def batch_bytes(header: pb.EventBatch, events: Sequence[bytes]) -> bytes:
-    """EventBatch bytes from a header (no events) and serialized DeletionEvents, each event copied once: into the
-    result. (Each event's tag and length prepended to it first was a copy of every event more, 1.4 us an event of
-    1.2 KB against 0.08 us this way: 4,096 events' temporaries are megabytes.)"""
-    pieces: list[bytes] = [b""] * (2 * len(events) + 1)
-    pieces[0] = header.SerializeToString()
-    pieces[1::2] = [T_BATCH_EVENTS + varint(len(e)) for e in events]
-    pieces[2::2] = events
-    return b"".join(pieces)
+    """EventBatch bytes from a header (no events) and serialized DeletionEvents."""
+    return b"".join([header.SerializeToString(), *repeated(T_BATCH_EVENTS, events)])
 
 
 def _varint_at(raw: bytes, i: int) -> tuple[int, int]:
@@ -391,15 +396,7 @@ def batch_events(raw: bytes) -> list[bytes] | None:
 
 def query_response(blobs: Sequence[bytes], token: str) -> bytes:
     """The bytes of QueryResponse(events=blobs parsed, next_page_token=token), without any parse."""
-    parts: list[bytes] = []
-    append = parts.append
-    for b in blobs:
-        append(T_RESPONSE_EVENTS)
-        append(varint(len(b)))
-        append(b)
+    parts = repeated(T_RESPONSE_EVENTS, blobs)
     if token:
-        t = token.encode()
-        append(T_RESPONSE_TOKEN)
-        append(varint(len(t)))
-        append(t)
+        parts.append(field(T_RESPONSE_TOKEN, token.encode()))
     return b"".join(parts)
