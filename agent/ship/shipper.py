@@ -74,6 +74,11 @@ class _Entry:
     done: bool = False          # acknowledged or dropped
 
 
+def _unwritten(e: _Entry) -> bool:
+    """A batch for the spool that is only in memory yet (counted in Shipper._held)."""
+    return bool(e.index) and e.file is None
+
+
 class Shipper:
     def __init__(self, cfg: ShipperConfig, metrics: AgentMetrics) -> None:
         self.cfg, self._m = cfg, metrics
@@ -214,12 +219,12 @@ class Shipper:
     def _enqueue(self, batch_id: int, n: int, data: bytes, spool: bool) -> None:
         e = _Entry(batch_id, n, data, None, own=True, made_at=time.monotonic(),
                    index=self._spool.reserve() if self._spool and spool else 0)
-        if e.index and not self._acking:  # nothing acknowledges it soon: to disk before it is queued
-            e.file, e.data = self._spool.put(e.index, batch_id, n, data), None  # type: ignore[union-attr]
+        if self._spool and e.index and not self._acking:  # nothing acknowledges it soon: to disk before it is queued
+            e.file, e.data = self._spool.put(e.index, batch_id, n, data), None
         with self._cond:
             self._outbox.append(e)
             self._queued += n
-            if e.index and e.file is None:
+            if _unwritten(e):
                 self._held += len(data)
             self._last_batch_at = time.monotonic()
             self._make_room()
@@ -228,15 +233,17 @@ class Shipper:
                 self._m.spool_bytes.set(self._spool.bytes)
             self._cond.notify_all()
 
+    def _due(self, e: _Entry, now: float, held: int) -> bool:
+        """Whether a batch held in memory is due on disk, with `held` bytes held (lock held): no stream delivers
+        acks, more than hold_max_bytes are held, or its ack is spool_after_s late."""
+        return not self._acking or held > self.cfg.hold_max_bytes or now - e.made_at >= self.cfg.spool_after_s
+
     def _late(self, now: float) -> bool:
-        """Whether a batch held in memory is due on disk: no stream delivers acks, more than hold_max_bytes are
-        held, or the oldest's ack is spool_after_s late (lock held)."""
+        """Whether the oldest batch held in memory is due on disk (lock held)."""
         if not self._held:
             return False
-        if not self._acking or self._held > self.cfg.hold_max_bytes:
-            return True
-        oldest = next((e for e in (*self._inflight, *self._outbox) if e.index and e.file is None), None)
-        return oldest is not None and now - oldest.made_at >= self.cfg.spool_after_s
+        oldest = next((e for e in (*self._inflight, *self._outbox) if _unwritten(e)), None)
+        return oldest is not None and self._due(oldest, now, self._held)
 
     def _spool_late(self, everything: bool = False) -> None:
         """Writes the batches _late() finds due (all that are held, with `everything`), oldest first, outside the
@@ -251,10 +258,7 @@ class Shipper:
                 return
             now, held, due = time.monotonic(), self._held, []
             for e in (*self._inflight, *self._outbox):
-                if not e.index or e.file is not None or e.data is None:
-                    continue
-                if (everything or not self._acking or held > self.cfg.hold_max_bytes
-                        or now - e.made_at >= self.cfg.spool_after_s):
+                if _unwritten(e) and e.data is not None and (everything or self._due(e, now, held)):
                     due.append((e, e.data))
                     held -= len(e.data)
         for e, data in due:
@@ -275,7 +279,7 @@ class Shipper:
         file."""
         e.done = True
         if e.file is None:
-            if e.index and e.data is not None:
+            if _unwritten(e) and e.data is not None:
                 self._held -= len(e.data)
             return False
         if self._spool:
@@ -365,8 +369,8 @@ class Shipper:
                 log.warning("ack out of order", extra={"fields": {"want": e.batch_id, "got": ack.batch_id}})
             self._queued -= e.events
             self._acking = True
-            if self._finish(e):
-                self._m.spool_bytes.set(self._spool.bytes)  # type: ignore[union-attr]
+            if self._finish(e) and self._spool:
+                self._m.spool_bytes.set(self._spool.bytes)
             self._m.queue_depth.set(self._queued + len(self._pending))
             self._cond.notify_all()
         self._m.batches.inc()
