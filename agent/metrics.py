@@ -22,6 +22,9 @@ class AgentMetrics:
         self.batches = Counter("unlinkwatch_agent_batches_acked", "Batches acknowledged by the collector",
                                registry=r)
         self.spool_bytes = Gauge("unlinkwatch_agent_spool_bytes", "Bytes waiting in the disk spool", registry=r)
+        self.spool_write_errors = Counter("unlinkwatch_agent_spool_write_errors", "Batches the disk spool refused "
+                                          "(a full or failing disk): they stay in memory and the write is retried",
+                                          registry=r)
         self.queue_depth = Gauge("unlinkwatch_agent_queue_events", "Events waiting in memory", registry=r)
         self.connected = Gauge("unlinkwatch_agent_collector_connected", "1 while the stream is up", registry=r)
         self.ship_latency = Histogram("unlinkwatch_agent_ack_latency_seconds", "Batch send to ack",

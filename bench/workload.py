@@ -103,14 +103,15 @@ def tmpfs_inodes(max_files: int) -> int:
 
 
 @contextlib.contextmanager
-def tmpfs_mount(max_files: int = 1_000_000) -> Iterator[Path]:
+def tmpfs_mount(max_files: int = 1_000_000, size: str = "2g") -> Iterator[Path]:
     """A private tmpfs mounted on a fresh temp dir; unmounted and removed afterwards (recorded for make
     clean-host, should the run be killed). Its size caps the data and nr_inodes the files: empty files cost
-    memory (INODE_BYTES each) that the size cap does not count, so the cap must match the step."""
+    memory (INODE_BYTES each) that the size cap does not count, so the cap must match the step. `size`: mount's
+    size= (a small one makes a disk that fills)."""
     mnt, rec = runstate.temp_dir("uwbench-tmpfs-")
     mount = runstate.record("mount", path=str(mnt))
     try:
-        _run_root(["mount", "-t", "tmpfs", "-o", f"size=2g,nr_inodes={tmpfs_inodes(max_files)},mode=0755",
+        _run_root(["mount", "-t", "tmpfs", "-o", f"size={size},nr_inodes={tmpfs_inodes(max_files)},mode=0755",
                    "uwbench", str(mnt)])
         try:
             yield mnt

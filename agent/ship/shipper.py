@@ -9,7 +9,12 @@ ack is SPOOL_AFTER_S late (a collector that hangs or falls behind), when the bat
 HOLD_MAX_BYTES, and when the agent stops. A batch acknowledged in time never touches the disk: writing every batch
 cost the shipping agent about 2 us of CPU an event (a 1.2 KB event's bytes into the page cache, then freed on the
 ack). What an agent killed outright (SIGKILL, out of memory) held for less than SPOOL_AFTER_S is lost with it, as
-what the kernel's ring and the pending batch held always was."""
+what the kernel's ring and the pending batch held always was.
+
+A spool write that fails (a full disk, an I/O error) leaves its batch in memory, counted in
+unlinkwatch_agent_spool_write_errors_total and logged once until a write succeeds again; writes are retried
+SPOOL_RETRY_S later. Meanwhile what is held in memory beyond HOLD_MAX_BYTES counts against the spool's bound, so a
+broken disk and a collector down together drop the oldest batches (counted) instead of growing without end."""
 
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ HEARTBEAT_S = 10.0       # an empty batch when idle, so the collector sees the a
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.2, 5.0
 SPOOL_AFTER_S = 1.0      # with a spool: a batch unacknowledged this long after it was made goes to disk
 HOLD_MAX_BYTES = 64 << 20  # with a spool: unwritten batches held in memory beyond this go to disk at once
+SPOOL_RETRY_S = 1.0      # with a spool: after a failed write, the next one this much later
 
 
 @dataclass
@@ -93,6 +99,7 @@ class Shipper:
         self._held = 0                    # bytes of spoolable batches in memory and not yet on disk
         self._acking = False              # a stream delivers acks (False: the next batches go to disk at once)
         self._writing = threading.Lock()  # one _spool_late() at a time: close() may run while the batcher ends
+        self._spool_retry_at = 0.0        # after a failed spool write: no other before this (monotonic)
         self._next_batch = 1
         self._last_seq = 0
         self._lost = {"kernel": 0, "queue": 0, "transport": 0}
@@ -220,7 +227,9 @@ class Shipper:
         e = _Entry(batch_id, n, data, None, own=True, made_at=time.monotonic(),
                    index=self._spool.reserve() if self._spool and spool else 0)
         if self._spool and e.index and not self._acking:  # nothing acknowledges it soon: to disk before it is queued
-            e.file, e.data = self._spool.put(e.index, batch_id, n, data), None
+            e.file = self._put(self._spool, e, data)
+            if e.file:
+                e.data = None
         with self._cond:
             self._outbox.append(e)
             self._queued += n
@@ -240,7 +249,7 @@ class Shipper:
 
     def _late(self, now: float) -> bool:
         """Whether the oldest batch held in memory is due on disk (lock held)."""
-        if not self._held:
+        if not self._held or now < self._spool_retry_at:
             return False
         oldest = next((e for e in (*self._inflight, *self._outbox) if _unwritten(e)), None)
         return oldest is not None and self._due(oldest, now, self._held)
@@ -262,7 +271,9 @@ class Shipper:
                     due.append((e, e.data))
                     held -= len(e.data)
         for e, data in due:
-            f = spool.put(e.index, e.batch_id, e.events, data)
+            f = self._put(spool, e, data, now_or_never=everything)
+            if f is None:
+                break  # the rest stay in memory too, until the retry
             with self._cond:
                 if e.done:
                     spool.remove(f)
@@ -273,6 +284,25 @@ class Shipper:
                     e.data = None  # read back from its file when it is sent
         if due:
             self._m.spool_bytes.set(spool.bytes)
+
+    def _put(self, spool: Spool, e: _Entry, data: bytes, now_or_never: bool = False) -> SpoolFile | None:
+        """The batch written to the spool, or None when the disk refused it; after a refusal no write is tried
+        before the retry time, unless `now_or_never` (the agent stops)."""
+        if time.monotonic() < self._spool_retry_at and not now_or_never:
+            return None
+        try:
+            f = spool.put(e.index, e.batch_id, e.events, data)
+        except OSError as err:
+            self._m.spool_write_errors.inc()
+            if not self._spool_retry_at:
+                log.error("spool write failed; batches stay in memory", extra={"fields": {
+                    "spool": str(spool.dir), "error": err.strerror or str(err), "retry_in_s": SPOOL_RETRY_S}})
+            self._spool_retry_at = time.monotonic() + SPOOL_RETRY_S
+            return None
+        if self._spool_retry_at:
+            log.info("spool writable again", extra={"fields": {"spool": str(spool.dir)}})
+            self._spool_retry_at = 0.0
+        return f
 
     def _finish(self, e: _Entry) -> bool:
         """An acknowledged or dropped batch's file removed and its memory released (lock held); True if it had a
@@ -287,10 +317,12 @@ class Shipper:
         return True
 
     def _make_room(self) -> None:
-        """Drop the oldest batches not in flight while the spool (or, without one, the queue) is over its bound."""
+        """Drop the oldest batches not in flight while the spool (or, without one, the queue) is over its bound.
+        The spool's bound covers what is on disk and what is held in memory beyond hold_max_bytes (only while
+        writes fail does that stay for long)."""
         def over() -> bool:
             if self._spool:
-                return self._spool.bytes > self._spool.max_bytes
+                return self._spool.bytes + max(0, self._held - self.cfg.hold_max_bytes) > self._spool.max_bytes
             return self._queued > self.cfg.queue_max_events
 
         while over() and len(self._outbox) > 1:

@@ -8,6 +8,7 @@ atomically (write + rename)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -71,11 +72,17 @@ class Spool:
         return index
 
     def put(self, index: int, batch_id: int, events: int, data: bytes) -> SpoolFile:
+        """The batch's file; OSError (a full or failing disk) leaves nothing behind."""
         path = self.dir / f"{index:016d}-{batch_id}-{events}.batch"
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
         with self._lock:
             self.bytes += len(data)
             self.writes += 1
@@ -89,6 +96,9 @@ class Spool:
             return None
 
     def remove(self, f: SpoolFile) -> None:
-        f.path.unlink(missing_ok=True)
+        try:
+            f.path.unlink(missing_ok=True)
+        except OSError as e:  # resent by the next start if it is still there; the collector drops repeats
+            log.error("spooled batch not removed", extra={"fields": {"path": str(f.path), "error": str(e)}})
         with self._lock:
             self.bytes -= f.size

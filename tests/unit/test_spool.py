@@ -12,6 +12,8 @@ from unlinkwatch.agent.ship.shipper import Shipper, ShipperConfig
 from unlinkwatch.collector.query import EventFilter, query
 from unlinkwatch.collector.store import open_store
 
+from bench import workload
+from tests.conftest import require_root
 from tests.support.collector import free_port, start_inprocess, start_subprocess
 from tests.support.eventgen import events
 from unlinkwatch.pb import events_pb2 as pb
@@ -236,3 +238,53 @@ def test_an_agent_stopped_while_the_collector_hangs_leaves_what_it_held_on_disk_
         assert (a.agent, a.events, a.max_seq, a.gaps, a.lost_queue) == ("n:run1", 3010, 3010, 0, 0)
     finally:
         store.close()
+
+
+def spool_write_errors(s: Shipper) -> float:
+    return s._m.registry.get_sample_value("unlinkwatch_agent_spool_write_errors_total") or 0.0
+
+
+def test_a_full_spool_disk_keeps_the_batches_in_memory_and_the_collector_gets_them_all(tmp_path: Path) -> None:
+    require_root()
+    port = free_port()
+    with workload.tmpfs_mount(max_files=1000, size="128k") as disk:  # a real disk that fills: ENOSPC
+        spool = disk / "spool"
+        s = shipper(port, "n:1", spool, batch_max_events=100)
+        try:
+            submit_all(s, events("n:1", 1, 5000))  # collector down: each batch to disk at once, until it is full
+            wait_for(lambda: spool_write_errors(s) > 0 and not s._pending and s.backlog() == 5000)
+            assert 0 < spooled_events(spool) < 5000 and list(spool.glob("*.tmp")) == []
+            submit_all(s, events("n:1", 5001, 1000))  # the batcher still runs
+            wait_for(lambda: not s._pending and s.backlog() == 6000)
+            c = start_inprocess(f"sqlite:///{tmp_path}/c.db", port=port)
+            wait_for(lambda: c.store.count() == 6000 and s.backlog() == 0)
+            stored = [e.seq for e in query(c.store, EventFilter(), None, 10_000)[0]]
+            assert stored == list(range(1, 6001)) and s.lost() == {"kernel": 0, "queue": 0, "transport": 0}
+            assert spooled_events(spool) == 0
+            c.close()
+        finally:
+            s.close(timeout=0.5)
+
+
+def test_with_the_spool_disk_full_and_the_collector_down_memory_stays_bounded_and_drops_are_counted(
+        tmp_path: Path) -> None:
+    require_root()
+    port = free_port()
+    with workload.tmpfs_mount(max_files=1000, size="64k") as disk:
+        spool = disk / "spool"
+        s = shipper(port, "n:1", spool, batch_max_events=100, spool_max_bytes=300_000, hold_max_bytes=1)
+        try:
+            for i in range(0, 5000, 100):  # one batch per submit
+                s.submit(events("n:1", i + 1, 100), [])
+                wait_for(lambda: not s._pending)
+            assert spool_write_errors(s) > 0
+            assert s._spool is not None and s._spool.bytes + s._held <= 300_000 + 1 + 40_000  # a batch's slack
+            lost = s.lost()["queue"]
+            assert 0 < lost < 5000 and lost % 100 == 0
+            c = start_inprocess(f"sqlite:///{tmp_path}/c.db", port=port)
+            wait_for(lambda: s.backlog() == 0 and c.store.count() == 5000 - lost)
+            stored = [e.seq for e in query(c.store, EventFilter(), None, 10_000)[0]]
+            assert stored == list(range(lost + 1, 5001))  # exactly the oldest were dropped
+            c.close()
+        finally:
+            s.close(timeout=0.5)
