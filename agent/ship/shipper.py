@@ -62,6 +62,7 @@ class ShipperConfig:
     batch_max_events: int = 4096
     batch_max_delay_s: float = 0.2
     queue_max_events: int = 1_000_000
+    queue_max_bytes: int = 256 << 20  # without a spool: batches waiting in memory beyond this drop the oldest
     node_policy: Callable[[], pb.NodePolicy] | None = None  # this node's policy, sent with each batch
     spool_after_s: float = SPOOL_AFTER_S
     hold_max_bytes: int = HOLD_MAX_BYTES
@@ -77,6 +78,7 @@ class _Entry:
     sent_at: float = 0.0
     made_at: float = 0.0
     index: int = 0              # its place in the spool's order, reserved when it was made; 0: never spooled
+    size: int = 0               # bytes of its batch
     done: bool = False          # acknowledged or dropped
 
 
@@ -96,6 +98,7 @@ class Shipper:
         self._outbox: deque[_Entry] = deque()
         self._inflight: deque[_Entry] = deque()
         self._queued = 0                  # events in outbox + inflight
+        self._queued_bytes = 0            # their batches' bytes
         self._held = 0                    # bytes of spoolable batches in memory and not yet on disk
         self._acking = False              # a stream delivers acks (False: the next batches go to disk at once)
         self._writing = threading.Lock()  # one _spool_late() at a time: close() may run while the batcher ends
@@ -122,8 +125,9 @@ class Shipper:
         if self._spool:
             old = self._spool.load()
             for f in old:
-                self._outbox.append(_Entry(f.batch_id, f.events, None, f, own=False))
+                self._outbox.append(_Entry(f.batch_id, f.events, None, f, own=False, size=f.size))
                 self._queued += f.events
+                self._queued_bytes += f.size
             if old:
                 log.info("resending spooled batches", extra={"fields": {"batches": len(old),
                                                                          "events": sum(f.events for f in old)}})
@@ -225,7 +229,7 @@ class Shipper:
 
     def _enqueue(self, batch_id: int, n: int, data: bytes, spool: bool) -> None:
         e = _Entry(batch_id, n, data, None, own=True, made_at=time.monotonic(),
-                   index=self._spool.reserve() if self._spool and spool else 0)
+                   index=self._spool.reserve() if self._spool and spool else 0, size=len(data))
         if self._spool and e.index and not self._acking:  # nothing acknowledges it soon: to disk before it is queued
             e.file = self._put(self._spool, e, data)
             if e.file:
@@ -233,6 +237,7 @@ class Shipper:
         with self._cond:
             self._outbox.append(e)
             self._queued += n
+            self._queued_bytes += e.size
             if _unwritten(e):
                 self._held += len(data)
             self._last_batch_at = time.monotonic()
@@ -308,6 +313,7 @@ class Shipper:
         """An acknowledged or dropped batch's file removed and its memory released (lock held); True if it had a
         file."""
         e.done = True
+        self._queued_bytes -= e.size
         if e.file is None:
             if _unwritten(e) and e.data is not None:
                 self._held -= len(e.data)
@@ -317,13 +323,14 @@ class Shipper:
         return True
 
     def _make_room(self) -> None:
-        """Drop the oldest batches not in flight while the spool (or, without one, the queue) is over its bound.
+        """Drop the oldest batches not in flight while the spool (or, without one, the queue: events or bytes) is
+        over its bound.
         The spool's bound covers what is on disk and what is held in memory beyond hold_max_bytes (only while
         writes fail does that stay for long)."""
         def over() -> bool:
             if self._spool:
                 return self._spool.bytes + max(0, self._held - self.cfg.hold_max_bytes) > self._spool.max_bytes
-            return self._queued > self.cfg.queue_max_events
+            return self._queued > self.cfg.queue_max_events or self._queued_bytes > self.cfg.queue_max_bytes
 
         while over() and len(self._outbox) > 1:
             old = self._outbox.popleft()

@@ -132,6 +132,25 @@ def test_without_a_spool_the_bounded_queue_drops_the_oldest_and_counts_them(tmp_
         s.close(timeout=0.5)
 
 
+def test_without_a_spool_the_queue_is_bounded_in_bytes_too_and_drops_the_oldest(tmp_path: Path) -> None:
+    port = free_port()
+    s = shipper(port, "n:1", queue_max_bytes=60_000, batch_max_events=100)  # events of a few hundred bytes
+    try:
+        for i in range(0, 3000, 100):
+            s.submit(events("n:1", i + 1, 100), [])
+            wait_for(lambda: not s._pending)
+            assert s._queued_bytes <= 60_000 + 40_000  # a batch over at most, until the next is made
+        lost = s.lost()["queue"]
+        assert 0 < lost < 3000 and lost % 100 == 0
+        c = start_inprocess(f"sqlite:///{tmp_path}/c.db", port=port)
+        wait_for(lambda: s.backlog() == 0 and c.store.count() == 3000 - lost)
+        stored = [e.seq for e in query(c.store, EventFilter(), None, 10_000)[0]]
+        assert stored == list(range(lost + 1, 3001)) and s._queued_bytes == 0
+        c.close()
+    finally:
+        s.close(timeout=0.5)
+
+
 def test_a_spool_removes_only_the_unfinished_files_it_wrote_itself(tmp_path: Path) -> None:
     from unlinkwatch.agent.ship.spool import Spool
 
