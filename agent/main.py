@@ -291,6 +291,9 @@ def _loop(attached: probe.Attached, pipeline: Pipeline, metrics: AgentMetrics, o
                 lost_seen = lost
             if out.set_kernel_lost is not None:
                 out.set_kernel_lost(lost_seen)
+            late = attached.probe.attach_late(now)
+            if late:
+                log.info(late)
             dirc, lsm_dirs = attached.probe.dir_caches()
             dirc_seen = _count_hits(metrics.dir_cache, dirc, dirc_seen)
             lsm_dirs_seen = _count_hits(metrics.enforce_dir_cache, lsm_dirs, lsm_dirs_seen)

@@ -10,6 +10,7 @@ mmap (ringbuf.py) and the drop counter by bpf(2) (bpfsys.py)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -17,19 +18,24 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from typing import Any
 
 from unlinkwatch.errors import UserError
 
+from . import bpfsys
 from .bpfsys import PercpuHeads
 from .btf import BtfError
-from .program import ProbeConfig, ProbeError
+from .program import BPF_RAW_TRACEPOINT_OPEN, DEGRADED_EXT4_UNLINK, EXT4_MODULE, ProbeConfig, ProbeError, RawTpOpen
 
 log = logging.getLogger("unlinkwatch.loader")
 
 _MAX_MSG = 1 << 20
 _MAX_FDS = 250  # below the kernel's SCM_MAX_FD (253)
+EXT4_TRACEPOINT, EXT4_PROG = "ext4_unlink_enter", "prog:uw_ext4_unlink"
+LATE_ATTEMPTS = 5  # attempts once the module is there (its tracepoints register just after its sysfs entry)
+LATE_EVERY_S = 1.0
 
 
 class HeldProbe:
@@ -46,6 +52,10 @@ class HeldProbe:
         self.from_cache: bool = bool(meta.get("from_cache", False))  # loaded from a kept compile (objcache.py)
         self.object = "cached" if self.from_cache else "compiled"  # as the "attached" line and doctor say it
         self._tracefs_events: list[tuple[str, str]] = [(f, e) for f, e in meta.get("tracefs_events", [])]
+        # a tracepoint whose module was not loaded when the programs attached: attach_late() tries again
+        self._late_tries = LATE_ATTEMPTS if EXT4_PROG in fds and any(
+            d.startswith(DEGRADED_EXT4_UNLINK) for d in self.degraded) else 0
+        self._late_next = 0.0
         self.ringbuf_size: int = cfg.ringbuf_pages * os.sysconf("SC_PAGE_SIZE")
         try:
             self.ringbuf_fd = fds["map:events"]
@@ -55,6 +65,29 @@ class HeldProbe:
         except (KeyError, OSError) as e:
             self.close()
             raise ProbeError(f"{cfg.mode}: the loader handed over no usable ring buffer / counters ({e})") from e
+
+    def attach_late(self, now: float | None = None) -> str:
+        """ext4's unlink tracepoint attached, if the start had to do without it and the ext4 module has loaded
+        since: what the agent says in its log ("" when nothing was attached). Called every LOST_POLL_S or so;
+        looks at most every LATE_EVERY_S, and gives up after LATE_ATTEMPTS refusals with the module there."""
+        now = time.monotonic() if now is None else now
+        if not self._late_tries or now < self._late_next:
+            return ""
+        self._late_next = now + LATE_EVERY_S
+        if not EXT4_MODULE.is_dir():
+            return ""
+        name = ctypes.create_string_buffer(EXT4_TRACEPOINT.encode())
+        try:
+            link = bpfsys.call(BPF_RAW_TRACEPOINT_OPEN, RawTpOpen(name=ctypes.addressof(name),
+                                                                  prog_fd=self.fds[EXT4_PROG]))
+        except OSError as e:
+            self._late_tries -= 1
+            log.debug("ext4_unlink_enter refused", extra={"fields": {"error": os.strerror(e.errno or 0)}})
+            return ""
+        self._late_tries = 0
+        self.fds[f"raw_tracepoint:{EXT4_TRACEPOINT}"] = link
+        self.degraded = [d for d in self.degraded if not d.startswith(DEGRADED_EXT4_UNLINK)]
+        return f"the ext4 module loaded: ext4 unlinks report what they destroy from now on ({EXT4_TRACEPOINT})"
 
     def kernel_lost(self) -> int:
         return self._lost.sums()[0]

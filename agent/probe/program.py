@@ -105,6 +105,9 @@ OPTIONAL = {"OFF_FILENAME_UPTR", "OFF_RENAMEDATA_NEW_DENTRY", "OFF_IO_KIOCB_OPCO
 # How each feature a mode's kernel refused begins its line in Probe.degraded (doctor reports them apart)
 DEGRADED_RENAME_LOOKUP = "renames over existing targets are not reported"
 DEGRADED_EXT4_UNLINK = "what an unlink destroys (inode, size, links) is not read"
+# ext4 as a module (Debian's 6.1; a node with an XFS root and ext4 volumes) has no tracepoints before it loads,
+# which may be after the agent starts: HeldProbe.attach_late() attaches then. Built in, it is there from boot.
+EXT4_MODULE = Path("/sys/module/ext4")
 LSM_HOOKS = ("path_unlink", "path_rmdir", "path_rename", "inode_rename")  # enforce.h's programs
 SYSCALLS = ("unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2")  # uw_sys_enter's and uw_sys_exit's
 # walk.h's directory cache: the syscalls that can move a directory other than by renaming it (uw_dirc_changed)
@@ -133,7 +136,7 @@ class ProbeConfig:
     extra_cflags: tuple[str, ...] = field(default_factory=tuple)
 
 
-class _RawTpOpen(ctypes.Structure):
+class RawTpOpen(ctypes.Structure):
     _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32)]
 
 
@@ -157,7 +160,7 @@ def fentry_refusal(btf: Btf, fn: str) -> str:
         why = os.strerror(cause.errno) if isinstance(cause, OSError) and cause.errno else str(e)
         return f"the kernel refuses fentry programs (BPF_PROG_LOAD: {why})"
     try:
-        link = bpfsys.call(BPF_RAW_TRACEPOINT_OPEN, _RawTpOpen(name=0, prog_fd=fd))
+        link = bpfsys.call(BPF_RAW_TRACEPOINT_OPEN, RawTpOpen(name=0, prog_fd=fd))
         os.close(link)
     except OSError as e:
         return f"the kernel loads fentry programs but will not attach one to {fn} ({os.strerror(e.errno or 0)})"
@@ -548,6 +551,8 @@ class Probe:
                 self._bpf.attach_raw_tracepoint(tp=b"ext4_unlink_enter", fn_name=b"uw_ext4_unlink")
         except Exception as e:  # bcc raises bare Exception
             reason = _first_error(err.getvalue()) or str(e)
+            if not EXT4_MODULE.is_dir():
+                reason += "; the ext4 module is not loaded: attached once it is"
             self.degraded.append(f"{DEGRADED_EXT4_UNLINK}: ext4_unlink_enter: {reason}")
             log.debug("ext4_unlink_enter refused: %s", reason)
 

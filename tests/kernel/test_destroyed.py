@@ -8,10 +8,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.agentproc import AgentProcess, by_pid, run_deleter
+import pytest
+from unlinkwatch.agent.probe.program import DEGRADED_EXT4_UNLINK, EXT4_MODULE
+
+from tests.support.agentproc import AgentProcess, attached_agent, by_pid, run_deleter
 
 _SCRIPT = r"""
 import json, os, subprocess, sys
@@ -54,6 +58,32 @@ print(json.dumps({"pid": os.getpid(), "child": child, "seen": seen}))
 """
 
 
+def _ext4_loaded(agent: AgentProcess) -> None:
+    """ext4 loaded, and read by the agent: a tracepoint-mode agent that started before the module attaches its
+    tracepoint within a second or two of the load (and says so); the deletions of a mount made in the meantime
+    would not be read."""
+    subprocess.run(["modprobe", "ext4"], capture_output=True, check=False)  # built in: nothing to load
+    if not any(d.startswith(DEGRADED_EXT4_UNLINK) for d in agent.info.get("degraded", [])):
+        return
+    deadline = time.monotonic() + 10
+    while not any("the ext4 module loaded" in line for line in agent.log):
+        assert time.monotonic() < deadline, "the agent did not attach ext4's tracepoint:\n" + "\n".join(agent.log)
+        time.sleep(0.1)
+
+
+def _ext4_unloaded() -> str:
+    """'' once the ext4 module is not loaded (unloaded if nothing uses it), else why it cannot be."""
+    if not Path("/proc/modules").exists():
+        return "this kernel loads no modules: ext4 is built in, there from boot"
+    if EXT4_MODULE.is_dir():
+        if not (EXT4_MODULE / "refcnt").exists():
+            return "ext4 is built into this kernel, there from boot"
+        r = subprocess.run(["modprobe", "-r", "ext4"], capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            return f"the ext4 module is in use here and cannot be unloaded ({r.stderr.strip()})"
+    return ""
+
+
 def _on_ext4(work: Path) -> dict[str, Any]:
     image, mnt = work / "ext4.img", work / "mnt"
     mnt.mkdir()
@@ -77,8 +107,25 @@ def _unread(ev: dict[str, Any]) -> bool:
     return all(ev[k] is None for k in ("inode", "dev", "file_type", "size", "nlink", "freed"))
 
 
+# First in this file: once the module's agent (tracepoint mode) has attached ext4's tracepoint, it holds the module.
+def test_ext4_unlinks_are_read_when_the_ext4_module_loads_after_the_agent_started(work: Path) -> None:
+    why = _ext4_unloaded()
+    if why:
+        pytest.skip(why)
+    with attached_agent() as a:
+        if a.info["mode"] == "tracepoint":  # the other modes read the inode in the VFS, whatever the filesystem
+            [ext4] = [d for d in a.info["degraded"] if d.startswith(DEGRADED_EXT4_UNLINK)]
+            assert "the ext4 module is not loaded: attached once it is" in ext4
+        _ext4_loaded(a)
+        run = _on_ext4(work)
+        evs = {Path(e["path"]).name: e for e in a.wait_for(by_pid(run["pid"]), count=6)}
+        assert _facts(evs["big"]) == run["seen"]["big"] and evs["big"]["freed"] is True
+        assert _facts(evs["linked"]) == run["seen"]["linked"] and evs["linked"]["freed"] is False
+
+
 def test_ext4_deletions_report_the_inode_device_size_and_links_they_destroyed(agent: AgentProcess,
                                                                              work: Path) -> None:
+    _ext4_loaded(agent)
     run = _on_ext4(work)
     seen, mnt = run["seen"], work / "mnt"
     evs = {Path(e["path"]).name: e for e in agent.wait_for(by_pid(run["pid"]), count=6)}
