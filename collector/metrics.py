@@ -11,6 +11,9 @@ class CollectorMetrics:
         r = self.registry
         self.events = Counter("unlinkwatch_events", "Deletions stored", ["op", "result"], registry=r)
         self.duplicates = Counter("unlinkwatch_events_duplicate", "Replayed events ignored", registry=r)
+        self.store_refusals = Counter("unlinkwatch_ingest_store_refusals", "Batches the store could not commit (a "
+                                      "full disk, a database gone): refused, the agent sends them again",
+                                      registry=r)
         self.lost = Gauge("unlinkwatch_events_lost", "Events agents report lost (cumulative), by stage",
                           ["node", "agent", "stage"], registry=r)
         self.sequence_gaps = Counter("unlinkwatch_sequence_gaps", "Sequence numbers never received",

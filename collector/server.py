@@ -15,7 +15,7 @@ from unlinkwatch.pb import events_pb2 as pb
 from unlinkwatch.tlsconfig import MAX_MESSAGE_BYTES
 
 from .ingest.budget import DEFAULT_INFLIGHT_BYTES
-from .ingest.stream import PROTOCOL_ERRORS, IngestStreams
+from .ingest.stream import PROTOCOL_ERRORS, IngestStreams, StoreUnavailable
 from .ingest.writer import CommitFn
 from .metrics import CollectorMetrics
 from .query import QueryService
@@ -61,6 +61,8 @@ class CollectorService:
             yield from self.ingest.serve(request_iterator, context.is_active)
         except PROTOCOL_ERRORS as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad batch: {e}")
+        except StoreUnavailable as e:  # the agent keeps the batch and sends it again after its backoff
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the store cannot take batches now: {e}")
 
     def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         try:

@@ -30,6 +30,12 @@ from .writer import CommitFn, GroupWriter
 log = logging.getLogger("unlinkwatch.collector")
 INGEST_WINDOW = 16  # batches of one stream read ahead (parsed, rows built, queued to commit) before their ack
 PROTOCOL_ERRORS = (InvalidBatch, OverflowError, DecodeError)  # the stream is refused: INVALID_ARGUMENT
+STORE_LOG_EVERY_S = 30.0  # while the store refuses batches, one log line at most this often
+
+
+class StoreUnavailable(Exception):
+    """The store could not commit a batch (a full disk, a database gone): the stream ends with UNAVAILABLE and the
+    agent, which never had the ack, sends the batch again."""
 
 _Pending = tuple[float, Prepared, "Future[BatchResult]", int] | BaseException | None
 
@@ -53,6 +59,8 @@ class IngestStreams:
         metrics.ingest_inflight.set_function(lambda: self.budget.used)
         self._gaps: dict[str, int] = {}
         self._writer = GroupWriter(store, commits=commits)
+        self._refusals = 0          # store refusals since the last line logged about them
+        self._refusal_logged = 0.0  # when that line was logged (monotonic; 0: none since the store last took one)
 
     def close(self) -> None:
         """Commit what the streams have queued; call after the server stopped, before the store closes."""
@@ -60,7 +68,8 @@ class IngestStreams:
 
     def serve(self, requests: Iterator[bytes | pb.EventBatch], is_active: Callable[[], bool]) -> Iterator[pb.Ack]:
         """Acks of one stream, in order; raises one of PROTOCOL_ERRORS for a batch that breaks the protocol
-        (nothing of it is stored), or whatever ended the stream under us."""
+        (nothing of it is stored), StoreUnavailable when the store cannot commit, or whatever ended the stream
+        under us."""
         pending: queue.Queue[_Pending] = queue.Queue(INGEST_WINDOW)
         done = threading.Event()
         hold = StreamHold(self.budget)
@@ -88,6 +97,12 @@ class IngestStreams:
                 except (InvalidBatch, OverflowError) as e:
                     log.warning("rejected batch", extra={"fields": {"agent": batch.agent, "error": str(e)}})
                     raise
+                except Exception as e:  # the commit failed as a whole (writer.py): nothing of it is stored
+                    self._refused(batch.agent, e)
+                    raise StoreUnavailable(str(e)) from e
+                if self._refusal_logged:
+                    self._refusal_logged = 0.0
+                    log.info("the store takes batches again")
                 self._account(res.state.agent, res.state.node, res)
                 if batch.HasField("policy"):
                     self.policies[batch.agent] = batch.policy
@@ -138,6 +153,18 @@ class IngestStreams:
             put(e)
             return
         put(None)
+
+    def _refused(self, agent: str, e: Exception) -> None:
+        """A batch the store could not commit: counted; logged at once, then at most every STORE_LOG_EVERY_S with
+        how many refusals came in between (hundreds of agents retry every few seconds)."""
+        self._m.store_refusals.inc()
+        self._refusals += 1
+        now = time.monotonic()
+        if self._refusal_logged and now - self._refusal_logged < STORE_LOG_EVERY_S:
+            return
+        log.error("the store cannot take batches; agents keep them and send them again", extra={"fields": {
+            "error": str(e) or type(e).__name__, "agent": agent, "refused": self._refusals}})
+        self._refusal_logged, self._refusals = now, 0
 
     def _account(self, agent: str, node: str, res: BatchResult) -> None:
         m, st = self._m, res.state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from .sql import SqlStore
 # INTEGER PRIMARY KEY makes `id` the rowid, which every SQLite index carries: events_time needs no id.
 SCHEMA = SQL_SCHEMA.format(serial="INTEGER", serial64="INTEGER", int64="INTEGER", int32="INTEGER", int16="INTEGER",
                            text="TEXT", blob="BLOB", time_key="time_ns")
+log = logging.getLogger("unlinkwatch.collector.store")
 ROWS_PER_INSERT = 512  # rows per INSERT statement; see insert_rows
 WAL_RESTART_BYTES = 256 << 20  # see SqliteStore._checkpoint_loop
 RESTART_WAIT_MS = 2000
@@ -89,11 +91,21 @@ class SqliteStore(SqlStore):
         conn = _connect(self.path)
         conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
         page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        failing = False
         try:
             while not self._closing.wait(self._checkpoint_every_s):
-                _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if frames * page > self._wal_restart_bytes:
-                    conn.execute("PRAGMA wal_checkpoint(RESTART)")
+                try:
+                    _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames * page > self._wal_restart_bytes:
+                        conn.execute("PRAGMA wal_checkpoint(RESTART)")
+                except sqlite3.Error as e:  # a full disk: tried again next time, or the WAL would grow for good
+                    if not failing:
+                        log.warning("WAL checkpoint failed; retrying", extra={"fields": {"error": str(e)}})
+                    failing = True
+                    continue
+                if failing:
+                    log.info("WAL checkpoints work again")
+                    failing = False
         finally:
             conn.close()
 
