@@ -134,7 +134,9 @@ class Pipeline:
             self.metrics.events.labels(OP_NAME[op], "success" if ok else "failure").inc(n)
         updates = self.identity.drain_updates()
         if self._stdout is not None and lines:
-            self._stdout.write(lines)
+            lost = self._stdout.write(lines)
+            if lost:
+                self.metrics.stdout_lost.inc(lost)
         if self.out.submit is not None and (wire or updates):
             self.out.submit(first_seq + 1, wire, updates)
         return seq - first_seq

@@ -25,6 +25,9 @@ class AgentMetrics:
         self.spool_write_errors = Counter("unlinkwatch_agent_spool_write_errors", "Batches the disk spool refused "
                                           "(a full or failing disk): they stay in memory and the write is retried",
                                           registry=r)
+        self.stdout_lost = Counter("unlinkwatch_agent_stdout_lines_lost", "--stdout lines the file refused (a full "
+                                   "disk, an I/O error); the agent goes on and ships to its collector as before",
+                                   registry=r)
         self.queue_depth = Gauge("unlinkwatch_agent_queue_events", "Events waiting in memory", registry=r)
         self.connected = Gauge("unlinkwatch_agent_collector_connected", "1 while the stream is up", registry=r)
         self.ship_latency = Histogram("unlinkwatch_agent_ack_latency_seconds", "Batch send to ack",

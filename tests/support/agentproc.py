@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from unlinkwatch.runstate import die_with_parent
 
@@ -29,7 +29,8 @@ def unlinkwatch_cmd() -> list[str]:
 
 class AgentProcess:
     def __init__(self, *extra: str, attach: str | None = None, metrics_port: int | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, stdout: IO[str] | None = None) -> None:
+        """`stdout`: a file for the lines instead of the pipe this reads them from (self.events stays empty)."""
         self.attach = attach or os.environ.get("UNLINKWATCH_TEST_ATTACH", "auto")
         self.metrics_port = metrics_port
         args = [*unlinkwatch_cmd(), "agent", "--stdout", "--attach", self.attach, *extra]
@@ -41,11 +42,12 @@ class AgentProcess:
         self.info: dict[str, Any] = {}  # the "attached" log line
         self.log: list[str] = []
         self._cv = threading.Condition()
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        self.proc = subprocess.Popen(args, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE,
                                      env={**os.environ, **(env or {})}, text=True, errors="replace",
                                      preexec_fn=die_with_parent)
-        self._threads = [threading.Thread(target=self._read_events, daemon=True),
-                         threading.Thread(target=self._read_log, daemon=True)]
+        self._threads = [threading.Thread(target=self._read_log, daemon=True)]
+        if stdout is None:
+            self._threads.append(threading.Thread(target=self._read_events, daemon=True))
         for t in self._threads:
             t.start()
 
