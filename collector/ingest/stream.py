@@ -34,8 +34,12 @@ STORE_LOG_EVERY_S = 30.0  # while the store refuses batches, one log line at mos
 
 
 class StoreUnavailable(Exception):
-    """The store could not commit a batch (a full disk, a database gone): the stream ends with UNAVAILABLE and the
-    agent, which never had the ack, sends the batch again."""
+    """The store could not take an agent's batch (a full disk, a database gone): the stream ends with UNAVAILABLE
+    and the agent, which never had the ack, sends the batch again."""
+
+    def __init__(self, agent: str, error: Exception) -> None:
+        super().__init__(str(error) or type(error).__name__)
+        self.agent = agent
 
 _Pending = tuple[float, Prepared, "Future[BatchResult]", int] | BaseException | None
 
@@ -89,6 +93,8 @@ class IngestStreams:
                 if isinstance(item, BaseException):
                     if isinstance(item, DecodeError):
                         log.warning("rejected batch", extra={"fields": {"error": str(item)}})
+                    if isinstance(item, StoreUnavailable):
+                        self._refused(item.agent, item)
                     raise item
                 t0, prepared, fut, size = item
                 batch = prepared.batch
@@ -98,8 +104,9 @@ class IngestStreams:
                     log.warning("rejected batch", extra={"fields": {"agent": batch.agent, "error": str(e)}})
                     raise
                 except Exception as e:  # the commit failed as a whole (writer.py): nothing of it is stored
-                    self._refused(batch.agent, e)
-                    raise StoreUnavailable(str(e)) from e
+                    refused = StoreUnavailable(batch.agent, e)
+                    self._refused(batch.agent, refused)
+                    raise refused from e
                 if self._refusal_logged:
                     self._refusal_logged = 0.0
                     log.info("the store takes batches again")
@@ -147,6 +154,9 @@ class IngestStreams:
                     log.warning("rejected batch", extra={"fields": {"agent": batch.agent, "error": str(e)}})
                     put(e)
                     return
+                except Exception as e:  # numbering a new agent or identity: the store's registry failed
+                    put(StoreUnavailable(batch.agent, e))
+                    return
                 if not put((t0, prepared, self._writer.submit(prepared), size)):
                     return
         except BaseException as e:  # a bad message, a broken stream, or the RPC ended under us
@@ -154,7 +164,7 @@ class IngestStreams:
             return
         put(None)
 
-    def _refused(self, agent: str, e: Exception) -> None:
+    def _refused(self, agent: str, e: StoreUnavailable) -> None:
         """A batch the store could not commit: counted; logged at once, then at most every STORE_LOG_EVERY_S with
         how many refusals came in between (hundreds of agents retry every few seconds)."""
         self._m.store_refusals.inc()
@@ -163,7 +173,7 @@ class IngestStreams:
         if self._refusal_logged and now - self._refusal_logged < STORE_LOG_EVERY_S:
             return
         log.error("the store cannot take batches; agents keep them and send them again", extra={"fields": {
-            "error": str(e) or type(e).__name__, "agent": agent, "refused": self._refusals}})
+            "error": str(e), "agent": agent, "refused": self._refusals}})
         self._refusal_logged, self._refusals = now, 0
 
     def _account(self, agent: str, node: str, res: BatchResult) -> None:

@@ -52,8 +52,11 @@ class PostgresStore(SqlStore):
     def _connect_registry(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.url, autocommit=True)
 
-    def _reader_usable(self, conn: psycopg.Connection[Any]) -> bool:
-        return not conn.closed
+    def _connect_writer(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url)
+
+    def _usable(self, conn: psycopg.Connection[Any]) -> bool:
+        return not (conn.closed or conn.broken)
 
     def _commit_tx(self) -> None:
         self._w.commit()

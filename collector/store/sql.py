@@ -5,6 +5,7 @@ are registered, and its "column is one of" condition."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -77,6 +78,10 @@ class SqlStore:
         """A connection in autocommit mode."""
         raise NotImplementedError
 
+    def _connect_writer(self) -> Any:
+        """The write connection again, after the server dropped it (_usable)."""
+        raise NotImplementedError
+
     def _insert(self, rows: Sequence[EventRow]) -> int:
         """Insert rows inside the open write transaction; returns how many were inserted."""
         raise NotImplementedError
@@ -102,7 +107,9 @@ class SqlStore:
         """The condition "column is one of values" and its parameters."""
         raise NotImplementedError
 
-    def _reader_usable(self, conn: Any) -> bool:
+    def _usable(self, conn: Any) -> bool:
+        """False once the server has dropped the connection (a restart, a failover, a killed backend): it is
+        opened again before its next use. SQLite's connections are files: always usable."""
         return True
 
     # -- set-up -----------------------------------------------------------------------------------------
@@ -135,9 +142,28 @@ class SqlStore:
         return self._idents
 
     def _registry(self) -> Any:
+        if self._reg is not None and not self._usable(self._reg):
+            with contextlib.suppress(Exception):
+                self._reg.close()
+            self._reg = None
         if self._reg is None:
             self._reg = self._connect_registry()
         return self._reg
+
+    def _writer(self) -> Any:
+        """The write connection (write lock held), opened again if the server dropped it; the caches are
+        reloaded then, since the numbers of a transaction cut short by the drop no longer exist."""
+        if not self._usable(self._w):
+            with contextlib.suppress(Exception):
+                self._w.close()
+            self._w = self._connect_writer()
+            with self._reglock:
+                self._load_caches()
+        return self._w
+
+    def _begin_write(self) -> None:
+        self._writer()
+        self._begin()
 
     def agent_num(self, agent: str) -> int:
         num = self._agent_nums.get(agent)
@@ -173,6 +199,8 @@ class SqlStore:
 
     # -- commits ----------------------------------------------------------------------------------------
     def _rollback(self) -> None:
+        if not self._usable(self._w):
+            return  # the server dropped the connection and the transaction with it: _writer() reopens it
         self._rollback_tx()
         with self._reglock:
             self._load_caches()  # numbers handed out inside the failed transaction no longer exist
@@ -214,8 +242,8 @@ class SqlStore:
         batches before it), then one commit. Rows go in first; the agents' rows are read (and, where the
         backend locks rows, locked) after, all at once in name order, so two groups in flight (two writers)
         never wait on each other in a cycle."""
+        self._begin_write()
         w, ph = self._w, self.PH
-        self._begin()
         done: list[tuple[Prepared, int, dict[tuple[int, bool], int], set[int]]] = []
         for p in items:
             existing: set[int] = set()
@@ -268,7 +296,7 @@ class SqlStore:
         """Insert rows without per-batch accounting (benchmarks, imports); returns rows written."""
         with self._wlock:
             try:
-                self._begin()
+                self._begin_write()
                 n = self._insert(rows)
                 self._commit_tx()
             except BaseException:
@@ -281,7 +309,7 @@ class SqlStore:
         ph = self.PH
         with self._wlock:
             try:
-                self._begin()
+                self._begin_write()
                 self._w.cursor().executemany(
                     f"INSERT INTO alerts (alert_id, time_ns, data) VALUES ({ph}, {ph}, {ph}) "
                     "ON CONFLICT (alert_id) DO UPDATE SET data = excluded.data",
@@ -298,7 +326,7 @@ class SqlStore:
         while True:
             with self._wlock:
                 try:
-                    self._begin()
+                    self._begin_write()
                     cur = self._w.execute(f"DELETE FROM events WHERE id IN (SELECT id FROM events "
                                           f"WHERE time_ns < {ph} ORDER BY time_ns LIMIT {ph})", (cutoff_ns, chunk))
                     n = int(cur.rowcount)
@@ -313,36 +341,43 @@ class SqlStore:
 
     def analyze(self) -> None:
         with self._wlock:
-            self._begin()
+            self._begin_write()
             self._w.execute("ANALYZE")
             self._commit_tx()
 
     # -- reads ------------------------------------------------------------------------------------------
     def _reader(self) -> Any:
         conn = getattr(self._local, "conn", None)
-        if conn is None or not self._reader_usable(conn):
+        if conn is None or not self._usable(conn):
             conn = self._connect_reader()
             self._local.conn = conn
             with self._wlock:
                 self._readers.append(conn)
         return conn
 
-    def read(self, sql: str, args: Sequence[object]) -> list[Any]:
-        """Rows of a read-only query on this thread's reader connection (the query module's access)."""
+    def read(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+        """Rows of a read-only query on this thread's reader connection (the query module's access); once more
+        on a new connection when the server had dropped that one (a restart, a failover)."""
+        conn = self._reader()
+        try:
+            return list(conn.execute(sql, args).fetchall())
+        except Exception:
+            if self._usable(conn):
+                raise
         return list(self._reader().execute(sql, args).fetchall())
 
     def agents(self) -> list[AgentState]:
-        rows = self._reader().execute(f"SELECT {', '.join(AGENT_COLS)} FROM agents ORDER BY node, agent")
+        rows = self.read(f"SELECT {', '.join(AGENT_COLS)} FROM agents ORDER BY node, agent")
         return [AgentState(*r) for r in rows]
 
     def alerts_since(self, since_unix_ns: int, limit: int) -> list[pb.Alert]:
-        rows = self._reader().execute(f"SELECT data FROM alerts WHERE time_ns >= {self.PH} "
-                                      f"ORDER BY time_ns, rowid_ LIMIT {self.PH}", (since_unix_ns, limit))
+        rows = self.read(f"SELECT data FROM alerts WHERE time_ns >= {self.PH} ORDER BY time_ns, rowid_ "
+                         f"LIMIT {self.PH}", (since_unix_ns, limit))
         return [pb.Alert.FromString(d) for (d,) in rows]
 
     def count(self) -> int:
-        row = self._reader().execute("SELECT count(*) FROM events").fetchone()
-        return int(row[0]) if row else 0
+        rows = self.read("SELECT count(*) FROM events")
+        return int(rows[0][0]) if rows else 0
 
     def close(self) -> None:
         with self._wlock:
