@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.stdout and not args.collector:
         raise UserError("nothing to do: give --collector ADDR (or $UNLINKWATCH_COLLECTOR), --stdout, or both")
+    check_flags(args)
     policy = load_policy(args.policy) if args.policy else None  # a bad file: FILE:LINE: problem, before any work
     lsm_missing = bpf_lsm_missing() if policy is not None else "no --policy given"
     if args.require_enforcement and lsm_missing:
@@ -178,8 +179,12 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_addr:
         from unlinkwatch.observability import serve_http
 
-        http = serve_http(args.metrics_addr, metrics.registry,
-                          ready=lambda: time.monotonic() - heartbeat[0] < HEALTHY_WITHIN_S)
+        try:
+            http = serve_http(args.metrics_addr, metrics.registry,
+                              ready=lambda: time.monotonic() - heartbeat[0] < HEALTHY_WITHIN_S)
+        except OSError as e:  # the port is taken, the address is not this host's
+            attached.close()
+            raise UserError(f"--metrics-addr: cannot listen on {args.metrics_addr}: {e.strerror or e}") from None
     identity = IdentityResolver(IdentityConfig(node=node, kube=args.kube, kubeconfig=args.kubeconfig), metrics,
                                 count_metrics=True)  # it counts identity states in bulk
     identity.start()  # after attaching, so a cgroup made during the start-up scan is still seen
@@ -229,6 +234,26 @@ def run(args: argparse.Namespace) -> int:
         if http is not None:
             http.close()
     return 0
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """What the flags say, checked before the probes load (one line, exit 2, no work done)."""
+    mb = args.ringbuf_mb
+    if not 1 <= mb <= 1024 or mb & (mb - 1):
+        raise UserError(f"--ringbuf-mb: {mb} is not a power of two from 1 to 1024")
+    if args.spool_max_mb < 1:
+        raise UserError(f"--spool-max-mb: {args.spool_max_mb} is not a size in MB (1 or more)")
+    if args.metrics_addr:
+        from unlinkwatch.observability import split_addr
+
+        try:
+            split_addr(args.metrics_addr)
+        except ValueError as e:
+            raise UserError(f"--metrics-addr: {e}") from None
+    if args.spool and args.collector:
+        from .ship.spool import Spool
+
+        Spool(args.spool, args.spool_max_mb << 20)  # made or found now: one it cannot use stops the start here
 
 
 def placement(kubelet_root: str, fds: dict[str, int]) -> Placement | None:

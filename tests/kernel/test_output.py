@@ -1,15 +1,17 @@
-"""Where the agent's lines go: `--stdout` into a file whose disk fills (a real tmpfs) loses the lines it refuses,
-counted, and the agent goes on recording; once the disk has room, lines arrive again."""
+"""Where the agent's lines and metrics go: `--stdout` into a file whose disk fills (a real tmpfs) loses the lines it
+refuses, counted, and the agent goes on recording; once the disk has room, lines arrive again. A metrics port that
+is taken stops the start in one line."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 from bench import workload
 from tests.conftest import require_root
-from tests.support.agentproc import AgentProcess, free_port, run_deleter
+from tests.support.agentproc import AgentProcess, free_port, run_deleter, unlinkwatch_cmd
 
 
 def _delete_files(d: Path, n: int) -> int:
@@ -28,7 +30,7 @@ def test_an_agent_whose_stdout_disk_fills_counts_the_lost_lines_and_keeps_record
         try:
             a.info = a.wait_attached()
             _delete_files(work, 500)  # lines of about 1 KB: several times the disk
-            lost = a.wait_metric("unlinkwatch_agent_stdout_lines_lost", 1)
+            lost = a.wait_metric("unlinkwatch_agent_stdout_lines_lost_total", 1)
             assert a.proc.poll() is None
             subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
             pid = _delete_files(work, 3)
@@ -36,7 +38,19 @@ def test_an_agent_whose_stdout_disk_fills_counts_the_lost_lines_and_keeps_record
             while (disk / "events.jsonl").read_bytes().count(b'"pid": %d,' % pid) < 3:
                 assert time.monotonic() < deadline and a.proc.poll() is None, "\n".join(a.log[-20:])
                 time.sleep(0.1)
-            assert a.metric("unlinkwatch_agent_stdout_lines_lost") == lost  # nothing lost once there was room
+            assert a.metric("unlinkwatch_agent_stdout_lines_lost_total") == lost  # nothing lost once there was room
             assert sum("--stdout: lines not written" in line for line in a.log) == 1
         finally:
             a.stop()
+
+
+def test_a_taken_metrics_port_is_one_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = subprocess.run([*unlinkwatch_cmd(), "agent", "--stdout", "--kube", "off", "--metrics-addr",
+                            f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"unlinkwatch agent: --metrics-addr: cannot listen on 127.0.0.1:{port}: Address already in use")

@@ -95,10 +95,11 @@ class AgentProcess:
     def metric(self, name: str) -> float:
         assert self.metrics_port
         body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-        total = 0.0
+        total = 0.0  # `name` exactly, or `name{...}` summed over its labels when it names none
         for line in body.splitlines():
-            if line.startswith(name) and not line.startswith("#"):
-                total += float(line.rsplit(" ", 1)[1])
+            key, _, value = line.rpartition(" ")
+            if not line.startswith("#") and (key == name or ("{" not in name and key.startswith(name + "{"))):
+                total += float(value)
         return total
 
     def wait_metric(self, name: str, at_least: float, timeout: float = 30.0) -> float:

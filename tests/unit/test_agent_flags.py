@@ -1,0 +1,29 @@
+"""The agent's flags are checked before its probes load: a mistake is one line on stderr, exit 2, at once."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from tests.support.agentproc import unlinkwatch_cmd
+
+
+@pytest.mark.parametrize(("flags", "problem"), [
+    (["--stdout", "--metrics-addr", "bad"], "--metrics-addr: not an address (host:port): 'bad'"),
+    (["--stdout", "--ringbuf-mb", "3"], "--ringbuf-mb: 3 is not a power of two from 1 to 1024"),
+    (["--stdout", "--ringbuf-mb", "0"], "--ringbuf-mb: 0 is not a power of two from 1 to 1024"),
+    (["--stdout", "--ringbuf-mb", "2048"], "--ringbuf-mb: 2048 is not a power of two from 1 to 1024"),
+    (["--collector", "127.0.0.1:1", "--spool-max-mb", "0"], "--spool-max-mb: 0 is not a size in MB (1 or more)"),
+    (["--collector", "127.0.0.1:1", "--spool", "/proc/no-such-dir"], "--spool: cannot use /proc/no-such-dir"),
+])
+def test_a_bad_flag_is_one_line_and_exit_2_before_any_probe_loads(flags: list[str], problem: str) -> None:
+    t0 = time.monotonic()
+    p = subprocess.run([*unlinkwatch_cmd(), "agent", "--kube", "off", *flags], capture_output=True, text=True,
+                       timeout=60)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and p.stdout == "" and len(lines) == 1, p.stderr
+    assert lines[0].startswith(f"unlinkwatch agent: {problem}")
+    assert time.monotonic() - t0 < 10  # an attach takes 3 s or more, a compile longer
+
