@@ -10,7 +10,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from unlinkwatch.errors import UserError
-from unlinkwatch.observability import serve_http
+from unlinkwatch.observability import serve_http, split_addr
 from unlinkwatch.timeparse import parse_duration_ns
 from unlinkwatch.tlsconfig import server_credentials
 
@@ -24,6 +24,12 @@ log = logging.getLogger("unlinkwatch.collector")
 
 
 def run(args: argparse.Namespace) -> int:
+    for flag, addr in (("--listen", args.listen), ("--metrics-addr", args.metrics_addr)):
+        if addr:  # before any work: a typo is one line, not a server on another port
+            try:
+                split_addr(addr)
+            except ValueError as e:
+                raise UserError(f"{flag}: {e}") from None
     keep_ns = None
     if args.retention:
         try:

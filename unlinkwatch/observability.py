@@ -10,10 +10,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 
 def split_addr(addr: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
-    """`host:port`, `:port`, `[v6]:port` -> (host, port); ValueError when the port is not a number."""
+    """`host:port`, `:port`, `[v6]:port` -> (host, port); ValueError when the port is not a number from 0 to
+    65535."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"not an address (host:port): {addr!r}")
+    if int(port) > 65535:
+        raise ValueError(f"port {port} is out of range (0-65535): {addr!r}")
     host = host.strip("[]") or default_host
     return host, int(port)
 
