@@ -165,6 +165,17 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
+    heartbeat = [float("-inf")]  # not ready until attached
+    http = None
+    if args.metrics_addr:  # bound before the probes load: a port that is taken stops the start at once
+        from unlinkwatch.observability import serve_http
+
+        try:
+            http = serve_http(args.metrics_addr, metrics.registry,
+                              ready=lambda: time.monotonic() - heartbeat[0] < HEALTHY_WITHIN_S)
+        except OSError as e:  # the port is taken, the address is not this host's
+            raise UserError(f"--metrics-addr: cannot listen on {args.metrics_addr}: {e.strerror or e}") from None
+
     attached = probe.attach(args.attach, ringbuf_mb=args.ringbuf_mb, lsm=not lsm_missing)
     enforce = enforcement(policy, lsm_missing, attached.probe.enforcing, attached.probe.enforce_error)
     if args.require_enforcement and enforce.state != "enforcing":
@@ -174,17 +185,7 @@ def run(args: argparse.Namespace) -> int:
     seeded = seed_processes(attached)
     metrics.attach_mode.labels(cand.mode, cand.hook).set(1)
     metrics.startup_seconds.set(attached.startup_s)
-    heartbeat = [time.monotonic()]  # the metrics endpoint is up before "attached" is logged
-    http = None
-    if args.metrics_addr:
-        from unlinkwatch.observability import serve_http
-
-        try:
-            http = serve_http(args.metrics_addr, metrics.registry,
-                              ready=lambda: time.monotonic() - heartbeat[0] < HEALTHY_WITHIN_S)
-        except OSError as e:  # the port is taken, the address is not this host's
-            attached.close()
-            raise UserError(f"--metrics-addr: cannot listen on {args.metrics_addr}: {e.strerror or e}") from None
+    heartbeat[0] = time.monotonic()  # ready from here: before "attached" is logged
     identity = IdentityResolver(IdentityConfig(node=node, kube=args.kube, kubeconfig=args.kubeconfig), metrics,
                                 count_metrics=True)  # it counts identity states in bulk
     identity.start()  # after attaching, so a cgroup made during the start-up scan is still seen

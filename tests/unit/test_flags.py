@@ -3,6 +3,7 @@ mistake is one line on stderr, exit 2, at once."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -45,3 +46,16 @@ def test_a_bad_collector_flag_is_one_line_and_exit_2_before_any_work(flags: list
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert lines[0].startswith(f"unlinkwatch collector: {problem}") and not (tmp_path / "c.db").exists()
+
+
+def test_a_taken_metrics_port_is_one_line_and_exit_2_before_any_probe_loads() -> None:
+    t0 = time.monotonic()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = subprocess.run([*unlinkwatch_cmd(), "agent", "--stdout", "--kube", "off", "--metrics-addr",
+                            f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"unlinkwatch agent: --metrics-addr: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert time.monotonic() - t0 < 10
