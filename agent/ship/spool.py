@@ -76,7 +76,12 @@ class Spool:
         path = self.dir / f"{index:016d}-{batch_id}-{events}.batch"
         tmp = path.with_suffix(".tmp")
         try:
-            with open(tmp, "wb") as f:
+            try:
+                f = open(tmp, "wb")  # noqa: SIM115 - closed below
+            except FileNotFoundError:  # the directory was removed under us (a cleaner, an operator): made again
+                self.dir.mkdir(parents=True, exist_ok=True)
+                f = open(tmp, "wb")  # noqa: SIM115
+            with f:
                 f.write(data)
             os.replace(tmp, path)
         except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -146,6 +147,27 @@ def test_without_a_spool_the_queue_is_bounded_in_bytes_too_and_drops_the_oldest(
         wait_for(lambda: s.backlog() == 0 and c.store.count() == 3000 - lost)
         stored = [e.seq for e in query(c.store, EventFilter(), None, 10_000)[0]]
         assert stored == list(range(lost + 1, 3001)) and s._queued_bytes == 0
+        c.close()
+    finally:
+        s.close(timeout=0.5)
+
+
+def test_a_spool_directory_removed_under_the_agent_is_made_again_and_what_it_held_is_counted_lost(
+        tmp_path: Path) -> None:
+    port = free_port()
+    spool = tmp_path / "spool"
+    s = shipper(port, "n:1", spool, batch_max_events=100)
+    try:
+        submit_all(s, events("n:1", 1, 1000))
+        wait_for(lambda: spooled_events(spool) == 1000)
+        shutil.rmtree(spool)  # what a cleaner would do: the 1,000 events on disk go with it
+        submit_all(s, events("n:1", 1001, 1000))
+        wait_for(lambda: spooled_events(spool) == 1000)  # the next batches on disk again, in a new directory
+        assert spool_write_errors(s) == 0
+        c = start_inprocess(f"sqlite:///{tmp_path}/c.db", port=port)
+        wait_for(lambda: s.backlog() == 0 and c.store.count() == 1000)
+        assert [e.seq for e in query(c.store, EventFilter(), None, 10_000)[0]] == list(range(1001, 2001))
+        assert s.lost()["queue"] == 1000  # the removed files' events: counted, not silently gone
         c.close()
     finally:
         s.close(timeout=0.5)
