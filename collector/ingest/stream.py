@@ -63,6 +63,7 @@ class IngestStreams:
         metrics.ingest_inflight.set_function(lambda: self.budget.used)
         self._gaps: dict[str, int] = {}
         self._writer = GroupWriter(store, commits=commits)
+        self._refusal_lock = threading.Lock()  # streams' threads refuse at once
         self._refusals = 0          # store refusals since the last line logged about them
         self._refusal_logged = 0.0  # when that line was logged (monotonic; 0: none since the store last took one)
 
@@ -168,13 +169,14 @@ class IngestStreams:
         """A batch the store could not commit: counted; logged at once, then at most every STORE_LOG_EVERY_S with
         how many refusals came in between (hundreds of agents retry every few seconds)."""
         self._m.store_refusals.inc()
-        self._refusals += 1
-        now = time.monotonic()
-        if self._refusal_logged and now - self._refusal_logged < STORE_LOG_EVERY_S:
-            return
+        with self._refusal_lock:
+            self._refusals += 1
+            now = time.monotonic()
+            if self._refusal_logged and now - self._refusal_logged < STORE_LOG_EVERY_S:
+                return
+            refused, self._refusal_logged, self._refusals = self._refusals, now, 0
         log.error("the store cannot take batches; agents keep them and send them again", extra={"fields": {
-            "error": str(e), "agent": agent, "refused": self._refusals}})
-        self._refusal_logged, self._refusals = now, 0
+            "error": str(e), "agent": agent, "refused": refused}})
 
     def _account(self, agent: str, node: str, res: BatchResult) -> None:
         m, st = self._m, res.state

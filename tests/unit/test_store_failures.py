@@ -22,6 +22,16 @@ from tests.support.eventgen import events
 from tests.support.postgres import PostgresCluster
 
 
+def _stored(db: str) -> tuple[int, int, int]:
+    """The one agent's (events, highest seq, gaps) as the store has them."""
+    store = open_store(db)
+    try:
+        [a] = store.agents()
+        return a.events, a.max_seq, a.gaps
+    finally:
+        store.close()
+
+
 def test_a_collector_with_a_full_disk_keeps_running_and_stores_everything_once_it_has_room(tmp_path: Path) -> None:
     require_root()
     port = free_port()
@@ -62,12 +72,7 @@ def test_a_collector_with_a_full_disk_keeps_running_and_stores_everything_once_i
         # checkpoints outlived the full disk (a dead checkpointer leaves the WAL to grow for good)
         assert log.count("the store cannot take batches") == 1 and log.count("WAL checkpoint failed") <= 1
         assert "Traceback" not in log and "Exception in thread" not in log, log[-3000:]
-        store = open_store(db)
-        try:
-            [a] = store.agents()
-            assert (a.events, a.max_seq, a.gaps) == (20_000, 20_000, 0)
-        finally:
-            store.close()
+        assert _stored(db) == (20_000, 20_000, 0)
 
 
 def _ship(s: Shipper, first: int, n: int) -> None:
@@ -116,10 +121,5 @@ def test_a_collector_whose_postgresql_connections_are_dropped_reconnects_and_los
         s.close()
         proc.terminate()
         proc.wait(30)
-    store = open_store(url)
-    try:
-        [a] = store.agents()
-        assert (a.events, a.max_seq, a.gaps) == (6000, 6000, 0)
-    finally:
-        store.close()
+    assert _stored(url) == (6000, 6000, 0)
     assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]
