@@ -28,8 +28,15 @@ def test_an_agent_whose_stdout_disk_fills_counts_the_lost_lines_and_keeps_record
         try:
             a.info = a.wait_attached()
             _delete_files(work, 500)  # lines of about 1 KB: several times the disk
-            lost = a.wait_metric("unlinkwatch_agent_stdout_lines_lost_total", 1)
-            assert a.proc.poll() is None
+            a.wait_metric("unlinkwatch_agent_stdout_lines_lost_total", 1)
+            # every one of the 500 through the loop (counted as read just before its batch is written), and the
+            # loss count settled, before the disk grows: a batch still in flight would be lost after the remount
+            a.wait_metric("unlinkwatch_agent_events_total", 500)
+            lost = -1.0
+            while (now := a.metric("unlinkwatch_agent_stdout_lines_lost_total")) != lost:
+                lost = now
+                time.sleep(0.5)
+            assert a.proc.poll() is None and lost >= 1
             subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
             pid = _delete_files(work, 3)
             deadline = time.monotonic() + 30
