@@ -150,19 +150,15 @@ class SqlStore:
             self._reg = self._connect_registry()
         return self._reg
 
-    def _writer(self) -> Any:
-        """The write connection (write lock held), opened again if the server dropped it; the caches are
-        reloaded then, since the numbers of a transaction cut short by the drop no longer exist."""
+    def _begin_write(self) -> None:
+        """The write transaction opened (write lock held), on a new connection if the server dropped the last one;
+        the caches are reloaded then, since the numbers of a transaction cut short by the drop no longer exist."""
         if not self._usable(self._w):
             with contextlib.suppress(Exception):
                 self._w.close()
             self._w = self._connect_writer()
             with self._reglock:
                 self._load_caches()
-        return self._w
-
-    def _begin_write(self) -> None:
-        self._writer()
         self._begin()
 
     def agent_num(self, agent: str) -> int:
@@ -200,7 +196,7 @@ class SqlStore:
     # -- commits ----------------------------------------------------------------------------------------
     def _rollback(self) -> None:
         if not self._usable(self._w):
-            return  # the server dropped the connection and the transaction with it: _writer() reopens it
+            return  # the server dropped the connection and the transaction with it: _begin_write() reopens it
         self._rollback_tx()
         with self._reglock:
             self._load_caches()  # numbers handed out inside the failed transaction no longer exist

@@ -94,13 +94,7 @@ class AgentProcess:
 
     def metric(self, name: str) -> float:
         assert self.metrics_port
-        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-        total = 0.0  # `name` exactly, or `name{...}` summed over its labels when it names none
-        for line in body.splitlines():
-            key, _, value = line.rpartition(" ")
-            if not line.startswith("#") and (key == name or ("{" not in name and key.startswith(name + "{"))):
-                total += float(value)
-        return total
+        return scrape(self.metrics_port, name)
 
     def wait_metric(self, name: str, at_least: float, timeout: float = 30.0) -> float:
         """Polls /metrics until `name` (summed over its labels) reaches `at_least`."""
@@ -143,6 +137,18 @@ def attached_agent(*extra: str) -> Iterator[AgentProcess]:
         yield a
     finally:
         a.stop()
+
+
+def scrape(port: int, name: str) -> float:
+    """A metric from the /metrics endpoint on 127.0.0.1:`port` (an agent's or a collector's): `name` exactly, or
+    `name{...}` summed over its labels when it names none."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in body.splitlines():
+        key, _, value = line.rpartition(" ")
+        if not line.startswith("#") and (key == name or ("{" not in name and key.startswith(name + "{"))):
+            total += float(value)
+    return total
 
 
 def free_port() -> int:

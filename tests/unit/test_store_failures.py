@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -17,6 +16,7 @@ from unlinkwatch.collector.store import open_store
 
 from bench import workload
 from tests.conftest import require_root
+from tests.support.agentproc import scrape
 from tests.support.collector import free_port, start_subprocess
 from tests.support.eventgen import events
 from tests.support.postgres import PostgresCluster
@@ -53,9 +53,8 @@ def test_a_collector_with_a_full_disk_keeps_running_and_stores_everything_once_i
                 time.sleep(0.2)
             time.sleep(2)  # the agent retries meanwhile; the collector refuses again
             assert proc.poll() is None and s.backlog() > 0
-            body = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
-            [refusals] = [x for x in body.splitlines() if x.startswith("unlinkwatch_ingest_store_refusals_total")]
-            assert float(refusals.split()[-1]) >= 2  # the first refusal and the agent's retries
+            # the first refusal and the agent's retries
+            assert scrape(metrics, "unlinkwatch_ingest_store_refusals_total") >= 2
             subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
             deadline = time.monotonic() + 90
             while s.backlog():
