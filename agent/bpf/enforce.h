@@ -41,12 +41,17 @@
  *  - the same policy slot and generation, and D holds no exact path entry (image.py's exact_dirs markers);
  *  - the argument is one name (always, for the kernel's own dentry) in canonical form.
  * A slot is written with ok = 0 before the walk and completed after it, so a program preempting this one on
- * the same CPU sees it unfinished. */
+ * the same CPU sees it unfinished.
+ * A thread's last directory: the slot a check found or filled is copied beside the thread's stash (uw_lsm_keep),
+ * and the thread's next check decides from that copy (uw_lsm_fast) when it is still the directory's, under the
+ * same tests, and the name is short and no final-name rule can match it: no scratch is looked up then (a
+ * per-CPU map's lookup is a helper call before 6.10), only the stash the check reads anyway. */
 #ifndef UNLINKWATCH_ENFORCE_H
 #define UNLINKWATCH_ENFORCE_H
 
 #define UW_LSM_ALLOW 0
 #define UW_LSM_OPEN 1	/* allowed, and no rule but an ignore decided: a rename's destination may still decide */
+#define UW_LSM_SLOW 2	/* uw_lsm_fast(): not decided there */
 
 struct path;
 struct dentry;
@@ -107,55 +112,116 @@ static __always_inline void uw_lsm_dir_fill(struct uw_scratch *s, __u32 slot)
 	UW_RELOAD(e->ok) = 1;
 }
 
+/* The directory (mnt, dir) under the root of fs as it is now, into k: the key of a slot of lsm_dirs and the fields
+ * it is checked by, with rename_lock's and mount_lock's sequences. -1 when there is no cache, a writer is inside
+ * either sequence, or the directory has no inode. `dir` is BTF-typed (a hook's argument or a load from one): its
+ * fields are plain loads. */
+static __always_inline int uw_lsm_dir_now(void *mnt, void *dir, void *fs, struct uw_lsm_dir *k)
+{
+	if (uw_lsm_seqs(&k->rseq, &k->mseq) < 0)
+		return -1;
+	k->d_inode = UW_LD(dir, OFF_DENTRY_D_INODE, void *);
+	if (!k->d_inode)
+		return -1;
+	k->dentry = dir;
+	k->mnt = mnt;
+	k->root_mnt = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT, void *);
+	k->root_dentry = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *);
+	k->d_parent = UW_LD(dir, OFF_DENTRY_D_PARENT, void *);
+	/* the name's hash and length as two loads: the verifier types d_name's first word as the 4-byte hash */
+	k->d_hash_len = (__u64)UW_LD(dir, OFF_DENTRY_D_NAME + OFF_QSTR_LEN, __u32) << 32 |
+			UW_LD(dir, OFF_DENTRY_D_NAME, __u32);
+	k->ino = UW_LD(k->d_inode, OFF_INODE_I_INO, __u64);
+	return 0;
+}
+
+/* Whether slot e holds the directory k (uw_lsm_dir_now) with the rules of the policy slot and generation. */
+static __always_inline int uw_lsm_dir_is(const struct uw_lsm_dir *e, const struct uw_lsm_dir *k, __u32 gen,
+					 __u32 slot)
+{
+	return e->ok && e->dentry == k->dentry && e->mnt == k->mnt && e->root_dentry == k->root_dentry &&
+	       e->root_mnt == k->root_mnt && e->d_parent == k->d_parent && e->d_inode == k->d_inode &&
+	       e->d_hash_len == k->d_hash_len && e->ino == k->ino && e->rseq == k->rseq && e->mseq == k->mseq &&
+	       e->gen == gen && e->slot == slot;
+}
+
 /* Before the walk: the directory's rules from lsm_dirs into s->lsm.drules (s->lsm.hit), or, on a miss, its slot
- * started for uw_lsm_dir_fill() (s->lsm.fill). The caller cleared both. `dir` is BTF-typed (a hook's argument or a
- * load from one): its fields are plain loads. */
+ * started for uw_lsm_dir_fill() (s->lsm.fill). Either way s->lsm.idx is the slot. The caller cleared both. */
 static __always_inline void uw_lsm_dir_find(struct uw_scratch *s, struct uw_policy_slot *sl, __u32 slot,
 					    void *mnt, void *dir, void *fs)
 {
-	__u32 rseq = 0, mseq = 0;
-	if (s->src.state != UW_PM_NAME || uw_lsm_seqs(&rseq, &mseq) < 0)
+	struct uw_lsm_dir k = {};
+	if (s->src.state != UW_PM_NAME || uw_lsm_dir_now(mnt, dir, fs, &k) < 0)
 		return;
-	void *d_parent = UW_LD(dir, OFF_DENTRY_D_PARENT, void *);
-	void *d_inode = UW_LD(dir, OFF_DENTRY_D_INODE, void *);
-	/* the name's hash and length as two loads: the verifier types d_name's first word as the 4-byte hash */
-	__u64 d_hash_len = (__u64)UW_LD(dir, OFF_DENTRY_D_NAME + OFF_QSTR_LEN, __u32) << 32 |
-			   UW_LD(dir, OFF_DENTRY_D_NAME, __u32);
-	if (!d_inode)
-		return;
-	__u64 ino = UW_LD(d_inode, OFF_INODE_I_INO, __u64);
-	void *root_mnt = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_MNT, void *);
-	void *root_dentry = UW_LD(fs, OFF_FS_STRUCT_ROOT + OFF_PATH_DENTRY, void *);
 	__u32 idx = uw_dirc_index(s, dir);
+	s->lsm.idx = idx;
 	struct uw_lsm_dir *e = &s->lsm_dirs[idx & (UW_DIRC_SLOTS - 1)];
 	__u32 gen = sl->gen;
-	if (e->ok && e->dentry == dir && e->mnt == mnt && e->root_dentry == root_dentry && e->root_mnt == root_mnt &&
-	    e->d_parent == d_parent && e->d_inode == d_inode && e->d_hash_len == d_hash_len && e->ino == ino &&
-	    e->rseq == rseq && e->mseq == mseq && e->gen == gen && e->slot == slot) {
+	if (uw_lsm_dir_is(e, &k, gen, slot)) {
 		s->lsm.drules = e->rules;
-		if (UW_RELOAD(e->ok) && UW_RELOAD(e->dentry) == dir && UW_RELOAD(e->rseq) == rseq &&
-		    UW_RELOAD(e->mseq) == mseq && UW_RELOAD(e->gen) == gen && UW_RELOAD(e->slot) == slot) {
+		if (UW_RELOAD(e->ok) && UW_RELOAD(e->dentry) == dir && UW_RELOAD(e->rseq) == k.rseq &&
+		    UW_RELOAD(e->mseq) == k.mseq && UW_RELOAD(e->gen) == gen && UW_RELOAD(e->slot) == slot) {
 			s->lsm.hit = 1;
 			s->n.lsm_hits += 1;
 			return;
 		}
 	}
 	UW_RELOAD(e->ok) = 0;
-	e->dentry = dir;
-	e->mnt = mnt;
-	e->root_dentry = root_dentry;
-	e->root_mnt = root_mnt;
-	e->d_parent = d_parent;
-	e->d_inode = d_inode;
-	e->d_hash_len = d_hash_len;
-	e->ino = ino;
-	e->rseq = rseq;
-	e->mseq = mseq;
-	s->lsm.idx = idx;
-	s->lsm.rseq = rseq;
-	s->lsm.mseq = mseq;
+	k.ok = 0;
+	*e = k;
+	s->lsm.rseq = k.rseq;
+	s->lsm.mseq = k.mseq;
 	s->lsm.fill = 1;
 	s->n.lsm_walks += 1;
+}
+
+/* The thread's last checked directory, beside its stash (struct uw_thread): uw_lsm_fast() decides from it. */
+static __always_inline struct uw_lsm_dir *uw_lsm_dir_of(struct uw_stash *st)
+{
+	return &((struct uw_thread *)st)->lsm_dir;
+}
+
+/* After a check that found its directory's slot in lsm_dirs or filled it: the slot copied for the thread's next
+ * check, and kept only if the slot is still the same whole after the copy (a program preempting this one on the
+ * same CPU may have refilled it meanwhile). */
+static __always_inline void uw_lsm_keep(struct uw_scratch *s, struct uw_stash *st, void *dir)
+{
+	struct uw_lsm_dir *e = &s->lsm_dirs[s->lsm.idx & (UW_DIRC_SLOTS - 1)];
+	struct uw_lsm_dir *d = uw_lsm_dir_of(st);
+	d->ok = 0;
+	if (!e->ok || e->dentry != dir || e->gen != s->lsm.gen || e->slot != s->lsm.slot)
+		return;
+	*d = *e;
+	asm volatile("" ::: "memory");	/* e is read again below, after the copy */
+	if (!uw_lsm_dir_is(e, d, d->gen, d->slot) || e->rules.w[0] != d->rules.w[0] || e->rules.w[1] != d->rules.w[1])
+		d->ok = 0;
+}
+
+/* The verdict on the rules `rs` that match a deletion (its path's, and its process's and op's), under the policy
+ * slot sl of generation gen, noted in the check's stash st (0: none) for the observation's exit. */
+static __always_inline int uw_lsm_verdict(struct uw_policy_slot *sl, struct uw_stash *st, struct uw_rule_set *rs,
+					  __u32 gen, __u32 op, __u32 arm)
+{
+	if (*(volatile __u32 *)&sl->gen != gen)
+		return UW_LSM_ALLOW;	/* the slot was reused while its maps were looked up */
+	__u32 rule = uw_first_rule(rs);
+	int block = rule && uw_rs_has(&sl->block, rule - 1);
+	if (block || op != UW_OP_RENAME) {
+		if (st) {
+			st->lsm.gen = gen;
+			if (block)
+				st->lsm.rule = rule;
+			if (op != UW_OP_RENAME) {	/* the exit's record takes this verdict (uw_lsm_decided) */
+				st->lsm.any = rule;
+				st->lsm.decided = 1;
+			}
+		}
+	}
+	if (block)
+		return -UW_EPERM;
+	if (arm && (!rule || uw_rs_has(&sl->ignore, rule - 1)))
+		return UW_LSM_OPEN;
+	return UW_LSM_ALLOW;
 }
 
 /* After the walk, with the scratch and the check's stash (0: none) it began with, and the policy looked up afresh
@@ -184,27 +250,10 @@ static __always_inline int uw_lsm_decide(struct uw_scratch *s, struct uw_stash *
 		if (s->lsm.fill)
 			uw_lsm_dir_fill(s, slot);
 	}
-	if (*(volatile __u32 *)&sl->gen != s->lsm.gen)
-		return UW_LSM_ALLOW;	/* the slot was reused while its maps were looked up */
+	if (st && (s->lsm.hit || s->lsm.fill))
+		uw_lsm_keep(s, st, (void *)s->dirc_key);
 	uw_rs_and(&rs, &s->lsm.who);
-	__u32 rule = uw_first_rule(&rs);
-	int block = rule && uw_rs_has(&sl->block, rule - 1);
-	if (block || s->lsm.op != UW_OP_RENAME) {
-		if (st) {
-			st->lsm.gen = s->lsm.gen;
-			if (block)
-				st->lsm.rule = rule;
-			if (s->lsm.op != UW_OP_RENAME) {	/* the exit's record takes this verdict (uw_lsm_decided) */
-				st->lsm.any = rule;
-				st->lsm.decided = 1;
-			}
-		}
-	}
-	if (block)
-		return -UW_EPERM;
-	if (s->lsm.arm && (!rule || uw_rs_has(&sl->ignore, rule - 1)))
-		return UW_LSM_OPEN;
-	return UW_LSM_ALLOW;
+	return uw_lsm_verdict(sl, st, &rs, s->lsm.gen, s->lsm.op, s->lsm.arm);
 }
 
 /* The victim's name as uw_prematch()'s one-name argument (UW_PM_NAME), from the dentry into s->tbuf: a name the
@@ -242,20 +291,74 @@ static __always_inline void uw_lsm_prematch(struct uw_scratch *s, __u32 slot, __
 
 /* The verdict on deleting `dentry` from the directory (mnt, dir) by op: -EPERM when a block rule decides. `dentry`
  * and `dir` are BTF-typed (the hook's arguments, or loads from them): their fields are plain loads. */
+/* A check decided without the scratch, from the thread's last checked directory (uw_lsm_dir_of, kept by
+ * uw_lsm_keep) and a short name held in the dentry that no final-name rule can match (the names' filter says so):
+ * the directory's rules are then the path's. The verdict, or UW_LSM_SLOW when these do not decide and the whole
+ * check runs. A loop of deletions by one thread in one directory (rm -r, a cleanup) comes this way after its
+ * first. `who` are the rules for the process and op, from the observation's entry of this call. */
+static __always_inline int uw_lsm_fast(struct uw_policy_slot *sl, __u32 slot, struct uw_stash *st,
+				       struct uw_rule_set *who, void *task, __u32 op, void *mnt, void *dir,
+				       void *dentry, __u32 arm)
+{
+	__u32 len = UW_LD(dentry, UW_D_LEN, __u32);
+	const char *name = UW_LD(dentry, UW_D_NAME, const char *);
+	void *inline_name = dentry + OFF_DENTRY_D_INLINE;
+	UW_OPAQUE(inline_name);	/* as in uw_lsm_prematch() */
+	if (len == 0 || len >= UW_D_INLINE || (void *)name != inline_name)
+		return UW_LSM_SLOW;
+	__u32 gen = sl->gen;
+	if (sl->uses & UW_USES_NAMES) {
+		/* the eight bytes that end at the name's end, "/" before it, as uw_name_maybe() reads them */
+		__u64 w[5];
+		w[0] = (__u64)'/' << 56;
+		w[1] = UW_LD(dentry, OFF_DENTRY_D_INLINE, __u64);
+		w[2] = UW_LD(dentry, OFF_DENTRY_D_INLINE + 8, __u64);
+		w[3] = UW_LD(dentry, OFF_DENTRY_D_INLINE + 16, __u64);
+		w[4] = UW_LD(dentry, OFF_DENTRY_D_INLINE + 24, __u64);
+		__u32 k = len >> 3, r = (len & 7) * 8;
+		UW_OPAQUE(k);
+		__u64 word = w[k & 3] >> r | (w[(k & 3) + 1] << 1) << (63 - r);
+		if (uw_name_maybe_word(slot, len, word))
+			return UW_LSM_SLOW;
+	}
+	struct uw_rule_set rs = {};
+	if (sl->uses & UW_USES_PATHS) {
+		struct uw_lsm_dir k = {};
+		struct uw_lsm_dir *e = uw_lsm_dir_of(st);
+		if (uw_lsm_dir_now(mnt, dir, UW_LD(task, OFF_TASK_FS, void *), &k) < 0 || !uw_lsm_dir_is(e, &k, gen, slot))
+			return UW_LSM_SLOW;
+		rs = e->rules;
+	}
+	uw_rs_and(&rs, who);
+	st->lsm.fast += 1;
+	return uw_lsm_verdict(sl, st, &rs, gen, op, arm);
+}
+
 static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *dentry, __u32 arm)
 {
 	__u32 zero = 0, slot = 0;
-	struct uw_scratch *s = scratch.lookup(&zero);
 	struct uw_policy_slot *sl = uw_policy_slot(&slot);
-	if (!s || !sl || !(sl->block.w[0] | sl->block.w[1]) || !mnt || !dir || !dentry)
+	if (!sl || !(sl->block.w[0] | sl->block.w[1]) || !mnt || !dir || !dentry)
 		return UW_LSM_ALLOW;
 	__u32 *agent = lsm_agent.lookup(&zero);	/* after the test for block rules: no lookup where there are none */
 	void *task = (void *)bpf_get_current_task_btf();
 	if (!agent || UW_LD(task, OFF_TASK_TGID, __u32) == *agent)
 		return UW_LSM_ALLOW;
 	struct uw_stash *st = uw_stash_of(task, 0);
-	if (st && UW_RELOAD(st->op) == op && UW_RELOAD(st->gen) == sl->gen && UW_RELOAD(st->slot) == slot) {
-		s->lsm.who = st->who;	/* the observation's entry of this call found them (uw_enter2) */
+	int from_entry = st && UW_RELOAD(st->op) == op && UW_RELOAD(st->gen) == sl->gen && UW_RELOAD(st->slot) == slot;
+	if (from_entry) {	/* the observation's entry of this call found the rules for who (uw_enter2) */
+		struct uw_rule_set who = st->who;
+		if (!((who.w[0] & sl->block.w[0]) | (who.w[1] & sl->block.w[1])))
+			return UW_LSM_ALLOW;	/* no block rule covers this process and op */
+		int v = uw_lsm_fast(sl, slot, st, &who, task, op, mnt, dir, dentry, arm);
+		if (v != UW_LSM_SLOW)
+			return v;
+	}
+	struct uw_scratch *s = scratch.lookup(&zero);
+	if (!s)
+		return UW_LSM_ALLOW;
+	if (from_entry) {
+		s->lsm.who = st->who;
 	} else {
 		struct uw_rule_set exe_except;
 		uw_exe_except_known(s, task, sl, slot, &exe_except, 0);

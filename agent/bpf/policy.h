@@ -137,10 +137,11 @@ static __always_inline int uw_dir_rules(struct uw_scratch *s, __u32 slot, __u32 
 	return policy_paths.lookup(&s->pkey) != 0;
 }
 
-/* Whether the final name of the argument in s->tbuf (raw_len bytes at 8, "/" at 7) may match a policy_names entry:
- * the first bytes of its key (the argument reversed, then "/") are read as one word ending at the argument's
- * end, and tested against the slot's filter (kprobe.h, struct uw_name_heads). 0 only when no entry can match. */
-static __always_inline int uw_name_maybe(struct uw_scratch *s, __u32 slot, __u32 raw_len)
+/* Whether a final name of raw_len bytes may match a policy_names entry: `word` holds the eight bytes that end at
+ * the name's end, as they lie in memory (little-endian), "/" before the name; the first bytes of its key (the
+ * name reversed, then "/") are tested against the slot's filter (kprobe.h, struct uw_name_heads). 0 only when no
+ * entry can match. */
+static __always_inline int uw_name_maybe_word(__u32 slot, __u32 raw_len, __u64 word)
 {
 	__u32 idx = slot & 1;
 	struct uw_name_heads *h = policy_name_heads.lookup(&idx);
@@ -151,9 +152,15 @@ static __always_inline int uw_name_maybe(struct uw_scratch *s, __u32 slot, __u32
 		return 1;
 	if (raw_len + 1 < n)
 		return 0;	/* a key shorter than every entry */
-	__u64 head = __builtin_bswap64(*(__u64 *)&s->tbuf[raw_len & UW_PK_MASK]) & (~0ULL >> (64 - 8 * n));
+	__u64 head = __builtin_bswap64(word) & (~0ULL >> (64 - 8 * n));
 	__u32 bit = (head * UW_NAME_HEAD_MUL) >> (64 - UW_NAME_HEAD_BITS);
 	return (h->w[(bit >> 6) & (UW_NAME_HEAD_WORDS - 1)] >> (bit & 63)) & 1;
+}
+
+/* uw_name_maybe_word() for the final name of the argument in s->tbuf (raw_len bytes at 8, "/" at 7). */
+static __always_inline int uw_name_maybe(struct uw_scratch *s, __u32 slot, __u32 raw_len)
+{
+	return uw_name_maybe_word(slot, raw_len, *(__u64 *)&s->tbuf[raw_len & UW_PK_MASK]);
 }
 
 /* With the argument in s->tbuf as uw_prematch() lays it out (raw_len bytes at 8, "/" before and after): the rules

@@ -56,6 +56,8 @@ struct uw_lsm_stash {
 	__u32 gen;		/* the policy generation of rule and any */
 	__u32 decided;		/* an unlink's or rmdir's check decided, on the kernel's names: any is its rule */
 	__u32 any;		/* 1 + the first rule of any action that matches, 0 for none */
+	__u32 fast;		/* checks uw_lsm_fast() decided, not counted yet (the exit adds them to lsm_hits) */
+	__u32 pad;
 };
 
 struct uw_lsm_scratch {
@@ -193,7 +195,15 @@ struct uw_scratch {
 
 BPF_RINGBUF_OUTPUT(events, UW_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(lost, __u64, 1);		/* ring buffer full: records dropped in the kernel */
-BPF_TASK_STORAGE(stash, struct uw_stash);	/* entry -> exit, per thread; op 0 when empty */
+/* The stash's value: the call's stash and, with UW_LSM, the thread's last checked directory (enforce.h's
+ * uw_lsm_fast), which the exit's copy of the call's stash leaves out (that copy is on its stack) */
+struct uw_thread {
+	struct uw_stash call;	/* must stay first: a stash's address is its thread's */
+#ifdef UW_LSM
+	struct uw_lsm_dir lsm_dir;
+#endif
+};
+BPF_TASK_STORAGE(stash, struct uw_thread);	/* entry -> exit, per thread; op 0 when empty */
 #if UW_MODE == UW_MODE_TRACEPOINT
 /* renames only (tracepoint mode): the tail-called dcache lookup marks its thread in a tid-keyed hash, as
  * it did before the stash moved to task storage, so the step's verifier cost is unchanged */
@@ -536,7 +546,8 @@ static __always_inline int uw_exe_except_known(struct uw_scratch *s, void *task,
 
 static __always_inline struct uw_stash *uw_stash_of(void *task, __u64 create)
 {
-	return stash.task_storage_get(task, 0, create);
+	struct uw_thread *t = stash.task_storage_get(task, 0, create);
+	return t ? &t->call : 0;
 }
 
 static __always_inline struct uw_stash *uw_stash_get(__u64 create)
@@ -1068,6 +1079,12 @@ static __always_inline int uw_exit(long ret)
 	struct uw_scratch *s = scratch.lookup(&zero);
 	if (!s)
 		return 0;
+#ifdef UW_LSM
+	if (copy.lsm.fast) {	/* the thread's checks decided without the scratch: counted here, where it is at hand */
+		s->n.lsm_hits += copy.lsm.fast;
+		st->lsm.fast = 0;
+	}
+#endif
 	void *task = (void *)bpf_get_current_task_btf();
 	void *fs = UW_LD(task, OFF_TASK_FS, void *);
 
