@@ -289,8 +289,6 @@ static __always_inline void uw_lsm_prematch(struct uw_scratch *s, __u32 slot, __
 	pm->state = UW_PM_NAME;
 }
 
-/* The verdict on deleting `dentry` from the directory (mnt, dir) by op: -EPERM when a block rule decides. `dentry`
- * and `dir` are BTF-typed (the hook's arguments, or loads from them): their fields are plain loads. */
 /* A check decided without the scratch, from the thread's last checked directory (uw_lsm_dir_of, kept by
  * uw_lsm_keep) and a short name held in the dentry that no final-name rule can match (the names' filter says so):
  * the directory's rules are then the path's. The verdict, or UW_LSM_SLOW when these do not decide and the whole
@@ -334,17 +332,44 @@ static __always_inline int uw_lsm_fast(struct uw_policy_slot *sl, __u32 slot, st
 	return uw_lsm_verdict(sl, st, &rs, gen, op, arm);
 }
 
-static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *dentry, __u32 arm)
+/* The inode an unlink or rmdir of the stashed call is about to destroy, for its record (uw_victim's fields): the
+ * kernel calls vfs_unlink or vfs_rmdir right after this hook with the same dentry, so where this hook runs the
+ * loader detaches the fentry and kprobe modes' programs on those two (program.py, VICTIM_HOOKS) and the victim is
+ * read here, by plain loads through the hook's BTF-typed dentry. Not in tracepoint mode: its victims come from
+ * ext4's own tracepoint, the real filesystem's inode. */
+static __always_inline void uw_lsm_victim(struct uw_stash *st, __u32 op, void *dentry)
+{
+#if UW_MODE != UW_MODE_TRACEPOINT
+	if (!st || UW_RELOAD(st->op) != op || st->v.flag || !dentry)
+		return;
+	void *inode = UW_LD(dentry, OFF_DENTRY_D_INODE, void *);
+	if (!inode)
+		return;
+	st->v.mode = UW_LD(inode, OFF_INODE_I_MODE, __u16);
+	st->v.ino = UW_LD(inode, OFF_INODE_I_INO, __u64);
+	st->v.nlink = UW_LD(inode, OFF_INODE_I_NLINK, __u32);
+	st->v.size = UW_LD(inode, OFF_INODE_I_SIZE, __s64);
+	st->v.dev = UW_LD(UW_LD(inode, OFF_INODE_I_SB, void *), OFF_SUPER_BLOCK_S_DEV, __u32);
+	st->v.flag = UW_F_VICTIM;
+#endif
+}
+
+/* The verdict on deleting `dentry` from the directory (mnt, dir) by op: -EPERM when a block rule decides; with
+ * `victim` (path_unlink, path_rmdir) the victim read first, whatever the policy. `dentry` and `dir` are BTF-typed
+ * (the hook's arguments, or loads from them): their fields are plain loads. */
+static __always_inline int uw_lsm_check(__u32 op, void *mnt, void *dir, void *dentry, __u32 arm, __u32 victim)
 {
 	__u32 zero = 0, slot = 0;
+	void *task = (void *)bpf_get_current_task_btf();
+	struct uw_stash *st = uw_stash_of(task, 0);
+	if (victim)
+		uw_lsm_victim(st, op, dentry);
 	struct uw_policy_slot *sl = uw_policy_slot(&slot);
 	if (!sl || !(sl->block.w[0] | sl->block.w[1]) || !mnt || !dir || !dentry)
 		return UW_LSM_ALLOW;
 	__u32 *agent = lsm_agent.lookup(&zero);	/* after the test for block rules: no lookup where there are none */
-	void *task = (void *)bpf_get_current_task_btf();
 	if (!agent || UW_LD(task, OFF_TASK_TGID, __u32) == *agent)
 		return UW_LSM_ALLOW;
-	struct uw_stash *st = uw_stash_of(task, 0);
 	int from_entry = st && UW_RELOAD(st->op) == op && UW_RELOAD(st->gen) == sl->gen && UW_RELOAD(st->slot) == slot;
 	if (from_entry) {	/* the observation's entry of this call found the rules for who (uw_enter2) */
 		struct uw_rule_set who = st->who;
@@ -401,7 +426,7 @@ LSM_PROBE(path_unlink, const struct path *dir, struct dentry *dentry, int ret)
 	if (ret)
 		return ret;
 	return uw_lsm_check(UW_OP_UNLINK, UW_LD(dir, OFF_PATH_MNT, void *), UW_LD(dir, OFF_PATH_DENTRY, void *),
-			    (void *)dentry, 0);
+			    (void *)dentry, 0, 1);
 }
 
 LSM_PROBE(path_rmdir, const struct path *dir, struct dentry *dentry, int ret)
@@ -409,7 +434,7 @@ LSM_PROBE(path_rmdir, const struct path *dir, struct dentry *dentry, int ret)
 	if (ret)
 		return ret;
 	return uw_lsm_check(UW_OP_RMDIR, UW_LD(dir, OFF_PATH_MNT, void *), UW_LD(dir, OFF_PATH_DENTRY, void *),
-			    (void *)dentry, 0);
+			    (void *)dentry, 0, 1);
 }
 
 /* Renames do not cross mounts (EXDEV is returned before this hook), so one mount serves both names. */
@@ -426,7 +451,7 @@ LSM_PROBE(path_rename, const struct path *old_dir, struct dentry *old_dentry, co
 		r->dst = (__u64)new_dentry;
 		r->flags = flags;
 	}
-	int v = uw_lsm_check(UW_OP_RENAME, mnt, UW_LD(old_dir, OFF_PATH_DENTRY, void *), (void *)old_dentry, 1);
+	int v = uw_lsm_check(UW_OP_RENAME, mnt, UW_LD(old_dir, OFF_PATH_DENTRY, void *), (void *)old_dentry, 1, 0);
 	if (v != UW_LSM_OPEN)
 		return v;
 	r = uw_lsm_rename_get(0);
@@ -457,7 +482,7 @@ LSM_PROBE(inode_rename, struct inode *old_dir, struct dentry *old_dentry, struct
 	void *mnt = (void *)r->mnt;
 	if (!(r->flags & UW_RENAME_EXCHANGE) && !UW_LD(dst, OFF_DENTRY_D_INODE, void *))
 		return 0;	/* a new name: nothing destroyed */
-	return uw_lsm_check(UW_OP_RENAME, mnt, UW_LD(dst, OFF_DENTRY_D_PARENT, void *), dst, 0);
+	return uw_lsm_check(UW_OP_RENAME, mnt, UW_LD(dst, OFF_DENTRY_D_PARENT, void *), dst, 0, 0);
 }
 
 #endif /* UNLINKWATCH_ENFORCE_H */

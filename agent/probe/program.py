@@ -109,6 +109,9 @@ DEGRADED_EXT4_UNLINK = "what an unlink destroys (inode, size, links) is not read
 # which may be after the agent starts: HeldProbe.attach_late() attaches then. Built in, it is there from boot.
 EXT4_MODULE = Path("/sys/module/ext4")
 LSM_HOOKS = ("path_unlink", "path_rmdir", "path_rename", "inode_rename")  # enforce.h's programs
+# the fentry and kprobe modes' programs that read what an unlink or rmdir destroys, on the kernel functions called
+# right after path_unlink and path_rmdir: where those LSM programs run they read it (enforce.h, uw_lsm_victim)
+VICTIM_HOOKS = ("vfs_unlink", "vfs_rmdir")
 SYSCALLS = ("unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2")  # uw_sys_enter's and uw_sys_exit's
 # walk.h's directory cache: the syscalls that can move a directory other than by renaming it (uw_dirc_changed)
 MOUNT_SYSCALLS = ("mount", "umount", "move_mount", "pivot_root", "unshare", "setns")
@@ -526,6 +529,14 @@ class Probe:
             return
         self.enforcing = True
         self._start_lsm_dirs()  # until then every check walks its directory
+        for fn in VICTIM_HOOKS:  # after the LSM programs: no call in between goes without its victim read
+            try:  # kept attached, they find the victim read and return: a cost, not a fault
+                if self.cfg.mode == "fentry":
+                    b.detach_kfunc(fn_name=fn.encode())
+                elif self.cfg.mode == "kprobe":
+                    b.detach_kprobe(event=fn.encode(), fn_name=f"uw_{fn}_entry".encode())
+            except Exception as e:  # bcc raises bare Exception
+                log.info("victim program left attached", extra={"fields": {"function": fn, "error": str(e)}})
 
     def _start_lsm_dirs(self) -> None:
         """enforce.h's directory cache is validated by the sequence counts of rename_lock and mount_lock: their

@@ -267,6 +267,33 @@ def test_a_mount_moved_into_the_protected_tree_after_its_rules_were_cached_is_pr
     assert out == ["0", "0", "EPERM", "True"]
 
 
+def test_the_lsm_hooks_say_what_an_unlink_or_rmdir_destroys(agent: AgentProcess, root: Path) -> None:
+    """Where path_unlink and path_rmdir run, they read the victim (enforce.h, uw_lsm_victim) and the kprobe and fentry
+    modes' programs on vfs_unlink and vfs_rmdir are detached: an unlink and an rmdir still say what they destroyed,
+    and a blocked unlink what it would have (not freed). Tracepoint mode reads ext4's victims in ext4 instead."""
+    if agent.info["mode"] == "tracepoint":
+        pytest.skip("tracepoint mode reads what a deletion destroys in ext4's own tracepoint (test_destroyed.py)")
+    f, d, kept = root / "free" / "victim", root / "free" / "victim-dir", root / "secret" / "victim"
+    f.write_bytes(b"x" * 5000)
+    d.mkdir()
+    kept.write_bytes(b"y" * 7)
+    seen = {p: p.stat() for p in (f, d, kept)}
+    # the superblock's device, as a directory's stat shows it (for a file, overlayfs shows its layer's)
+    dev = f"{os.major(seen[d].st_dev)}:{os.minor(seen[d].st_dev)}"
+    out = _deleter(_TRY + f"say(os.getpid())\nos.unlink({str(f)!r})\nos.rmdir({str(d)!r})\n"
+                   f"rm(None, {str(kept)!r})\n")
+    pid = int(out[0])
+    assert out[1:] == ["EPERM"] and kept.exists()
+    for p, op, ftype, freed in ((f, "unlink", "file", True), (d, "rmdir", "dir", True),
+                                (kept, "unlink", "file", False)):
+        ev, s = _event(agent, pid, p), seen[p]
+        assert (ev["op"], ev["file_type"], ev["freed"]) == (op, ftype, freed), ev
+        assert (ev["inode"], ev["size"]) == (s.st_ino, s.st_size), ev
+        if ftype == "file":  # a directory's links are the filesystem's own count (overlayfs keeps 1, stat says 2)
+            assert ev["nlink"] == s.st_nlink, ev
+        assert ev["dev"] == dev, ev
+
+
 def test_a_policy_reload_changes_enforcement_within_2_s(agent: AgentProcess, root: Path) -> None:
     policy = root / "policy.yaml"
     original = policy.read_text()
